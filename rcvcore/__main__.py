@@ -1,0 +1,3 @@
+from rcvcore.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,88 @@
+"""Registry of dataset kinds: ``--dataset KIND`` or ``--dataset KIND:PATH``.
+
+Loaders are imported lazily (``"module:function"``) so listing datasets stays instant. A loader is
+called as ``fn(path, *, seed, cache_dir, progress, **options) -> Dataset`` where ``path`` is None
+for embedded datasets.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .base import Dataset, DatasetError, ProgressFn, closest, default_cache_dir, limit
+
+
+@dataclass(frozen=True)
+class DatasetKind:
+    name: str
+    description: str
+    loader: str            # "rcvcore.data.module:function"
+    needs_path: bool
+    measure_name: str
+
+
+KINDS: dict[str, DatasetKind] = {}
+
+
+def register(kind: DatasetKind) -> DatasetKind:
+    KINDS[kind.name] = kind
+    return kind
+
+
+register(DatasetKind(
+    "demo-scale", "Embedded, offline: crops of scikit-image's photographs at known zoom 1-4x; "
+    "measure = log2 zoom, grouped by photograph.", "rcvcore.data.demo_scale:load", False, "log2_zoom"))
+register(DatasetKind(
+    "folder", "Any folder of images with labels.csv (columns path,scale and optional class,group).",
+    "rcvcore.data.folder:load", True, "scale"))
+
+
+def list_datasets() -> list[DatasetKind]:
+    return list(KINDS.values())
+
+
+def parse_spec(spec: str) -> tuple[DatasetKind, str | None]:
+    """Split ``KIND:PATH`` (or a bare ``KIND``) and check the kind exists."""
+    if not spec:
+        raise DatasetError("No dataset given. Choose one of: " + ", ".join(KINDS))
+    kind_name, sep, path = spec.partition(":")
+    if kind_name not in KINDS:
+        raise DatasetError(
+            f"Unknown dataset {spec!r}.{closest(kind_name, KINDS)} Valid kinds: "
+            + ", ".join(k.name + (":PATH" if k.needs_path else "") for k in KINDS.values())
+            + ". Run `python -m rcvcore datasets` for descriptions.")
+    kind = KINDS[kind_name]
+    if kind.needs_path and not path:
+        raise DatasetError(f"Dataset {kind_name!r} needs a path: --dataset {kind_name}:PATH")
+    if not kind.needs_path and path:
+        raise DatasetError(f"Dataset {kind_name!r} is embedded and takes no path; "
+                           f"use --dataset {kind_name}")
+    return kind, (path or None)
+
+
+def load_dataset(spec: str, *, n: int | None = None, seed: int = 0, cache_dir=None,
+                 progress: ProgressFn | None = None, **options) -> Dataset:
+    """Resolve a dataset spec to a :class:`Dataset`.
+
+    Args:
+        spec: ``demo-scale``, ``folder:/data/x`` ...
+        n: keep at most ``n`` samples (stratified by label, deterministic for ``seed``).
+            Generated datasets use it as their size when that makes sense.
+        seed: seed of generation and of the ``n`` subsample.
+        cache_dir: where generated images are written; default: the user's cache dir.
+        progress: optional ``progress(fraction, message)`` callback.
+        **options: loader-specific options (e.g. ``classes`` for ImageNet).
+    """
+    kind, path = parse_spec(spec)
+    if path is not None and not Path(path).exists():
+        raise DatasetError(f"Dataset path {path!r} does not exist (from --dataset {spec}).")
+    module_name, fn_name = kind.loader.split(":")
+    fn = getattr(importlib.import_module(module_name), fn_name)
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    ds = fn(path, n=n, seed=seed, cache_dir=cache_dir, progress=progress, **options)
+    ds = limit(ds, n, seed)
+    if len(ds) == 0:
+        raise DatasetError(f"Dataset {spec!r} holds no usable images"
+                           + (f" ({len(ds.skipped)} skipped)" if ds.skipped else "") + ".")
+    return ds
