@@ -1,0 +1,161 @@
+"""One forward pass returns every requested layer, globally average-pooled on the device.
+
+Batches are streamed: only the pooled ``(n_images, n_channels)`` arrays are kept, so peak memory
+does not grow with the number of images beyond those arrays.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.models.feature_extraction import create_feature_extractor
+
+from .errors import UserError
+from .models import SOFTMAX, ArchSpec
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then MPS, then CPU; anything else is passed to ``torch.device``."""
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device!r} is not a device; use auto, cpu, cuda, cuda:1 "
+                        "or mps.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available on this machine; use "
+                        "--device auto or cpu.")
+    return dev
+
+
+def trunk(model: nn.Module, nodes: dict[str, str]) -> nn.Module:
+    """FX-cut ``model`` so it returns ``{name: output of node}`` and computes nothing after the
+    deepest requested node. ``model`` must be in eval mode; it is not modified."""
+    with warnings.catch_warnings():
+        # train/eval graphs are identical once Inception's auxiliary head is dropped
+        warnings.filterwarnings("ignore", message=".*subsequence of those obtained in train.*")
+        return create_feature_extractor(model, return_nodes=dict(nodes))
+
+
+class FeatureExtractor(nn.Module):
+    """Pooled activations of several probe layers of ``arch`` in one forward pass.
+
+    Args:
+        model: a model built by :func:`rcvcore.models.build_model` (eval mode). It is deep-copied,
+            so the caller's (possibly cached, shared) model is never modified.
+        arch: its registry entry.
+        layers: probe layer names (``mixed8``, ``add_15``, ``pre_softmax``, ``softmax``).
+        device: where to run.
+        channels_last: use the channels_last memory format (faster on CPU and CUDA convs).
+        amp: autocast to float16 on CUDA (default: on for CUDA only; bf16 is very slow on CPU).
+    """
+
+    def __init__(self, model: nn.Module, arch: ArchSpec, layers: list[str], device="cpu",
+                 channels_last: bool = True, amp: bool | None = None):
+        super().__init__()
+        self.arch = arch
+        self.layers = list(layers)
+        self.device = torch.device(device) if not isinstance(device, torch.device) else device
+        nodes = {arch.node(layer): arch.node(layer) for layer in self.layers}
+        model = copy.deepcopy(model).eval()
+        self.body = trunk(model, nodes).to(self.device)
+        self.channels_last = channels_last
+        if channels_last:
+            self.body = self.body.to(memory_format=torch.channels_last)
+        self.amp = (self.device.type == "cuda") if amp is None else amp
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``x`` (batch, 3, H, W) -> ``{layer: (batch, n_channels) float32}``."""
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            out = self.body(x)
+        pooled = {}
+        for layer in self.layers:
+            t = out[self.arch.node(layer)].float()
+            if layer == SOFTMAX:
+                t = torch.softmax(t, dim=1)
+            elif t.ndim == 4:
+                t = t.mean(dim=(2, 3))          # global average pooling, on the device
+            elif t.ndim != 2:
+                t = t.flatten(1)
+            pooled[layer] = t
+        return pooled
+
+
+class _ImageFiles(torch.utils.data.Dataset):
+    def __init__(self, paths, transform):
+        self.paths, self.transform = list(paths), transform
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        from .data.images import ImageReadError, read_rgb
+
+        try:
+            return self.transform(read_rgb(self.paths[i])), i, ""
+        except ImageReadError as e:
+            return None, i, e.reason
+        except Exception as e:  # a transform failure must not abort the scan either
+            return None, i, f"{type(e).__name__}: {e}"
+
+
+def _collate(batch):
+    ok = [(x, i) for x, i, err in batch if x is not None]
+    failed = [(i, err) for x, i, err in batch if x is None]
+    xs = torch.stack([x for x, _ in ok]) if ok else None
+    return xs, [i for _, i in ok], failed
+
+
+def default_workers(device: torch.device) -> int:
+    n = os.cpu_count() or 1
+    if device.type == "cpu" and n <= 2:
+        return 0  # decoding in a worker competes with the forward pass for the same 2 cores
+    return min(8, max(1, n // 2))
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """Pooled activations of the images that could be read."""
+
+    features: dict[str, np.ndarray]       # layer -> (n_ok, n_channels) float32
+    ok: np.ndarray                        # indices (into the input paths) of readable images
+    failed: tuple[tuple[int, str], ...]   # (index, reason) of unreadable images
+
+
+def extract(extractor: FeatureExtractor, paths: list[str], transform, batch_size: int = 16,
+            workers: int | None = None, progress=None) -> Extraction:
+    """Stream ``paths`` through ``extractor``; unreadable files are reported, not fatal."""
+    loader = torch.utils.data.DataLoader(
+        _ImageFiles(paths, transform), batch_size=batch_size, shuffle=False,
+        num_workers=default_workers(extractor.device) if workers is None else workers,
+        collate_fn=_collate, pin_memory=extractor.device.type == "cuda")
+    chunks: dict[str, list[np.ndarray]] = {layer: [] for layer in extractor.layers}
+    ok: list[int] = []
+    failed: list[tuple[int, str]] = []
+    done = 0
+    for xs, idx, bad in loader:
+        failed.extend(bad)
+        if xs is not None:
+            for layer, t in extractor(xs).items():
+                chunks[layer].append(t.cpu().numpy())
+            ok.extend(idx)
+        done += len(idx) + len(bad)
+        if progress:
+            progress(done / max(len(paths), 1), f"extracted {done}/{len(paths)} images")
+    feats = {layer: (np.concatenate(c) if c else np.zeros((0, 0), np.float32))
+             for layer, c in chunks.items()}
+    return Extraction(feats, np.asarray(ok, dtype=int), tuple(failed))
