@@ -20,10 +20,8 @@ from __future__ import annotations
 import concurrent.futures as cf
 import hashlib
 import json
-import math
 import multiprocessing
 import os
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -299,14 +297,27 @@ def parallel_map(fn: Callable, items: Sequence, *, workers: int | None = None,
             if progress:
                 progress((i + 1) / n, message)
         return out
-    # forkserver: safe from threaded parents (Streamlit, torch) yet cheap after the first start
-    ctx = multiprocessing.get_context("forkserver")
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = {pool.submit(fn, *item): i for i, item in enumerate(items)}
-        for done, fut in enumerate(cf.as_completed(futures), 1):
-            out[futures[fut]] = fut.result()
-            if progress:
-                progress(done / n, message)
+    # fork: no re-import of the caller's __main__ (scripts without a main guard, notebooks,
+    # Streamlit pages); the workers only run numpy / PIL / scikit-image code.
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
+    done = 0
+    try:
+        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            futures = {pool.submit(fn, *item): i for i, item in enumerate(items)}
+            for fut in cf.as_completed(futures):
+                out[futures[fut]] = fut.result()
+                done += 1
+                if progress:
+                    progress(done / n, message)
+    except cf.process.BrokenProcessPool:
+        # a worker died (out of memory, killed): finish the rest in this process
+        for i, item in enumerate(items):
+            if out[i] is None:
+                out[i] = fn(*item)
+                done += 1
+                if progress:
+                    progress(done / n, message)
     return out
 
 
