@@ -36,6 +36,26 @@ register(DatasetKind(
 register(DatasetKind(
     "folder", "Any folder of images with labels.csv (columns path,scale and optional class,group).",
     "rcvcore.data.folder:load", True, "scale"))
+register(DatasetKind(
+    "janowczyk", "The paper's transfer data: Janowczyk & Madabhushi nuclei set (*_original.tif + "
+    "*_mask.png at 40x) cut into 224 px patches at 5x-40x; measure = mean nuclei area (px).",
+    "rcvcore.data.janowczyk:load", True, "nuclei_area_px"))
+register(DatasetKind(
+    "demo-histology", "Embedded, offline: generated H&E-like 40x tiles with exact nuclei masks, "
+    "through the janowczyk pipeline (7 magnifications, nuclei area px); ~130 patches.",
+    "rcvcore.data.demo_histology:load", False, "nuclei_area_px"))
+register(DatasetKind(
+    "breakhis", "BreakHis tree (benign|malignant/SOB/<type>/<patient>/<mag>X/*.png): magnification "
+    "40x-400x (or tumour type); splits by patient.", "rcvcore.data.breakhis:load", True,
+    "magnification"))
+register(DatasetKind(
+    "imagenet", "ImageNet <wnid>/*.JPEG with ILSVRC box XMLs; measure = largest box area / image "
+    "area; default classes: the paper's albatross, kite, race car.", "rcvcore.data.imagenet:load",
+    True, "box_area_fraction"))
+register(DatasetKind(
+    "voc", "PASCAL VOC 2007/2012 in torchvision's VOCDetection layout (never downloaded); measure "
+    "= largest box of the class / image area.", "rcvcore.data.voc:load", True,
+    "box_area_fraction"))
 
 
 def list_datasets() -> list[DatasetKind]:
