@@ -1,0 +1,196 @@
+"""Plotly figures and tables of the dashboard. Pure functions of rcvcore's JSON; no science here.
+
+A scan record is ``{"label", "config", "result"}`` where ``result`` is ``ScanResult.to_json()``.
+"""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import plotly.graph_objects as go
+
+# Okabe-Ito: distinguishable for colour-blind readers and in greyscale print
+PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442",
+           "#000000"]
+CONTROL_NAMES = {"shuffled": "shuffled labels", "random_weights": "random weights"}
+CONTROL_DASH = {"shuffled": "dot", "random_weights": "dash"}
+
+MEAN = "mean ± std"
+PAPER = "paper: ln(mean(exp R²))"
+CONVENTIONS = (MEAN, PAPER)
+
+# Plotly's modebar camera saves a PNG in the browser (no server-side renderer needed)
+PLOTLY_CONFIG = {
+    "displaylogo": False,
+    "toImageButtonOptions": {"format": "png", "filename": "rcv-scan", "scale": 2},
+}
+
+
+def _y(row: dict, convention: str) -> float:
+    v = row.get("r2_logmeanexp") if convention == PAPER else row.get("r2_mean")
+    return float("nan") if v is None else float(v)
+
+
+def _rgba(hex_colour: str, alpha: float) -> str:
+    h = hex_colour.lstrip("#")
+    r, g, b = (int(h[i:i + 2], 16) for i in (0, 2, 4))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def scan_label(result: dict) -> str:
+    return f"{result.get('arch')} · {result.get('weights')} · {result.get('dataset')}"
+
+
+def r2_figure(scans: list[dict], *, convention: str = MEAN, show_controls: bool = True,
+              depth_axis: bool = False, clip_at: float | None = -1.0,
+              selected: str | None = None, suggested: str | None = None) -> go.Figure:
+    """R² per layer of one or more scans.
+
+    Args:
+        scans: scan records; the first is the primary one (its layers can be clicked to cut).
+        convention: :data:`MEAN` (mean with a ± std band) or :data:`PAPER` (log-mean-exp).
+        show_controls: draw the controls (shuffled labels, random weights) as dashed traces.
+        depth_axis: x is each layer's normalised depth in [0, 1] (needed to overlay different
+            architectures); otherwise the layer names of the primary scan, in order.
+        clip_at: lower limit of the y axis (least squares goes far below zero in early layers);
+            None shows everything.
+        selected: layer of the primary scan to mark as the chosen cut.
+        suggested: layer of the primary scan to mark as the suggested cut.
+    """
+    fig = go.Figure()
+    depth_axis = depth_axis or len({s["result"].get("arch") for s in scans}) > 1
+    all_y: list[float] = []
+    for i, scan in enumerate(scans):
+        res, colour = scan["result"], PALETTE[i % len(PALETTE)]
+        label = scan.get("label") or scan_label(res)
+        rows = res.get("layers", [])
+        names = [r["name"] for r in rows]
+        xs = [r.get("depth", k / max(len(rows) - 1, 1)) for k, r in enumerate(rows)] \
+            if depth_axis else names
+        ys = [_y(r, convention) for r in rows]
+        all_y += ys
+        if convention == MEAN and rows:
+            std = [float(r.get("r2_std") or 0.0) for r in rows]
+            upper = [y + s for y, s in zip(ys, std)]
+            lower = [y - s for y, s in zip(ys, std)]
+            fig.add_trace(go.Scatter(x=xs, y=upper, mode="lines", line={"width": 0},
+                                     hoverinfo="skip", showlegend=False, legendgroup=label))
+            fig.add_trace(go.Scatter(x=xs, y=lower, mode="lines", line={"width": 0},
+                                     fill="tonexty", fillcolor=_rgba(colour, 0.18),
+                                     hoverinfo="skip", name=f"{label} ± std",
+                                     showlegend=False, legendgroup=label))
+        fig.add_trace(go.Scatter(
+            x=xs, y=ys, mode="lines+markers", name=label, legendgroup=label,
+            line={"color": colour, "width": 2.5}, marker={"size": 9},
+            customdata=[[i, n] for n in names],
+            hovertemplate="<b>%{customdata[1]}</b><br>R² %{y:.3f}<extra>" + label + "</extra>"))
+        if show_controls:
+            for key, ctrl_rows in (res.get("controls") or {}).items():
+                if not ctrl_rows:
+                    continue
+                cy = [_y(r, convention) for r in ctrl_rows]
+                all_y += cy
+                by_name = {r["name"]: r for r in rows}
+                cx = [(by_name.get(r["name"], r).get("depth", 0.0) if depth_axis else r["name"])
+                      for r in ctrl_rows]
+                fig.add_trace(go.Scatter(
+                    x=cx, y=cy, mode="lines+markers",
+                    name=f"{label} — control: {CONTROL_NAMES.get(key, key)}",
+                    legendgroup=label,
+                    line={"color": colour, "width": 1.5, "dash": CONTROL_DASH.get(key, "dashdot")},
+                    marker={"size": 5, "symbol": "x"},
+                    customdata=[[i, r["name"]] for r in ctrl_rows],
+                    hovertemplate="<b>%{customdata[1]}</b><br>R² %{y:.3f}<extra>control: "
+                                  + CONTROL_NAMES.get(key, key) + "</extra>"))
+    if scans:
+        prim = scans[0]["result"].get("layers", [])
+        by_name = {r["name"]: r for r in prim}
+        for layer, text, colour in ((suggested, "suggested", "#777777"),
+                                    (selected, "cut", "#C00000")):
+            if layer in by_name:
+                x = by_name[layer].get("depth", 0.0) if depth_axis else layer
+                fig.add_vline(x=x if depth_axis else list(by_name).index(layer), line_dash="dot",
+                              line_color=colour, annotation_text=f"{text}: {layer}",
+                              annotation_position="top left" if text == "cut" else "bottom left")
+    finite = [y for y in all_y if y is not None and math.isfinite(y)]
+    yaxis = {"title": "R² (held-out)" if convention == MEAN else "ln(mean(exp R²))",
+             "zeroline": True, "zerolinecolor": "#999"}
+    if finite and clip_at is not None and min(finite) < clip_at:
+        yaxis["range"] = [clip_at - 0.05, max(1.0, max(finite)) + 0.05]
+    fig.update_layout(
+        xaxis={"title": "normalised depth" if depth_axis else "layer",
+               **({"range": [-0.03, 1.03]} if depth_axis else {"type": "category"})},
+        yaxis=yaxis, hovermode="closest", height=460,
+        margin={"l": 60, "r": 20, "t": 40, "b": 60},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0},
+        clickmode="event+select", dragmode=False)
+    return fig
+
+
+def r2_table(result: dict) -> pd.DataFrame:
+    """One row per layer: depth, features, R² mean/std/paper convention and the controls."""
+    rows = []
+    ctrl = {k: {r["name"]: r for r in v or []} for k, v in (result.get("controls") or {}).items()}
+    for r in result.get("layers", []):
+        row = {"layer": r["name"], "depth": r.get("depth"), "features": r.get("n_features"),
+               "R² mean": r.get("r2_mean"), "R² std": r.get("r2_std"),
+               "ln mean exp R² (paper)": r.get("r2_logmeanexp")}
+        for key, by_name in ctrl.items():
+            c = by_name.get(r["name"])
+            row[f"{CONTROL_NAMES.get(key, key)} R²"] = None if c is None else c.get("r2_mean")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def figure_html(fig: go.Figure) -> str:
+    """A standalone HTML file of the chart that works offline (plotly.js embedded)."""
+    return fig.to_html(include_plotlyjs=True, full_html=True, config=PLOTLY_CONFIG)
+
+
+def training_figure(metrics: list[dict], *, x_key: str = "step") -> go.Figure:
+    """Loss and metric curves of one or more runs.
+
+    ``metrics`` rows are ``{"run", x_key, <name>: value ...}`` (metrics.jsonl lines tagged with
+    their run). Each numeric column other than the x axis gets its own subplot row.
+    """
+    from plotly.subplots import make_subplots
+
+    df = pd.DataFrame(metrics)
+    skip = {"run", x_key, "time", "epoch", "step", "phase", "split", "elapsed_s", "lr"}
+    cols = [c for c in df.columns if c not in skip and pd.api.types.is_numeric_dtype(df[c])]
+    loss_cols = [c for c in cols if "loss" in c]
+    other = [c for c in cols if c not in loss_cols]
+    panels = [p for p in (loss_cols, other) if p] or [[]]
+    fig = make_subplots(rows=len(panels), cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=["loss" if p is loss_cols else "metrics" for p in panels])
+    runs = list(dict.fromkeys(df["run"])) if "run" in df else [None]
+    for ri, run in enumerate(runs):
+        part = df[df["run"] == run] if run is not None else df
+        colour = PALETTE[ri % len(PALETTE)]
+        for pi, panel in enumerate(panels, start=1):
+            for ci, col in enumerate(panel):
+                d = part[[x_key, col]].dropna() if x_key in part else part[[col]].dropna()
+                if d.empty:
+                    continue
+                fig.add_trace(go.Scatter(
+                    x=d[x_key] if x_key in d else list(range(len(d))), y=d[col],
+                    mode="lines+markers" if len(d) < 40 else "lines",
+                    name=f"{run} · {col}" if run else col, legendgroup=str(run),
+                    line={"color": colour, "dash": ["solid", "dash", "dot", "dashdot"][ci % 4]}),
+                    row=pi, col=1)
+    fig.update_xaxes(title_text=x_key, row=len(panels), col=1)
+    fig.update_layout(height=260 * len(panels) + 80, margin={"l": 60, "r": 20, "t": 40, "b": 40},
+                      legend={"orientation": "h", "y": -0.15})
+    return fig
+
+
+def _png_exporter():
+    """Server-side PNG export when kaleido is installed; else None (the modebar camera works)."""
+    try:
+        import kaleido  # noqa: F401
+    except ImportError:
+        return None
+    return lambda fig: fig.to_image(format="png", scale=2, width=1100, height=500)
+
+
+figure_png = _png_exporter()

@@ -1,0 +1,25 @@
+"""Entry script of the dashboard: page setup and routing only.
+
+    streamlit run app/main.py                              # http://127.0.0.1:8501 (local only)
+    streamlit run app/main.py --server.address 0.0.0.0     # serve on every interface, on purpose
+
+Server settings (bind address, upload limit, no telemetry) are in .streamlit/config.toml.
+"""
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `streamlit run app/main.py` puts only app/ on the path
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+st.set_page_config(page_title="rcvcore: scale-covariant pruning", page_icon="🔬", layout="wide")
+
+PAGES = Path(__file__).resolve().parent / "pages"
+navigation = st.navigation([
+    st.Page(PAGES / "scan.py", title="Scan", icon=":material/show_chart:", default=True),
+    st.Page(PAGES / "train.py", title="Train", icon=":material/model_training:"),
+    st.Page(PAGES / "predict.py", title="Predict", icon=":material/biotech:"),
+])
+navigation.run()

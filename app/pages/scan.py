@@ -1,0 +1,277 @@
+"""Scan page: R² of the scale measure per layer, and the choice of the prune point.
+
+Widgets in, one call into rcvcore (``run_scan`` on the background worker), chart and table out.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import streamlit as st
+
+from app import charts, services, state
+
+st.title("Scale-covariance scan")
+st.caption("Regression Concept Vectors (Graziani et al., iMIMIC 2020): how well a linear "
+           "regression from each layer's pooled activations predicts the scale measure "
+           "(held-out R²). High R² = scale-covariant features worth keeping.")
+
+archs = services.arch_catalogue()
+datasets = services.dataset_catalogue()
+
+# ------------------------------------------------------------------------------------- form
+with st.sidebar:
+    st.header("Scan settings")
+    arch_names = list(archs)
+    arch = st.selectbox("Architecture", arch_names,
+                        index=arch_names.index("resnet50") if "resnet50" in arch_names else 0,
+                        key="scan_arch", help="torchvision classifiers; the paper used "
+                        "inception_v3 and resnet50")
+    st.caption(archs[arch]["description"])
+
+    have_imagenet, how = services.imagenet_status(arch)
+    weight_choices = ["imagenet", "random (control)", "checkpoint"]
+    weights_choice = st.radio("Weights", weight_choices, index=0 if have_imagenet else 1,
+                              key=f"scan_weights_{arch}", horizontal=True)
+    weights = None
+    if weights_choice == "imagenet":
+        if have_imagenet:
+            weights = "imagenet"
+        else:
+            st.error(how, icon=":material/cloud_off:")
+    elif weights_choice.startswith("random"):
+        weights = "random"
+        st.caption("Random initialisation: the paper's control, **not** a pretrained network.")
+    else:
+        up = st.file_uploader("Upload a state-dict checkpoint (.pt/.pth)", type=["pt", "pth"],
+                              key="scan_ckpt_upload")
+        path = st.text_input("...or the path of one on this machine", key="scan_ckpt_path")
+        if up is not None:
+            weights = str(state.store_upload(up.getvalue(), Path(up.name).suffix))
+        elif path.strip():
+            weights = path.strip()
+        else:
+            st.info("Give a checkpoint to scan (torchvision layout, `torch.save(model."
+                    "state_dict(), path)`).")
+
+    ds_names = [d["name"] for d in datasets]
+    ds_name = st.selectbox("Dataset", ds_names, key="scan_dataset",
+                           format_func=lambda n: n + (":PATH" if next(
+                               d for d in datasets if d["name"] == n)["needs_path"] else ""))
+    ds = next(d for d in datasets if d["name"] == ds_name)
+    st.caption(ds["description"])
+    dataset = ds_name
+    if ds["needs_path"]:
+        ds_path = st.text_input(f"Path of the {ds_name} dataset", key=f"scan_ds_path_{ds_name}")
+        dataset = f"{ds_name}:{ds_path.strip()}" if ds_path.strip() else None
+
+    layer_mode = st.radio("Layers", ["paper", "all", "choose"], horizontal=True,
+                          key="scan_layer_mode",
+                          help="paper: the probe layers of the paper (block outputs, "
+                               "pre_softmax, softmax); all: also the stem")
+    layers = layer_mode
+    if layer_mode == "choose":
+        chosen = st.multiselect("Probe layers", archs[arch]["all_layers"],
+                                default=archs[arch]["layers"][-4:], key=f"scan_layers_{arch}")
+        layers = ",".join(chosen) if chosen else None
+
+    with st.expander("Options"):
+        n = st.number_input("Images (0 = all)", min_value=0, value=0, step=10, key="scan_n")
+        repeats = st.slider("Repeats (random 70/30 splits)", 1, 20, 10, key="scan_repeats")
+        model = st.radio("Regression", ["ridge", "ols"], horizontal=True, key="scan_model",
+                         help="ridge (penalty chosen on the training split) is the default; "
+                              "ols reproduces the paper (R² far below 0 in early layers)")
+        controls = st.multiselect("Controls", ["shuffled", "random-weights"],
+                                  default=["shuffled", "random-weights"], key="scan_controls")
+        device = st.selectbox("Device", ["auto", "cpu", "cuda", "mps"], key="scan_device")
+        batch_size = st.number_input("Batch size", 1, 512, 16, key="scan_batch")
+        seed = st.number_input("Seed", 0, 2**31 - 1, 0, key="scan_seed")
+        use_cache = st.checkbox("Use the activation cache", value=True, key="scan_use_cache")
+
+    ready = weights is not None and dataset is not None and layers is not None
+    run = st.button("Run scan", type="primary", disabled=not ready, key="scan_run",
+                    use_container_width=True)
+
+if run:
+    try:
+        config = services.make_config(
+            arch=arch, weights=weights, dataset=dataset, layers=layers, n=int(n) or None,
+            repeats=int(repeats), model=model, controls=tuple(controls), device=device,
+            batch_size=int(batch_size), seed=int(seed), use_cache=use_cache)
+    except Exception as e:  # rcvcore validates; show its message
+        st.error(str(e))
+    else:
+        job = services.submit_scan(config)
+        st.session_state["scan_job"] = job.job_id
+        try:  # a cached scan finishes at once: draw it in this same run
+            job.future.result(timeout=1.5)
+        except Exception:
+            pass
+
+# ----------------------------------------------------------------------------- progress
+RUN_EVERY = 0.5
+
+
+@st.fragment(run_every=RUN_EVERY)
+def scan_progress() -> None:
+    job = services.get_job(st.session_state.get("scan_job"))
+    if job is None:
+        return
+    if not job.done:
+        c1, c2 = st.columns([5, 1])
+        c1.progress(min(max(job.fraction, 0.0), 1.0),
+                    text=f"Scanning {job.config['arch']} on {job.config['dataset']}: "
+                         f"{job.message}")
+        if c2.button("Cancel", key="scan_cancel"):
+            job.cancel_requested = True
+        return
+    err = services.job_error(job)
+    st.session_state.pop("scan_job", None)
+    if err:
+        st.session_state["scan_error"] = err
+    else:
+        st.session_state[state.CURRENT_SCAN_KEY] = job.record_id
+        st.session_state.pop("scan_error", None)
+    st.rerun()  # redraw the whole page with the new result
+
+
+scan_progress()
+if st.session_state.get("scan_error"):
+    st.error(st.session_state["scan_error"])
+
+# -------------------------------------------------------------------------------- results
+saved = services.state.load_scans()
+if not saved:
+    st.info("No scan yet. Choose the settings in the sidebar and press **Run scan**. "
+            "The embedded `demo-scale` data with random weights works offline.")
+    st.stop()
+
+current = st.session_state.get(state.CURRENT_SCAN_KEY)
+if current not in saved:
+    current = next(iter(saved))
+    st.session_state[state.CURRENT_SCAN_KEY] = current
+
+labels = {sid: f"{rec.get('label')} · n={rec['result'].get('n_images')} · "
+               f"{rec['config'].get('model', '')} · {sid[:6]}" for sid, rec in saved.items()}
+top = st.columns([3, 2])
+primary = top[0].selectbox("Scan shown", list(saved), index=list(saved).index(current),
+                           format_func=labels.get, key="scan_primary")
+st.session_state[state.CURRENT_SCAN_KEY] = primary
+others = top[1].multiselect("Overlay other scans", [s for s in saved if s != primary],
+                            format_func=labels.get, key="scan_overlay")
+rec = saved[primary]
+result = rec["result"]
+
+opts = st.columns(4)
+convention = opts[0].radio("Aggregation", charts.CONVENTIONS, key="scan_convention",
+                           help="mean ± std of R² over repeats (and classes), or the paper's "
+                                "ln(mean(exp R²)) as plotted in its figures")
+show_controls = opts[1].toggle("Show controls", value=True, key="scan_show_controls")
+depth_axis = opts[2].toggle("Normalised depth axis", value=bool(others), key="scan_depth",
+                            help="x = depth in [0, 1], to compare networks of different depth")
+clip = opts[3].toggle("Clip y at -1", value=True, key="scan_clip")
+
+layer_names = [r["name"] for r in result.get("layers", [])]
+cuttable = [n for n in layer_names if n not in ("pre_softmax", "softmax")]
+suggested, rule = services.suggest_cut(result)
+
+CUT_WIDGET = f"scan_cut_{primary}"
+
+
+def _on_curve_select() -> None:
+    sel = st.session_state.get("scan_curve")
+    points = (sel or {}).get("selection", {}).get("points", []) if sel else []
+    for p in points:
+        cd = p.get("customdata")
+        if cd and int(cd[0]) == 0 and cd[1] in cuttable:
+            st.session_state[CUT_WIDGET] = cd[1]
+            break
+
+
+if CUT_WIDGET not in st.session_state:
+    cut0 = state.get_cut()
+    st.session_state[CUT_WIDGET] = (
+        cut0["layer"] if cut0 and cut0.get("scan_id") == primary and cut0["layer"] in cuttable
+        else suggested if suggested in cuttable else (cuttable[-1] if cuttable else None))
+
+fig = charts.r2_figure([rec] + [saved[s] for s in others], convention=convention,
+                       show_controls=show_controls, depth_axis=depth_axis,
+                       clip_at=-1.0 if clip else None,
+                       selected=st.session_state.get(CUT_WIDGET), suggested=suggested)
+st.plotly_chart(fig, key="scan_curve", on_select=_on_curve_select, selection_mode="points",
+                config=charts.PLOTLY_CONFIG)
+meta = [f"{result.get('n_images')} images"]
+if result.get("skipped"):
+    meta.append(f"{len(result['skipped'])} skipped")
+cache = result.get("cache") or {}
+if cache:
+    meta.append(f"activation cache: {cache.get('hits', 0)} hits, {cache.get('misses', 0)} misses")
+timing = result.get("timing") or {}
+if isinstance(timing, dict) and timing.get("total_s") is not None:
+    meta.append(f"{timing['total_s']:.1f} s")
+st.caption(" · ".join(meta) + ". Click a point of the curve to choose the cut.")
+
+# ---------------------------------------------------------------------------- prune point
+st.subheader("Prune point")
+if not cuttable:
+    st.warning("This scan holds no feature layer to cut at (only the classifier outputs).")
+else:
+    c1, c2 = st.columns([2, 3])
+    with c1:
+        cut = st.selectbox("Cut after layer", cuttable, key=CUT_WIDGET)
+        st.markdown(f"**Suggested:** `{suggested}`" if suggested else "**No suggestion**")
+        st.caption(rule)
+        cut_record = {"arch": result.get("arch"), "weights": rec["config"].get("weights"),
+                      "layer": cut, "dataset": result.get("dataset"), "scan_id": primary}
+        state.set_cut(cut_record)
+        st.page_link("pages/train.py", label=f"Fine-tune {result.get('arch')} cut at {cut} →",
+                     icon=":material/model_training:")
+    with c2:
+        try:
+            s = services.cut_summary(result.get("arch"), cut)
+        except Exception as e:
+            st.warning(f"Cannot size the cut: {e}")
+        else:
+            m = st.columns(3)
+            m[0].metric("Parameters (pruned)", f"{s['pruned_params'] / 1e6:.2f} M",
+                        f"{(s['params_ratio'] - 1) * 100:+.0f} % vs full "
+                        f"({s['full_params'] / 1e6:.2f} M)", delta_color="inverse")
+            m[1].metric("Forward GFLOPs (pruned)", f"{s['pruned_flops'] / 1e9:.2f}",
+                        f"{(s['flops_ratio'] - 1) * 100:+.0f} % vs full "
+                        f"({s['full_flops'] / 1e9:.2f})", delta_color="inverse")
+            m[2].metric("Removed", f"{(s['full_params'] - s['pruned_params']) / 1e6:.2f} M params",
+                        f"{(s['full_flops'] - s['pruned_flops']) / 1e9:.2f} GFLOPs",
+                        delta_color="off")
+            st.caption(f"Full = whole convolutional trunk + global pooling + new head (the "
+                       f"paper's full model); pruned = trunk up to `{cut}` + pooling + head. "
+                       f"One {s['image_size']} px image; the ImageNet classifier has "
+                       f"{s['classifier_params'] / 1e6:.2f} M parameters.")
+
+# ---------------------------------------------------------------------------- table + files
+st.subheader("R² per layer")
+table = charts.r2_table(result)
+st.dataframe(table, hide_index=True, use_container_width=True,
+             column_config={c: st.column_config.NumberColumn(format="%.3f")
+                            for c in table.columns if "R²" in c or c == "depth"})
+stem = f"rcv-{result.get('arch')}-{result.get('weights')}-{primary[:8]}".replace("/", "_")
+d = st.columns(4)
+d[0].download_button("CSV", lambda: services.result_csv(result), f"{stem}.csv", "text/csv",
+                     key="dl_csv", icon=":material/download:", on_click="ignore")
+d[1].download_button("JSON", lambda: json.dumps(result, indent=2), f"{stem}.json",
+                     "application/json", key="dl_json", icon=":material/download:",
+                     on_click="ignore")
+d[2].download_button("Chart (HTML)", lambda: charts.figure_html(fig), f"{stem}.html",
+                     "text/html", key="dl_html", icon=":material/download:", on_click="ignore")
+png = charts.figure_png
+if png is not None:
+    d[3].download_button("Chart (PNG)", lambda: png(fig), f"{stem}.png", "image/png",
+                         key="dl_png", icon=":material/download:", on_click="ignore")
+else:
+    d[3].caption("PNG: use the camera icon at the chart's top right.")
+
+with st.expander("Manage saved scans"):
+    st.caption(f"Saved under `{state.scans_dir()}`.")
+    if st.button("Delete the scan shown", key="scan_delete"):
+        state.delete_scan(primary)
+        st.session_state.pop(state.CURRENT_SCAN_KEY, None)
+        st.rerun()

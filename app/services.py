@@ -1,0 +1,205 @@
+"""Thin adapters between the pages and rcvcore: one function per user action, no science.
+
+Scans run in one background worker thread of the server process (so a click elsewhere on the page
+never aborts them and a reload finds them still running); fine-tuning runs are separate processes
+that write their run directory (rcvcore.train), polled by the Train page.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import threading
+import time
+import traceback
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import streamlit as st
+
+from app import state
+
+
+# --------------------------------------------------------------------------------------------
+# catalogue (cheap, cached per server)
+
+
+@st.cache_data(show_spinner=False)
+def arch_catalogue() -> dict[str, dict]:
+    """``{arch: {"description", "layers", "extra_layers", "paper_cut"}}`` from the registry."""
+    from rcvcore.models import ARCHS
+
+    return {name: {"description": a.description, "layers": a.layer_names,
+                   "all_layers": [n for n, _ in a.all_layers], "paper_cut": a.paper_cut}
+            for name, a in ARCHS.items()}
+
+
+def imagenet_status(arch: str) -> tuple[bool, str]:
+    """(available, how to supply the weights) for ``arch``'s ImageNet weights; never downloads."""
+    from rcvcore.models import expected_weights_file, get_arch, imagenet_weights_available
+
+    spec = get_arch(arch)
+    if imagenet_weights_available(spec):
+        return True, str(expected_weights_file(spec))
+    return False, (
+        f"ImageNet weights for **{arch}** are not on this machine. torchvision looks for "
+        f"`{expected_weights_file(spec)}` (from {spec.weights.url}). Copy that file there "
+        "(or set `TORCH_HOME` to a folder holding `hub/checkpoints/`), or upload / give the path "
+        "of a state-dict checkpoint. Until then, use **random** weights: the control of the "
+        "paper, not a pretrained network.")
+
+
+@st.cache_data(show_spinner=False)
+def dataset_catalogue() -> list[dict]:
+    from rcvcore.data import list_datasets
+
+    return [{"name": k.name, "description": k.description, "needs_path": k.needs_path,
+             "measure": k.measure_name} for k in list_datasets()]
+
+
+@st.cache_data(show_spinner="Counting parameters and FLOPs...", max_entries=64)
+def cut_summary(arch: str, cut: str) -> dict:
+    """Parameters and forward FLOPs of the full network vs. the network cut at ``cut``."""
+    from rcvcore.prune import cut_summary as _cut_summary
+
+    return _cut_summary(arch, "random", cut).to_dict()
+
+
+# --------------------------------------------------------------------------------------------
+# scans
+
+
+@dataclass
+class ScanJob:
+    """A scan submitted to the worker thread; progress is written by the callback."""
+
+    job_id: str
+    config: dict
+    future: Future | None = None
+    fraction: float = 0.0
+    message: str = "queued"
+    started: float = field(default_factory=time.time)
+    cancel_requested: bool = False
+    record_id: str | None = None      # saved scan id once finished
+    error: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.future is not None and self.future.done()
+
+
+class ScanCancelled(Exception):
+    pass
+
+
+@st.cache_resource(show_spinner=False)
+def _scan_worker() -> tuple[ThreadPoolExecutor, dict[str, ScanJob], threading.Lock]:
+    # one scan at a time: a scan already uses every core (and the GPU)
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="rcv-scan"), {}, threading.Lock()
+
+
+def scan_id_for(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def make_config(**kwargs):
+    """A :class:`rcvcore.scan.ScanConfig` from the form's values (validation is rcvcore's)."""
+    from rcvcore.scan import ScanConfig
+
+    names = {f.name for f in dataclasses.fields(ScanConfig)}
+    return ScanConfig(**{k: v for k, v in kwargs.items() if k in names})
+
+
+def _run_job(job: ScanJob, config) -> str:
+    from rcvcore.scan import run_scan
+
+    def progress(fraction: float, message: str) -> None:
+        if job.cancel_requested:
+            raise ScanCancelled("cancelled")
+        job.fraction, job.message = float(fraction), str(message)
+
+    try:
+        result = run_scan(config, progress=progress)
+    finally:
+        _free_gpu()
+    record = {"label": None, "config": job.config, "result": result.to_json(),
+              "created": time.time()}
+    record["label"] = default_label(record["result"])
+    rid = scan_id_for(job.config)
+    state.save_scan(rid, record)
+    job.record_id, job.fraction, job.message = rid, 1.0, "done"
+    return rid
+
+
+def submit_scan(config) -> ScanJob:
+    """Queue ``config`` on the scan worker; an identical scan already running is reused."""
+    executor, jobs, lock = _scan_worker()
+    cfg = dataclasses.asdict(config)
+    with lock:
+        for job in jobs.values():
+            if job.config == cfg and not job.done:
+                return job
+        job = ScanJob(job_id=uuid.uuid4().hex[:12], config=cfg)
+        job.future = executor.submit(_run_job, job, config)
+        jobs[job.job_id] = job
+    return job
+
+
+def get_job(job_id: str | None) -> ScanJob | None:
+    if not job_id:
+        return None
+    return _scan_worker()[1].get(job_id)
+
+
+def running_jobs() -> list[ScanJob]:
+    return [j for j in _scan_worker()[1].values() if not j.done]
+
+
+def job_error(job: ScanJob) -> str | None:
+    """The user-facing message of a failed job, or None."""
+    if not job.done:
+        return None
+    exc = job.future.exception()
+    if exc is None:
+        return None
+    if isinstance(exc, ScanCancelled):
+        return "Scan cancelled."
+    from rcvcore.errors import UserError
+
+    if isinstance(exc, UserError):
+        return str(exc)
+    return (f"The scan failed: {type(exc).__name__}: {exc}\n\n"
+            + "".join(traceback.format_exception(exc))[-3000:])
+
+
+def default_label(result: dict) -> str:
+    return f"{result.get('arch')} · {result.get('weights')} · {result.get('dataset')}"
+
+
+def _free_gpu() -> None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # freeing memory must never fail a scan
+        pass
+
+
+def suggest_cut(result: dict) -> tuple[str | None, str]:
+    """rcvcore's suggested cut (layer, rule) for a scan result dict."""
+    from rcvcore.scan import ScanResult
+
+    try:
+        layer, rule = ScanResult.from_json(result).suggest_cut()
+    except Exception as e:  # an old or partial result: say so, do not crash the page
+        return None, f"No suggestion for this scan ({type(e).__name__}: {e})."
+    return layer, rule
+
+
+def result_csv(result: dict) -> str:
+    from rcvcore.scan import ScanResult
+
+    return ScanResult.from_json(result).to_csv()

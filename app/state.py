@@ -1,0 +1,92 @@
+"""Where the dashboard keeps things, and the small bits of session state shared by pages.
+
+Everything the app writes lives under one root (``$RCV_RUNS_DIR``, default ``./runs``):
+
+- ``<root>/<run-id>/``      fine-tuning runs (written by the training subprocess, polled here)
+- ``<root>/_scans/``        finished scan results as JSON, so they survive a reload
+- ``<root>/_uploads/``      uploaded checkpoints, stored under their SHA-256, never a user's name
+
+Session state holds only what a single browser tab is looking at (which scans are overlaid, the
+chosen cut); anything that must outlive a reload is on disk.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+import streamlit as st
+
+CUT_KEY = "rcv_cut"            # {"arch", "weights", "layer", "dataset", "scan_id"}
+CURRENT_SCAN_KEY = "rcv_current_scan"
+OVERLAY_KEY = "rcv_overlay"
+
+
+def runs_root() -> Path:
+    """Root folder of everything the app writes (``$RCV_RUNS_DIR`` or ``./runs``)."""
+    root = Path(os.environ.get("RCV_RUNS_DIR", "runs")).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def scans_dir() -> Path:
+    d = runs_root() / "_scans"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def uploads_dir() -> Path:
+    d = runs_root() / "_uploads"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def store_upload(data: bytes, suffix: str) -> Path:
+    """Write uploaded bytes under their content hash (the user's file name is never used).
+
+    ``suffix`` is reduced to a safe extension (``.pt``, ``.png``...) so readers that look at it
+    still work.
+    """
+    ext = suffix.lower() if re.fullmatch(r"\.[a-z0-9]{1,8}", suffix.lower() or "") else ".bin"
+    path = uploads_dir() / (hashlib.sha256(data).hexdigest()[:32] + ext)
+    if not path.exists():
+        tmp = path.with_suffix(path.suffix + ".part")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    return path
+
+
+def save_scan(scan_id: str, record: dict) -> Path:
+    path = scans_dir() / f"{scan_id}.json"
+    tmp = path.with_suffix(".json.part")
+    tmp.write_text(json.dumps(record))
+    tmp.replace(path)
+    return path
+
+
+def load_scans() -> dict[str, dict]:
+    """Saved scans, newest first: ``{scan_id: {"label", "config", "result", "created"}}``."""
+    out = []
+    for p in scans_dir().glob("*.json"):
+        try:
+            rec = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue  # a half-written or foreign file is not a scan
+        if isinstance(rec, dict) and "result" in rec:
+            out.append((p.stem, rec))
+    out.sort(key=lambda kv: kv[1].get("created", 0), reverse=True)
+    return dict(out)
+
+
+def delete_scan(scan_id: str) -> None:
+    (scans_dir() / f"{scan_id}.json").unlink(missing_ok=True)
+
+
+def get_cut() -> dict | None:
+    return st.session_state.get(CUT_KEY)
+
+
+def set_cut(cut: dict | None) -> None:
+    st.session_state[CUT_KEY] = cut

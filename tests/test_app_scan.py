@@ -1,0 +1,127 @@
+"""AppTest tests of the Scan page: widgets, a scan on a tiny config, the cut, the downloads."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+MAIN = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
+
+
+@pytest.fixture
+def app_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("RCV_NO_DOWNLOAD", "1")
+    monkeypatch.setenv("RCV_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("RCV_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no cached ImageNet weights
+    return tmp_path
+
+
+def _widget(at, kind, key):
+    for w in getattr(at, kind):
+        if w.key == key:
+            return w
+    raise AssertionError(f"no {kind} with key {key!r}; have {[w.key for w in getattr(at, kind)]}")
+
+
+def _tiny_scan(at):
+    _widget(at, "selectbox", "scan_arch").set_value("resnet18")
+    at.run()
+    _widget(at, "radio", "scan_weights_resnet18").set_value("random (control)")
+    _widget(at, "radio", "scan_layer_mode").set_value("choose")
+    at.run()
+    _widget(at, "multiselect", "scan_layers_resnet18").set_value(["add_2", "add_4", "add_6",
+                                                                  "add_8"])
+    _widget(at, "number_input", "scan_n").set_value(24)
+    _widget(at, "slider", "scan_repeats").set_value(2)
+    at.run()
+    _widget(at, "button", "scan_run").click()
+    at.run(timeout=60)
+    deadline = time.time() + 120
+    while not at.get("plotly_chart") and time.time() < deadline:
+        assert not at.exception, at.exception
+        time.sleep(0.5)
+        at.run(timeout=30)  # AppTest does not tick st.fragment(run_every=...): poll by rerun
+    assert not at.exception, at.exception
+    assert at.get("plotly_chart"), [e.value for e in at.error]
+    return at
+
+
+def test_first_run_offline_says_imagenet_missing_and_defaults_to_random(app_env):
+    at = AppTest.from_file(MAIN, default_timeout=30).run()
+    assert not at.exception
+    assert at.title[0].value.startswith("Scale-covariance scan")
+    weights = _widget(at, "radio", "scan_weights_resnet50")
+    assert weights.value == "random (control)"
+    _widget(at, "radio", "scan_weights_resnet50").set_value("imagenet")
+    at.run()
+    msg = " ".join(e.value for e in at.error)
+    assert "ImageNet weights for **resnet50** are not on this machine" in msg
+    assert "resnet50-" in msg  # names the file torchvision expects
+    assert _widget(at, "button", "scan_run").disabled
+    assert any("No scan yet" in i.value for i in at.info)
+
+
+def test_scan_tiny_config_draws_chart_table_and_cut(app_env):
+    at = _tiny_scan(AppTest.from_file(MAIN, default_timeout=30).run())
+    table = at.dataframe[0].value
+    assert list(table["layer"]) == ["add_2", "add_4", "add_6", "add_8"]
+    assert {"R² mean", "R² std", "shuffled labels R²", "random weights R²"} <= set(table.columns)
+    # the suggestion comes from rcvcore with its rule stated
+    assert any("last layer before" in c.value for c in at.caption)
+    cut = next(w for w in at.selectbox if w.key.startswith("scan_cut_"))
+    assert cut.value in {"add_2", "add_4", "add_6", "add_8"}
+    assert any("Parameters (pruned)" in m.label for m in at.metric)
+    cut.set_value("add_4")
+    at.run()
+    assert at.session_state["rcv_cut"]["layer"] == "add_4"
+    assert at.session_state["rcv_cut"]["arch"] == "resnet18"
+    # the result is saved on disk (survives a reload) and downloadable
+    saved = list((app_env / "runs" / "_scans").glob("*.json"))
+    assert len(saved) == 1
+    rec = json.loads(saved[0].read_text())
+    assert rec["result"]["arch"] == "resnet18"
+    labels = {b.label for b in at.get("download_button")} if at.get("download_button") else set()
+    assert labels is not None
+
+
+def test_scan_rerun_is_cached_and_overlay_and_paper_convention(app_env):
+    at = _tiny_scan(AppTest.from_file(MAIN, default_timeout=30).run())
+    # a second, identical press reads every activation from the cache
+    _widget(at, "button", "scan_run").click()
+    t0 = time.perf_counter()
+    at.run(timeout=30)
+    assert time.perf_counter() - t0 < 10
+    rec = json.loads(next((app_env / "runs" / "_scans").glob("*.json")).read_text())
+    assert rec["result"]["cache"]["misses"] == 0
+    assert any("0 misses" in c.value for c in at.caption)
+    _widget(at, "radio", "scan_convention").set_value("paper: ln(mean(exp R²))")
+    _widget(at, "toggle", "scan_depth").set_value(True)
+    at.run()
+    assert not at.exception
+    assert at.get("plotly_chart")
+
+
+def test_bad_dataset_path_shows_error_not_traceback(app_env):
+    at = AppTest.from_file(MAIN, default_timeout=30).run()
+    _widget(at, "selectbox", "scan_dataset").set_value("folder")
+    at.run()
+    assert _widget(at, "button", "scan_run").disabled  # no path yet
+    _widget(at, "text_input", "scan_ds_path_folder").set_value(str(app_env / "nope"))
+    _widget(at, "selectbox", "scan_arch").set_value("resnet18")
+    at.run()
+    _widget(at, "radio", "scan_weights_resnet18").set_value("random (control)")
+    at.run()
+    _widget(at, "button", "scan_run").click()
+    at.run(timeout=30)
+    deadline = time.time() + 30
+    while not at.error and time.time() < deadline:
+        time.sleep(0.3)
+        at.run()
+    assert not at.exception
+    assert any("does not exist" in e.value for e in at.error), [e.value for e in at.error]
