@@ -1,0 +1,192 @@
+"""Cut a network at a probe layer, add global average pooling and a new head.
+
+The pruned model is the FX trunk of the network up to the cut (``rcvcore.extract.trunk``): nothing
+after the cut is computed or stored, and Inception's input transform stays inside the graph (we
+never slice ``children()``). A new linear head sits on the globally average-pooled map; the whole
+model stays trainable end to end.
+
+``cut="none"`` is the paper's *full* model: the whole convolutional trunk (up to the last block,
+after its ReLU, i.e. exactly what the ImageNet classifier pools), then GAP and a new head. The
+ImageNet ``fc`` is dropped, as the paper's ``include_top=False`` + GAP + Dense(1) did.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from .errors import UserError
+from .models import PRE_SOFTMAX, SOFTMAX, ArchSpec, build_model, count_parameters, get_arch
+
+NONE = "none"
+
+# Node of the last convolutional feature map of each architecture: what its classifier pools.
+FULL_TRUNK_NODE: dict[str, str] = {
+    "inception_v3": "Mixed_7c",
+    "resnet50": "layer4",          # after the last block's ReLU (the module's last op)
+    "resnet18": "layer4",
+    "vgg16": "features",           # after the last max-pool; VGG's fc layers are dropped
+    "densenet121": "relu",         # F.relu after features.norm5
+    "efficientnet_b0": "features",
+    "mobilenet_v3_large": "features",
+    "convnext_tiny": "features",
+}
+
+
+def cut_node(arch: ArchSpec, cut: str) -> str:
+    """Graph node where ``arch`` is cut for ``cut`` (a probe layer name, or ``none``).
+
+    Raises:
+        UserError: ``cut`` is not a probe layer of ``arch``, or is ``pre_softmax``/``softmax``
+            (the classifier output is not a feature map to prune at).
+    """
+    if cut in (None, "", NONE, "full"):
+        if arch.name not in FULL_TRUNK_NODE:
+            raise UserError(f"--cut none is not defined for {arch.name}; pass a probe layer.")
+        return FULL_TRUNK_NODE[arch.name]
+    if cut in (PRE_SOFTMAX, SOFTMAX):
+        raise UserError(f"--cut {cut}: the classifier output cannot be pruned at; choose a "
+                        f"feature layer such as {arch.paper_cut or arch.layer_names[-3]!r}, or "
+                        "'none' for the full convolutional trunk.")
+    return arch.node(cut)  # raises UserError with the closest names
+
+
+class PrunedNet(nn.Module):
+    """Trunk up to the cut, global average pooling, then a linear head.
+
+    For regression the head predicts ``target_mean + target_std * linear(features)``, so it starts
+    at the training mean and the optimiser works on a unit-scale output (with Adam this is the
+    same optimisation as MSE on raw areas, whose gradient differs only by the factor ``std**2``).
+
+    Args:
+        body: the FX trunk returning ``{"features": map}``.
+        n_features: channels of the map at the cut.
+        n_outputs: 1 for regression, the number of classes for classification.
+    """
+
+    def __init__(self, body: nn.Module, n_features: int, n_outputs: int,
+                 target_mean: float = 0.0, target_std: float = 1.0):
+        super().__init__()
+        self.body = body
+        self.head = nn.Linear(n_features, n_outputs)
+        self.register_buffer("target_mean", torch.tensor(float(target_mean)))
+        self.register_buffer("target_std", torch.tensor(float(target_std)))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (batch, 3, H, W) -> pooled features (batch, n_features)."""
+        t = self.body(x)["features"]
+        return t.mean(dim=(2, 3)) if t.ndim == 4 else t.flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw head output (batch, n_outputs): standardised values or class logits."""
+        return self.head(self.features(x))
+
+    def unscale(self, out: torch.Tensor) -> torch.Tensor:
+        """Regression output in the target's units (e.g. nuclei area in px)."""
+        return self.target_mean + self.target_std * out.squeeze(-1)
+
+
+def prune(model: nn.Module, arch: ArchSpec | str, cut: str, n_outputs: int = 1, *,
+          seed: int = 0, target_mean: float = 0.0, target_std: float = 1.0) -> PrunedNet:
+    """Return a new model: ``model`` cut at ``cut``, then GAP and a fresh ``n_outputs`` head.
+
+    Args:
+        model: a model from :func:`rcvcore.models.build_model`. It is deep-copied, never modified.
+        arch: its registry entry or name.
+        cut: probe layer name (``add_15``, ``mixed8``) or ``none`` for the full trunk.
+        n_outputs: 1 (regression) or the number of classes.
+        seed: seed of the head initialisation.
+        target_mean, target_std: regression scale of the head (see :class:`PrunedNet`).
+    """
+    from .extract import trunk
+
+    arch = get_arch(arch) if isinstance(arch, str) else arch
+    if n_outputs < 1:
+        raise UserError(f"prune: n_outputs must be >= 1, got {n_outputs}.")
+    node = cut_node(arch, cut)
+    body = trunk(copy.deepcopy(model).eval(), {node: "features"})
+    with torch.no_grad():
+        size = arch.input_size
+        probe = body(torch.zeros(1, 3, size, size))["features"]
+    n_features = int(probe.shape[1])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = PrunedNet(body, n_features, n_outputs, target_mean, target_std)
+    return net
+
+
+def build_pruned(arch: ArchSpec | str, weights: str, cut: str, n_outputs: int = 1, *,
+                 seed: int = 0, target_mean: float = 0.0, target_std: float = 1.0) -> PrunedNet:
+    """Build ``arch`` with ``weights`` and prune it (see :func:`prune`)."""
+    arch = get_arch(arch) if isinstance(arch, str) else arch
+    model, _ = build_model(arch, weights, seed=seed)
+    return prune(model, arch, cut, n_outputs, seed=seed, target_mean=target_mean,
+                 target_std=target_std)
+
+
+def forward_flops(model: nn.Module, image_size: int) -> int:
+    """Floating-point operations of one forward pass of one ``image_size`` image (2 per MAC)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = copy.deepcopy(model).eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.zeros(1, 3, image_size, image_size))
+    return int(counter.get_total_flops())
+
+
+@dataclass(frozen=True)
+class CutSummary:
+    """Size and forward cost of a network before and after the cut.
+
+    ``classifier_*`` is the original ImageNet classifier; ``full_*`` the paper's full model (whole
+    trunk + GAP + head, ``--cut none``); ``pruned_*`` the model cut at ``cut``. FLOPs are for one
+    image at ``image_size`` (2 FLOPs per multiply-add).
+    """
+
+    arch: str
+    cut: str
+    image_size: int
+    n_outputs: int
+    classifier_params: int
+    classifier_flops: int
+    full_params: int
+    full_flops: int
+    pruned_params: int
+    pruned_flops: int
+
+    @property
+    def params_ratio(self) -> float:
+        return self.pruned_params / self.full_params
+
+    @property
+    def flops_ratio(self) -> float:
+        return self.pruned_flops / self.full_flops
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["params_ratio"] = self.params_ratio
+        d["flops_ratio"] = self.flops_ratio
+        return d
+
+
+def cut_summary(arch: ArchSpec | str, weights: str = "random", cut: str = NONE,
+                image_size: int | None = None, n_outputs: int = 1) -> CutSummary:
+    """Parameter counts and forward FLOPs of the full and the pruned model.
+
+    Counts do not depend on the weights' values, so the model is always built with random weights
+    (``weights`` is accepted for a uniform API and never downloads anything).
+    """
+    del weights
+    arch = get_arch(arch) if isinstance(arch, str) else arch
+    size = int(image_size or arch.input_size)
+    model, _ = build_model(arch, "random")
+    full = prune(model, arch, NONE, n_outputs)
+    pruned = full if cut in (None, "", NONE, "full") else prune(model, arch, cut, n_outputs)
+    return CutSummary(
+        arch=arch.name, cut=cut or NONE, image_size=size, n_outputs=n_outputs,
+        classifier_params=count_parameters(model), classifier_flops=forward_flops(model, size),
+        full_params=count_parameters(full), full_flops=forward_flops(full, size),
+        pruned_params=count_parameters(pruned), pruned_flops=forward_flops(pruned, size))
