@@ -45,6 +45,7 @@ class ArchSpec:
     paper_cut: str | None = None
     build_kwargs: tuple[tuple[str, object], ...] = ()
     description: str = ""
+    weights_member: str = "DEFAULT"
 
     @property
     def layer_names(self) -> list[str]:
@@ -71,7 +72,7 @@ class ArchSpec:
 
     @property
     def weights(self):
-        return getattr(torchvision.models, self.weights_enum).DEFAULT
+        return getattr(getattr(torchvision.models, self.weights_enum), self.weights_member)
 
     @property
     def input_size(self) -> int:
@@ -136,6 +137,8 @@ _register(ArchSpec(
 _register(ArchSpec(
     "resnet50", "ResNet50_Weights", layers=_resnet_adds((3, 4, 6, 3)) + _HEAD,
     extra_layers=(("stem", "maxpool"),), paper_cut="add_15",
+    # V1: the classic ImageNet recipe, as the Keras weights the paper used (V2 is a newer recipe)
+    weights_member="IMAGENET1K_V1",
     description="ResNet50 at 224 px, probed at Keras' add_1..add_16 residual sums (the paper's).",
 ))
 _register(ArchSpec(
@@ -285,6 +288,12 @@ def _load_checked(arch: ArchSpec, model: nn.Module, state: dict, source: str) ->
                         + f". Save a {arch.name} state dict (torchvision layout).")
 
 
+def imagenet_fingerprint(arch: ArchSpec) -> str:
+    """Cache fingerprint of torchvision's ImageNet weights: the enum member and the file name,
+    which carries the first digits of the file's SHA-256."""
+    return f"{arch.weights_enum}.{arch.weights.name}:{os.path.basename(arch.weights.url)}"
+
+
 def build_model(arch: ArchSpec | str, weights: str = "imagenet", seed: int = 0
                 ) -> tuple[nn.Module, WeightsInfo]:
     """Build ``arch`` in eval mode with ``weights``.
@@ -307,8 +316,7 @@ def build_model(arch: ArchSpec | str, weights: str = "imagenet", seed: int = 0
     elif weights == "imagenet":
         state = imagenet_state_dict(arch)
         _load_checked(arch, model, state, str(expected_weights_file(arch)))
-        info = WeightsInfo("imagenet", f"{arch.weights_enum}.{arch.weights.name}:"
-                           f"{os.path.basename(arch.weights.url)}", f"{arch.weights}")
+        info = WeightsInfo("imagenet", imagenet_fingerprint(arch), f"{arch.weights}")
     else:
         p = Path(weights).expanduser()
         if not p.exists():
@@ -345,6 +353,19 @@ def _offline_message(arch: ArchSpec, target: Path, why: str) -> str:
             f"the file {target} (from {arch.weights.url}). Copy it there (set TORCH_HOME to use "
             f"another folder), or pass --weights PATH to a state-dict file, or --weights random "
             f"for the random-weights control.")
+
+
+def check_weights(arch: ArchSpec | str, weights: str) -> None:
+    """Fail fast, before any data is generated or read, on weights that cannot be had."""
+    arch = get_arch(arch) if isinstance(arch, str) else arch
+    if weights == "imagenet":
+        target = expected_weights_file(arch)
+        if not target.is_file() and os.environ.get("RCV_NO_DOWNLOAD") == "1":
+            raise WeightsUnavailable(_offline_message(arch, target, "downloads are disabled "
+                                                      "(RCV_NO_DOWNLOAD=1)"))
+    elif weights != "random" and not Path(weights).expanduser().is_file():
+        raise UserError(f"--weights {weights!r}: not 'imagenet' or 'random', and no such "
+                        "file. Give a path to a state-dict checkpoint (.pt/.pth).")
 
 
 def imagenet_weights_available(arch: ArchSpec | str) -> bool:

@@ -1,0 +1,99 @@
+"""Disk cache of pooled activations, keyed by content fingerprints.
+
+One entry per (architecture, weights fingerprint, layer, pooling, preprocessing, dataset
+fingerprint). The dataset fingerprint covers every image path with its size and mtime and every
+label, so a changed image, measure or checkpoint never returns stale activations. An entry that
+cannot be read or has the wrong shape is treated as a miss and recomputed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+#: Explicit size limit (diskcache's default evicts silently at 1 GiB). ``RCV_CACHE_SIZE_GB``.
+DEFAULT_SIZE_GB = 8.0
+
+
+@dataclass(frozen=True)
+class ActivationKey:
+    arch: str
+    weights: str          # WeightsInfo.fingerprint
+    layer: str
+    pooling: str          # "gap"
+    preprocessing: str    # Preprocess.fingerprint
+    images: str           # dataset fingerprint (paths, sizes, mtimes, labels)
+
+    def digest(self) -> str:
+        payload = json.dumps(self.__dict__, sort_keys=True).encode()
+        return "act:" + hashlib.sha256(payload).hexdigest()
+
+
+@dataclass(frozen=True)
+class CachedActivations:
+    features: np.ndarray                   # (n_ok, n_channels) float32
+    ok: np.ndarray                         # indices of readable images
+    failed: tuple[tuple[int, str], ...]    # (index, reason)
+
+
+class ActivationCache:
+    """diskcache-backed store; ``hits`` and ``misses`` count layer lookups."""
+
+    def __init__(self, directory, size_limit_gb: float | None = None):
+        import diskcache
+
+        gb = size_limit_gb if size_limit_gb is not None else float(
+            os.environ.get("RCV_CACHE_SIZE_GB", DEFAULT_SIZE_GB))
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._cache = diskcache.Cache(str(self.directory), size_limit=int(gb * 2**30),
+                                      eviction_policy="least-recently-used")
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: ActivationKey, n_images: int) -> CachedActivations | None:
+        try:
+            value = self._cache.get(key.digest())
+        except Exception:  # unreadable pickle / file: recompute
+            value = None
+        entry = self._validate(value, n_images)
+        if entry is None:
+            if value is not None:
+                self._cache.delete(key.digest())
+            self.misses += 1
+            return None
+        self.hits += 1
+        return entry
+
+    @staticmethod
+    def _validate(value, n_images: int) -> CachedActivations | None:
+        try:
+            feats = np.asarray(value["features"], dtype=np.float32)
+            ok = np.asarray(value["ok"], dtype=int)
+            failed = tuple((int(i), str(r)) for i, r in value["failed"])
+        except Exception:
+            return None
+        if feats.ndim != 2 or feats.shape[0] != len(ok) or len(ok) + len(failed) != n_images:
+            return None
+        if not np.all(np.isfinite(feats)):
+            return None
+        return CachedActivations(feats, ok, failed)
+
+    def put(self, key: ActivationKey, entry: CachedActivations) -> None:
+        self._cache.set(key.digest(), {"features": np.ascontiguousarray(entry.features,
+                                                                          dtype=np.float32),
+                                       "ok": entry.ok.tolist(),
+                                       "failed": [list(f) for f in entry.failed]})
+
+    def close(self) -> None:
+        self._cache.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

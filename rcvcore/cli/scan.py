@@ -1,0 +1,113 @@
+"""``scan``: layer-wise held-out R² of scale RCVs, with controls (the CLI contract of issue 2)."""
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from ..scan import CONTROLS, ScanConfig, run_scan
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("scan", help="score every probe layer's scale RCV (held-out R²)",
+                       description="Extract pooled activations (one forward pass, cached), fit "
+                       "an RCV per layer on repeated 70/30 splits and report held-out R², next "
+                       "to the shuffled-labels and random-weights controls.")
+    p.add_argument("--arch", required=True, help="architecture (see `python -m rcvcore models`)")
+    p.add_argument("--weights", default="imagenet",
+                   help="imagenet | random | PATH to a state-dict checkpoint (default imagenet)")
+    p.add_argument("--dataset", required=True,
+                   help="demo-scale, folder:PATH, ... (see `python -m rcvcore datasets`)")
+    p.add_argument("--layers", default="paper", help="paper | all | comma-separated layers")
+    p.add_argument("--n", type=int, default=None, help="use at most N images")
+    p.add_argument("--repeats", type=int, default=10, help="random 70/30 splits (default 10)")
+    p.add_argument("--model", default="ridge", choices=["ridge", "ols"],
+                   help="ridge (penalty chosen on the training split) or ols (the paper's)")
+    p.add_argument("--controls", default=",".join(CONTROLS),
+                   help="comma-separated: shuffled,random-weights (default both) or none")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-dir", default=None,
+                   help="activation and dataset cache (default: the user cache dir)")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    p.add_argument("--no-per-class", action="store_true",
+                   help="pool all classes in one fit instead of one fit per class")
+    p.add_argument("--ungrouped", action="store_true",
+                   help="ignore the dataset's groups when splitting (crops of one photograph may "
+                   "then sit in train and test: optimistic, for comparison only)")
+    p.add_argument("--json", metavar="FILE", help="write the result as JSON")
+    p.add_argument("--csv", metavar="FILE", help="write the result as CSV")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_scan)
+
+
+def _progress_bar(quiet: bool):
+    from tqdm import tqdm
+
+    # a bar only on a terminal: redirected stderr (CI logs, pipes) stays readable
+    bar = tqdm(total=1000, file=sys.stderr, disable=quiet or not sys.stderr.isatty(),
+               leave=False, mininterval=0.2,
+               bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
+
+    def update(frac, msg):
+        step = int(frac * 1000) - bar.n
+        bar.set_postfix_str(msg, refresh=False)
+        if step > 0:
+            bar.update(step)
+
+    return update, bar.close
+
+
+def _scan(args) -> int:
+    config = ScanConfig(
+        arch=args.arch, weights=args.weights, dataset=args.dataset, layers=args.layers, n=args.n,
+        repeats=args.repeats, model=args.model,
+        controls=tuple(c.strip() for c in args.controls.split(",") if c.strip()),
+        device=args.device, batch_size=args.batch_size, seed=args.seed,
+        cache_dir=args.cache_dir, use_cache=not args.no_cache,
+        per_class=not args.no_per_class, grouped=not args.ungrouped).validate()
+    progress, close = _progress_bar(args.quiet)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result = run_scan(config, progress=progress)
+        finally:
+            close()
+    for w in caught:
+        if "skipped" in str(w.message):
+            print(f"warning: {w.message}", file=sys.stderr)
+    print(format_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.to_json(), indent=2))
+    if args.csv:
+        Path(args.csv).write_text(result.to_csv())
+    return 0
+
+
+def format_table(result) -> str:
+    """The terminal table: one row per layer, true network next to its controls."""
+    ctrl = result.controls
+    head = f"{'layer':<14} {'C':>5}  {'R² mean ± std':>16}  {'logmeanexp':>10}"
+    if "shuffled" in ctrl:
+        head += f"  {'shuffled':>16}"
+    if "random_weights" in ctrl:
+        head += f"  {'random weights':>16}"
+    lines = [f"{result.config.arch} ({result.weights_source}) on {result.dataset}: "
+             f"{result.n_images} images, measure {result.measure_name}, "
+             f"{result.config.repeats} repeats, {result.config.model}", head, "-" * len(head)]
+    cut, _ = result.suggest_cut()
+    for i, s in enumerate(result.layers):
+        row = f"{s.layer:<14} {s.n_features:>5}  {s.mean:>8.3f} ± {s.std:<5.3f}  {s.logmeanexp:>10.3f}"
+        for key in ("shuffled", "random_weights"):
+            if key in ctrl:
+                c = ctrl[key][i]
+                row += f"  {c.mean:>8.3f} ± {c.std:<5.3f}"
+        if s.layer == cut:
+            row += "  <- suggested cut"
+        lines.append(row)
+    lines.append(f"skipped {len(result.skipped)} files; extract {result.timing['extract_s']:.1f} s,"
+                 f" fit {result.timing['fit_s']:.1f} s; cache {result.cache['hits']} hits, "
+                 f"{result.cache['misses']} misses")
+    return "\n".join(lines)

@@ -1,0 +1,294 @@
+"""Load a finished run and predict nuclei area and / or magnification on image files.
+
+Images are read as training images were (:func:`rcvcore.data.images.read_rgb`: RGB, RGBA on white,
+grayscale, palette, 16-bit TIFF -> 8-bit RGB) and then:
+
+- an image at least as large as the training patches (``P`` px, e.g. 224) on both sides is
+  **tiled** at its native resolution into the centred grid of ``floor(w/P) x floor(h/P)`` patches
+  of ``P x P`` (at most ``max_tiles``, evenly sampled beyond that); each tile goes through the
+  run's transform and the outputs are averaged (areas, or class probabilities). The pixel scale is
+  never changed, so predicted areas stay in the training images' pixels.
+- a smaller image is **resized** (shorter side) to the network input and centre-cropped, like
+  training images; ``note`` says so, because that rescales areas measured in pixels.
+
+A corrupt, non-image, empty or oversized file (decompression bomb) gets its own ``error`` and the
+other files are still predicted.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .data.base import ProgressFn
+from .data.images import MAX_PIXELS, ImageReadError, read_rgb
+from .errors import UserError
+from .metrics import nearest_class
+from .train import (CHECKPOINT, CONFIG, Task, TrainConfig, build_run_model, load_checkpoint,
+                    read_run, train_transform)
+
+
+@dataclass(frozen=True)
+class LoadedRun:
+    """A trained run, ready to predict (model in eval mode on ``device``; do not modify)."""
+
+    run_dir: str
+    config: TrainConfig
+    task: Task
+    model: torch.nn.Module
+    device: torch.device
+    transform: object
+
+
+def load_run_model(run_dir, device: str = "auto", *, allow_unfinished: bool = False
+                   ) -> LoadedRun:
+    """Load the model of a run from ``checkpoint.pt`` (``weights_only=True``).
+
+    Args:
+        run_dir: a run directory written by :func:`rcvcore.train.train`.
+        device: ``auto`` | ``cpu`` | ``cuda`` ...
+        allow_unfinished: also load runs that are not ``done`` (last checkpoint).
+
+    Raises:
+        UserError: not a run directory, run not finished, or an unreadable checkpoint.
+    """
+    from .extract import resolve_device
+
+    run = Path(run_dir)
+    st = read_run(run)
+    if st.config is None:
+        raise UserError(f"--run {run}: no readable {CONFIG}; give the directory of a training "
+                        "run (python -m rcvcore train --run-dir DIR).")
+    if st.state != "done" and not allow_unfinished:
+        err = f" ({st.status.get('error')})" if st.status.get("error") else ""
+        raise UserError(f"--run {run}: the run is {st.state}{err}, not done. Finish it with "
+                        f"`python -m rcvcore train --resume --run-dir {run}`.")
+    config = TrainConfig.from_dict(st.config, str(run / CONFIG))
+    ck = load_checkpoint(run / CHECKPOINT)
+    if "task" not in ck or "model" not in ck:
+        raise UserError(f"{run / CHECKPOINT} is not an rcvcore run checkpoint (no task/model).")
+    task = Task.from_dict(ck["task"])
+    model = build_run_model(config, task, weights="random")  # weights come from the checkpoint
+    model.load_state_dict(ck["model"])
+    dev = resolve_device(device)
+    model = model.to(dev).to(memory_format=torch.channels_last).eval()
+    return LoadedRun(str(run), config, task, model, dev, train_transform(config.arch,
+                                                                          config.image_size))
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The prediction for one file.
+
+    Attributes:
+        path: the file (or the upload's name).
+        nuclei_area: predicted measure in training-image pixels (regression runs), else None.
+        magnification: predicted class (regression: the class of nearest training-set mean).
+        probabilities: class -> probability (classification runs), else None.
+        distances: class -> |area - class mean| (regression runs with classes), else None.
+        tiles: number of patches averaged (0 when the image was resized).
+        note: how the image was adapted, when it was not a training-size patch.
+        error: why the file could not be predicted (None on success).
+    """
+
+    path: str
+    nuclei_area: float | None = None
+    magnification: str | None = None
+    probabilities: dict[str, float] | None = None
+    distances: dict[str, float] | None = None
+    tiles: int = 0
+    note: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "nuclei_area": self.nuclei_area,
+                "magnification": self.magnification, "probabilities": self.probabilities,
+                "distances": self.distances, "tiles": self.tiles, "note": self.note,
+                "error": self.error}
+
+
+def tiles_of(img, patch: int, max_tiles: int = 64):
+    """Split a PIL image into the centred grid of ``patch`` tiles (see the module docstring).
+
+    Returns:
+        ``(tiles, note)``: a list of PIL images, and None or a note about resizing/sampling.
+    """
+    w, h = img.size
+    if w < patch or h < patch:
+        return [img], (f"{w}x{h} is smaller than the training patches ({patch}x{patch}): "
+                       "resized, so areas in pixels are rescaled")
+    nx, ny = w // patch, h // patch
+    x0, y0 = (w - nx * patch) // 2, (h - ny * patch) // 2
+    boxes = [(x0 + i * patch, y0 + j * patch, x0 + (i + 1) * patch, y0 + (j + 1) * patch)
+             for j in range(ny) for i in range(nx)]
+    note = None
+    if len(boxes) > 1:
+        note = f"tiled into {nx}x{ny} patches of {patch} px"
+    if len(boxes) > max_tiles:
+        keep = np.linspace(0, len(boxes) - 1, max_tiles).round().astype(int)
+        boxes = [boxes[i] for i in keep]
+        note += f", {max_tiles} evenly sampled"
+    return [img.crop(b) for b in boxes], note
+
+
+def _predict_tensors(run: LoadedRun, xs: torch.Tensor) -> np.ndarray:
+    """(n, 3, H, W) -> regression areas (n,) or class probabilities (n, n_classes)."""
+    dev = run.device
+    x = xs.to(dev).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.float16,
+                                                enabled=dev.type == "cuda"):
+        out = run.model(x).float()
+    if run.task.kind == "regression":
+        return run.model.unscale(out).cpu().numpy().astype(float)
+    return torch.softmax(out, dim=1).cpu().numpy().astype(float)
+
+
+def _finish(run: LoadedRun, name: str, outs: np.ndarray, tiles: int, note) -> Prediction:
+    task = run.task
+    if task.kind == "regression":
+        area = float(np.mean(outs))
+        mag, dist = None, None
+        if task.class_means:
+            means = dict(task.class_means)
+            labels, d = nearest_class([area], means)
+            mag, dist = labels[0], {c: float(v) for c, v in zip(means, d[0])}
+        return Prediction(name, area, mag, None, dist, tiles, note)
+    p = outs.mean(axis=0)
+    probs = {c: float(v) for c, v in zip(task.classes, p)}
+    return Prediction(name, None, task.classes[int(p.argmax())], probs, None, tiles, note)
+
+
+def _predict_pil(run: LoadedRun, items, batch_size: int, max_tiles: int,
+                 progress: ProgressFn | None) -> list[Prediction]:
+    """``items``: list of (name, PIL image | Exception-message str). Batches tiles across files."""
+    results: list[Prediction | None] = [None] * len(items)
+    pending: list[tuple[int, torch.Tensor]] = []
+    per_file: dict[int, list[np.ndarray]] = {}
+    meta: dict[int, tuple[int, str | None]] = {}
+
+    def flush():
+        if not pending:
+            return
+        outs = _predict_tensors(run, torch.stack([t for _, t in pending]))
+        for (i, _), o in zip(pending, outs):
+            per_file.setdefault(i, []).append(o)
+        pending.clear()
+
+    for i, (name, img) in enumerate(items):
+        if isinstance(img, str):
+            results[i] = Prediction(name, error=img)
+            continue
+        try:
+            tiles, note = tiles_of(img, run.task.patch_size, max_tiles)
+            tensors = [run.transform(t) for t in tiles]
+        except Exception as e:
+            results[i] = Prediction(name, error=f"{type(e).__name__}: {e}")
+            continue
+        meta[i] = (len(tiles) if note is None or "resized" not in note else 0, note)
+        for t in tensors:
+            pending.append((i, t))
+            if len(pending) >= batch_size:
+                flush()
+        if progress:
+            progress((i + 1) / len(items), f"predicted {i + 1}/{len(items)} files")
+    flush()
+    for i, (tiles, note) in meta.items():
+        results[i] = _finish(run, items[i][0], np.asarray(per_file[i]), tiles, note)
+    return results  # type: ignore[return-value]
+
+
+def predict_files(run: LoadedRun, paths: Sequence, *, batch_size: int = 16,
+                  max_tiles: int = 64, max_pixels: int = MAX_PIXELS,
+                  progress: ProgressFn | None = None) -> list[Prediction]:
+    """Predict every file of ``paths``; a file that cannot be read gets ``error`` set.
+
+    Files are decoded one at a time (only the current batch of tiles is held in memory).
+    """
+    results: list[Prediction] = []
+    chunk: list = []
+
+    def run_chunk():
+        results.extend(_predict_pil(run, chunk, batch_size, max_tiles, None))
+        chunk.clear()
+
+    for k, p in enumerate(paths):
+        try:
+            chunk.append((str(p), read_rgb(p, max_pixels=max_pixels)))
+        except ImageReadError as e:
+            chunk.append((str(p), e.reason))
+        except Exception as e:  # never let one file stop the others
+            chunk.append((str(p), f"{type(e).__name__}: {e}"))
+        if len(chunk) >= batch_size:
+            run_chunk()
+        if progress:
+            progress((k + 1) / max(len(paths), 1), f"predicted {k + 1}/{len(paths)} files")
+    run_chunk()
+    return results
+
+
+def predict_images(run: LoadedRun, images: Sequence[tuple[str, object]], *,
+                   batch_size: int = 16, max_tiles: int = 64, max_pixels: int = MAX_PIXELS,
+                   progress: ProgressFn | None = None) -> list[Prediction]:
+    """Predict in-memory images, e.g. dashboard uploads.
+
+    Args:
+        images: ``(name, data)`` pairs; ``data`` is the file's bytes (any format read_rgb reads;
+            the name's suffix helps TIFF detection), a PIL image, or a numpy array
+            ``(H, W)`` / ``(H, W, 3|4)`` of any integer or float depth.
+    """
+    from PIL import Image
+
+    from .data.images import _convert
+
+    items = []
+    for name, data in images:
+        try:
+            if isinstance(data, (bytes, bytearray, memoryview)):
+                suffix = Path(str(name)).suffix or ".img"
+                fd, tmp = tempfile.mkstemp(suffix=suffix)
+                try:
+                    with os.fdopen(fd, "wb") as f:
+                        f.write(bytes(data))
+                    items.append((str(name), read_rgb(tmp, max_pixels=max_pixels)))
+                finally:
+                    os.unlink(tmp)
+                continue
+            if isinstance(data, np.ndarray):
+                arr = data
+                if arr.ndim == 3 and arr.shape[-1] == 1:
+                    arr = arr[..., 0]
+                if arr.dtype not in (np.uint8,) and arr.ndim == 2 and arr.dtype.kind in "ui":
+                    data = Image.fromarray(arr.astype(np.int32), mode="I")
+                else:
+                    from .data.images import _to_uint8
+                    data = Image.fromarray(_to_uint8(arr))
+            if isinstance(data, Image.Image):
+                w, h = data.size
+                if w * h > max_pixels:
+                    raise ImageReadError(name, f"image is {w}x{h} pixels, above the limit of "
+                                               f"{max_pixels:,} pixels")
+                items.append((str(name), _convert(data)))
+                continue
+            items.append((str(name), f"unsupported input type {type(data).__name__}; give "
+                                     "bytes, a PIL image or a numpy array"))
+        except ImageReadError as e:
+            items.append((str(name), e.reason.replace(tempfile.gettempdir(), "")))
+        except Exception as e:
+            items.append((str(name), f"{type(e).__name__}: {e}"))
+    return _predict_pil(run, items, batch_size, max_tiles, progress)
+
+
+def predict(run_dir, paths: Sequence, *, device: str = "auto", batch_size: int = 16,
+            progress: ProgressFn | None = None) -> list[Prediction]:
+    """Load the run in ``run_dir`` and predict ``paths`` (see :func:`predict_files`)."""
+    return predict_files(load_run_model(run_dir, device), paths, batch_size=batch_size,
+                         progress=progress)

@@ -1,0 +1,420 @@
+"""Regression Concept Vectors: linear regression from pooled activations to a scale measure.
+
+:class:`RCV` is a scikit-learn estimator; :func:`score_layers` scores many layers over repeated
+70/30 splits (grouped, per class) with held-out R². The solver works in float64 on one eigen-
+decomposition per (layer, split): of the centred Gram matrix when features outnumber training
+images, of the covariance otherwise. Every target column that shares a split (the true measure and
+its shuffled control) reuses that factorisation, and the ridge penalty is chosen on the training
+split alone by exact leave-one-out, for all penalties at once (as ``RidgeCV``'s GCV does).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import numpy as np
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.model_selection import GroupShuffleSplit, ShuffleSplit
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from .errors import UserError
+
+MODELS = ("ridge", "ols")
+#: Ridge penalties, relative to the mean squared norm of the centred training rows
+#: (trace of the centred Gram / n), so one grid fits layers of any activation scale.
+RELATIVE_ALPHAS = tuple(np.logspace(-5, 3, 17))
+
+
+def logmeanexp(r2) -> float:
+    """The paper's aggregate ``ln(mean(exp(R²)))`` (their figures plot exp(R²)/e)."""
+    r2 = np.asarray(r2, dtype=np.float64).ravel()
+    m = r2.max()
+    return float(m + np.log(np.mean(np.exp(r2 - m))))
+
+
+def _r2(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """Column-wise R² = 1 - SS_res/SS_tot (as ``sklearn.metrics.r2_score``)."""
+    ss_res = ((y_true - y_pred) ** 2).sum(axis=0)
+    ss_tot = ((y_true - y_true.mean(axis=0)) ** 2).sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(ss_tot > 0, 1.0 - ss_res / np.where(ss_tot > 0, ss_tot, 1), np.nan)
+
+
+# ------------------------------------------------------------------------------------------
+# the solver on one training split
+
+
+class _Fit:
+    """Exact linear fits of the columns of ``Y`` on centred features ``Xc`` (one split).
+
+    ``solve(alpha)`` gives dual or primal coefficients; ``loo_mse(alphas)`` the leave-one-out
+    mean squared errors of ridge with an unpenalised intercept, for every alpha and column.
+    """
+
+    def __init__(self, Xc: np.ndarray | None, Yc: np.ndarray, gram: np.ndarray | None = None,
+                 n_features: int | None = None):
+        n, p = (gram.shape[0], n_features) if gram is not None else Xc.shape
+        self.n, self.p = n, p
+        self.dual = n <= p
+        if self.dual:
+            K = Xc @ Xc.T if gram is None else gram
+            scale = max(np.trace(K) / n, np.finfo(float).tiny)
+            # Deflate the ones vector (an exact null direction of a centred Gram) by lifting it
+            # above every other eigenvalue, then drop it: the intercept is not penalised.
+            lift = 2.0 * np.trace(K) / n + scale
+            lam, Q = np.linalg.eigh(K + lift)
+            lam, Q = lam[:-1], Q[:, :-1]
+        else:
+            C = Xc.T @ Xc
+            scale = max(np.trace(C) / n, np.finfo(float).tiny)
+            lam, V = np.linalg.eigh(C)
+            self.V = V
+            Q = Xc @ V                      # = U * sqrt(lam): unnormalised left vectors
+        self.lam = np.clip(lam, 0.0, None)
+        self.Q = Q
+        self.scale = scale
+        self.Yc = Yc
+        self.QtY = Q.T @ Yc
+        self.tol = self.lam.max(initial=0.0) * max(n, p) * np.finfo(np.float64).eps * 10
+
+    def _inv(self, alpha: float) -> np.ndarray:
+        lam = self.lam
+        if alpha > 0:
+            return 1.0 / (lam + alpha)
+        out = np.zeros_like(lam)               # minimum-norm least squares: drop null directions
+        keep = lam > self.tol
+        out[keep] = 1.0 / lam[keep]
+        return out
+
+    def loo_mse(self, alphas: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+        """(n_alphas, n_columns) cross-validated MSE of ridge with an unpenalised intercept.
+
+        Without ``groups``: exact leave-one-out. With ``groups``: exact leave-one-group-out (the
+        block form e_g = (I - H)_gg⁻¹ ((I - H) y)_g), scored as the mean over groups of each
+        group's MSE, as ``RidgeCV(cv=LeaveOneGroupOut(), scoring="neg_mean_squared_error")``.
+        Crops of one photograph or patches of one slide are then never used to tune the penalty
+        for their own siblings.
+        """
+        out = np.empty((len(alphas), self.Yc.shape[1]))
+        n = self.n
+        blocks = None
+        if groups is not None:
+            _, inv = np.unique(np.asarray(groups), return_inverse=True)
+            if inv.max() + 1 < n:
+                blocks = [np.flatnonzero(inv == g) for g in range(inv.max() + 1)]
+        nz = self.lam > self.tol
+        for a, alpha in enumerate(alphas):
+            D = 1.0 / (self.lam + alpha)
+            if self.dual:
+                c = self.Q @ (D[:, None] * self.QtY)             # α (I-H) y  (on 1⊥)
+                if blocks is None:
+                    d = (self.Q ** 2) @ D                         # diag of α (I-H)
+                    e = c / d[:, None]
+                else:
+                    e = np.empty_like(c)
+                    for b in blocks:
+                        Qb = self.Q[b]
+                        Mb = (Qb * D) @ Qb.T                      # (I-H)_bb / α
+                        e[b] = np.linalg.solve(Mb, c[b])
+            else:
+                Dh = np.where(nz, D, 0.0)
+                r = self.Yc - self.Q @ (Dh[:, None] * self.QtY)   # (I-H) y, centred fit
+                if blocks is None:
+                    h = (self.Q ** 2) @ Dh
+                    e = r / (1.0 - 1.0 / n - h)[:, None]
+                else:
+                    e = np.empty_like(r)
+                    for b in blocks:
+                        Qb = self.Q[b]
+                        Mb = np.eye(len(b)) - 1.0 / n - (Qb * Dh) @ Qb.T
+                        e[b] = np.linalg.solve(Mb, r[b])
+            if blocks is None:
+                out[a] = (e ** 2).mean(axis=0)
+            else:
+                out[a] = np.mean([(e[b] ** 2).mean(axis=0) for b in blocks], axis=0)
+        return out
+
+    def predict(self, alpha: float, cross: np.ndarray, Xc_test: np.ndarray | None = None,
+                cols=slice(None)) -> np.ndarray:
+        """Centred predictions for test rows given ``cross`` = Xc_test Xcᵀ (dual) or Xc_test."""
+        D = self._inv(alpha)
+        if self.dual:
+            return cross @ (self.Q @ (D[:, None] * self.QtY[:, cols]))
+        # primal: w = V diag(D) Vᵀ Xcᵀ y ; Vᵀ Xcᵀ y = Qᵀ y
+        w = self.V @ (D[:, None] * self.QtY[:, cols])
+        return Xc_test @ w
+
+    def coef(self, alpha: float, Xc: np.ndarray) -> np.ndarray:
+        D = self._inv(alpha)
+        if self.dual:
+            return Xc.T @ (self.Q @ (D[:, None] * self.QtY))
+        return self.V @ (D[:, None] * self.QtY)
+
+
+def _choose_alpha(fit: _Fit, model: str, rel_alphas, groups=None) -> np.ndarray:
+    """Per-column penalty: 0 for OLS; for ridge the grid value with the lowest leave-one-out
+    (leave-one-group-out with ``groups``) error on the training split, first on ties."""
+    if model == "ols":
+        return np.zeros(fit.Yc.shape[1])
+    alphas = np.asarray(rel_alphas, dtype=np.float64) * fit.scale
+    mse = fit.loo_mse(alphas, groups)
+    return alphas[np.argmin(mse, axis=0)]
+
+
+def _check_model(model: str) -> None:
+    if model not in MODELS:
+        raise UserError(f"model={model!r} is not supported; choose 'ridge' (default, penalty "
+                        "chosen on the training split) or 'ols' (the paper's least squares).")
+
+
+# ------------------------------------------------------------------------------------------
+# the estimator
+
+
+class RCV(RegressorMixin, BaseEstimator):
+    """Regression Concept Vector: a linear regression from activations to a concept measure.
+
+    Args:
+        model: ``"ridge"`` (default; penalty chosen by exact leave-one-out on the training data)
+            or ``"ols"`` (ordinary least squares, minimum-norm when features outnumber samples,
+            as the paper did).
+        alphas: ridge penalties relative to the mean squared norm of the centred rows.
+
+    Attributes:
+        coef_: (n_features,) regression weights.
+        intercept_: float.
+        alpha_: the absolute penalty used (0 for OLS).
+        direction_: (n_features,) the unit-norm RCV, ``coef_ / ||coef_||``.
+    """
+
+    def __init__(self, model: str = "ridge", alphas=RELATIVE_ALPHAS):
+        self.model = model
+        self.alphas = alphas
+
+    def fit(self, X, y, groups=None):
+        """Fit on ``X`` (n_samples, n_features); ``groups`` makes the penalty search leave
+        whole groups out."""
+        _check_model(self.model)
+        X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
+        if X.shape[0] < 3:
+            raise UserError(f"RCV needs at least 3 samples to fit, got {X.shape[0]}.")
+        mu, ybar = X.mean(axis=0), y.mean()
+        Xc, yc = X - mu, (y - ybar)[:, None]
+        fit = _Fit(Xc, yc)
+        self.alpha_ = float(_choose_alpha(fit, self.model, self.alphas, groups)[0])
+        self.coef_ = fit.coef(self.alpha_, Xc)[:, 0]
+        self.intercept_ = float(ybar - mu @ self.coef_)
+        norm = np.linalg.norm(self.coef_)
+        self.direction_ = self.coef_ / norm if norm > 0 else self.coef_
+        return self
+
+    def predict(self, X):
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        return X @ self.coef_ + self.intercept_
+
+
+# ------------------------------------------------------------------------------------------
+# repeated splits
+
+
+@dataclass(frozen=True)
+class Split:
+    """One train/test split of the images of one class (indices into the dataset)."""
+
+    repeat: int
+    label: str
+    train: np.ndarray
+    test: np.ndarray
+    train_groups: np.ndarray | None = None
+
+
+def make_splits(n: int, *, labels=None, groups=None, repeats: int = 10, seed: int = 0,
+                test_size: float = 0.3) -> list[Split]:
+    """Random ``1 - test_size`` / ``test_size`` splits, repeated, per class, grouped.
+
+    Splits depend only on ``(n, labels, groups, seed)``, so every layer and every control is
+    scored on identical splits. With ``groups``, no group straddles train and test.
+
+    Raises:
+        UserError: a class with too few images (or groups) for a split.
+    """
+    labels = np.full(n, "all") if labels is None else np.asarray(labels).astype(str)
+    splits = []
+    for ci, label in enumerate(sorted(np.unique(labels))):
+        idx = np.flatnonzero(labels == label)
+        g = None if groups is None else np.asarray(groups)[idx]
+        units = len(idx) if g is None else len(np.unique(g))
+        n_test = int(np.ceil(test_size * units))
+        if len(idx) < 6 or units - n_test < 2 or n_test < 1:
+            what = "images" if g is None else "groups (source images)"
+            raise UserError(
+                f"Too few images for a {round((1 - test_size) * 100)}/{round(test_size * 100)} "
+                f"split{'' if label == 'all' else f' in class {label!r}'}: {len(idx)} images in "
+                f"{units} {what}; need at least 6 images and 3 {what}. Use a larger --n or drop "
+                "the class.")
+        for r in range(repeats):
+            rs = int(np.random.SeedSequence([seed, r, ci]).generate_state(1)[0])
+            splitter = (ShuffleSplit(1, test_size=test_size, random_state=rs) if g is None
+                        else GroupShuffleSplit(1, test_size=test_size, random_state=rs))
+            tr, te = next(splitter.split(idx, groups=g))
+            splits.append(Split(r, str(label), idx[tr], idx[te], None if g is None else g[tr]))
+    return splits
+
+
+def shuffled_targets(y: np.ndarray, *, labels=None, repeats: int = 10, seed: int = 0) -> np.ndarray:
+    """(repeats, n) copies of ``y``, each permuted within class with its own seed (control)."""
+    y = np.asarray(y, dtype=np.float64)
+    labels = np.full(len(y), "all") if labels is None else np.asarray(labels).astype(str)
+    out = np.empty((repeats, len(y)))
+    for r in range(repeats):
+        rng = np.random.default_rng([seed, r, 7919])
+        yr = y.copy()
+        for label in np.unique(labels):
+            i = np.flatnonzero(labels == label)
+            yr[i] = y[rng.permutation(i)]
+        out[r] = yr
+    return out
+
+
+@dataclass(frozen=True)
+class LayerScore:
+    """Held-out R² of the RCV of one layer over repeated splits.
+
+    ``r2`` has one value per repeat (the mean over classes of that repeat); ``r2_by_class``
+    keeps every (class, repeat) value, from which the paper's log-mean-exp is computed.
+    """
+
+    layer: str
+    n_features: int
+    r2: tuple[float, ...]
+    r2_by_class: Mapping[str, tuple[float, ...]] = field(default_factory=dict, compare=False)
+    alphas: tuple[float, ...] = field(default=(), compare=False)
+
+    @property
+    def mean(self) -> float:
+        return float(np.nanmean(self.r2))
+
+    @property
+    def std(self) -> float:
+        return float(np.nanstd(self.r2))
+
+    @property
+    def logmeanexp(self) -> float:
+        vals = [v for vs in self.r2_by_class.values() for v in vs] or list(self.r2)
+        vals = [v for v in vals if np.isfinite(v)]
+        return logmeanexp(vals) if vals else float("nan")
+
+    def to_json(self) -> dict:
+        return {"name": self.layer, "n_features": self.n_features, "r2": list(self.r2),
+                "r2_mean": self.mean, "r2_std": self.std, "r2_logmeanexp": self.logmeanexp}
+
+
+def score_targets(features: Mapping[str, np.ndarray], targets: Mapping[str, np.ndarray],
+                  splits: list[Split], *, model: str = "ridge", alphas=RELATIVE_ALPHAS,
+                  progress: Callable[[float, str], None] | None = None
+                  ) -> dict[str, dict[str, LayerScore]]:
+    """Score every layer for several targets on the same splits, sharing factorisations.
+
+    Args:
+        features: layer -> (n_images, n_features) activations.
+        targets: name -> (n_images,) measure, or (repeats, n_images) for a target that differs
+            per repeat (the shuffled control).
+        splits: from :func:`make_splits`.
+
+    Returns:
+        target name -> layer -> :class:`LayerScore`.
+    """
+    _check_model(model)
+    names = list(targets)
+    repeats = 1 + max(s.repeat for s in splits)
+    labels_order = sorted({s.label for s in splits})
+    T = {}
+    for name, t in targets.items():
+        t = np.asarray(t, dtype=np.float64)
+        T[name] = np.broadcast_to(t, (repeats, t.shape[-1])) if t.ndim == 1 else t
+    out: dict[str, dict[str, LayerScore]] = {name: {} for name in names}
+    layers = list(features)
+    for li, layer in enumerate(layers):
+        X = np.asarray(features[layer], dtype=np.float64)
+        X = X - X.mean(axis=0)          # a common shift keeps Gram-matrix centring exact
+        n, p = X.shape
+        need_gram = any(len(s.train) <= p for s in splits)
+        G = X @ X.T if need_gram else None
+        r2 = {name: np.full((repeats, len(labels_order)), np.nan) for name in names}
+        chosen = []
+        for s in splits:
+            tr, te = s.train, s.test
+            mu = X[tr].mean(axis=0)
+            Y = np.stack([T[name][s.repeat] for name in names], axis=1)      # (n, k)
+            ybar = Y[tr].mean(axis=0)
+            if len(tr) <= p:
+                Gtt = G[np.ix_(tr, tr)]
+                b = Gtt.mean(axis=1)
+                m = b.mean()
+                Kc = Gtt - b[:, None] - b[None, :] + m
+                fit = _Fit(None, Y[tr] - ybar, gram=Kc, n_features=p)
+                Gst = G[np.ix_(te, tr)]
+                a = Gst.mean(axis=1)
+                cross = Gst - a[:, None] - b[None, :] + m
+                Xc_test = None
+            else:
+                Xc = X[tr] - mu
+                fit = _Fit(Xc, Y[tr] - ybar)
+                cross, Xc_test = None, X[te] - mu
+            a_cols = _choose_alpha(fit, model, alphas, s.train_groups)
+            chosen.append(a_cols[0])
+            for k, name in enumerate(names):
+                pred = fit.predict(a_cols[k], cross, Xc_test, cols=slice(k, k + 1))[:, 0] + ybar[k]
+                r2[name][s.repeat, labels_order.index(s.label)] = _r2(
+                    Y[te, k][:, None], pred[:, None])[0]
+        for name in names:
+            with np.errstate(all="ignore"):
+                per_repeat = np.nanmean(r2[name], axis=1)
+            out[name][layer] = LayerScore(
+                layer, p, tuple(float(v) for v in per_repeat),
+                {c: tuple(float(v) for v in r2[name][:, j]) for j, c in enumerate(labels_order)},
+                tuple(float(a) for a in chosen))
+        if progress:
+            progress((li + 1) / len(layers), f"scored {layer}")
+    return out
+
+
+def score_layers(features: Mapping[str, np.ndarray], y, *, labels=None, groups=None,
+                 repeats: int = 10, seed: int = 0, model: str = "ridge", test_size: float = 0.3,
+                 alphas=RELATIVE_ALPHAS, shuffle: bool = False,
+                 progress=None) -> dict[str, LayerScore]:
+    """Held-out R² of the RCV of every layer, over ``repeats`` grouped, per-class splits.
+
+    Args:
+        features: layer -> (n_images, n_features) pooled activations.
+        y: (n_images,) scale measure.
+        labels: optional (n_images,) classes: splits and fits are per class, R² averaged.
+        groups: optional (n_images,) groups that never straddle train and test.
+        shuffle: score the shuffled-labels control instead of the true measure.
+
+    Returns:
+        layer -> :class:`LayerScore`.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    check_measure(y, labels)
+    splits = make_splits(len(y), labels=labels, groups=groups, repeats=repeats, seed=seed,
+                         test_size=test_size)
+    target = shuffled_targets(y, labels=labels, repeats=repeats, seed=seed) if shuffle else y
+    return score_targets(features, {"y": target}, splits, model=model, alphas=alphas,
+                         progress=progress)["y"]
+
+
+def check_measure(y: np.ndarray, labels=None) -> None:
+    """Raise a clear error for a measure that cannot be regressed (constant, non-finite)."""
+    y = np.asarray(y, dtype=np.float64)
+    if not np.all(np.isfinite(y)):
+        raise UserError(f"The scale measure has {int((~np.isfinite(y)).sum())} non-finite "
+                        "values (NaN or inf); fix or drop those rows.")
+    labels = np.full(len(y), "all") if labels is None else np.asarray(labels).astype(str)
+    for label in np.unique(labels):
+        v = y[labels == label]
+        if v.size and np.ptp(v) == 0:
+            where = "" if label == "all" else f" in class {label!r}"
+            raise UserError(f"The scale measure is constant ({v[0]:g}){where}: R² is undefined. "
+                            "A scan needs images of different scales.")

@@ -1,0 +1,306 @@
+"""The scale scan: dataset -> pooled activations (cached) -> held-out R² per layer + controls."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .cache import ActivationCache, ActivationKey, CachedActivations
+from .data import Dataset, load_dataset
+from .data.base import closest, default_cache_dir, fingerprint
+from .errors import UserError
+from .models import (PRE_SOFTMAX, imagenet_fingerprint, SOFTMAX, ArchSpec, build_model, check_weights, get_arch,
+                     preprocess_for)
+from .rcv import (MODELS, LayerScore, check_measure, make_splits, score_targets,
+                  shuffled_targets)
+
+CONTROLS = ("shuffled", "random-weights")
+Progress = Callable[[float, str], None]
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    """Everything that defines a scan (the CLI flags and dashboard widgets map onto it)."""
+
+    arch: str = "resnet50"
+    weights: str = "imagenet"
+    dataset: str = "demo-scale"
+    layers: str = "paper"                 # "paper" | "all" | "L1,L2,..."
+    n: int | None = None
+    repeats: int = 10
+    model: str = "ridge"                  # "ridge" | "ols"
+    controls: tuple[str, ...] = CONTROLS
+    device: str = "auto"
+    batch_size: int = 16
+    seed: int = 0
+    cache_dir: str | None = None
+    use_cache: bool = True
+    per_class: bool = True
+    grouped: bool = True                  # False leaks groups across train/test: comparison only
+    test_size: float = 0.3
+
+    def validate(self) -> "ScanConfig":
+        """Return a normalised copy or raise :class:`UserError` naming the bad parameter."""
+        get_arch(self.arch)
+        if self.model not in MODELS:
+            raise UserError(f"--model {self.model!r}: choose one of {', '.join(MODELS)}.")
+        controls = tuple(c for c in self.controls if c != "none")
+        for c in controls:
+            if c not in CONTROLS:
+                raise UserError(f"--controls: unknown control {c!r}.{closest(c, CONTROLS)} "
+                                f"Choose from {','.join(CONTROLS)} or none.")
+        if self.repeats < 1:
+            raise UserError(f"--repeats must be at least 1, got {self.repeats}.")
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size must be at least 1, got {self.batch_size}.")
+        if not 0.05 <= self.test_size <= 0.8:
+            raise UserError(f"test_size must be between 0.05 and 0.8, got {self.test_size}.")
+        return dataclasses.replace(self, controls=controls)
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """R² per layer for the true network, and the controls, with timing and cache counts."""
+
+    config: ScanConfig
+    dataset: str
+    measure_name: str
+    n_images: int
+    skipped: tuple[dict, ...]                     # {"path", "reason"}
+    layers: tuple[LayerScore, ...]
+    controls: dict[str, tuple[LayerScore, ...]]   # "shuffled" / "random_weights"
+    depth: dict[str, float]
+    timing: dict[str, float] = field(default_factory=dict)
+    cache: dict[str, int] = field(default_factory=dict)
+    weights_source: str = ""
+
+    def layer(self, name: str) -> LayerScore:
+        for s in self.layers:
+            if s.layer == name:
+                return s
+        raise KeyError(name)
+
+    def suggest_cut(self) -> tuple[str, str]:
+        """Suggested prune point and the rule that chose it.
+
+        Rule: among the probe layers (logits and softmax excluded), find the peak of mean R²;
+        then walk deeper while R² stays within one standard deviation (over repeats) of the peak;
+        suggest the last layer reached, i.e. the last layer before R² falls from its peak.
+        """
+        cands = [s for s in self.layers if s.layer not in (PRE_SOFTMAX, SOFTMAX)
+                 and np.isfinite(s.mean)]
+        if not cands:
+            raise UserError("No scored layer to suggest a cut from.")
+        i = int(np.argmax([s.mean for s in cands]))
+        peak = cands[i]
+        floor = peak.mean - peak.std
+        while i + 1 < len(cands) and cands[i + 1].mean >= floor:
+            i += 1
+        rule = (f"R² peaks at {peak.layer} ({peak.mean:.3f} ± {peak.std:.3f}); {cands[i].layer} "
+                "is the last layer before the mean R² falls more than one standard deviation "
+                "below that peak (logits and softmax excluded).")
+        return cands[i].layer, rule
+
+    def to_json(self) -> dict:
+        def rows(scores):
+            return [dict(s.to_json(), depth=self.depth.get(s.layer)) for s in scores]
+
+        return {
+            "arch": self.config.arch, "weights": self.config.weights, "dataset": self.dataset,
+            "n_images": self.n_images, "skipped": [s["path"] for s in self.skipped],
+            "skipped_reasons": list(self.skipped),
+            "measure": self.measure_name,
+            "layers": rows(self.layers),
+            "controls": {"shuffled": rows(self.controls.get("shuffled", ())),
+                         "random_weights": rows(self.controls.get("random_weights", ()))},
+            "timing": dict(self.timing), "cache": dict(self.cache),
+            "config": {k: (list(v) if isinstance(v, tuple) else v)
+                       for k, v in dataclasses.asdict(self.config).items()},
+            "weights_source": self.weights_source,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> "ScanResult":
+        cfg = dict(d.get("config") or {})
+        cfg.setdefault("arch", d["arch"])
+        cfg.setdefault("weights", d["weights"])
+        cfg.setdefault("dataset", d["dataset"])
+        if "controls" in cfg:
+            cfg["controls"] = tuple(cfg["controls"])
+        config = ScanConfig(**{k: v for k, v in cfg.items()
+                               if k in {f.name for f in dataclasses.fields(ScanConfig)}})
+
+        def scores(rows):
+            return tuple(LayerScore(r["name"], r["n_features"], tuple(r["r2"]),
+                                    {"all": tuple(r["r2"])}) for r in rows)
+
+        return cls(config, d["dataset"], d.get("measure", ""), d["n_images"],
+                   tuple(d.get("skipped_reasons") or [{"path": p, "reason": ""}
+                                                     for p in d.get("skipped", [])]),
+                   scores(d["layers"]),
+                   {k: scores(v) for k, v in d.get("controls", {}).items() if v},
+                   {r["name"]: r.get("depth") for r in d["layers"]},
+                   d.get("timing", {}), d.get("cache", {}), d.get("weights_source", ""))
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["kind", "layer", "depth", "n_features", "r2_mean", "r2_std",
+                    "r2_logmeanexp", "r2_repeats"])
+        groups = [("true", self.layers)] + [(k, v) for k, v in self.controls.items()]
+        for kind, scores in groups:
+            for s in scores:
+                w.writerow([kind, s.layer, f"{self.depth.get(s.layer, float('nan')):.4f}",
+                            s.n_features, f"{s.mean:.6f}", f"{s.std:.6f}",
+                            f"{s.logmeanexp:.6f}", ";".join(f"{v:.6f}" for v in s.r2)])
+        return buf.getvalue()
+
+
+def activations(arch: ArchSpec, weights: str, layers: list[str], ds: Dataset, *,
+                seed: int = 0, device: str = "auto", batch_size: int = 16,
+                cache: ActivationCache | None = None, progress: Progress | None = None
+                ) -> tuple[CachedActivations | None, dict[str, np.ndarray], float, str]:
+    """Pooled activations of ``layers`` for every image of ``ds``; cached layers are not
+    recomputed, and all missing layers come from ONE forward pass.
+
+    Returns:
+        (ok/failed record, {layer: (n_ok, C)}, seconds spent extracting, weights source).
+    """
+    from .extract import FeatureExtractor, extract, resolve_device
+
+    pre = preprocess_for(arch)
+    images_fp = fingerprint(ds)
+    if weights not in ("imagenet", "random"):
+        from .models import file_digest
+
+        p = Path(weights).expanduser()
+        wfp = "sha256:" + file_digest(p)[:32] if p.is_file() else weights
+    elif weights == "random":
+        wfp = f"random-seed{seed}"
+    else:
+        wfp = imagenet_fingerprint(arch)
+
+    def key(layer):
+        return ActivationKey(arch.name, wfp, layer, "gap", pre.fingerprint, images_fp)
+
+    feats: dict[str, np.ndarray] = {}
+    record = None
+    missing = []
+    for layer in layers:
+        entry = cache.get(key(layer), len(ds)) if cache is not None else None
+        if entry is None:
+            missing.append(layer)
+        else:
+            feats[layer] = entry.features
+            record = entry
+    seconds = 0.0
+    source = weights
+    if missing:
+        t0 = time.perf_counter()
+        model, info = build_model(arch, weights, seed=seed)
+        source = info.source
+        dev = resolve_device(device)
+        ex = FeatureExtractor(model, arch, missing, device=dev)
+        out = extract(ex, ds.paths, pre, batch_size=batch_size, progress=progress)
+        seconds = time.perf_counter() - t0
+        record = CachedActivations(np.zeros((0, 0)), out.ok, out.failed)
+        for layer in missing:
+            feats[layer] = out.features[layer]
+            if cache is not None:
+                cache.put(key(layer), CachedActivations(out.features[layer], out.ok, out.failed))
+    elif progress:
+        progress(1.0, "all layers from cache")
+    return record, feats, seconds, source
+
+
+def run_scan(config: ScanConfig, progress: Progress | None = None) -> ScanResult:
+    """Run a scan end to end (see the module docstring); ``progress(fraction, message)``."""
+    config = config.validate()
+    arch = get_arch(config.arch)
+    layers = arch.resolve_layers(config.layers)
+    check_weights(arch, config.weights)
+    root = Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
+
+    def stage(lo, hi):
+        if progress is None:
+            return None
+        return lambda f, msg: progress(lo + (hi - lo) * f, msg)
+
+    ds = load_dataset(config.dataset, n=config.n, seed=config.seed, cache_dir=root / "datasets",
+                      progress=stage(0.0, 0.05))
+    labels = ds.labels if config.per_class else None
+    groups = ds.groups if config.grouped else None
+    # fail before any extraction on an unusable measure or too few images
+    check_measure(ds.measures, labels)
+    make_splits(len(ds), labels=labels, groups=groups, repeats=1, seed=config.seed,
+                test_size=config.test_size)
+
+    cache = ActivationCache(root / "activations") if config.use_cache else None
+    try:
+        runs = [("true", config.weights)]
+        if "random-weights" in config.controls:
+            runs.append(("random_weights", "random"))
+        feats, records, timing_extract, source = {}, {}, 0.0, config.weights
+        span = 0.85 / len(runs)
+        for k, (name, weights) in enumerate(runs):
+            rec, f, secs, src = activations(
+                arch, weights, layers, ds, seed=config.seed, device=config.device,
+                batch_size=config.batch_size, cache=cache,
+                progress=stage(0.05 + k * span, 0.05 + (k + 1) * span))
+            feats[name], records[name] = f, rec
+            timing_extract += secs
+            if name == "true":
+                source = src
+        hits, misses = (cache.hits, cache.misses) if cache else (0, len(layers) * len(runs))
+    finally:
+        if cache is not None:
+            cache.close()
+
+    failed = dict(records["true"].failed)
+    for f in failed:
+        warnings.warn(f"skipped {ds.samples[f].path}: {failed[f]}", stacklevel=2)
+    ok = records["true"].ok
+    y = ds.measures[ok]
+    lab = labels[ok] if labels is not None else None
+    grp = groups[ok] if groups is not None else None
+    check_measure(y, lab)
+
+    t0 = time.perf_counter()
+    splits = make_splits(len(y), labels=lab, groups=grp, repeats=config.repeats,
+                         seed=config.seed, test_size=config.test_size)
+    targets = {"true": y}
+    if "shuffled" in config.controls:
+        targets["shuffled"] = shuffled_targets(y, labels=lab, repeats=config.repeats,
+                                               seed=config.seed)
+    scores = score_targets(feats["true"], targets, splits, model=config.model,
+                           progress=stage(0.9, 0.97))
+    controls = {}
+    if "shuffled" in scores:
+        controls["shuffled"] = tuple(scores["shuffled"][l] for l in layers)
+    if "random_weights" in feats:
+        rw = feats["random_weights"]
+        # the same images: align rows in case the random pass failed on other files (it cannot
+        # in practice, reading is independent of weights)
+        rw_ok = records["random_weights"].ok
+        if not np.array_equal(rw_ok, ok):
+            pos = {int(i): j for j, i in enumerate(rw_ok)}
+            rw = {l: v[[pos[int(i)] for i in ok]] for l, v in rw.items()}
+        controls["random_weights"] = tuple(
+            score_targets(rw, {"y": y}, splits, model=config.model)["y"][l] for l in layers)
+    fit_s = time.perf_counter() - t0
+    if progress:
+        progress(1.0, "done")
+    skipped = tuple({"path": s.path, "reason": s.reason} for s in ds.skipped) + tuple(
+        {"path": ds.samples[i].path, "reason": r} for i, r in records["true"].failed)
+    return ScanResult(config, ds.name, ds.measure_name, int(len(ok)), skipped,
+                      tuple(scores["true"][l] for l in layers), controls,
+                      {l: arch.depth(l) for l in layers},
+                      {"extract_s": round(timing_extract, 3), "fit_s": round(fit_s, 3)},
+                      {"hits": int(hits), "misses": int(misses)}, source)
