@@ -9,11 +9,13 @@ from PIL import Image
 
 def disk_mask(shape, centers, radius) -> np.ndarray:
     """Bool mask with a disk of ``radius`` at each ``(y, x)`` of ``centers``."""
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    m = np.zeros(shape, bool)
+    r = int(np.ceil(radius))
+    yy, xx = np.mgrid[-r: r + 1, -r: r + 1]
+    disk = yy ** 2 + xx ** 2 <= radius ** 2
+    big = np.zeros((shape[0] + 2 * r, shape[1] + 2 * r), bool)
     for cy, cx in centers:
-        m |= (yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2
-    return m
+        big[cy: cy + 2 * r + 1, cx: cx + 2 * r + 1] |= disk
+    return big[r: r + shape[0], r: r + shape[1]].copy()
 
 
 def grid_centers(size: int, spacing: int, margin: int):

@@ -35,7 +35,8 @@ def find_pairs(root: Path) -> tuple[list[SourcePair], list[Skipped]]:
     if not root.is_dir():
         raise DatasetError(f"janowczyk: {root} is not a folder. Expected {LAYOUT}.")
     images = sorted(p for p in root.rglob(f"*{IMAGE_SUFFIX[:-4]}.*")
-                    if p.name.lower().endswith((".tif", ".tiff")) and p.is_file())
+                    if p.name.lower().endswith((".tif", ".tiff")) and not p.name.startswith(".")
+                    and p.is_file())
     if not images:
         masks = list(root.rglob(f"*{MASK_SUFFIX}"))
         extra = (f" (found {len(masks)} *_mask.png file(s) but no image)" if masks else "")
