@@ -1,0 +1,211 @@
+"""``python -m rcvcore train | compare | predict``: fine-tuning runs of pruned networks.
+
+``train`` writes a run directory (see :mod:`rcvcore.train`); ``train --resume --run-dir DIR``
+continues it from its last checkpoint with the configuration read back from ``config.json``.
+Exit status: 0 done, 1 failed (e.g. NaN loss), 2 bad input, 143 cancelled (SIGTERM).
+``predict`` exits 1 when any file could not be predicted.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+
+from ..errors import UserError
+
+EXIT_FAILED, EXIT_CANCELLED = 1, 143
+
+
+def _add_config_flags(p: argparse.ArgumentParser, with_cut: bool = True) -> None:
+    from ..train import TrainConfig
+
+    d = TrainConfig()
+    g = p.add_argument_group("model and data")
+    g.add_argument("--arch", help=f"architecture (default {d.arch}; `python -m rcvcore models`)")
+    g.add_argument("--weights", help="imagenet | random | PATH to a state dict "
+                                     f"(default {d.weights})")
+    if with_cut:
+        g.add_argument("--cut", help="probe layer to prune at (add_15, mixed8 ...) or 'none' "
+                                     "for the full trunk + GAP + head (default none)")
+    g.add_argument("--dataset", help=f"dataset spec (default {d.dataset})")
+    g.add_argument("--target", choices=["nuclei-area", "magnification"],
+                   help="nuclei-area (regression, MSE; default) or magnification "
+                        "(classification, cross-entropy)")
+    g.add_argument("--n", type=int, help="use at most N images (quick runs)")
+    g.add_argument("--image-size", type=int, help="network input side in px (default: the "
+                                                  "architecture's, 224 ResNet / 299 Inception)")
+    g.add_argument("--split-seed", type=int, help="seed of the train/val/test split and of --n "
+                                                  f"(default {d.split_seed})")
+    g.add_argument("--val-fraction", type=float, help=f"default {d.val_fraction}")
+    g.add_argument("--test-fraction", type=float, help=f"default {d.test_fraction}")
+    g.add_argument("--dataset-cache-dir", "--cache-dir", dest="dataset_cache_dir",
+                   help="where generated datasets are cached (default: the user cache dir)")
+    o = p.add_argument_group("optimisation (defaults follow the paper)")
+    o.add_argument("--epochs", type=int, help=f"default {d.epochs}")
+    o.add_argument("--batch-size", type=int, help=f"global batch size (default {d.batch_size})")
+    o.add_argument("--lr", type=float, help=f"learning rate (default {d.lr})")
+    o.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], help="default adam")
+    o.add_argument("--weight-decay", type=float, help=f"default {d.weight_decay}")
+    o.add_argument("--trainable", choices=["all", "head"], help="all layers (default) or head")
+    o.add_argument("--seed", type=int, help=f"model/data-order seed (default {d.seed})")
+    r = p.add_argument_group("runtime")
+    r.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (default auto)")
+    r.add_argument("--amp", dest="amp", action="store_true", default=None,
+                   help="float16 mixed precision (default: on for CUDA only)")
+    r.add_argument("--no-amp", dest="amp", action="store_false")
+    r.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                   default=None, help="disable the channels_last memory format")
+    r.add_argument("--workers", type=int, help="data-loader processes (default: 0 on 2 cores)")
+    r.add_argument("--log-every", type=int, help="log a step line every N steps (default 10)")
+    r.add_argument("--checkpoint-every", type=int,
+                   help="also checkpoint every N steps (default 0: every epoch only)")
+    r.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def _config_from(args, **extra):
+    from ..train import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    given.update(extra)
+    return TrainConfig(**given)
+
+
+def _progress(args):
+    if getattr(args, "quiet", False):
+        return None
+    last = [0.0, ""]
+
+    def show(frac, msg):
+        now = time.monotonic()
+        if now - last[0] >= 1.0 or frac >= 1.0 or not msg.startswith(last[1][:8]):
+            print(f"[{frac * 100:5.1f}%] {msg}", file=sys.stderr, flush=True)
+            last[0], last[1] = now, msg
+    return show
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="fine-tune a pruned network (writes a run directory)",
+                       description="Prune a network at --cut, add GAP and a new head, fine-tune "
+                                   "it end to end, and write a run directory (config.json, "
+                                   "metrics.jsonl, checkpoint.pt, status.json, result.json). "
+                                   "Under torchrun it trains data-parallel (DDP).")
+    p.add_argument("--run-dir", required=True, help="the run directory")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --run-dir from its last checkpoint (its "
+                        "configuration is read from config.json)")
+    _add_config_flags(p)
+    p.set_defaults(func=_train)
+
+    c = sub.add_parser("compare", help="train several cuts over several seeds; Table 2",
+                       description="Train each cut over N seeds on identical splits and write "
+                                   "comparison.json with mean, std and paired tests.")
+    c.add_argument("--cuts", required=True, help="comma-separated, first is the baseline "
+                                                 "(e.g. none,add_15)")
+    c.add_argument("--seeds", default="3", help="number of seeds (from --seed) or a list "
+                                                 "1001,1002 (default 3)")
+    c.add_argument("--run-dir", required=True, help="directory of the comparison")
+    c.add_argument("--json", metavar="FILE", help="also write comparison.json's content here")
+    _add_config_flags(c, with_cut=False)
+    c.set_defaults(func=_compare)
+
+    q = sub.add_parser("predict", help="predict nuclei area / magnification with a run",
+                       description="Predict image files with the model of a finished run. "
+                                   "Larger images are tiled into training-size patches at "
+                                   "native resolution; smaller ones are resized. Exit status 1 "
+                                   "when any file failed.")
+    q.add_argument("--run", required=True, help="a finished run directory")
+    q.add_argument("files", nargs="+", help="image files")
+    q.add_argument("--json", metavar="FILE", help="write one object per file to FILE")
+    q.add_argument("--device", default="auto")
+    q.add_argument("--batch-size", type=int, default=16)
+    q.add_argument("--max-tiles", type=int, default=64,
+                   help="at most this many patches per large image (default 64)")
+    q.set_defaults(func=_predict)
+
+
+def _train(args) -> int:
+    from ..train import RunFailed, train
+
+    if args.resume:
+        ignored = [k for k, v in vars(args).items()
+                   if v is not None and k not in ("run_dir", "resume", "func", "command",
+                                                  "quiet")]
+        if ignored:
+            print(f"note: --resume reads the configuration from {args.run_dir}/config.json; "
+                  f"ignoring {', '.join('--' + k.replace('_', '-') for k in ignored)}",
+                  file=sys.stderr)
+        config = None
+    else:
+        config = _config_from(args)
+    try:
+        res = train(config, args.run_dir, resume=args.resume, progress=_progress(args))
+    except RunFailed as e:
+        print(f"error: run failed: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    if res.state == "cancelled":
+        print(f"cancelled: {res.error}", file=sys.stderr)
+        return EXIT_CANCELLED
+    if res.result is None:  # DDP worker other than rank 0
+        return 0
+    _print_result(res.result)
+    return 0
+
+
+def _print_result(r: dict) -> None:
+    m = r.get("model") or {}
+    if "pruned_params" in m:
+        print(f"model: {m['arch']} cut at {m['cut']} @ {m['image_size']} px: "
+              f"{m['pruned_params'] / 1e6:.2f} M parameters, "
+              f"{m['pruned_flops'] / 1e9:.2f} GFLOPs per image "
+              f"(full trunk: {m['full_params'] / 1e6:.2f} M, {m['full_flops'] / 1e9:.2f} GFLOPs;"
+              f" {m['params_ratio']:.0%} of the parameters, {m['flops_ratio']:.0%} of the cost)")
+    t = r["test"]
+    parts = [f"{k} {t[k]:.4g}" for k in ("mae", "r2", "kappa", "kappa_quadratic", "accuracy")
+             if t.get(k) is not None]
+    print(f"test ({r['n_test']} images): " + ", ".join(parts))
+
+
+def _compare(args) -> int:
+    from ..compare import compare
+
+    base = _config_from(args)
+    comp = compare(base, args.cuts, args.seeds, args.run_dir, progress=_progress(args))
+    print(comp.table())
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(comp.to_dict(), f, indent=2)
+    if comp.state == "cancelled":
+        return EXIT_CANCELLED
+    bad = [s for r in comp.rows for s in r["states"] if s != "done"]
+    return EXIT_FAILED if bad else 0
+
+
+def _predict(args) -> int:
+    from ..predict import load_run_model, predict_files
+
+    run = load_run_model(args.run, args.device)
+    preds = predict_files(run, args.files, batch_size=args.batch_size, max_tiles=args.max_tiles)
+    for p in preds:
+        if p.error:
+            print(f"{p.path}\terror: {p.error}")
+            continue
+        parts = []
+        if p.nuclei_area is not None:
+            parts.append(f"nuclei_area {p.nuclei_area:.1f} px")
+        if p.magnification is not None:
+            parts.append(f"magnification {p.magnification}")
+        if p.probabilities:
+            parts.append("p=" + ",".join(f"{c}:{v:.2f}" for c, v in p.probabilities.items()))
+        if p.note:
+            parts.append(f"({p.note})")
+        print(f"{p.path}\t" + "  ".join(parts))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([p.to_dict() for p in preds], f, indent=2)
+    n_bad = sum(1 for p in preds if p.error)
+    if n_bad:
+        print(f"{n_bad} of {len(preds)} files could not be predicted", file=sys.stderr)
+    return 1 if n_bad else 0
