@@ -203,3 +203,195 @@ def result_csv(result: dict) -> str:
     from rcvcore.scan import ScanResult
 
     return ScanResult.from_json(result).to_csv()
+
+
+# --------------------------------------------------------------------------------------------
+# fine-tuning runs (subprocesses writing their run directory)
+
+RUN_STATES_ACTIVE = ("launching", "running")
+
+
+@st.cache_resource(show_spinner=False)
+def _children() -> dict[str, object]:
+    """Popen handles of the runs this server started (polled so that none is left a zombie)."""
+    return {}
+
+
+def train_config(**kwargs):
+    """A validated :class:`rcvcore.train.TrainConfig` (rcvcore raises UserError on bad input)."""
+    from rcvcore.train import TrainConfig
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in kwargs.items() if k in names}).validate()
+
+
+GROUP_FILE = "group.json"
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.replace(path)
+
+
+def run_dir_of(group: Path, cut: str, seed: int) -> Path:
+    """``<group>/<cut>_seed<seed>``: the layout of rcvcore.compare, so it can reuse the runs."""
+    return group / f"{cut}_seed{seed}"
+
+
+def launch_group(config, seeds: list[int], baseline: bool, max_parallel: int = 1) -> Path:
+    """Plan one run per (cut, seed) in a new group folder and start the first ones.
+
+    The baseline (``cut="none"``, the full network) comes first for each seed, as in
+    rcvcore.compare. Runs beyond ``max_parallel`` wait in ``group.json`` and are started by the
+    server's scheduler thread as earlier ones end (so they do not need an open page).
+    """
+    group = state.runs_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.arch}-{config.cut}"
+    k = 1
+    while group.exists():
+        k += 1
+        group = group.with_name(f"{group.name.split('~')[0]}~{k}")
+    group.mkdir(parents=True)
+    cuts = (["none"] if baseline and config.cut != "none" else []) + [config.cut]
+    _write_json(group / GROUP_FILE, {
+        "base": config.to_dict(), "cuts": cuts, "seeds": [int(s) for s in seeds],
+        "max_parallel": int(max(1, max_parallel)), "cancelled": False, "created": time.time()})
+    advance_group(group)
+    _scheduler()
+    return group
+
+
+def read_group(group: Path) -> dict | None:
+    try:
+        return json.loads((Path(group) / GROUP_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def advance_group(group: Path) -> int:
+    """Start planned runs of ``group`` while fewer than ``max_parallel`` are active.
+
+    Returns the number of runs still waiting to start.
+    """
+    from rcvcore.train import TrainConfig, launch, read_run
+
+    plan = read_group(group)
+    if not plan or plan.get("cancelled"):
+        return 0
+    base = TrainConfig.from_dict(plan["base"])
+    pending, active = [], 0
+    for seed in plan["seeds"]:
+        for cut in plan["cuts"]:
+            d = run_dir_of(group, cut, seed)
+            if not d.exists():
+                pending.append((cut, seed, d))
+            elif read_run(d).state in RUN_STATES_ACTIVE:
+                active += 1
+    children = _children()
+    while pending and active < plan["max_parallel"]:
+        cut, seed, d = pending.pop(0)
+        children[str(d)] = launch(dataclasses.replace(base, cut=cut, seed=int(seed)), d)
+        active += 1
+    return len(pending)
+
+
+def cancel_group(group: Path) -> None:
+    """Cancel every active run of ``group`` and drop the ones not started yet."""
+    plan = read_group(group)
+    if plan is not None:
+        plan["cancelled"] = True
+        _write_json(Path(group) / GROUP_FILE, plan)
+    for r in read_runs(list_groups().get(Path(group).name, [])):
+        if r.state in RUN_STATES_ACTIVE:
+            cancel_run(Path(r.run_dir))
+
+
+@st.cache_resource(show_spinner=False)
+def _scheduler() -> threading.Thread:
+    """One daemon thread per server: starts queued runs and reaps finished children."""
+    def loop():
+        while True:
+            try:
+                reap_children()
+                root = state.runs_root()
+                for g in root.iterdir():
+                    if (g / GROUP_FILE).is_file():
+                        advance_group(g)
+            except Exception:  # never let the scheduler die on a half-written folder
+                pass
+            time.sleep(2.0)
+
+    t = threading.Thread(target=loop, name="rcv-run-scheduler", daemon=True)
+    t.start()
+    return t
+
+
+def group_table(group: Path, runs: list) -> tuple[str | None, list[dict]]:
+    """rcvcore's Table 2 summary of the finished runs of ``group`` (text, rows), or (None, [])."""
+    from rcvcore.compare import summarise
+    from rcvcore.train import TrainConfig
+
+    plan = read_group(group)
+    if not plan:
+        return None, []
+    by_dir = {Path(r.run_dir).name: r for r in runs}
+    results, states = {}, {}
+    for seed in plan["seeds"]:
+        for cut in plan["cuts"]:
+            r = by_dir.get(run_dir_of(group, cut, seed).name)
+            results[(cut, seed)] = r.result if r is not None and r.state == "done" else None
+            states[(cut, seed)] = r.state if r is not None else "waiting"
+    if not any(results.values()):
+        return None, []
+    comp = summarise(TrainConfig.from_dict(plan["base"]), plan["cuts"], plan["seeds"], results,
+                     states, group)
+    return comp.table(), list(comp.rows)
+
+
+def reap_children() -> None:
+    for key, proc in list(_children().items()):
+        if proc.poll() is not None:  # finished: collect its exit status, drop the handle
+            _children().pop(key, None)
+
+
+def _is_run(d: Path) -> bool:
+    return (d / "config.json").is_file() or (d / "status.json").is_file() \
+        or (d / "train.log").is_file()
+
+
+def list_groups() -> dict[str, list[Path]]:
+    """Run groups under the runs root, newest first: ``{group name: [run dirs that exist]}``.
+
+    A run directory directly under the root (e.g. from the CLI) is its own group.
+    """
+    root = state.runs_root()
+    groups: list[tuple[float, str, list[Path]]] = []
+    for d in root.iterdir():
+        if not d.is_dir() or d.name.startswith(("_", ".")):
+            continue
+        if _is_run(d):
+            groups.append((d.stat().st_mtime, d.name, [d]))
+            continue
+        runs = sorted((r for r in d.iterdir() if r.is_dir() and _is_run(r)), key=lambda p: p.name)
+        plan = read_group(d)
+        if runs or plan:
+            groups.append(((plan or {}).get("created") or d.stat().st_mtime, d.name, runs))
+    groups.sort(key=lambda g: (g[0], g[1]), reverse=True)
+    return {name: runs for _, name, runs in groups}
+
+
+def read_runs(run_dirs: list[Path]) -> list:
+    from rcvcore.train import read_run
+
+    return [read_run(r) for r in run_dirs]
+
+
+def cancel_run(run_dir: Path) -> str:
+    from rcvcore.train import cancel, read_run
+
+    if read_run(run_dir).state == "launching":  # no pid in status.json yet: use our handle
+        proc = _children().get(str(run_dir))
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            return "cancelled"
+    return cancel(run_dir, wait=None)

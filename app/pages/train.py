@@ -1,4 +1,242 @@
+"""Train page: fine-tune the network cut at the chosen layer (and the unpruned baseline).
+
+Each run is a separate process (``python -m rcvcore train --run-dir DIR``) writing its run
+directory; this page only launches, polls (``st.fragment(run_every=...)``) and cancels. Runs
+survive a reload and a server restart, and free their GPU memory when their process ends.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
 import streamlit as st
 
-st.title("Train")
-st.info("Coming soon.")
+from app import charts, services, state
+
+st.title("Fine-tune the pruned network")
+st.caption("The paper's transfer protocol (Table 2): network cut at the chosen layer + global "
+           "average pooling + a new head, all layers trainable, MSE on the nuclei area, Adam "
+           "lr 1e-4, batch 32, 5 epochs; compared with the full network over several seeds.")
+
+archs = services.arch_catalogue()
+datasets = services.dataset_catalogue()
+cut0 = state.get_cut() or {}
+
+# ------------------------------------------------------------------------------------ form
+with st.expander("New training run", expanded=not services.list_groups() or bool(cut0)):
+    if cut0:
+        st.success(f"From the Scan page: **{cut0['arch']}** ({cut0['weights']}), cut at "
+                   f"**{cut0['layer']}**.", icon=":material/content_cut:")
+    c = st.columns(3)
+    arch_names = list(archs)
+    arch_default = cut0.get("arch") if cut0.get("arch") in archs else "resnet50"
+    arch = c[0].selectbox("Architecture", arch_names, index=arch_names.index(arch_default),
+                          key="train_arch")
+    cuttable = [n for n in archs[arch]["all_layers"] if n not in ("pre_softmax", "softmax")]
+    default_cut = (cut0.get("layer") if cut0.get("arch") == arch and cut0.get("layer") in cuttable
+                   else archs[arch]["paper_cut"] or cuttable[-1])
+    cut = c[1].selectbox("Cut after layer", cuttable + ["none"],
+                         index=(cuttable + ["none"]).index(default_cut), key=f"train_cut_{arch}",
+                         help="'none' trains the full network (the baseline)")
+    have_imagenet, how = services.imagenet_status(arch)
+    w_default = cut0.get("weights") if cut0.get("arch") == arch else None
+    w_options = ["imagenet", "random (control)", "checkpoint path"]
+    w_index = 0 if (w_default == "imagenet" and have_imagenet) or (
+        w_default is None and have_imagenet) else 1
+    if w_default and w_default not in ("imagenet", "random"):
+        w_index = 2
+    w_choice = c[2].radio("Weights", w_options, index=w_index, key=f"train_weights_{arch}",
+                          horizontal=True)
+    weights = {"imagenet": "imagenet", "random (control)": "random"}.get(w_choice)
+    if w_choice == "checkpoint path":
+        weights = c[2].text_input("Checkpoint path", value=w_default or "",
+                                  key="train_ckpt").strip() or None
+    if w_choice == "imagenet" and not have_imagenet:
+        st.error(how, icon=":material/cloud_off:")
+        weights = None
+    elif weights == "random":
+        st.caption("Random weights: the control (no ImageNet pretraining); fine for trying the "
+                   "app offline, not for reproducing the paper.")
+
+    c = st.columns(3)
+    ds_names = [d["name"] for d in datasets]
+    ds_name = c[0].selectbox("Dataset", ds_names, key="train_dataset",
+                             index=ds_names.index("demo-histology")
+                             if "demo-histology" in ds_names else 0)
+    ds = next(d for d in datasets if d["name"] == ds_name)
+    dataset = ds_name
+    if ds["needs_path"]:
+        p = c[0].text_input(f"Path of the {ds_name} dataset", key=f"train_ds_path_{ds_name}")
+        dataset = f"{ds_name}:{p.strip()}" if p.strip() else None
+    target = c[1].radio("Target", ["nuclei-area", "magnification"], key="train_target",
+                        horizontal=True, help="nuclei-area: regression (the paper); "
+                        "magnification: classification")
+    seeds_text = c[2].text_input("Seeds", "1001", key="train_seeds",
+                                 help="comma-separated; the paper used 10 seeds")
+    baseline = c[2].checkbox("Also train the unpruned baseline (full network)", value=True,
+                             key="train_baseline")
+    c = st.columns(5)
+    epochs = c[0].number_input("Epochs", 1, 500, 5, key="train_epochs")
+    batch = c[1].number_input("Batch size", 1, 1024, 32, key="train_batch")
+    lr = c[2].number_input("Learning rate", 1e-7, 1.0, 1e-4, format="%.1e", key="train_lr")
+    n = c[3].number_input("Images (0 = all)", 0, 10**7, 0, step=10, key="train_n")
+    image_size = c[4].number_input("Image size (0 = the network's)", 0, 1024, 0, step=16,
+                                   key="train_image_size")
+    c = st.columns(3)
+    device = c[0].selectbox("Device", ["auto", "cpu", "cuda", "mps"], key="train_device")
+    trainable = c[1].radio("Trainable", ["all", "head"], horizontal=True, key="train_trainable")
+    parallel = c[2].number_input("Runs at a time", 1, 16, 1, key="train_parallel",
+                                 help="the others wait their turn (a CPU run already uses every "
+                                      "core; on a GPU, runs share its memory)")
+
+    seeds, seeds_error = [], None
+    try:
+        seeds = [int(s) for s in seeds_text.replace(" ", "").split(",") if s]
+    except ValueError:
+        seeds_error = f"Seeds must be integers separated by commas, got {seeds_text!r}."
+    if seeds_error:
+        st.error(seeds_error)
+    ready = bool(seeds) and weights is not None and dataset is not None
+    n_runs = len(seeds) * (2 if baseline and cut != "none" else 1)
+    if st.button(f"Launch {n_runs} run{'s' * (n_runs != 1)}", type="primary",
+                 disabled=not ready, key="train_launch"):
+        try:
+            config = services.train_config(
+                arch=arch, weights=weights, cut=cut, dataset=dataset, target=target,
+                epochs=int(epochs), batch_size=int(batch), lr=float(lr), n=int(n) or None,
+                image_size=int(image_size) or None, device=device, trainable=trainable,
+                seed=seeds[0], log_every=1)
+            group = services.launch_group(config, seeds, baseline, int(parallel))
+        except Exception as e:  # rcvcore's UserError names the field and the fix
+            st.error(str(e))
+        else:
+            st.session_state["train_group"] = group.name
+            st.toast(f"Launched {n_runs} run(s) in {group}")
+
+# --------------------------------------------------------------------------------- monitor
+groups = services.list_groups()
+if not groups:
+    st.info("No training run yet. Choose a cut on the **Scan** page (or above) and launch one.")
+    st.stop()
+
+names = list(groups)
+current = st.session_state.get("train_group")
+group_name = st.selectbox("Runs", names, index=names.index(current) if current in names else 0,
+                          key="train_group_select",
+                          help=f"Run folders under {state.runs_root()}")
+st.session_state["train_group"] = group_name
+run_dirs = groups[group_name]
+RESULT_KEYS = ("mae", "r2", "kappa", "kappa_quadratic", "accuracy", "loss")
+
+
+def _fmt_progress(rs) -> str:
+    s = rs.status
+    if s.get("epoch") is not None and rs.config:
+        return f"epoch {s.get('epoch')}/{rs.config.get('epochs')}"
+    return ""
+
+
+def _render_group() -> None:
+    services.reap_children()
+    group_dir = state.runs_root() / group_name
+    plan = services.read_group(group_dir)
+    dirs = services.list_groups().get(group_name, run_dirs)
+    runs = services.read_runs(dirs)
+    active = [r for r in runs if r.state in services.RUN_STATES_ACTIVE]
+    rows_ = [{
+        "run": r.run_dir.split("/")[-1], "state": r.state, "progress": _fmt_progress(r),
+        "message": r.status.get("message") or r.status.get("error") or "",
+        **{f"test {k}": (r.result or {}).get("test", {}).get(k) for k in ("mae", "kappa")},
+    } for r in runs]
+    if plan:
+        have = {Path(r.run_dir).name for r in runs}
+        for seed in plan["seeds"]:
+            for cut in plan["cuts"]:
+                name = services.run_dir_of(group_dir, cut, seed).name
+                if name not in have:
+                    rows_.append({"run": name, "state": "cancelled" if plan.get("cancelled")
+                                  else "waiting", "progress": "", "message": ""})
+    st.dataframe(pd.DataFrame(rows_), hide_index=True, use_container_width=True)
+    waiting = any(r["state"] == "waiting" for r in rows_)
+    if active or waiting:
+        if st.button("Cancel all runs of this group", key=f"cancel_group_{group_name}",
+                     icon=":material/stop_circle:"):
+            services.cancel_group(group_dir)
+            st.toast("Cancelling: each run checkpoints and stops after its current step.")
+    for r in runs:
+        if r.state == "failed":
+            st.error(f"{r.run_dir.split('/')[-1]} failed: {r.status.get('error')}")
+
+    rows = []
+    for r in runs:
+        name = r.run_dir.split("/")[-1]
+        rows += [{"run": name, **m, "x": m.get("global_step")} for m in r.metrics]
+    if rows:
+        steps = [m for m in rows if m.get("kind") == "step"]
+        epochs_ = [m for m in rows if m.get("kind") == "epoch"]
+        c1, c2 = st.columns(2)
+        with c1:
+            st.markdown("**Training loss** (per step)")
+            if steps:
+                st.plotly_chart(charts.training_figure(
+                    [{"run": m["run"], "global_step": m["global_step"], "loss": m.get("loss")}
+                     for m in steps], x_key="global_step"), key="train_steps_chart")
+        with c2:
+            st.markdown("**Validation** (per epoch)")
+            if epochs_:
+                keep = ("train_loss", "val_loss", "val_mae", "val_kappa", "val_accuracy")
+                st.plotly_chart(charts.training_figure(
+                    [{"run": m["run"], "epoch": m["epoch"],
+                      **{k: m.get(k) for k in keep if m.get(k) is not None}}
+                     for m in epochs_], x_key="epoch"), key="train_epochs_chart")
+            else:
+                st.caption("Appears after the first epoch.")
+    elif active:
+        st.caption("Starting (loading the dataset and the network)...")
+
+    done = [r for r in runs if r.state == "done" and r.result]
+    if done:
+        st.subheader("Test metrics")
+        st.dataframe(pd.DataFrame([{
+            "run": r.run_dir.split("/")[-1], "cut": (r.config or {}).get("cut"),
+            "seed": (r.config or {}).get("seed"),
+            **{k: r.result.get("test", {}).get(k) for k in RESULT_KEYS
+               if k in r.result.get("test", {})},
+            "n_test": r.result.get("n_test")} for r in done]), hide_index=True,
+            use_container_width=True)
+        _render_comparison(group_dir, runs)
+    busy = bool(active or waiting)
+    was_active = st.session_state.get("train_was_active", False)
+    st.session_state["train_was_active"] = busy
+    if was_active and not busy:
+        st.rerun()  # all finished: a full rerun stops the polling
+
+
+def _render_comparison(group_dir: Path, runs) -> None:
+    try:
+        text, rows = services.group_table(group_dir, runs)
+    except Exception as e:
+        st.warning(f"Cannot compare these runs: {e}")
+        return
+    if not rows:
+        return
+    st.subheader("Pruned vs full (layout of the paper's Table 2)")
+    table = pd.DataFrame([{
+        "Model": r["label"], "runs": r["n"],
+        **{m: (None if s["mean"] is None else
+               f"{s['mean']:.{2 if m == 'mae' else 3}f}"
+               + ("" if s["std"] is None else f" ({s['std']:.{2 if m == 'mae' else 3}f})"))
+           for m, s in r["metrics"].items()}} for r in rows])
+    st.dataframe(table, hide_index=True, use_container_width=True)
+    st.caption("mean (std) over seeds of the test metrics; std needs two or more seeds.")
+    with st.expander("As text (with paired tests)"):
+        st.code(text, language=None)
+    st.download_button("Table (text)", text, f"table2-{group_name}.txt", "text/plain",
+                       key="dl_table2", on_click="ignore")
+
+
+plan_now = services.read_group(state.runs_root() / group_name)
+active_now = any(r.state in services.RUN_STATES_ACTIVE for r in services.read_runs(run_dirs)) \
+    or bool(plan_now and not plan_now.get("cancelled")
+            and len(run_dirs) < len(plan_now["seeds"]) * len(plan_now["cuts"]))
+st.fragment(run_every=2.0 if active_now else None)(_render_group)()

@@ -1,0 +1,105 @@
+"""AppTest tests of the Train page: launching tiny runs in subprocesses, polling, results."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from streamlit.testing.v1 import AppTest
+
+MAIN = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
+
+
+@pytest.fixture
+def app_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("RCV_NO_DOWNLOAD", "1")
+    monkeypatch.setenv("RCV_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("RCV_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return tmp_path
+
+
+def _w(at, kind, key):
+    for w in getattr(at, kind):
+        if w.key == key:
+            return w
+    raise AssertionError(f"no {kind} {key!r}; have {[w.key for w in getattr(at, kind)]}")
+
+
+def _open_train(at):
+    at.run()
+    at.switch_page("pages/train.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _fill_tiny(at, *, seeds="1", baseline=True):
+    _w(at, "selectbox", "train_arch").set_value("resnet18")
+    at.run()
+    _w(at, "selectbox", "train_cut_resnet18").set_value("add_6")
+    _w(at, "radio", "train_weights_resnet18").set_value("random (control)")
+    _w(at, "number_input", "train_epochs").set_value(1)
+    _w(at, "number_input", "train_batch").set_value(8)
+    _w(at, "number_input", "train_n").set_value(24)
+    _w(at, "number_input", "train_image_size").set_value(64)
+    _w(at, "text_input", "train_seeds").set_value(seeds)
+    _w(at, "checkbox", "train_baseline").set_value(baseline)
+    _w(at, "number_input", "train_parallel").set_value(2)
+    _w(at, "selectbox", "train_device").set_value("cpu")
+    at.run()
+
+
+def test_train_page_widgets_and_offline_notice(app_env):
+    at = _open_train(AppTest.from_file(MAIN, default_timeout=30))
+    assert at.title[0].value.startswith("Fine-tune")
+    assert _w(at, "radio", "train_weights_resnet50").value == "random (control)"
+    assert any("No training run yet" in i.value for i in at.info)
+    _w(at, "radio", "train_weights_resnet50").set_value("imagenet")
+    at.run()
+    assert any("not on this machine" in e.value for e in at.error)
+    assert _w(at, "button", "train_launch").disabled
+    _w(at, "radio", "train_weights_resnet50").set_value("random (control)")
+    _w(at, "text_input", "train_seeds").set_value("1, x")
+    at.run()
+    assert any("Seeds must be integers" in e.value for e in at.error)
+
+
+def test_train_tiny_runs_to_table2(app_env):
+    at = _open_train(AppTest.from_file(MAIN, default_timeout=30))
+    _fill_tiny(at)
+    assert _w(at, "button", "train_launch").label == "Launch 2 runs"
+    _w(at, "button", "train_launch").click()
+    at.run()
+    assert not at.exception, at.exception
+    groups = [d for d in (app_env / "runs").iterdir() if not d.name.startswith("_")]
+    assert len(groups) == 1
+    plan = json.loads((groups[0] / "group.json").read_text())
+    assert plan["cuts"] == ["none", "add_6"] and plan["seeds"] == [1]
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        time.sleep(2)
+        at.run()  # AppTest does not tick st.fragment(run_every=...): poll by rerunning
+        assert not at.exception, at.exception
+        states = list(at.dataframe[0].value["state"])
+        if states and all(s in ("done", "failed", "cancelled") for s in states):
+            break
+    assert states == ["done", "done"], (states, [e.value for e in at.error],
+                                        [(g / "train.log").read_text()[-2000:]
+                                         for g in groups[0].iterdir() if g.is_dir()])
+    assert at.get("plotly_chart")  # loss curves
+    assert any(s.value.startswith("Pruned vs full") for s in at.subheader)
+    models = list(at.dataframe[-1].value["Model"])
+    assert models == ["ResNet18", "ResNet18 pruned at add_6"]
+
+
+def test_cut_from_scan_page_prefills_train_form(app_env):
+    at = AppTest.from_file(MAIN, default_timeout=30)
+    at.session_state["rcv_cut"] = {"arch": "resnet18", "weights": "random", "layer": "add_4",
+                                   "dataset": "demo-scale", "scan_id": "x"}
+    _open_train(at)
+    assert _w(at, "selectbox", "train_arch").value == "resnet18"
+    assert _w(at, "selectbox", "train_cut_resnet18").value == "add_4"
+    assert _w(at, "radio", "train_weights_resnet18").value == "random (control)"
+    assert any("From the Scan page" in s.value for s in at.success)
