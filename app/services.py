@@ -395,3 +395,50 @@ def cancel_run(run_dir: Path) -> str:
             proc.terminate()
             return "cancelled"
     return cancel(run_dir, wait=None)
+
+
+# --------------------------------------------------------------------------------------------
+# prediction
+
+
+def finished_runs() -> list[dict]:
+    """Every run that is ``done``, newest group first: ``{"run_dir", "label", "config", ...}``."""
+    out = []
+    for group, dirs in list_groups().items():
+        for r in read_runs(dirs):
+            if r.state != "done" or not r.config:
+                continue
+            c, test = r.config, (r.result or {}).get("test", {})
+            score = ", ".join(f"{k} {test[k]:.3g}" for k in ("mae", "kappa", "accuracy")
+                              if isinstance(test.get(k), (int, float)))
+            cut = "full" if c.get("cut") in ("none", None) else f"cut at {c.get('cut')}"
+            out.append({"run_dir": r.run_dir, "config": c,
+                        "label": f"{group}/{Path(r.run_dir).name} · {c.get('arch')} {cut} · "
+                                 f"{c.get('target')}" + (f" · test {score}" if score else "")})
+    return out
+
+
+@st.cache_resource(show_spinner="Loading the trained model...", max_entries=4)
+def _loaded_run(run_dir: str, checkpoint_mtime_ns: int, device: str):
+    from rcvcore.predict import load_run_model
+
+    return load_run_model(run_dir, device)
+
+
+def load_run(run_dir: str, device: str = "auto"):
+    """The run's model, cached read-only across sessions (a new checkpoint reloads it)."""
+    ck = Path(run_dir) / "checkpoint.pt"
+    return _loaded_run(str(run_dir), ck.stat().st_mtime_ns if ck.exists() else 0, device)
+
+
+def release_models() -> None:
+    """Drop cached models (and their GPU memory)."""
+    _loaded_run.clear()
+    _free_gpu()
+
+
+def predict_uploads(run, items: list[tuple[str, bytes]]) -> list[dict]:
+    """Predict uploaded files (name, bytes); each bad file gets its own ``error``."""
+    from rcvcore.predict import predict_images
+
+    return [p.to_dict() for p in predict_images(run, items)]

@@ -90,7 +90,7 @@ with st.sidebar:
 
     ready = weights is not None and dataset is not None and layers is not None
     run = st.button("Run scan", type="primary", disabled=not ready, key="scan_run",
-                    use_container_width=True)
+                    width="stretch")
 
 if run:
     try:
@@ -250,7 +250,7 @@ else:
 # ---------------------------------------------------------------------------- table + files
 st.subheader("R² per layer")
 table = charts.r2_table(result)
-st.dataframe(table, hide_index=True, use_container_width=True,
+st.dataframe(table, hide_index=True, width="stretch",
              column_config={c: st.column_config.NumberColumn(format="%.3f")
                             for c in table.columns if "R²" in c or c == "depth"})
 stem = f"rcv-{result.get('arch')}-{result.get('weights')}-{primary[:8]}".replace("/", "_")

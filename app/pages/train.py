@@ -156,7 +156,7 @@ def _render_group() -> None:
                 if name not in have:
                     rows_.append({"run": name, "state": "cancelled" if plan.get("cancelled")
                                   else "waiting", "progress": "", "message": ""})
-    st.dataframe(pd.DataFrame(rows_), hide_index=True, use_container_width=True)
+    st.dataframe(pd.DataFrame(rows_), hide_index=True, width="stretch")
     waiting = any(r["state"] == "waiting" for r in rows_)
     if active or waiting:
         if st.button("Cancel all runs of this group", key=f"cancel_group_{group_name}",
@@ -203,7 +203,7 @@ def _render_group() -> None:
             **{k: r.result.get("test", {}).get(k) for k in RESULT_KEYS
                if k in r.result.get("test", {})},
             "n_test": r.result.get("n_test")} for r in done]), hide_index=True,
-            use_container_width=True)
+            width="stretch")
         _render_comparison(group_dir, runs)
     busy = bool(active or waiting)
     was_active = st.session_state.get("train_was_active", False)
@@ -227,7 +227,7 @@ def _render_comparison(group_dir: Path, runs) -> None:
                f"{s['mean']:.{2 if m == 'mae' else 3}f}"
                + ("" if s["std"] is None else f" ({s['std']:.{2 if m == 'mae' else 3}f})"))
            for m, s in r["metrics"].items()}} for r in rows])
-    st.dataframe(table, hide_index=True, use_container_width=True)
+    st.dataframe(table, hide_index=True, width="stretch")
     st.caption("mean (std) over seeds of the test metrics; std needs two or more seeds.")
     with st.expander("As text (with paired tests)"):
         st.code(text, language=None)
