@@ -19,6 +19,7 @@ from pathlib import Path
 from .base import Dataset, DatasetError, ProgressFn, Sample, Skipped, closest
 from .checks import check_images
 from .histology import split_groups
+from .options import reject_unknown
 
 LAYOUT = (".../benign|malignant/SOB/<tumour type>/<patient>/<mag>X/*.png, e.g. "
           "benign/SOB/adenosis/SOB_B_A_14-22549AB/40X/SOB_B_A-14-22549AB-40-001.png "
@@ -44,7 +45,7 @@ def load(path: str | None, *, n: int | None = None, seed: int = 0, cache_dir: Pa
          progress: ProgressFn | None = None, label: str = "magnification",
          magnifications=MAGNIFICATIONS, split_seed: int = 0,
          split_fractions=(0.6, 0.2, 0.2), verify: bool = True,
-         workers: int | None = None) -> Dataset:
+         workers: int | None = None, **unknown) -> Dataset:
     """Load ``breakhis:PATH``.
 
     Args:
@@ -60,6 +61,7 @@ def load(path: str | None, *, n: int | None = None, seed: int = 0, cache_dir: Pa
             checks that files are non-empty images by their header.
         workers: processes for the checks (default: all cores).
     """
+    reject_unknown("breakhis", load, unknown)
     if path is None:
         raise DatasetError(f"breakhis needs a path: --dataset breakhis:PATH, with {LAYOUT}.")
     root = Path(path).expanduser()

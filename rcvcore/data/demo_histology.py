@@ -22,6 +22,7 @@ from PIL import Image
 from .base import Dataset, DatasetError, ProgressFn
 from .histology import MAGNIFICATIONS, PATCH_SIZE, SourcePair, grid_positions, parallel_map
 from .janowczyk import load_pairs
+from .options import reject_unknown
 
 GENERATOR_VERSION = 1
 DEFAULT_TILE_SIZE = 1792     # 40x pixels: 8 patches wide at 40x, 1 patch at 5x and 8x
@@ -169,7 +170,8 @@ def load(path: str | None = None, *, n: int | None = None, seed: int = 0, cache_
          progress: ProgressFn | None = None, tiles: int | None = None,
          tile_size: int = DEFAULT_TILE_SIZE, max_per_level: int | None = DEFAULT_MAX_PER_LEVEL,
          magnifications=MAGNIFICATIONS, stride=None, split_seed: int = 0,
-         split_fractions=(0.6, 0.2, 0.2), workers: int | None = None) -> Dataset:
+         split_fractions=(0.6, 0.2, 0.2), workers: int | None = None,
+         **unknown) -> Dataset:
     """Generate (or reuse) the demo tiles and cut them into patches with the janowczyk pipeline.
 
     Args:
@@ -185,6 +187,7 @@ def load(path: str | None = None, *, n: int | None = None, seed: int = 0, cache_
         max_per_level: at most this many patches per tile and magnification (default 4).
         magnifications, stride, split_seed, split_fractions, workers: as for ``janowczyk``.
     """
+    reject_unknown("demo-histology", load, unknown)
     if path:
         raise DatasetError("demo-histology is embedded and takes no path; "
                            "use --dataset demo-histology")

@@ -19,6 +19,7 @@ from pathlib import Path
 from .base import Dataset, DatasetError, ProgressFn, Sample, Skipped, closest
 from .boxes import AnnotationError, largest_box_fraction, parse_voc_xml
 from .checks import check_images
+from .options import reject_unknown
 
 PAPER_WNIDS = ("n02058221", "n01608432", "n04037443")   # albatross, kite (bird), race car
 LAYOUT = ("PATH/<wnid>/*.JPEG class folders (e.g. n02058221/n02058221_1234.JPEG) with the ILSVRC "
@@ -57,7 +58,7 @@ def _resolve_roots(root: Path, annotations) -> tuple[Path, list[Path]]:
 
 def load(path: str | None, *, n: int | None = None, seed: int = 0, cache_dir: Path,
          progress: ProgressFn | None = None, classes=PAPER_WNIDS, annotations=None,
-         verify: bool = True, workers: int | None = None) -> Dataset:
+         verify: bool = True, workers: int | None = None, **unknown) -> Dataset:
     """Load ``imagenet:PATH``.
 
     Args:
@@ -73,6 +74,7 @@ def load(path: str | None, *, n: int | None = None, seed: int = 0, cache_dir: Pa
         verify: decode every image once (cached) to skip truncated or broken files.
         workers: processes for the checks (default: all cores).
     """
+    reject_unknown("imagenet", load, unknown)
     if path is None:
         raise DatasetError(f"imagenet needs a path: --dataset imagenet:PATH, with {LAYOUT}.")
     root = Path(path).expanduser()

@@ -14,6 +14,7 @@ from pathlib import Path
 from .base import Dataset, DatasetError, ProgressFn, Skipped
 from .histology import (LABEL_NAME, LABEL_ORDER, MAGNIFICATIONS, MEASURE_NAME, PatchParams,
                         SourcePair, generate_patches)
+from .options import reject_unknown
 
 LAYOUT = ("a folder of 40x H&E images named <id>_original.tif, each with its nuclei mask "
           "<id>_mask.png in the same folder (Janowczyk & Madabhushi's nuclei segmentation set, "
@@ -93,7 +94,7 @@ def _as_list(v):
 def load(path: str | None, *, n: int | None = None, seed: int = 0, cache_dir: Path,
          progress: ProgressFn | None = None, magnifications=MAGNIFICATIONS, stride=None,
          max_per_level=None, split_seed: int = 0, split_fractions=(0.6, 0.2, 0.2),
-         workers: int | None = None) -> Dataset:
+         workers: int | None = None, **unknown) -> Dataset:
     """Load ``janowczyk:PATH`` (see the module docstring for the layout).
 
     Args:
@@ -110,6 +111,7 @@ def load(path: str | None, *, n: int | None = None, seed: int = 0, cache_dir: Pa
         split_fractions: train/val/test fractions of source images (default 0.6, 0.2, 0.2).
         workers: processes (default: all cores).
     """
+    reject_unknown("janowczyk", load, unknown)
     if path is None:
         raise DatasetError(f"janowczyk needs a path: --dataset janowczyk:PATH, with {LAYOUT}.")
     root = Path(path).expanduser()

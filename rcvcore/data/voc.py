@@ -18,6 +18,7 @@ from pathlib import Path
 from .base import Dataset, DatasetError, ProgressFn, Sample, Skipped, closest
 from .boxes import AnnotationError, largest_box_fraction, parse_voc_xml
 from .checks import check_images
+from .options import reject_unknown
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
                "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
@@ -66,7 +67,7 @@ def _read_ids(path: Path) -> list[str]:
 def load(path: str | None, *, n: int | None = None, seed: int = 0, cache_dir: Path,
          progress: ProgressFn | None = None, year=None, image_set: str = "trainval",
          classes=VOC_CLASSES, single_object: bool = False, include_difficult: bool = False,
-         verify: bool = True, workers: int | None = None) -> Dataset:
+         verify: bool = True, workers: int | None = None, **unknown) -> Dataset:
     """Load ``voc:PATH``.
 
     Args:
@@ -83,6 +84,7 @@ def load(path: str | None, *, n: int | None = None, seed: int = 0, cache_dir: Pa
         verify: decode every image once (cached) to skip truncated or broken files.
         workers: processes for the checks (default: all cores).
     """
+    reject_unknown("voc", load, unknown)
     if path is None:
         raise DatasetError(f"voc needs a path: --dataset voc:PATH, with {LAYOUT}.")
     root = Path(path).expanduser()
