@@ -266,3 +266,18 @@ def test_demo_histology_n_sizes_the_generation(demo):
 def test_demo_histology_takes_no_path():
     with pytest.raises(DatasetError, match="embedded"):
         load_dataset("demo-histology:/tmp")
+
+
+def test_janowczyk_group_by_patient(tmp_path):
+    root = tmp_path / "jan"
+    write_janowczyk_tree(root, n_images=4)
+    for i, name in enumerate(["100_500_f001", "100_500_f002", "200_500_f001", "300_500_f001"]):
+        for suffix in ("_original.tif", "_mask.png"):
+            (root / f"img{i}{suffix}").rename(root / f"{name}{suffix}")
+    ds = _load(root, tmp_path / "c", group_by="patient")
+    assert set(ds.groups) == {"100", "200", "300"}
+    assert len({s.split for s in ds.samples if s.group == "100"}) == 1
+    ds = _load(root, tmp_path / "c")
+    assert set(ds.groups) == {"100_500_f001", "100_500_f002", "200_500_f001", "300_500_f001"}
+    with pytest.raises(DatasetError, match="group_by must be"):
+        _load(root, tmp_path / "c", group_by="slide")

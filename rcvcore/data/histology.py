@@ -176,11 +176,16 @@ class PatchParams:
 
 @dataclass(frozen=True)
 class SourcePair:
-    """One 40x source image, its nuclei mask, and its id (the group of its patches)."""
+    """One 40x source image, its nuclei mask, its id, and the group of its patches.
+
+    ``group`` (default: ``source_id``) decides the split: e.g. the patient, so that two images
+    of one patient never straddle train and test.
+    """
 
     image: str
     mask: str
     source_id: str
+    group: str | None = None
 
 
 def read_mask(path: str | Path) -> np.ndarray:
@@ -389,14 +394,15 @@ def generate_patches(pairs: Sequence[SourcePair], cache_dir: Path, params: Patch
                                                "nucleus after thresholding were excluded"))
         if res["patches"]:
             usable.append((pair, res))
-    splits = split_groups([p.source_id for p, _ in usable], split_seed, tuple(split_fractions))
+    splits = split_groups([p.group or p.source_id for p, _ in usable], split_seed,
+                          tuple(split_fractions))
     samples = []
     order = {lab: i for i, lab in enumerate(LABEL_ORDER)}
     for pair, res in usable:
         rows = sorted(res["patches"], key=lambda r: (order.get(r[1], 99), r[0]))
         for name, label, area in rows:
             samples.append(Sample(path=str(Path(res["dir"], name).resolve()), measure=float(area),
-                                  label=label, group=pair.source_id,
-                                  split=splits[pair.source_id]))
+                                  label=label, group=pair.group or pair.source_id,
+                                  split=splits[pair.group or pair.source_id]))
     return PatchSet(tuple(samples), tuple(skipped), n_no, len(pairs),
                     sum(bool(r.get("cached")) for r in results))

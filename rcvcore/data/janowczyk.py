@@ -23,8 +23,13 @@ IMAGE_SUFFIX = "_original.tif"
 MASK_SUFFIX = "_mask.png"
 
 
-def find_pairs(root: Path) -> tuple[list[SourcePair], list[Skipped]]:
+def find_pairs(root: Path, group_by: str = "image") -> tuple[list[SourcePair], list[Skipped]]:
     """Find ``*_original.tif`` images and their ``*_mask.png`` masks under ``root``.
+
+    Args:
+        root: the dataset folder.
+        group_by: ``image`` (each source image is a group) or ``patient`` (the part of the file
+            name before its first ``_``, e.g. ``12750`` for ``12750_500_f00003_original.tif``).
 
     Returns:
         The pairs (sorted by path) and the images without a mask (skipped).
@@ -54,7 +59,8 @@ def find_pairs(root: Path) -> tuple[list[SourcePair], list[Skipped]]:
             continue
         rel = img.parent.relative_to(root)
         source_id = stem if str(rel) == "." else f"{rel.as_posix()}/{stem}"
-        pairs.append(SourcePair(str(img.resolve()), str(mask.resolve()), source_id))
+        group = source_id if group_by == "image" else stem.split("_", 1)[0]
+        pairs.append(SourcePair(str(img.resolve()), str(mask.resolve()), source_id, group))
     return pairs, skipped
 
 
@@ -94,7 +100,7 @@ def _as_list(v):
 def load(path: str | None, *, n: int | None = None, seed: int = 0, cache_dir: Path,
          progress: ProgressFn | None = None, magnifications=MAGNIFICATIONS, stride=None,
          max_per_level=None, split_seed: int = 0, split_fractions=(0.6, 0.2, 0.2),
-         workers: int | None = None, **unknown) -> Dataset:
+         group_by: str = "image", workers: int | None = None, **unknown) -> Dataset:
     """Load ``janowczyk:PATH`` (see the module docstring for the layout).
 
     Args:
@@ -109,15 +115,19 @@ def load(path: str | None, *, n: int | None = None, seed: int = 0, cache_dir: Pa
         split_seed: seed of the train/val/test split of source images; fixed (0) by default so
             every run of every training seed sees the same split.
         split_fractions: train/val/test fractions of source images (default 0.6, 0.2, 0.2).
+        group_by: ``image`` (default, as the paper: splits by source image) or ``patient``
+            (the file-name prefix before the first ``_``; stricter, no patient in two splits).
         workers: processes (default: all cores).
     """
     reject_unknown("janowczyk", load, unknown)
+    if group_by not in ("image", "patient"):
+        raise DatasetError(f"janowczyk: group_by must be 'image' or 'patient', got {group_by!r}.")
     if path is None:
         raise DatasetError(f"janowczyk needs a path: --dataset janowczyk:PATH, with {LAYOUT}.")
     root = Path(path).expanduser()
     if not root.exists():
         raise DatasetError(f"janowczyk: {root} does not exist. Expected {LAYOUT}.")
-    pairs, skipped = find_pairs(root)
+    pairs, skipped = find_pairs(root, group_by)
     return load_pairs(pairs, skipped, name=f"janowczyk:{path}", kind="janowczyk", seed=seed,
                       cache_dir=cache_dir, progress=progress, magnifications=magnifications,
                       stride=stride, max_per_level=max_per_level, split_seed=split_seed,

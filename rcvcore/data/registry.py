@@ -96,7 +96,8 @@ def load_dataset(spec: str, *, n: int | None = None, seed: int = 0, cache_dir=No
     """
     kind, path = parse_spec(spec)
     if path is not None and not Path(path).exists():
-        raise DatasetError(f"Dataset path {path!r} does not exist (from --dataset {spec}).")
+        raise DatasetError(f"Dataset path {path!r} does not exist (from --dataset {spec}). "
+                           f"{kind.name} expects: {kind.description}")
     module_name, fn_name = kind.loader.split(":")
     fn = getattr(importlib.import_module(module_name), fn_name)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
