@@ -281,3 +281,14 @@ def test_janowczyk_group_by_patient(tmp_path):
     assert set(ds.groups) == {"100_500_f001", "100_500_f002", "200_500_f001", "300_500_f001"}
     with pytest.raises(DatasetError, match="group_by must be"):
         _load(root, tmp_path / "c", group_by="slide")
+
+
+def test_janowczyk_too_small_image_is_skipped(tmp_path):
+    root = write_janowczyk_tree(tmp_path / "jan", n_images=2)
+    Image.new("RGB", (100, 100)).save(root / "tiny_original.tif")
+    Image.fromarray((disk_mask((100, 100), [(50, 50)], 10) * 255).astype(np.uint8)).save(
+        root / "tiny_mask.png")
+    with pytest.warns(UserWarning, match="tiny_original.tif"):
+        ds = _load(root, tmp_path / "c")
+    assert "tiny" not in set(ds.groups)
+    assert any("too small" in s.reason for s in ds.skipped)

@@ -256,8 +256,13 @@ def process_source(pair: SourcePair, params: PatchParams, out_root: str) -> dict
         result["skipped"].append([pair.mask, "nuclei mask is empty (no nucleus marked)"])
         return result
 
-    folder.mkdir(parents=True, exist_ok=True)
     size = params.patch_size
+    if min(rgb.size) * max(params.magnifications) / SOURCE_MAGNIFICATION < size:
+        result["skipped"].append([pair.image, (
+            f"image is {rgb.size[0]}x{rgb.size[1]}, too small for one {size}x{size} patch at "
+            f"{mag_label(max(params.magnifications))}")])
+        return result
+    folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([params.seed, int(hashlib.sha256(pair.source_id.encode())
                                                    .hexdigest()[:8], 16)])
     for m in params.magnifications:
