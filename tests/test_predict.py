@@ -1,0 +1,140 @@
+"""Prediction: every common image mode is read as in training, large images are tiled, and each
+bad file kind gets its own error while the other files are still predicted."""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from rcvcore.errors import UserError
+from rcvcore.predict import load_run_model, predict_files, predict_images
+from rcvcore.train import TrainConfig, train
+
+from _train_fixtures import CLASSES, cli, dataset, disc_image
+
+TINY = TrainConfig(arch="resnet18", weights="random", cut="add_4", dataset="unused",
+                   epochs=1, batch_size=8, lr=1e-3, image_size=32, log_every=5)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pred")
+    train(TINY, root / "run", dataset=dataset(root / "data", n=24))
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def loaded(run_dir):
+    return load_run_model(run_dir, "cpu")
+
+
+def _bomb_png(path, w=40_000, h=40_000):
+    """A tiny PNG whose header claims w x h pixels (a decompression bomb)."""
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("files")
+    rgb = disc_image(6.0, seed=7)
+    Image.fromarray(rgb).save(d / "rgb.png")
+    Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])).save(d / "rgba.png")
+    Image.fromarray(rgb).convert("L").save(d / "gray.png")
+    tifffile.imwrite(d / "rgb16.tif", rgb.astype(np.uint16) * 257)
+    Image.fromarray(rgb).save(d / "rgb.jpg", quality=95)
+    full = (d / "rgb.png").read_bytes()
+    (d / "truncated.png").write_bytes(full[: len(full) // 2])
+    (d / "notes.png").write_text("this is not an image\n")
+    (d / "empty.png").write_bytes(b"")
+    _bomb_png(d / "bomb.png")
+    return d
+
+
+def test_each_bad_file_kind_gets_its_own_error(loaded, files):
+    names = ["rgb.png", "truncated.png", "rgba.png", "notes.png", "empty.png", "bomb.png",
+             "gray.png", "rgb16.tif", "rgb.jpg", "missing.png"]
+    preds = predict_files(loaded, [files / n for n in names])
+    by = {p.path.split("/")[-1]: p for p in preds}
+    assert [p.path.split("/")[-1] for p in preds] == names      # order kept
+    for bad, why in [("truncated.png", "not a readable image"), ("notes.png", "not a readable"),
+                     ("empty.png", "empty"), ("bomb.png", "above the limit|bomb"),
+                     ("missing.png", "not found")]:
+        assert by[bad].error is not None and by[bad].nuclei_area is None
+        assert __import__("re").search(why, by[bad].error), by[bad].error
+    for good in ("rgb.png", "rgba.png", "gray.png", "rgb16.tif", "rgb.jpg"):
+        p = by[good]
+        assert p.error is None and np.isfinite(p.nuclei_area) and p.magnification in CLASSES
+        assert set(p.distances) == set(CLASSES) and p.tiles == 1
+    # modes are converted as training data were: an opaque RGBA and a 16-bit TIFF of the same
+    # pixels give the RGB prediction
+    assert by["rgba.png"].nuclei_area == pytest.approx(by["rgb.png"].nuclei_area, rel=1e-5)
+    assert by["rgb16.tif"].nuclei_area == pytest.approx(by["rgb.png"].nuclei_area, rel=1e-5)
+    # the class is the nearest training-set mean
+    p = by["rgb.png"]
+    assert p.magnification == min(p.distances, key=p.distances.get)
+
+
+def test_large_images_are_tiled_small_ones_resized(loaded, files, tmp_path):
+    tile = disc_image(6.0, seed=7)
+    Image.fromarray(np.tile(tile, (2, 3, 1))).save(tmp_path / "big.png")        # 64 x 96
+    Image.fromarray(tile[:20, :20]).save(tmp_path / "small.png")
+    big, small, one = predict_files(loaded, [tmp_path / "big.png", tmp_path / "small.png",
+                                             files / "rgb.png"])
+    assert big.tiles == 6 and "tiled" in big.note
+    assert big.nuclei_area == pytest.approx(one.nuclei_area, rel=1e-4)
+    assert small.error is None and small.tiles == 0 and "resized" in small.note
+
+
+def test_predict_images_on_uploaded_bytes(loaded, files):
+    names = ["rgb.png", "rgb16.tif", "notes.png", "bomb.png"]
+    up = predict_images(loaded, [(n, (files / n).read_bytes()) for n in names]
+                        + [("array", disc_image(6.0, seed=7))])
+    ref = predict_files(loaded, [files / "rgb.png"])[0]
+    assert up[0].nuclei_area == pytest.approx(ref.nuclei_area, rel=1e-6)
+    assert up[1].error is None and up[2].error and up[3].error
+    assert up[4].nuclei_area == pytest.approx(ref.nuclei_area, rel=1e-6)
+    assert [p.path for p in up] == names + ["array"]
+
+
+def test_cli_predict_json_and_exit_status(run_dir, files, tmp_path):
+    out = tmp_path / "pred.json"
+    r = cli("predict", "--run", run_dir, files / "rgb.png", files / "empty.png",
+            files / "gray.png", "--json", out)
+    assert r.returncode == 1 and "1 of 3 files" in r.stderr
+    rows = json.loads(out.read_text())
+    assert [set(x) >= {"path", "nuclei_area", "magnification", "probabilities", "distances",
+                       "error"} for x in rows] == [True] * 3
+    assert rows[0]["error"] is None and rows[1]["error"] and rows[2]["error"] is None
+    assert "nuclei_area" in r.stdout
+
+
+def test_classification_run_gives_probabilities(tmp_path, files):
+    ds = dataset(tmp_path / "data", n=24)
+    train(dataclasses.replace(TINY, target="magnification"), tmp_path / "run", dataset=ds)
+    (p,) = predict_files(load_run_model(tmp_path / "run", "cpu"), [files / "rgb.png"])
+    assert p.nuclei_area is None and p.distances is None
+    assert set(p.probabilities) == set(CLASSES)
+    assert sum(p.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    assert p.magnification == max(p.probabilities, key=p.probabilities.get)
+
+
+def test_unfinished_run_is_refused(tmp_path):
+    with pytest.raises(UserError, match="no readable config.json"):
+        load_run_model(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(TINY.to_dict()))
+    (tmp_path / "status.json").write_text(json.dumps({"state": "failed", "error": "boom"}))
+    with pytest.raises(UserError, match="failed.*boom.*--resume"):
+        load_run_model(tmp_path)
