@@ -68,6 +68,11 @@ class FeatureExtractor(nn.Module):
         self.device = torch.device(device) if not isinstance(device, torch.device) else device
         nodes = {arch.node(layer): arch.node(layer) for layer in self.layers}
         model = copy.deepcopy(model).eval()
+        for m in model.modules():
+            # An in-place activation after a probed node (ResNet's ReLU after the residual sum)
+            # would overwrite the returned tensor: add_k must be the sum *before* the ReLU.
+            if getattr(m, "inplace", False) is True:
+                m.inplace = False
         self.body = trunk(model, nodes).to(self.device)
         self.channels_last = channels_last
         if channels_last:

@@ -1,0 +1,34 @@
+# Two entry points (see README): `make app` and `make test`. Both set everything up first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8501
+
+.PHONY: app demo-scan test test-fast browser-deps setup
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+# Debian's chromium + driver for the real-browser tests (never a downloaded browser build).
+browser-deps:
+	@test -x /usr/bin/chromium || { \
+	  (apt-get update -qq || true) && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+app: setup
+	$(BIN)/streamlit run app/main.py --server.address $(HOST) --server.port $(PORT)
+
+demo-scan: setup
+	$(BIN)/python -m rcvcore scan --arch resnet50 --weights random --dataset demo-scale
+
+test: setup browser-deps
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"

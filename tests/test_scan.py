@@ -1,0 +1,169 @@
+"""The scan end to end: CLI contract, cache behaviour, bad input."""
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rcvcore.cli import main
+from rcvcore.scan import ScanConfig, run_scan
+
+LAYERS = "add_1,add_4,add_8"
+
+
+def _args(folder, cache, *extra):
+    return ["scan", "--arch", "resnet18", "--weights", "random", "--dataset", f"folder:{folder}",
+            "--layers", LAYERS, "--repeats", "3", "--cache-dir", str(cache), "--quiet", *extra]
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    import torch
+
+    from rcvcore.models import build_model
+
+    model, _ = build_model("resnet18", "random", seed=123)
+    path = tmp_path / "r18.pth"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def test_cli_json_contract_and_warm_cache(scale_folder, cache_dir, tmp_path, capsys, checkpoint):
+    out = tmp_path / "scan.json"
+    csv_out = tmp_path / "scan.csv"
+    args = _args(scale_folder, cache_dir, "--json", str(out), "--csv", str(csv_out))
+    args[args.index("random")] = str(checkpoint)
+    assert main(args) == 0
+    d = json.loads(out.read_text())
+    for key in ("arch", "weights", "dataset", "n_images", "skipped", "layers", "controls",
+                "timing", "cache"):
+        assert key in d
+    assert d["arch"] == "resnet18" and d["n_images"] == 24 and d["skipped"] == []
+    assert [l["name"] for l in d["layers"]] == LAYERS.split(",")
+    for row in d["layers"]:
+        assert set(row) >= {"name", "n_features", "r2", "r2_mean", "r2_std", "r2_logmeanexp"}
+        assert len(row["r2"]) == 3
+        assert row["r2_mean"] == pytest.approx(np.mean(row["r2"]))
+    assert [l["name"] for l in d["controls"]["shuffled"]] == LAYERS.split(",")
+    assert [l["name"] for l in d["controls"]["random_weights"]] == LAYERS.split(",")
+    assert set(d["timing"]) >= {"extract_s", "fit_s"}
+    assert d["cache"] == {"hits": 0, "misses": 6}   # 3 layers x (true + random weights)
+    assert "add_4" in capsys.readouterr().out
+    assert csv_out.read_text().startswith("kind,layer,depth,n_features,r2_mean")
+
+    # a repeated scan does no forward pass and returns the same numbers
+    out2 = tmp_path / "scan2.json"
+    args[args.index(str(out))] = str(out2)
+    assert main(args) == 0
+    d2 = json.loads(out2.read_text())
+    assert d2["cache"] == {"hits": 6, "misses": 0}
+    assert d2["timing"]["extract_s"] == 0.0
+    assert [l["r2"] for l in d2["layers"]] == [l["r2"] for l in d["layers"]]
+
+
+def test_changed_image_or_measure_is_never_stale(scale_folder, cache_dir):
+    cfg = ScanConfig(arch="resnet18", weights="random", dataset=f"folder:{scale_folder}",
+                     layers="add_2", repeats=2, controls=(), cache_dir=str(cache_dir))
+    first = run_scan(cfg)
+    assert first.cache["misses"] == 1
+    img = scale_folder / "img_000.png"
+    Image.new("RGB", (96, 96), (255, 0, 0)).save(img)
+    os.utime(img, ns=(1, 1))   # even with an odd mtime, the size changed
+    assert run_scan(cfg).cache["misses"] == 1
+    labels = scale_folder / "labels.csv"
+    labels.write_text(labels.read_text().replace("img_001.png,0.", "img_001.png,1."))
+    assert run_scan(cfg).cache["misses"] == 1
+    assert run_scan(cfg).cache["hits"] == 1
+
+
+def test_corrupt_cache_entry_is_recomputed(scale_folder, cache_dir):
+    cfg = ScanConfig(arch="resnet18", weights="random", dataset=f"folder:{scale_folder}",
+                     layers="add_2", repeats=2, controls=(), cache_dir=str(cache_dir))
+    ref = run_scan(cfg)
+    # overwrite every stored value (inline in SQLite or in a file) with garbage
+    for root, _, files in os.walk(cache_dir / "activations"):
+        for f in files:
+            if f.endswith(".val"):
+                with open(os.path.join(root, f), "wb") as fh:
+                    fh.write(b"garbage")
+    con = sqlite3.connect(cache_dir / "activations" / "cache.db")
+    with con:
+        changed = con.execute("update Cache set value = ? where filename is null",
+                              (b"garbage",)).rowcount
+    con.close()
+    assert changed >= 1 or any(f.endswith(".val") for _, _, fs in
+                               os.walk(cache_dir / "activations") for f in fs)
+    again = run_scan(cfg)
+    assert again.cache == {"hits": 0, "misses": 1}
+    assert again.layers[0].r2 == ref.layers[0].r2
+
+
+def test_unreadable_file_is_skipped_and_named(scale_folder, cache_dir, tmp_path, capsys):
+    (scale_folder / "img_003.png").write_bytes(b"truncated")
+    out = tmp_path / "s.json"
+    code = main(_args(scale_folder, cache_dir, "--controls", "none", "--json", str(out)))
+    assert code == 0
+    assert "img_003.png" in capsys.readouterr().err
+    d = json.loads(out.read_text())
+    assert d["n_images"] == 23
+    assert len(d["skipped"]) == 1 and d["skipped"][0].endswith("img_003.png")
+    assert d["controls"] == {"shuffled": [], "random_weights": []}
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--arch", "inceptionv3"], "Did you mean 'inception_v3'"),
+    (["--layers", "add_99"], "no probe layer 'add_99'"),
+    (["--dataset", "demo-scal"], "Did you mean 'demo-scale'"),
+    (["--controls", "shufled"], "Did you mean 'shuffled'"),
+    (["--weights", "imagenet"], "resnet18-f37072fd.pth"),
+])
+def test_bad_input_exits_2_with_closest_names(scale_folder, cache_dir, capsys, extra, message):
+    args = _args(scale_folder, cache_dir)
+    for flag, value in zip(extra[::2], extra[1::2]):
+        if flag in args:
+            args[args.index(flag) + 1] = value
+        else:
+            args += [flag, value]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_constant_measure_and_too_few_images_fail_before_extraction(tmp_path, cache_dir, capsys):
+    from conftest import make_scale_folder
+
+    folder = make_scale_folder(tmp_path / "const", n=12)
+    labels = folder / "labels.csv"
+    rows = labels.read_text().splitlines()
+    labels.write_text("\n".join([rows[0]] + [",".join([r.split(",")[0], "0.5"] + r.split(",")[2:])
+                                             for r in rows[1:]]) + "\n")
+    assert main(_args(folder, cache_dir)) == 2
+    assert "constant" in capsys.readouterr().err
+    assert not (cache_dir / "activations").exists()
+    small = make_scale_folder(tmp_path / "small", n=4, groups=False)
+    assert main(_args(small, cache_dir)) == 2
+    assert "Too few images" in capsys.readouterr().err
+
+
+def test_module_entry_point_exits_2_without_traceback(tmp_path):
+    env = dict(os.environ, TORCH_HOME=str(tmp_path))
+    r = subprocess.run([sys.executable, "-m", "rcvcore", "scan", "--arch", "resnet50",
+                        "--dataset", "demo-scale", "--cache-dir", str(tmp_path / "c")],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2
+    assert "resnet50-0676ba61.pth" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_demo_scale_is_deterministic_and_exact(cache_dir):
+    from rcvcore.data import load_dataset
+
+    a = load_dataset("demo-scale", n=20, seed=1, cache_dir=cache_dir)
+    b = load_dataset("demo-scale", n=20, seed=1, cache_dir=cache_dir / "other")
+    assert np.array_equal(a.measures, b.measures)
+    assert a.measures.min() >= 0 and a.measures.max() <= 2   # log2 of zoom 1..4
+    assert len(set(a.groups)) == 16
+    assert Image.open(a.paths[0]).size == (256, 256)
