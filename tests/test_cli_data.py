@@ -10,7 +10,7 @@ import pytest
 
 from rcvcore.cli import main
 from rcvcore.cli.data import parse_options
-from tests._data_fixtures import write_imagenet_tree, write_janowczyk_tree, write_voc_tree
+from _data_fixtures import write_imagenet_tree, write_janowczyk_tree, write_voc_tree
 
 KINDS = ("janowczyk", "demo-histology", "breakhis", "imagenet", "voc")
 

@@ -8,7 +8,7 @@ import pytest
 
 from rcvcore.data import load_dataset
 from rcvcore.data.base import DatasetError
-from tests._data_fixtures import write_breakhis_tree, write_png, truncate
+from _data_fixtures import write_breakhis_tree, write_png, truncate
 
 
 @pytest.fixture()

@@ -13,7 +13,7 @@ from rcvcore.data import load_dataset
 from rcvcore.data.base import DatasetError
 from rcvcore.data.histology import (downsample, grid_positions, mean_nuclei_area, nuclei_areas,
                                     split_groups)
-from tests._data_fixtures import disk_mask, grid_centers, truncate, write_janowczyk_tree
+from _data_fixtures import disk_mask, grid_centers, truncate, write_janowczyk_tree
 
 # ----------------------------------------------------------------------------- the measure
 

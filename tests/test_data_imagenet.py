@@ -9,7 +9,7 @@ import pytest
 from rcvcore.data import load_dataset
 from rcvcore.data.base import DatasetError
 from rcvcore.data.boxes import Box, largest_box_fraction, parse_voc_xml
-from tests._data_fixtures import (PAPER_WNIDS, expected_imagenet_fraction, truncate, voc_xml,
+from _data_fixtures import (PAPER_WNIDS, expected_imagenet_fraction, truncate, voc_xml,
                                   write_imagenet_tree, write_jpeg)
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from rcvcore.data import load_dataset
 from rcvcore.data.base import DatasetError
-from tests._data_fixtures import write_voc_tree
+from _data_fixtures import write_voc_tree
 
 
 def _by(ds):
