@@ -3,8 +3,8 @@
 A deterministic generator renders tiles that look like breast tissue at 40x: eosin-pink fibrous
 stroma with sparse elongated fibroblast nuclei, epithelial nests dense with large, irregular
 tumour nuclei (chromatin texture, darker rims, occasional nucleoli), small round dark lymphocytes,
-a few empty lumina; colours follow the Beer-Lambert mixing of haematoxylin and eosin (Ruifrok's
-stain vectors). Each tile is written with its true nuclei mask in the ``janowczyk`` layout
+a few empty lumina, nuclear size and stain strength varying from tile to tile; colours follow the
+Beer-Lambert mixing of haematoxylin and eosin (Ruifrok's stain vectors). Each tile is written with its true nuclei mask in the ``janowczyk`` layout
 (``demo_<seed>_<i>_original.tif`` + ``demo_<seed>_<i>_mask.png``) and then goes through the very
 same pipeline as ``janowczyk`` (downsampling, cropping, measuring nuclei areas from the mask).
 """
@@ -24,7 +24,7 @@ from .histology import MAGNIFICATIONS, PATCH_SIZE, SourcePair, grid_positions, p
 from .janowczyk import load_pairs
 from .options import reject_unknown
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 DEFAULT_TILE_SIZE = 1792     # 40x pixels: 8 patches wide at 40x, 1 patch at 5x and 8x
 DEFAULT_MAX_PER_LEVEL = 4
 DEFAULT_N_TILES = 6          # ~130 patches: 6 at 5x and 8x, ~24 at each of 10x..40x
@@ -134,7 +134,10 @@ def render_tile(seed: int, index: int, size: int = DEFAULT_TILE_SIZE) -> tuple[n
     # optics: slight blur, Beer-Lambert mixing, sensor noise
     haem = ndimage.gaussian_filter(haem, 0.7)
     eosin = ndimage.gaussian_filter(eosin, 0.7)
-    od = (haem[..., None] * _H + eosin[..., None] * _E + 0.03).astype(np.float32)
+    # stain variation between tiles (staining batches, scanners)
+    h_gain, e_gain = rng.uniform(0.85, 1.15, 2)
+    od = (h_gain * haem[..., None] * _H + e_gain * eosin[..., None] * _E + 0.03
+          ).astype(np.float32)
     rgb = 245.0 * np.exp(-1.6 * od) + 2.0 * rng.standard_normal(od.shape, dtype=np.float32)
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8), mask
 
