@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -27,10 +28,16 @@ from rcvcore.data.demo_histology import write_tile  # noqa: E402
 from rcvcore.data.histology import parallel_map  # noqa: E402
 
 
+def _cpu() -> float:
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def timed(fn):
-    t0 = time.perf_counter()
+    """Run ``fn``; return its result, wall seconds and CPU seconds (this process + workers)."""
+    t0, c0 = time.perf_counter(), _cpu()
     out = fn()
-    return out, time.perf_counter() - t0
+    return out, time.perf_counter() - t0, _cpu() - c0
 
 
 def main() -> int:
@@ -51,23 +58,25 @@ def main() -> int:
             f.rename(f.with_name(f.name.replace("demo_1_", "bench_")))
         cache = Path(tmp) / "cache"
         spec = f"janowczyk:{src}"
-        ds, cold = timed(lambda: load_dataset(spec, cache_dir=cache, workers=workers))
-        _, warm = timed(lambda: load_dataset(spec, cache_dir=cache, workers=workers))
-        rows["janowczyk"] = (len(ds), cold, warm)
+        ds, cold, cold_cpu = timed(lambda: load_dataset(spec, cache_dir=cache, workers=workers))
+        _, warm, _ = timed(lambda: load_dataset(spec, cache_dir=cache, workers=workers))
+        rows["janowczyk"] = (len(ds), cold, warm, cold_cpu)
         cache2 = Path(tmp) / "cache-demo"
-        ds, cold = timed(lambda: load_dataset("demo-histology", cache_dir=cache2, workers=workers))
-        _, warm = timed(lambda: load_dataset("demo-histology", cache_dir=cache2, workers=workers))
-        rows["demo-histology (default, incl. rendering)"] = (len(ds), cold, warm)
+        ds, cold, cold_cpu = timed(lambda: load_dataset("demo-histology", cache_dir=cache2,
+                                                        workers=workers))
+        _, warm, _ = timed(lambda: load_dataset("demo-histology", cache_dir=cache2,
+                                                workers=workers))
+        rows["demo-histology (default, incl. rendering)"] = (len(ds), cold, warm, cold_cpu)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"workers={workers}, load avg {os.getloadavg()[0]:.1f}")
-    print(f"| dataset | patches | cold s | warm s | cold s / 1,000 patches | "
-          f"warm s / 1,000 patches |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| dataset | patches | cold s | warm s | cold s / 1,000 patches | "
+          "warm s / 1,000 patches | cold CPU s / 1,000 patches |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     out = {}
-    for name, (n, cold, warm) in rows.items():
+    for name, (n, cold, warm, cpu) in rows.items():
         print(f"| {name} | {n} | {cold:.2f} | {warm:.3f} | {1000 * cold / n:.1f} | "
-              f"{1000 * warm / n:.3f} |")
-        out[name] = {"patches": n, "cold_s": cold, "warm_s": warm,
+              f"{1000 * warm / n:.3f} | {1000 * cpu / n:.1f} |")
+        out[name] = {"patches": n, "cold_s": cold, "warm_s": warm, "cold_cpu_s": cpu,
                      "cold_s_per_1000": 1000 * cold / n, "warm_s_per_1000": 1000 * warm / n}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
