@@ -292,3 +292,11 @@ def test_janowczyk_too_small_image_is_skipped(tmp_path):
         ds = _load(root, tmp_path / "c")
     assert "tiny" not in set(ds.groups)
     assert any("too small" in s.reason for s in ds.skipped)
+
+
+def test_unwritable_cache_is_one_clear_error(tmp_path):
+    root = write_janowczyk_tree(tmp_path / "jan", n_images=1)
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file where the cache folder should be")
+    with pytest.raises(DatasetError, match="Cannot write histology patches.*--cache-dir"):
+        _load(root, blocker)

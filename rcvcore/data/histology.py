@@ -226,6 +226,19 @@ def process_source(pair: SourcePair, params: PatchParams, out_root: str) -> dict
         "skipped": [[path, reason], ...], "cached": bool}``; file names are relative to the
         source's folder, whose path is under ``"dir"``.
     """
+    try:
+        return _process_source(pair, params, out_root)
+    except OSError as e:
+        if Path(out_root) in Path(getattr(e, "filename", "") or "/").parents:
+            raise  # the cache cannot be written: the caller reports it once
+        return {"dir": "", "patches": [], "no_nuclei": 0, "cached": False,
+                "skipped": [[pair.image, f"failed ({type(e).__name__}: {e})"]]}
+    except Exception as e:  # one bad source must not sink the whole dataset
+        return {"dir": "", "patches": [], "no_nuclei": 0, "cached": False,
+                "skipped": [[pair.image, f"failed ({type(e).__name__}: {e})"]]}
+
+
+def _process_source(pair: SourcePair, params: PatchParams, out_root: str) -> dict:
     folder = Path(out_root) / f"{_safe(pair.source_id)}-{_key(pair, params)}"
     manifest = folder / "manifest.json"
     if manifest.is_file():
@@ -383,9 +396,14 @@ def generate_patches(pairs: Sequence[SourcePair], cache_dir: Path, params: Patch
     ``n_no_nuclei`` and listed in ``skipped`` by source and magnification.
     """
     root = Path(cache_dir) / "histology-patches"
-    root.mkdir(parents=True, exist_ok=True)
-    results = parallel_map(process_source, [(p, params, str(root)) for p in pairs],
-                           workers=workers, progress=progress, message="histology patches")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        results = parallel_map(process_source, [(p, params, str(root)) for p in pairs],
+                               workers=workers, progress=progress, message="histology patches")
+    except OSError as e:
+        raise DatasetError(f"Cannot write histology patches under {root} ({e.strerror or e}). "
+                           "Point --cache-dir (or $RCV_CACHE_DIR) at a writable folder with "
+                           "free space.") from None
     skipped: list[Skipped] = []
     usable = []
     n_no = 0
