@@ -101,7 +101,33 @@ def _scan_worker() -> tuple[ThreadPoolExecutor, dict[str, ScanJob], threading.Lo
 
 
 def scan_id_for(config: dict) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """Id of a saved scan: its full configuration and the rcvcore version."""
+    import rcvcore
+
+    key = {"config": config, "rcvcore": rcvcore.__version__}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def reusable_scan(config) -> str | None:
+    """The saved result of exactly this scan, when it cannot be stale; else None.
+
+    Only scans of embedded datasets (generated deterministically from name, n and seed) with
+    ``random`` or ``imagenet`` weights and the cache enabled qualify: a dataset folder or a
+    checkpoint file can change on disk, so those always go back to rcvcore (whose activation
+    cache checks file sizes and times).
+    """
+    from rcvcore.data import parse_spec
+
+    if not config.use_cache or config.weights not in ("random", "imagenet"):
+        return None
+    try:
+        kind, path = parse_spec(config.dataset)
+    except Exception:
+        return None
+    if kind.needs_path or path:
+        return None
+    sid = scan_id_for(dataclasses.asdict(config))
+    return sid if (state.scans_dir() / f"{sid}.json").is_file() else None
 
 
 def make_config(**kwargs):

@@ -46,8 +46,11 @@ with st.sidebar:
         up = st.file_uploader("Upload a state-dict checkpoint (.pt/.pth)", type=["pt", "pth"],
                               key="scan_ckpt_upload")
         path = st.text_input("...or the path of one on this machine", key="scan_ckpt_path")
-        if up is not None:
-            weights = str(state.store_upload(up.getvalue(), Path(up.name).suffix))
+        if up is not None:  # hash and store once per upload, not on every rerun
+            stored = st.session_state.setdefault("scan_ckpt_stored", {})
+            if up.file_id not in stored:
+                stored[up.file_id] = str(state.store_upload(up.getvalue(), Path(up.name).suffix))
+            weights = stored[up.file_id]
         elif path.strip():
             weights = path.strip()
         else:
@@ -92,6 +95,11 @@ with st.sidebar:
     run = st.button("Run scan", type="primary", disabled=not ready, key="scan_run",
                     width="stretch")
 
+if not have_imagenet:
+    st.warning(f"**Offline mode: no ImageNet weights for {arch}.** " + how.split(". ", 1)[1]
+               if ". " in how else how, icon=":material/cloud_off:")
+
+job = None
 if run:
     try:
         config = services.make_config(
@@ -101,7 +109,16 @@ if run:
     except Exception as e:  # rcvcore validates; show its message
         st.error(str(e))
     else:
-        job = services.submit_scan(config)
+        reuse = services.reusable_scan(config)
+        if reuse:  # the very same scan of embedded data: show it, recompute nothing
+            st.session_state[state.CURRENT_SCAN_KEY] = reuse
+            st.session_state.pop("scan_error", None)
+            st.toast("Saved result of this exact scan (embedded data): nothing recomputed. "
+                     "Untick *Use the activation cache* to recompute.")
+            job = None
+        else:
+            job = services.submit_scan(config)
+    if run and job is not None:
         st.session_state["scan_job"] = job.job_id
         try:  # a cached scan finishes at once: draw it in this same run
             job.future.result(timeout=1.5)
@@ -109,10 +126,6 @@ if run:
             pass
 
 # ----------------------------------------------------------------------------- progress
-RUN_EVERY = 0.5
-
-
-@st.fragment(run_every=RUN_EVERY)
 def scan_progress() -> None:
     job = services.get_job(st.session_state.get("scan_job"))
     if job is None:
@@ -135,7 +148,9 @@ def scan_progress() -> None:
     st.rerun()  # redraw the whole page with the new result
 
 
-scan_progress()
+_job_now = services.get_job(st.session_state.get("scan_job"))
+# poll only while a scan runs; a finished one triggers a full rerun from inside the fragment
+st.fragment(run_every=0.5 if _job_now is not None else None)(scan_progress)()
 if st.session_state.get("scan_error"):
     st.error(st.session_state["scan_error"])
 
