@@ -1,0 +1,188 @@
+"""Scan benchmarks (issue 2). Every figure is a ratio measured within this one run.
+
+    python bench/bench_scan.py [--only forward,cache,fit,memory] [--images 32]
+
+forward: all paper layers in one pass vs a plain forward pass, and vs one truncated model per
+         layer (the reference approach), for resnet50 and inception_v3 (random weights: speed
+         does not depend on the values).
+cache:   a repeated scan (warm cache) vs the first (cold), demo-scale, resnet50.
+fit:     score_targets for 16 ResNet50-wide layers x 10 repeats x (true + shuffled + random
+         weights) on 1,000 images vs a loop of scikit-learn LinearRegression / RidgeCV on the same
+         splits, with the largest R² difference.
+memory:  peak RSS of extracting 200 vs 2,000 images (separate processes).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _best(fn, reps=3):
+    fn()  # warm-up
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def bench_forward(n_images: int) -> None:
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    from rcvcore.extract import FeatureExtractor
+    from rcvcore.models import build_model, get_arch
+
+    torch.set_grad_enabled(False)
+    for name in ("resnet50", "inception_v3"):
+        arch = get_arch(name)
+        model, _ = build_model(arch, "random")
+        s = arch.input_size
+        x = torch.randn(n_images, 3, s, s)
+        plain = create_feature_extractor(model, {arch.node("pre_softmax"): "o"}).eval()
+        plain = plain.to(memory_format=torch.channels_last)
+        xc = x.contiguous(memory_format=torch.channels_last)
+        t_plain = _best(lambda: plain(xc))
+        layers = arch.layer_names
+        ex = FeatureExtractor(model, arch, layers, channels_last=True)
+        t_all = _best(lambda: ex(x))
+        probe = [l for l in layers if l != "softmax"]
+        # reference: one truncated model per layer, each run over the images
+        truncs = [FeatureExtractor(model, arch, [l], channels_last=True) for l in probe]
+        t_ref = _best(lambda: [t(x) for t in truncs], reps=1)
+        print(f"forward {name}: {n_images} images @{s}px, {len(layers)} layers | plain "
+              f"{t_plain:.2f} s | all layers one pass {t_all:.2f} s ({t_all / t_plain:.2f}x plain)"
+              f" | one truncated model per layer {t_ref:.2f} s ({t_ref / t_all:.1f}x slower)",
+              flush=True)
+
+
+def bench_cache(n_images: int) -> None:
+    from rcvcore.scan import ScanConfig, run_scan
+
+    with tempfile.TemporaryDirectory() as d:
+        cfg = ScanConfig(arch="resnet50", weights="random", dataset="demo-scale", n=n_images,
+                         repeats=10, controls=("shuffled",), cache_dir=d)
+        from rcvcore.data import load_dataset
+
+        load_dataset("demo-scale", n=n_images, cache_dir=Path(d) / "datasets")  # not timed
+        t = time.perf_counter()
+        cold = run_scan(cfg)
+        t_cold = time.perf_counter() - t
+        t = time.perf_counter()
+        warm = run_scan(cfg)
+        t_warm = time.perf_counter() - t
+    assert warm.cache["misses"] == 0
+    print(f"cache resnet50 demo-scale n={n_images}: cold {t_cold:.2f} s, warm {t_warm:.2f} s "
+          f"-> {t_cold / t_warm:.1f}x faster", flush=True)
+
+
+def _features(n: int, widths, seed=0):
+    # activation-like features: non-negative, low-rank structure plus noise, correlated with y
+    rng = np.random.default_rng(seed)
+    y = rng.uniform(0, 2, n)
+    latent = np.c_[y, rng.normal(size=(n, 20))]
+    feats = {}
+    for i, p in enumerate(widths):
+        W = rng.normal(size=(latent.shape[1], p))
+        feats[f"add_{i + 1}"] = np.maximum(latent @ W + rng.normal(size=(n, p)) * 2, 0).astype(
+            np.float32)
+    return feats, y
+
+
+def bench_fit(n: int = 1000) -> None:
+    from sklearn.linear_model import LinearRegression, RidgeCV
+    from sklearn.metrics import r2_score
+
+    from rcvcore.rcv import RELATIVE_ALPHAS, make_splits, score_targets, shuffled_targets
+
+    widths = [256] * 3 + [512] * 4 + [1024] * 6 + [2048] * 3
+    feats, y = _features(n, widths)
+    rand_feats, _ = _features(n, widths, seed=1)
+    splits = make_splits(n, repeats=10, seed=0)
+    ysh = shuffled_targets(y, repeats=10, seed=0)
+    for model in ("ols", "ridge"):
+        t = time.perf_counter()
+        ours = score_targets(feats, {"true": y, "shuffled": ysh}, splits, model=model)
+        ours_rw = score_targets(rand_feats, {"y": y}, splits, model=model)
+        t_ours = time.perf_counter() - t
+        t = time.perf_counter()
+        worst = 0.0
+        for layer in feats:
+            for F, target, ref in ((feats, y, ours["true"]), (feats, ysh, ours["shuffled"]),
+                                   (rand_feats, y, ours_rw["y"])):
+                X = F[layer].astype(np.float64)
+                for s in splits:
+                    yy = target if target.ndim == 1 else target[s.repeat]
+                    if model == "ols":
+                        est = LinearRegression()
+                    else:
+                        Xc = X[s.train] - X[s.train].mean(axis=0)
+                        est = RidgeCV(alphas=np.asarray(RELATIVE_ALPHAS) * (Xc ** 2).sum() / len(Xc))
+                    est.fit(X[s.train], yy[s.train])
+                    r2 = r2_score(yy[s.test], est.predict(X[s.test]))
+                    worst = max(worst, abs(r2 - ref[layer].r2[s.repeat]) / max(1.0, abs(r2)))
+        t_sk = time.perf_counter() - t
+        print(f"fit {model}: {n} images, 16 layers x 10 repeats x 3 (true, shuffled, random "
+              f"weights) | ours {t_ours:.1f} s | scikit-learn loop {t_sk:.1f} s -> "
+              f"{t_sk / t_ours:.1f}x faster | max R² difference {worst:.1e}", flush=True)
+
+
+_MEM_CHILD = """
+import resource, sys, json, torch
+sys.path.insert(0, {root!r})
+from rcvcore.data import load_dataset
+from rcvcore.extract import FeatureExtractor, extract
+from rcvcore.models import build_model, get_arch, preprocess_for
+arch = get_arch("resnet18")
+ds = load_dataset("demo-scale", n={n}, cache_dir={cache!r})
+model, _ = build_model(arch, "random")
+ex = FeatureExtractor(model, arch, arch.layer_names)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+out = extract(ex, ds.paths, preprocess_for(arch), batch_size=16)
+print(json.dumps({{"peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  "before_kb": before, "n": len(out.ok)}}))
+"""
+
+
+def bench_memory() -> None:
+    with tempfile.TemporaryDirectory() as d:
+        peaks = {}
+        for n in (200, 2000):
+            code = _MEM_CHILD.format(root=str(ROOT), n=n, cache=d)
+            r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                               check=True)
+            peaks[n] = json.loads(r.stdout.strip().splitlines()[-1])["peak_kb"] / 1024
+    print(f"memory resnet18 extraction, all layers: peak RSS 200 images {peaks[200]:.0f} MiB, "
+          f"2,000 images {peaks[2000]:.0f} MiB -> {peaks[2000] / peaks[200]:.2f}x", flush=True)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", default="forward,cache,fit,memory")
+    ap.add_argument("--images", type=int, default=16, help="images per forward timing")
+    ap.add_argument("--cache-images", type=int, default=160)
+    a = ap.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{os.cpu_count()} cpus", flush=True)
+    parts = a.only.split(",")
+    if "fit" in parts:
+        bench_fit()
+    if "cache" in parts:
+        bench_cache(a.cache_images)
+    if "forward" in parts:
+        bench_forward(a.images)
+    if "memory" in parts:
+        bench_memory()
