@@ -321,6 +321,16 @@ def advance_group(group: Path) -> int:
     return len(pending)
 
 
+def _cancel_started(group: Path) -> None:
+    """SIGTERM the runs of a cancelled group that have reached ``running`` (a run still
+    launching has no pid yet; the scheduler comes back to it)."""
+    from rcvcore.train import cancel, read_run
+
+    for d in Path(group).iterdir():
+        if d.is_dir() and read_run(d).state == "running":
+            cancel(d, wait=None)
+
+
 def cancel_group(group: Path) -> None:
     """Cancel every active run of ``group`` and drop the ones not started yet."""
     plan = read_group(group)
@@ -342,7 +352,8 @@ def _scheduler() -> threading.Thread:
                 root = state.runs_root()
                 for g in root.iterdir():
                     if (g / GROUP_FILE).is_file():
-                        advance_group(g)
+                        if advance_group(g) == 0 and (read_group(g) or {}).get("cancelled"):
+                            _cancel_started(g)
             except Exception:  # never let the scheduler die on a half-written folder
                 pass
             time.sleep(2.0)
@@ -374,10 +385,38 @@ def group_table(group: Path, runs: list) -> tuple[str | None, list[dict]]:
     return comp.table(), list(comp.rows)
 
 
+@st.cache_resource(show_spinner=False)
+def _exited() -> dict[str, int]:
+    """Exit codes of the runs this server started, once their process has ended."""
+    return {}
+
+
 def reap_children() -> None:
     for key, proc in list(_children().items()):
-        if proc.poll() is not None:  # finished: collect its exit status, drop the handle
+        code = proc.poll()
+        if code is not None:  # finished: collect its exit status, drop the handle
+            _exited()[key] = code
             _children().pop(key, None)
+
+
+def run_state(rs) -> str:
+    """``rs.state``, except a run whose process ended before writing any status: ``failed``."""
+    s = rs.state
+    if s == "launching" and str(Path(rs.run_dir)) in _exited():
+        return "failed"
+    return s
+
+
+def start_failure(rs) -> str | None:
+    """Why a run never started (its process ended before writing status), with its log tail."""
+    code = _exited().get(str(Path(rs.run_dir)))
+    if rs.state != "launching" or code is None:
+        return None
+    try:
+        tail = (Path(rs.run_dir) / "train.log").read_text()[-1500:]
+    except OSError:
+        tail = ""
+    return f"the training process exited with status {code} before starting.\n\n{tail}"
 
 
 def _is_run(d: Path) -> bool:
@@ -413,14 +452,9 @@ def read_runs(run_dirs: list[Path]) -> list:
 
 
 def cancel_run(run_dir: Path) -> str:
-    from rcvcore.train import cancel, read_run
+    from rcvcore.train import cancel
 
-    if read_run(run_dir).state == "launching":  # no pid in status.json yet: use our handle
-        proc = _children().get(str(run_dir))
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            return "cancelled"
-    return cancel(run_dir, wait=None)
+    return cancel(run_dir, wait=None)  # a run still launching is cancelled by the scheduler
 
 
 # --------------------------------------------------------------------------------------------

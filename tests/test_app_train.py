@@ -103,3 +103,32 @@ def test_cut_from_scan_page_prefills_train_form(app_env):
     assert _w(at, "selectbox", "train_cut_resnet18").value == "add_4"
     assert _w(at, "radio", "train_weights_resnet18").value == "random (control)"
     assert any("From the Scan page" in s.value for s in at.success)
+
+
+def test_train_cancel_and_reload_survival(app_env):
+    at = _open_train(AppTest.from_file(MAIN, default_timeout=30))
+    _fill_tiny(at, baseline=False)
+    _w(at, "number_input", "train_epochs").set_value(100)
+    at.run()
+    _w(at, "button", "train_launch").click()
+    at.run()
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        time.sleep(1)
+        at.run()
+        if list(at.dataframe[0].value["state"]) == ["running"]:
+            break
+    assert list(at.dataframe[0].value["state"]) == ["running"]
+    # a new session (a page reload) finds the run still going
+    at2 = _open_train(AppTest.from_file(MAIN, default_timeout=30))
+    assert list(at2.dataframe[0].value["state"]) == ["running"]
+    next(b for b in at2.button if b.key.startswith("cancel_group_")).click()
+    at2.run()
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(1)
+        at2.run()
+        if list(at2.dataframe[0].value["state"]) != ["running"]:
+            break
+    assert list(at2.dataframe[0].value["state"]) == ["cancelled"]
+    assert not any(b.key.startswith("cancel_group_") for b in at2.button)

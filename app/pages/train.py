@@ -142,9 +142,9 @@ def _render_group() -> None:
     plan = services.read_group(group_dir)
     dirs = services.list_groups().get(group_name, run_dirs)
     runs = services.read_runs(dirs)
-    active = [r for r in runs if r.state in services.RUN_STATES_ACTIVE]
+    active = [r for r in runs if services.run_state(r) in services.RUN_STATES_ACTIVE]
     rows_ = [{
-        "run": r.run_dir.split("/")[-1], "state": r.state, "progress": _fmt_progress(r),
+        "run": r.run_dir.split("/")[-1], "state": services.run_state(r), "progress": _fmt_progress(r),
         "message": r.status.get("message") or r.status.get("error") or "",
         **{f"test {k}": (r.result or {}).get("test", {}).get(k) for k in ("mae", "kappa")},
     } for r in runs]
@@ -164,8 +164,9 @@ def _render_group() -> None:
             services.cancel_group(group_dir)
             st.toast("Cancelling: each run checkpoints and stops after its current step.")
     for r in runs:
-        if r.state == "failed":
-            st.error(f"{r.run_dir.split('/')[-1]} failed: {r.status.get('error')}")
+        why = r.status.get("error") if r.state == "failed" else services.start_failure(r)
+        if why:
+            st.error(f"{r.run_dir.split('/')[-1]} failed: {why}")
 
     rows = []
     for r in runs:
@@ -236,7 +237,8 @@ def _render_comparison(group_dir: Path, runs) -> None:
 
 
 plan_now = services.read_group(state.runs_root() / group_name)
-active_now = any(r.state in services.RUN_STATES_ACTIVE for r in services.read_runs(run_dirs)) \
+active_now = any(services.run_state(r) in services.RUN_STATES_ACTIVE
+                 for r in services.read_runs(run_dirs)) \
     or bool(plan_now and not plan_now.get("cancelled")
             and len(run_dirs) < len(plan_now["seeds"]) * len(plan_now["cuts"]))
 st.fragment(run_every=2.0 if active_now else None)(_render_group)()
