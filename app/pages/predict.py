@@ -33,6 +33,12 @@ st.caption(f"{run.config.arch}, cut `{run.config.cut}`, target {run.config.targe
            f"`{run.config.dataset}`; device {run.device}."
            + (f" Classes: {', '.join(task.classes)}." if task.classes else ""))
 
+if st.button("Release cached models", key="predict_release",
+             help="drop the models kept in memory for prediction (and their GPU memory)"):
+    services.release_models()
+    st.toast("Cached models released; the next prediction reloads the model.")
+    st.rerun()
+
 files = st.file_uploader("Patches", accept_multiple_files=True, key="predict_files",
                          type=["png", "jpg", "jpeg", "tif", "tiff", "bmp", "webp", "gif"])
 if not files:

@@ -1,0 +1,61 @@
+"""Pure tests of the dashboard's figures and tables (no Streamlit session needed)."""
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("plotly")
+from app import charts  # noqa: E402
+
+
+def _result(arch="resnet18", layers=("add_1", "add_2", "pre_softmax"), shift=0.0):
+    rows = [{"name": n, "n_features": 64, "r2": [0.1 + shift, 0.3 + shift],
+             "r2_mean": 0.2 + shift + i / 10, "r2_std": 0.1, "r2_logmeanexp": 0.19 + shift,
+             "depth": i / (len(layers) - 1)} for i, n in enumerate(layers)]
+    ctrl = [dict(r, r2_mean=-1.5, r2_logmeanexp=-0.9) for r in rows]
+    return {"arch": arch, "weights": "random", "dataset": "demo-scale", "n_images": 24,
+            "layers": rows, "controls": {"shuffled": ctrl, "random_weights": []}}
+
+
+def _rec(**kw):
+    return {"label": None, "config": {}, "result": _result(**kw)}
+
+
+def test_mean_band_controls_and_click_payload():
+    fig = charts.r2_figure([_rec()], selected="add_2", suggested="add_1")
+    names = [t.name for t in fig.data]
+    assert "resnet18 · random · demo-scale" in names
+    assert any("control: shuffled labels" in (n or "") for n in names)
+    assert not any("random weights" in (n or "") for n in names)  # empty control: no trace
+    main = next(t for t in fig.data if t.name == "resnet18 · random · demo-scale")
+    assert [list(c) for c in main.customdata] == [[0, "add_1"], [0, "add_2"], [0, "pre_softmax"]]
+    assert any(t.fill == "tonexty" for t in fig.data)  # the ± std band
+    assert fig.layout.xaxis.type == "category"
+    # y clipped at -1 because the control goes to -1.5
+    assert fig.layout.yaxis.range[0] == pytest.approx(-1.05)
+
+
+def test_paper_convention_uses_logmeanexp_and_no_band():
+    fig = charts.r2_figure([_rec()], convention=charts.PAPER, show_controls=False)
+    main = next(t for t in fig.data if t.name == "resnet18 · random · demo-scale")
+    assert list(main.y) == [pytest.approx(0.19)] * 3
+    assert not any(t.fill == "tonexty" for t in fig.data)
+
+
+def test_overlay_of_two_architectures_uses_normalised_depth():
+    fig = charts.r2_figure([_rec(), _rec(arch="resnet50", layers=("add_1", "add_8", "add_16",
+                                                                  "pre_softmax"))])
+    assert fig.layout.xaxis.title.text == "normalised depth"
+    xs = [list(t.x) for t in fig.data if t.mode == "lines+markers" and "control" not in t.name]
+    assert xs[0] == [0.0, 0.5, 1.0] and xs[1][-1] == 1.0
+
+
+def test_table_columns_and_training_figure():
+    table = charts.r2_table(_result())
+    assert list(table["layer"]) == ["add_1", "add_2", "pre_softmax"]
+    assert "shuffled labels R²" in table.columns
+    fig = charts.training_figure([{"run": "a", "global_step": i, "loss": 1 / (i + 1)}
+                                  for i in range(5)], x_key="global_step")
+    assert len(fig.data) == 1 and len(fig.data[0].x) == 5
+    html = charts.figure_html(fig)
+    assert "<html>" in html and len(html) > 1_000_000  # plotly.js embedded: works offline
+    assert '<script src="https://cdn' not in html
