@@ -11,7 +11,6 @@ A dataset without labels reports its items under the single class ``all``.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
