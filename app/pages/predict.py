@@ -23,26 +23,27 @@ if not runs:
 
 labels = {r["run_dir"]: r["label"] for r in runs}
 run_dir = st.selectbox("Trained run", list(labels), format_func=labels.get, key="predict_run")
-try:
-    run = services.load_run(run_dir)
-except Exception as e:  # rcvcore's message names the file and the fix
-    st.error(f"Cannot load this run: {e}")
-    st.stop()
-task = run.task
-st.caption(f"{run.config.arch}, cut `{run.config.cut}`, target {run.config.target}, trained on "
-           f"`{run.config.dataset}`; device {run.device}."
-           + (f" Classes: {', '.join(task.classes)}." if task.classes else ""))
+cfg = next(r["config"] for r in runs if r["run_dir"] == run_dir)
+st.caption(f"{cfg.get('arch')}, cut `{cfg.get('cut')}`, target {cfg.get('target')}, trained on "
+           f"`{cfg.get('dataset')}`.")
 
 if st.button("Release cached models", key="predict_release",
              help="drop the models kept in memory for prediction (and their GPU memory)"):
     services.release_models()
     st.toast("Cached models released; the next prediction reloads the model.")
-    st.rerun()
 
 files = st.file_uploader("Patches", accept_multiple_files=True, key="predict_files",
                          type=["png", "jpg", "jpeg", "tif", "tiff", "bmp", "webp", "gif"])
 if not files:
     st.stop()
+
+try:  # loaded on first use, then shared read-only by every session
+    run = services.load_run(run_dir)
+except Exception as e:  # rcvcore's message names the file and the fix
+    st.error(f"Cannot load this run: {e}")
+    st.stop()
+if run.task.classes:
+    st.caption(f"Device {run.device}. Classes: {', '.join(run.task.classes)}.")
 
 items = [(f.name, f.getvalue()) for f in files]
 digest = hashlib.sha256(run_dir.encode() + b"".join(
