@@ -254,9 +254,11 @@ else:
             m[1].metric("Forward GFLOPs (pruned)", f"{s['pruned_flops'] / 1e9:.2f}",
                         f"{(s['flops_ratio'] - 1) * 100:+.0f} % vs full "
                         f"({s['full_flops'] / 1e9:.2f})", delta_color="inverse")
-            m[2].metric("Removed", f"{(s['full_params'] - s['pruned_params']) / 1e6:.2f} M params",
-                        f"{(s['full_flops'] - s['pruned_flops']) / 1e9:.2f} GFLOPs",
-                        delta_color="off")
+            removed = (s["full_params"] - s["pruned_params"]) / 1e6
+            m[2].metric("Params removed", f"{removed:.2f} M",
+                        f"{(s['full_flops'] - s['pruned_flops']) / 1e9:.2f} GFLOPs removed",
+                        delta_color="off", delta_arrow="off", help="parameters and forward "
+                        "GFLOPs of the full model that the pruned one does not have")
             st.caption(f"Full = whole convolutional trunk + global pooling + new head (the "
                        f"paper's full model); pruned = trunk up to `{cut}` + pooling + head. "
                        f"One {s['image_size']} px image; the ImageNet classifier has "
