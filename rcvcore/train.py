@@ -20,6 +20,7 @@ rank 0 alone writes the run directory.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -825,7 +826,6 @@ def _train(config: TrainConfig, run: Path, writer: _Run, d: _Dist, device, resum
     from .data.registry import load_dataset
     from .extract import default_workers
     from .models import get_arch
-    from .prune import cut_summary
 
     def say(frac, msg):
         if progress and d.main:
@@ -885,8 +885,7 @@ def _train(config: TrainConfig, run: Path, writer: _Run, d: _Dist, device, resum
     summary = None
     if d.main:
         try:
-            summary = cut_summary(arch, "random", config.cut, task.image_size,
-                                  task.n_outputs).to_dict()
+            summary = _summary(arch.name, config.cut, task.image_size, task.n_outputs)
         except Exception as e:  # counting FLOPs must never stop a run
             summary = {"error": f"{type(e).__name__}: {e}"}
         writer.write_status(summary=summary, n_train=len(splits["train"]),
@@ -1022,6 +1021,18 @@ def _train(config: TrainConfig, run: Path, writer: _Run, d: _Dist, device, resum
         say(1.0, "done")
     _barrier(d)
     return RunResult(str(run), "done", result)
+
+
+@functools.lru_cache(maxsize=32)
+def _cut_summary_cached(arch: str, cut: str, image_size: int, n_outputs: int):
+    from .prune import cut_summary
+    return cut_summary(arch, "random", cut, image_size, n_outputs)
+
+
+def _summary(arch: str, cut: str, image_size: int, n_outputs: int) -> dict:
+    """Parameters and forward FLOPs of the full and the pruned model (memoised: compare and
+    repeated runs in one process count each configuration once)."""
+    return _cut_summary_cached(arch, cut, image_size, n_outputs).to_dict()
 
 
 def compare(*args, **kwargs):
