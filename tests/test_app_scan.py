@@ -138,3 +138,27 @@ def test_bad_dataset_path_shows_error_not_traceback(app_env):
         at.run()
     assert not at.exception
     assert any("does not exist" in e.value for e in at.error), [e.value for e in at.error]
+
+
+def test_new_scan_is_shown_and_can_be_overlaid(app_env):
+    at = _tiny_scan(AppTest.from_file(MAIN, default_timeout=30).run())
+    _widget(at, "radio", "scan_model").set_value("ols")
+    at.run()
+    _widget(at, "button", "scan_run").click()
+    at.run(timeout=30)
+    scans = app_env / "runs" / "_scans"
+    deadline = time.time() + 60
+    while len(list(scans.glob("*.json"))) < 2 and time.time() < deadline:
+        time.sleep(0.3)
+        at.run()
+    at.run()
+    shown = _widget(at, "selectbox", "scan_primary")
+    assert "· ols ·" in shown.format_func(shown.value)
+    overlay = _widget(at, "multiselect", "scan_overlay")
+    assert len(overlay.options) == 1
+    other = next(p.stem for p in scans.glob("*.json") if p.stem != shown.value)
+    overlay.set_value([other])
+    at.run()
+    assert not at.exception, at.exception
+    assert _widget(at, "toggle", "scan_depth").value is False  # same arch: layer names on x
+    assert at.get("plotly_chart")

@@ -68,6 +68,19 @@ def test_dashboard_end_to_end(server, tmp_path):
         page.get_by_role("button", name="CSV", exact=True).wait_for()
         _shot(page, "03-scan-chart")
 
+        # --- clicking a point of the curve chooses the cut
+        h.click_text(page, "Clip y at -1")  # unclip so that every point is on the plot
+        link = page.get_by_role("link", name="Fine-tune resnet18 cut at", exact=False)
+        before = link.inner_text().rsplit(" ", 2)[-2]
+        target = "add_2" if before != "add_2" else "add_5"
+        index = int(target.split("_")[1]) - 1
+        main_trace = page.locator(".js-plotly-plot .scatterlayer .trace").nth(2)
+        point = main_trace.locator("path.point").nth(index).bounding_box()
+        page.mouse.move(point["x"] + point["width"] / 2, point["y"] + point["height"] / 2)
+        page.mouse.click(point["x"] + point["width"] / 2, point["y"] + point["height"] / 2)
+        page.get_by_role("link", name=f"Fine-tune resnet18 cut at {target}",
+                         exact=False).wait_for(timeout=30_000)
+
         # --- cached re-run: the chart is drawn again quickly
         t0 = time.perf_counter()
         page.get_by_role("button", name="Run scan").click()

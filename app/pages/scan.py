@@ -16,6 +16,7 @@ st.caption("Regression Concept Vectors (Graziani et al., iMIMIC 2020): how well 
            "regression from each layer's pooled activations predicts the scale measure "
            "(held-out R²). High R² = scale-covariant features worth keeping.")
 
+SHOW_NEXT = "scan_show_next"
 archs = services.arch_catalogue()
 datasets = services.dataset_catalogue()
 
@@ -111,7 +112,7 @@ if run:
     else:
         reuse = services.reusable_scan(config)
         if reuse:  # the very same scan of embedded data: show it, recompute nothing
-            st.session_state[state.CURRENT_SCAN_KEY] = reuse
+            st.session_state[SHOW_NEXT] = reuse
             st.session_state.pop("scan_error", None)
             st.toast("Saved result of this exact scan (embedded data): nothing recomputed. "
                      "Untick *Use the activation cache* to recompute.")
@@ -143,7 +144,7 @@ def scan_progress() -> None:
     if err:
         st.session_state["scan_error"] = err
     else:
-        st.session_state[state.CURRENT_SCAN_KEY] = job.record_id
+        st.session_state[SHOW_NEXT] = job.record_id
         st.session_state.pop("scan_error", None)
     st.rerun()  # redraw the whole page with the new result
 
@@ -161,19 +162,24 @@ if not saved:
             "The embedded `demo-scale` data with random weights works offline.")
     st.stop()
 
-current = st.session_state.get(state.CURRENT_SCAN_KEY)
-if current not in saved:
-    current = next(iter(saved))
-    st.session_state[state.CURRENT_SCAN_KEY] = current
-
 labels = {sid: f"{rec.get('label')} · n={rec['result'].get('n_images')} · "
                f"{rec['config'].get('model', '')} · {sid[:6]}" for sid, rec in saved.items()}
+# a scan that just finished (or was reused) becomes the one shown; the widget's own state
+# may only be set before the widget is drawn in this run
+shown_next = st.session_state.pop(SHOW_NEXT, None)
+if shown_next in saved:
+    st.session_state["scan_primary"] = shown_next
+if st.session_state.get("scan_primary") not in saved:
+    st.session_state["scan_primary"] = next(iter(saved))
 top = st.columns([3, 2])
-primary = top[0].selectbox("Scan shown", list(saved), index=list(saved).index(current),
-                           format_func=labels.get, key="scan_primary")
+primary = top[0].selectbox("Scan shown", list(saved), format_func=labels.get, key="scan_primary")
 st.session_state[state.CURRENT_SCAN_KEY] = primary
-others = top[1].multiselect("Overlay other scans", [s for s in saved if s != primary],
-                            format_func=labels.get, key="scan_overlay")
+overlay_options = [s for s in saved if s != primary]
+if "scan_overlay" in st.session_state:
+    st.session_state["scan_overlay"] = [s for s in st.session_state["scan_overlay"]
+                                        if s in overlay_options]
+others = top[1].multiselect("Overlay other scans", overlay_options, format_func=labels.get,
+                            key="scan_overlay")
 rec = saved[primary]
 result = rec["result"]
 
@@ -182,8 +188,9 @@ convention = opts[0].radio("Aggregation", charts.CONVENTIONS, key="scan_conventi
                            help="mean ± std of R² over repeats (and classes), or the paper's "
                                 "ln(mean(exp R²)) as plotted in its figures")
 show_controls = opts[1].toggle("Show controls", value=True, key="scan_show_controls")
-depth_axis = opts[2].toggle("Normalised depth axis", value=bool(others), key="scan_depth",
-                            help="x = depth in [0, 1], to compare networks of different depth")
+depth_axis = opts[2].toggle("Normalised depth axis", value=False, key="scan_depth",
+                            help="x = depth in [0, 1], to compare networks of different depth "
+                                 "(always on when the overlaid scans differ in architecture)")
 clip = opts[3].toggle("Clip y at -1", value=True, key="scan_clip")
 
 layer_names = [r["name"] for r in result.get("layers", [])]
