@@ -349,8 +349,8 @@ def _scheduler() -> threading.Thread:
         while True:
             try:
                 reap_children()
-                root = state.runs_root()
-                for g in root.iterdir():
+                root = state.runs_root(create=False)
+                for g in (root.iterdir() if root.is_dir() else ()):
                     if (g / GROUP_FILE).is_file():
                         if advance_group(g) == 0 and (read_group(g) or {}).get("cancelled"):
                             _cancel_started(g)

@@ -24,10 +24,11 @@ CURRENT_SCAN_KEY = "rcv_current_scan"
 OVERLAY_KEY = "rcv_overlay"
 
 
-def runs_root() -> Path:
+def runs_root(create: bool = True) -> Path:
     """Root folder of everything the app writes (``$RCV_RUNS_DIR`` or ``./runs``)."""
     root = Path(os.environ.get("RCV_RUNS_DIR", "runs")).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
+    if create:
+        root.mkdir(parents=True, exist_ok=True)
     return root
 
 

@@ -149,6 +149,9 @@ def scan_progress() -> None:
     st.rerun()  # redraw the whole page with the new result
 
 
+if "scan_job" not in st.session_state and services.running_jobs():
+    # a reloaded page finds the scan it started still running in the server
+    st.session_state["scan_job"] = services.running_jobs()[0].job_id
 _job_now = services.get_job(st.session_state.get("scan_job"))
 # poll only while a scan runs; a finished one triggers a full rerun from inside the fragment
 st.fragment(run_every=0.5 if _job_now is not None else None)(scan_progress)()
