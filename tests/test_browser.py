@@ -152,7 +152,9 @@ def test_readme_screenshots(server, tmp_path):
         page.get_by_text("ols", exact=True).click()
         h.wait_idle(page)
         page.get_by_role("button", name="Run scan").click()
-        page.get_by_text("ols ·", exact=False).first.wait_for(timeout=120_000)
+        page.wait_for_function(  # the new scan becomes the one shown
+            "() => (document.querySelector('input[aria-label=\"Scan shown\"]') || {value: ''})"
+            ".value.includes(' ols ')", timeout=120_000)
         h.wait_idle(page)
         box = page.locator('[data-testid="stMultiSelect"]').filter(has_text="Overlay").first
         box.click()
@@ -178,6 +180,10 @@ def test_readme_screenshots(server, tmp_path):
         page.wait_for_timeout(3000)
         page.screenshot(path=str(out / "train-live.png"), full_page=True)
         page.get_by_text("Pruned vs full", exact=False).first.wait_for(timeout=600_000)
+        page.get_by_role("button", name="Cancel all runs of this group").wait_for(
+            state="detached", timeout=600_000)  # every run has ended
+        if page.get_by_role("button", name="Launch 4 runs").is_visible():
+            page.get_by_text("New training run").first.click()  # fold the form away
         h.wait_idle(page)
         page.wait_for_timeout(1500)
         page.screenshot(path=str(out / "train-table2.png"), full_page=True)

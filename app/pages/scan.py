@@ -219,7 +219,14 @@ if CUT_WIDGET not in st.session_state:
         cut0["layer"] if cut0 and cut0.get("scan_id") == primary and cut0["layer"] in cuttable
         else suggested if suggested in cuttable else (cuttable[-1] if cuttable else None))
 
-fig = charts.r2_figure([rec] + [saved[s] for s in others], convention=convention,
+def _chart_label(r: dict) -> str:
+    res, cfg = r["result"], r.get("config") or {}
+    return (f"{res.get('arch')} · {res.get('weights')} · {res.get('dataset')} · "
+            f"n={res.get('n_images')} · {cfg.get('model', '')}")
+
+
+shown = [dict(r, label=_chart_label(r)) for r in [rec] + [saved[s] for s in others]]
+fig = charts.r2_figure(shown, convention=convention,
                        show_controls=show_controls, depth_axis=depth_axis,
                        clip_at=-1.0 if clip else None,
                        selected=st.session_state.get(CUT_WIDGET), suggested=suggested)

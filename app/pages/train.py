@@ -23,7 +23,9 @@ datasets = services.dataset_catalogue()
 cut0 = state.get_cut() or {}
 
 # ------------------------------------------------------------------------------------ form
-with st.expander("New training run", expanded=not services.list_groups() or bool(cut0)):
+# open the form when there is nothing to watch, or a new cut arrived from the Scan page
+fresh_cut = bool(cut0) and st.session_state.get("train_launched_for") != cut0
+with st.expander("New training run", expanded=not services.list_groups() or fresh_cut):
     if cut0:
         st.success(f"From the Scan page: **{cut0['arch']}** ({cut0['weights']}), cut at "
                    f"**{cut0['layer']}**.", icon=":material/content_cut:")
@@ -111,6 +113,7 @@ with st.expander("New training run", expanded=not services.list_groups() or bool
             st.error(str(e))
         else:
             st.session_state["train_group"] = group.name
+            st.session_state["train_launched_for"] = cut0
             st.toast(f"Launched {n_runs} run(s) in {group}")
 
 # --------------------------------------------------------------------------------- monitor
