@@ -47,6 +47,41 @@ def trunk(model: nn.Module, nodes: dict[str, str]) -> nn.Module:
         return create_feature_extractor(model, return_nodes=dict(nodes))
 
 
+def _no_inplace_after(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Make every in-place op that consumes a probed node out-of-place, at that call site only.
+
+    ResNet's ReLU after the residual sum runs in place and would overwrite the returned tensor:
+    ``add_k`` must be the sum *before* that ReLU. Patching only the consuming call sites (not
+    every activation of the network) keeps the extra memory traffic to one tensor per probe.
+    """
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    probed = set(output.args[0].values())           # the returned nodes
+    changed = False
+    for node in gm.graph.nodes:
+        if not node.args or node.args[0] not in probed:
+            continue
+        if node.op == "call_module":
+            mod = gm.get_submodule(node.target)
+            if getattr(mod, "inplace", False) is True:
+                clone = copy.copy(mod)
+                clone.inplace = False
+                name = node.target.replace(".", "_") + "_outofplace_" + node.name
+                gm.add_submodule(name, clone)
+                node.target = name
+                changed = True
+        elif node.op == "call_function" and node.kwargs.get("inplace") is True:
+            node.kwargs = {**node.kwargs, "inplace": False}
+            changed = True
+        elif node.op == "call_method" and str(node.target).endswith("_") and \
+                not str(node.target).startswith("__"):
+            node.target = str(node.target)[:-1]          # x.relu_() -> x.relu()
+            changed = True
+    if changed:
+        gm.graph.lint()
+        gm.recompile()
+    return gm
+
+
 class FeatureExtractor(nn.Module):
     """Pooled activations of several probe layers of ``arch`` in one forward pass.
 
@@ -68,12 +103,7 @@ class FeatureExtractor(nn.Module):
         self.device = torch.device(device) if not isinstance(device, torch.device) else device
         nodes = {arch.node(layer): arch.node(layer) for layer in self.layers}
         model = copy.deepcopy(model).eval()
-        for m in model.modules():
-            # An in-place activation after a probed node (ResNet's ReLU after the residual sum)
-            # would overwrite the returned tensor: add_k must be the sum *before* the ReLU.
-            if getattr(m, "inplace", False) is True:
-                m.inplace = False
-        self.body = trunk(model, nodes).to(self.device)
+        self.body = _no_inplace_after(trunk(model, nodes)).to(self.device)
         self.channels_last = channels_last
         if channels_last:
             self.body = self.body.to(memory_format=torch.channels_last)

@@ -98,44 +98,39 @@ class _Fit:
         Crops of one photograph or patches of one slide are then never used to tune the penalty
         for their own siblings.
         """
-        out = np.empty((len(alphas), self.Yc.shape[1]))
         n = self.n
         blocks = None
         if groups is not None:
             _, inv = np.unique(np.asarray(groups), return_inverse=True)
             if inv.max() + 1 < n:
                 blocks = [np.flatnonzero(inv == g) for g in range(inv.max() + 1)]
-        nz = self.lam > self.tol
-        for a, alpha in enumerate(alphas):
-            D = 1.0 / (self.lam + alpha)
+        alphas = np.asarray(alphas, dtype=np.float64)
+        D = 1.0 / (self.lam[None, :] + alphas[:, None])             # (A, r), all penalties at once
+        if not self.dual:
+            D = np.where(self.lam[None, :] > self.tol, D, 0.0)
+        DQtY = D[:, :, None] * self.QtY[None]                       # (A, r, k)
+        fitted = np.matmul(self.Q[None], DQtY)                      # (A, n, k)
+        if self.dual:
+            resid = fitted          # = (I-H) y / α on 1⊥
+        else:
+            resid = self.Yc[None] - fitted                          # (I-H) y, centred fit
+        if blocks is None:
+            diag = (self.Q ** 2) @ D.T                              # (n, A)
             if self.dual:
-                c = self.Q @ (D[:, None] * self.QtY)             # α (I-H) y  (on 1⊥)
-                if blocks is None:
-                    d = (self.Q ** 2) @ D                         # diag of α (I-H)
-                    e = c / d[:, None]
-                else:
-                    e = np.empty_like(c)
-                    for b in blocks:
-                        Qb = self.Q[b]
-                        Mb = (Qb * D) @ Qb.T                      # (I-H)_bb / α
-                        e[b] = np.linalg.solve(Mb, c[b])
+                denom = diag.T                                      # diag (I-H) / α
             else:
-                Dh = np.where(nz, D, 0.0)
-                r = self.Yc - self.Q @ (Dh[:, None] * self.QtY)   # (I-H) y, centred fit
-                if blocks is None:
-                    h = (self.Q ** 2) @ Dh
-                    e = r / (1.0 - 1.0 / n - h)[:, None]
-                else:
-                    e = np.empty_like(r)
-                    for b in blocks:
-                        Qb = self.Q[b]
-                        Mb = np.eye(len(b)) - 1.0 / n - (Qb * Dh) @ Qb.T
-                        e[b] = np.linalg.solve(Mb, r[b])
-            if blocks is None:
-                out[a] = (e ** 2).mean(axis=0)
-            else:
-                out[a] = np.mean([(e[b] ** 2).mean(axis=0) for b in blocks], axis=0)
-        return out
+                denom = 1.0 - 1.0 / n - diag.T                      # 1 - leverage
+            e = resid / denom[:, :, None]
+            return (e ** 2).mean(axis=1)
+        per_group = []
+        for b in blocks:
+            Qb = self.Q[b]
+            Mb = np.matmul(Qb[None] * D[:, None, :], Qb.T)         # (A, g, g)
+            if not self.dual:
+                Mb = np.eye(len(b))[None] - 1.0 / n - Mb            # (I-H)_bb
+            e_b = np.linalg.solve(Mb, resid[:, b, :])               # (A, g, k)
+            per_group.append((e_b ** 2).mean(axis=1))
+        return np.mean(per_group, axis=0)
 
     def predict(self, alpha: float, cross: np.ndarray, Xc_test: np.ndarray | None = None,
                 cols=slice(None)) -> np.ndarray:
