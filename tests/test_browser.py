@@ -75,7 +75,11 @@ def test_dashboard_end_to_end(server, tmp_path):
         target = "add_2" if before != "add_2" else "add_5"
         index = int(target.split("_")[1]) - 1
         main_trace = page.locator(".js-plotly-plot .scatterlayer .trace").nth(2)
-        point = main_trace.locator("path.point").nth(index).bounding_box()
+        marker = main_trace.locator("path.point").nth(index)
+        marker.wait_for(state="visible")  # the chart is redrawn after unclipping
+        page.wait_for_timeout(500)
+        point = marker.bounding_box()
+        assert point is not None, "the point to click is not on the chart"
         page.mouse.move(point["x"] + point["width"] / 2, point["y"] + point["height"] / 2)
         page.mouse.click(point["x"] + point["width"] / 2, point["y"] + point["height"] / 2)
         page.get_by_role("link", name=f"Fine-tune resnet18 cut at {target}",
@@ -91,9 +95,10 @@ def test_dashboard_end_to_end(server, tmp_path):
         # --- train: the cut chosen on the Scan page pre-fills the form
         page.get_by_role("link", name="Train").first.click()
         page.get_by_text("From the Scan page").first.wait_for()
-        h.fill_number(page, "Epochs", 2)
+        # long enough (about 50 steps) for several polls to land while it trains
+        h.fill_number(page, "Epochs", 5)
         h.fill_number(page, "Batch size", 4)
-        h.fill_number(page, "Images (0 = all)", 48)
+        h.fill_number(page, "Images (0 = all)", 64)
         h.select(page, "Device", "cpu")
         h.click_text(page, "Also train the unpruned baseline (full network)")  # untick
         page.get_by_role("button", name="Launch 1 run").click()
@@ -104,7 +109,7 @@ def test_dashboard_end_to_end(server, tmp_path):
         while time.monotonic() < deadline:
             if page.get_by_text("Test metrics", exact=True).count():
                 break
-            page.wait_for_timeout(700)
+            page.wait_for_timeout(300)
             seen.append(h.plot_points(page))
             if len(set(seen)) == 2:
                 _shot(page, "04-train-live")
@@ -184,10 +189,13 @@ def test_readme_screenshots(server, tmp_path):
             state="detached", timeout=600_000)  # every run has ended
         if page.get_by_role("button", name="Launch 4 runs").is_visible():
             page.get_by_text("New training run").first.click()  # fold the form away
+            page.get_by_role("button", name="Launch 4 runs").wait_for(state="hidden")
         h.wait_idle(page)
+        page.set_viewport_size({"width": 1400, "height": 2400})
         page.wait_for_timeout(1500)
         page.screenshot(path=str(out / "train-table2.png"), full_page=True)
 
+        page.set_viewport_size({"width": 1400, "height": 1500})
         page.get_by_role("link", name="Predict").first.click()
         page.get_by_text("Trained run").first.wait_for()
         patches = sorted((server.workdir / "cache").rglob("*.png"))
