@@ -792,6 +792,9 @@ def train(config: TrainConfig | None, run_dir, *, resume: bool = False,
         if (run / CONFIG).exists():
             raise UserError(f"--run-dir {run} already holds a run ({CONFIG} exists). Resume it "
                             "with --resume, or choose another --run-dir.")
+    # every rank has looked at the run directory before rank 0 writes into it: a slower rank
+    # must not mistake rank 0's fresh config.json for an earlier run
+    _barrier(d)
     writer = _Run(run, d)
     if d.main:
         run.mkdir(parents=True, exist_ok=True)
