@@ -244,14 +244,17 @@ def run_scan(config: ScanConfig, progress: Progress | None = None) -> ScanResult
 
     cache = ActivationCache(root / "activations") if config.use_cache else None
     try:
-        runs = [("true", config.weights)]
+        runs = [("true", config.weights, config.seed)]
         if "random-weights" in config.controls:
-            runs.append(("random_weights", "random"))
+            # scanning random weights already, the control is another random initialisation
+            # (seed + 1): the same seed would only repeat the main curve
+            runs.append(("random_weights", "random",
+                         config.seed + 1 if config.weights == "random" else config.seed))
         feats, records, timing_extract, source = {}, {}, 0.0, config.weights
         span = 0.85 / len(runs)
-        for k, (name, weights) in enumerate(runs):
+        for k, (name, weights, wseed) in enumerate(runs):
             rec, f, secs, src = activations(
-                arch, weights, layers, ds, seed=config.seed, device=config.device,
+                arch, weights, layers, ds, seed=wseed, device=config.device,
                 batch_size=config.batch_size, cache=cache,
                 progress=stage(0.05 + k * span, 0.05 + (k + 1) * span))
             feats[name], records[name] = f, rec
