@@ -141,25 +141,25 @@ def fingerprint(ds: Dataset) -> str:
     """
     h = hashlib.sha256()
     for s in ds.samples:
-        try:
-            st = os.stat(s.path)
-            stamp = f"{st.st_size}:{st.st_mtime_ns}"
-        except OSError:
-            stamp = "missing"
-        h.update(json.dumps([s.path, stamp, repr(float(s.measure)), s.label, s.group, s.split]).encode())
+        h.update(json.dumps([s.path, file_stamp(s.path), repr(float(s.measure)), s.label,
+                             s.group, s.split]).encode())
     return h.hexdigest()[:32]
+
+
+def file_stamp(path) -> str:
+    """``size:mtime_ns`` of a file (``missing`` when it cannot be stat'ed): changes with it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing"
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def file_fingerprint(paths: list[str]) -> str:
     """Fingerprint of a list of files by path, size and mtime (no labels)."""
     h = hashlib.sha256()
     for p in paths:
-        try:
-            st = os.stat(p)
-            stamp = f"{st.st_size}:{st.st_mtime_ns}"
-        except OSError:
-            stamp = "missing"
-        h.update(f"{p}\0{stamp}\n".encode())
+        h.update(f"{p}\0{file_stamp(p)}\n".encode())
     return h.hexdigest()[:32]
 
 

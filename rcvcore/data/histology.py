@@ -30,7 +30,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from .base import DatasetError, ProgressFn, Sample, Skipped
+from .base import DatasetError, ProgressFn, Sample, Skipped, file_fingerprint
 from .images import ImageReadError, read_rgb
 
 MAGNIFICATIONS: tuple[int, ...] = (5, 8, 10, 15, 20, 30, 40)
@@ -201,13 +201,7 @@ def read_mask(path: str | Path) -> np.ndarray:
 
 def _key(pair: SourcePair, params: PatchParams) -> str:
     h = hashlib.sha256()
-    for p in (pair.image, pair.mask):
-        try:
-            st = os.stat(p)
-            stamp = f"{st.st_size}:{st.st_mtime_ns}"
-        except OSError:
-            stamp = "missing"
-        h.update(f"{os.path.abspath(p)}\0{stamp}\n".encode())
+    h.update(file_fingerprint([os.path.abspath(pair.image), os.path.abspath(pair.mask)]).encode())
     h.update(json.dumps([pair.source_id, asdict(params), PIPELINE_VERSION]).encode())
     return h.hexdigest()[:24]
 
