@@ -295,8 +295,8 @@ def run_scan(config: ScanConfig, progress: Progress | None = None) -> ScanResult
         if not np.array_equal(rw_ok, ok):
             pos = {int(i): j for j, i in enumerate(rw_ok)}
             rw = {l: v[[pos[int(i)] for i in ok]] for l, v in rw.items()}
-        controls["random_weights"] = tuple(
-            score_targets(rw, {"y": y}, splits, model=config.model)["y"][l] for l in layers)
+        rw_scores = score_targets(rw, {"y": y}, splits, model=config.model)["y"]
+        controls["random_weights"] = tuple(rw_scores[l] for l in layers)
     fit_s = time.perf_counter() - t0
     if progress:
         progress(1.0, "done")
