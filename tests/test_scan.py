@@ -167,3 +167,22 @@ def test_demo_scale_is_deterministic_and_exact(cache_dir):
     assert a.measures.min() >= 0 and a.measures.max() <= 2   # log2 of zoom 1..4
     assert len(set(a.groups)) == 16
     assert Image.open(a.paths[0]).size == (256, 256)
+
+
+def test_no_cache_neither_reads_nor_writes(scale_folder, cache_dir, tmp_path):
+    out = tmp_path / "n.json"
+    args = _args(scale_folder, cache_dir, "--no-cache", "--controls", "none", "--json", str(out))
+    assert main(args) == 0
+    assert main(args) == 0
+    d = json.loads(out.read_text())
+    assert d["cache"] == {"hits": 0, "misses": 3}
+    assert d["timing"]["extract_s"] > 0
+    assert not (cache_dir / "activations").exists()
+
+
+def test_random_weights_control_differs_from_a_random_scan(scale_folder, cache_dir):
+    cfg = ScanConfig(arch="resnet18", weights="random", dataset=f"folder:{scale_folder}",
+                     layers="add_2", repeats=2, controls=("random-weights",),
+                     cache_dir=str(cache_dir))
+    r = run_scan(cfg)
+    assert r.layers[0].r2 != r.controls["random_weights"][0].r2
