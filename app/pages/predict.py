@@ -92,12 +92,12 @@ for (name, data), p in zip(items, preds):
             c2.caption(p["note"])
         if p["probabilities"]:
             c3.bar_chart(pd.DataFrame({"probability": p["probabilities"]}), height=160,
-                         horizontal=True)
+                         horizontal=True, sort=False)   # keep 5x, 8x, ... 40x order
         elif p["distances"]:
             c3.caption("|predicted area − mean area of each magnification in training| (px); "
                        "the nearest is the predicted magnification")
             c3.bar_chart(pd.DataFrame({"distance (px)": p["distances"]}), height=160,
-                         horizontal=True)
+                         horizontal=True, sort=False)
 
 rows = []
 for p in preds:
