@@ -61,3 +61,21 @@ def make_scale_folder(root, n=24, size=96, seed=0, classes=None, groups=True):
 @pytest.fixture
 def scale_folder(tmp_path):
     return make_scale_folder(tmp_path / "scale_folder")
+
+
+@pytest.fixture
+def app_env(tmp_path, monkeypatch):
+    """Dashboard environment: private caches and runs, no ImageNet weights, no downloads."""
+    monkeypatch.setenv("RCV_NO_DOWNLOAD", "1")
+    monkeypatch.setenv("RCV_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("RCV_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no cached ImageNet weights
+    return tmp_path
+
+
+def widget(at, kind, key):
+    """The AppTest widget of type ``kind`` (``selectbox``, ``radio`` ...) with ``key``."""
+    for w in getattr(at, kind):
+        if w.key == key:
+            return w
+    raise AssertionError(f"no {kind} with key {key!r}; have {[w.key for w in getattr(at, kind)]}")

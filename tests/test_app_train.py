@@ -9,23 +9,9 @@ import pytest
 
 from streamlit.testing.v1 import AppTest
 
+from conftest import widget as _w
+
 MAIN = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
-
-
-@pytest.fixture
-def app_env(tmp_path, monkeypatch):
-    monkeypatch.setenv("RCV_NO_DOWNLOAD", "1")
-    monkeypatch.setenv("RCV_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("RCV_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    return tmp_path
-
-
-def _w(at, kind, key):
-    for w in getattr(at, kind):
-        if w.key == key:
-            return w
-    raise AssertionError(f"no {kind} {key!r}; have {[w.key for w in getattr(at, kind)]}")
 
 
 def _open_train(at):
