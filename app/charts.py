@@ -159,10 +159,15 @@ def training_figure(metrics: list[dict], *, x_key: str = "step") -> go.Figure:
     skip = {"run", x_key, "time", "epoch", "step", "phase", "split", "elapsed_s", "lr"}
     cols = [c for c in df.columns if c not in skip and pd.api.types.is_numeric_dtype(df[c])]
     loss_cols = [c for c in cols if "loss" in c]
-    other = [c for c in cols if c not in loss_cols]
-    panels = [p for p in (loss_cols, other) if p] or [[]]
+    # pixel errors (MAE ~ tens of px) and unitless scores (kappa, accuracy, R² ~ [-1, 1]) get
+    # separate panels so neither is squashed flat by the other's scale
+    px_cols = [c for c in cols if c not in loss_cols and ("mae" in c or "rmse" in c)]
+    other = [c for c in cols if c not in loss_cols and c not in px_cols]
+    named = [(p, t) for p, t in ((loss_cols, "loss"), (px_cols, "error (px)"),
+                                 (other, "kappa / accuracy / R²")) if p]
+    panels = [p for p, _ in named] or [[]]
     fig = make_subplots(rows=len(panels), cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                        subplot_titles=["loss" if p is loss_cols else "metrics" for p in panels])
+                        subplot_titles=[t for _, t in named] or ["metrics"])
     runs = list(dict.fromkeys(df["run"])) if "run" in df else [None]
     for ri, run in enumerate(runs):
         part = df[df["run"] == run] if run is not None else df
