@@ -84,6 +84,7 @@ class ScanJob:
     cancel_requested: bool = False
     record_id: str | None = None      # saved scan id once finished
     error: str | None = None
+    from_cache: bool = False          # rcvcore returned the saved scores: nothing recomputed
 
     @property
     def done(self) -> bool:
@@ -106,28 +107,6 @@ def scan_id_for(config: dict) -> str:
 
     key = {"config": config, "rcvcore": rcvcore.__version__}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def reusable_scan(config) -> str | None:
-    """The saved result of exactly this scan, when it cannot be stale; else None.
-
-    Only scans of embedded datasets (generated deterministically from name, n and seed) with
-    ``random`` or ``imagenet`` weights and the cache enabled qualify: a dataset folder or a
-    checkpoint file can change on disk, so those always go back to rcvcore (whose activation
-    cache checks file sizes and times).
-    """
-    from rcvcore.data import parse_spec
-
-    if not config.use_cache or config.weights not in ("random", "imagenet"):
-        return None
-    try:
-        kind, path = parse_spec(config.dataset)
-    except Exception:
-        return None
-    if kind.needs_path or path:
-        return None
-    sid = scan_id_for(dataclasses.asdict(config))
-    return sid if (state.scans_dir() / f"{sid}.json").is_file() else None
 
 
 def make_config(**kwargs):
@@ -155,6 +134,7 @@ def _run_job(job: ScanJob, config) -> str:
     record["label"] = default_label(record["result"])
     rid = scan_id_for(job.config)
     state.save_scan(rid, record)
+    job.from_cache = result.cache.get("result") == "hit"
     job.record_id, job.fraction, job.message = rid, 1.0, "done"
     return rid
 
@@ -380,8 +360,11 @@ def group_table(group: Path, runs: list) -> tuple[str | None, list[dict]]:
             states[(cut, seed)] = r.state if r is not None else "waiting"
     if not any(results.values()):
         return None, []
+    finished = all(s in ("done", "failed", "cancelled") for s in states.values())
     comp = summarise(TrainConfig.from_dict(plan["base"]), plan["cuts"], plan["seeds"], results,
-                     states, group)
+                     states, group, "cancelled" if plan.get("cancelled") else "done")
+    if finished and not (group / "comparison.json").is_file():
+        comp.save()  # the same comparison.json as `python -m rcvcore compare`
     return comp.table(), list(comp.rows)
 
 

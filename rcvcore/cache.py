@@ -89,6 +89,28 @@ class ActivationCache:
                                        "ok": entry.ok.tolist(),
                                        "failed": [list(f) for f in entry.failed]})
 
+    def get_result(self, key: str):
+        """A whole scan result saved under ``key`` (see :func:`rcvcore.scan.result_key`), or
+        None; an entry that does not load is dropped and recomputed."""
+        from .scan import ScanResult
+
+        try:
+            value = self._cache.get(key)
+            return None if value is None else ScanResult.from_json(value)
+        except Exception:
+            self._cache.delete(key)
+            return None
+
+    def put_result(self, key: str, result) -> None:
+        self._cache.set(key, result.to_json())
+
+    def clear_results(self) -> int:
+        """Forget every saved scan result (activations stay); returns how many were dropped."""
+        keys = [k for k in self._cache.iterkeys() if isinstance(k, str) and k.startswith("scan:")]
+        for k in keys:
+            self._cache.delete(k)
+        return len(keys)
+
     def close(self) -> None:
         self._cache.close()
 
@@ -97,3 +119,70 @@ class ActivationCache:
 
     def __exit__(self, *exc):
         self.close()
+
+
+#: What lives under the cache root (``--cache-dir`` / ``$RCV_CACHE_DIR``).
+SECTIONS = {
+    "activations": "pooled activations and saved scan results (diskcache)",
+    "datasets": "generated embedded datasets (demo-scale crops)",
+    "histology-patches": "patches generated from janowczyk / demo-histology images",
+}
+
+
+def _du(path: Path) -> tuple[int, int]:
+    files, size = 0, 0
+    for dirpath, _, names in os.walk(path):
+        for n in names:
+            try:
+                size += os.stat(os.path.join(dirpath, n)).st_size
+                files += 1
+            except OSError:
+                pass
+    return files, size
+
+
+def cache_usage(root) -> list[dict]:
+    """Size of each section of the cache root: ``[{"section", "path", "files", "bytes",
+    "what"}]`` (plus the number of saved scan results for ``activations``)."""
+    root = Path(root)
+    out = []
+    for name, what in SECTIONS.items():
+        path = root / name
+        files, size = _du(path) if path.is_dir() else (0, 0)
+        row = {"section": name, "path": str(path), "files": files, "bytes": size, "what": what}
+        if name == "activations" and path.is_dir():
+            import diskcache
+
+            with diskcache.Cache(str(path)) as c:
+                keys = [k for k in c.iterkeys() if isinstance(k, str)]
+            row["entries"] = len(keys)
+            row["scan_results"] = sum(k.startswith("scan:") for k in keys)
+        out.append(row)
+    return out
+
+
+def clear_cache(root, what: str) -> list[str]:
+    """Delete a part of the cache root: ``results`` (saved scan results only), a section name
+    of :data:`SECTIONS`, or ``all``. Returns what was removed."""
+    import shutil
+
+    root = Path(root)
+    if what == "results":
+        path = root / "activations"
+        if not path.is_dir():
+            return []
+        with ActivationCache(path) as store:
+            n = store.clear_results()
+        return [f"{n} saved scan results"]
+    names = list(SECTIONS) if what == "all" else [what]
+    for n in names:
+        if n not in SECTIONS:
+            from .errors import UserError
+
+            raise UserError(f"--clear {what!r}: choose results, {', '.join(SECTIONS)} or all.")
+    removed = []
+    for n in names:
+        if (root / n).exists():
+            shutil.rmtree(root / n)
+            removed.append(str(root / n))
+    return removed

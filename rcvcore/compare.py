@@ -50,6 +50,12 @@ class Comparison:
         d["table"] = self.table()
         return d
 
+    def save(self) -> Path:
+        """Write ``comparison.json`` into the comparison directory (atomically)."""
+        path = Path(self.run_dir) / COMPARISON
+        write_json_atomic(path, self.to_dict())
+        return path
+
     def table(self) -> str:
         """Text table in the layout of the paper's Table 2: mean (std) over seeds per model."""
         heads = ["Model"] + [METRIC_LABELS.get(m, m) for m in self.metrics]
@@ -202,7 +208,7 @@ def compare(base: TrainConfig, cuts, seeds, run_dir, *, progress: ProgressFn | N
         if state == "cancelled":
             break
     comp = summarise(base, cuts, seeds, results, states, root, state)
-    write_json_atomic(root / COMPARISON, comp.to_dict())
+    comp.save()
     return comp
 
 

@@ -305,7 +305,16 @@ class LayerScore:
 
     def to_json(self) -> dict:
         return {"name": self.layer, "n_features": self.n_features, "r2": list(self.r2),
-                "r2_mean": self.mean, "r2_std": self.std, "r2_logmeanexp": self.logmeanexp}
+                "r2_mean": self.mean, "r2_std": self.std, "r2_logmeanexp": self.logmeanexp,
+                "r2_by_class": {str(k): list(v) for k, v in self.r2_by_class.items()},
+                "alphas": list(self.alphas)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "LayerScore":
+        by_class = d.get("r2_by_class") or {"all": d["r2"]}
+        return cls(d["name"], int(d["n_features"]), tuple(float(v) for v in d["r2"]),
+                   {k: tuple(float(v) for v in vs) for k, vs in by_class.items()},
+                   tuple(float(a) for a in d.get("alphas", ())))
 
 
 def score_targets(features: Mapping[str, np.ndarray], targets: Mapping[str, np.ndarray],

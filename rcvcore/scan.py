@@ -78,7 +78,7 @@ class ScanResult:
     controls: dict[str, tuple[LayerScore, ...]]   # "shuffled" / "random_weights"
     depth: dict[str, float]
     timing: dict[str, float] = field(default_factory=dict)
-    cache: dict[str, int] = field(default_factory=dict)
+    cache: dict[str, int | str] = field(default_factory=dict)
     weights_source: str = ""
 
     def layer(self, name: str) -> LayerScore:
@@ -138,8 +138,7 @@ class ScanResult:
                                if k in {f.name for f in dataclasses.fields(ScanConfig)}})
 
         def scores(rows):
-            return tuple(LayerScore(r["name"], r["n_features"], tuple(r["r2"]),
-                                    {"all": tuple(r["r2"])}) for r in rows)
+            return tuple(LayerScore.from_json(r) for r in rows)
 
         return cls(config, d["dataset"], d.get("measure", ""), d["n_images"],
                    tuple(d.get("skipped_reasons") or [{"path": p, "reason": ""}
@@ -163,6 +162,46 @@ class ScanResult:
         return buf.getvalue()
 
 
+def weights_fingerprint(arch: ArchSpec, weights: str, seed: int) -> str:
+    """What identifies the weights of a scan: the checkpoint's content hash, the random seed, or
+    the torchvision ImageNet weights' name."""
+    if weights not in ("imagenet", "random"):
+        from .models import file_digest
+
+        p = Path(weights).expanduser()
+        return "sha256:" + file_digest(p)[:32] if p.is_file() else weights
+    if weights == "random":
+        return f"random-seed{seed}"
+    return imagenet_fingerprint(arch)
+
+
+#: Bump when a change to the scoring (splits, estimators, controls) changes results.
+SCORING_VERSION = 1
+
+
+def result_key(config: ScanConfig, arch: ArchSpec, layers: list[str], ds: Dataset,
+               runs: list[tuple[str, str, int]]) -> str:
+    """Cache key of a whole scan result: every input of the activations (architecture, weights
+    fingerprints, layers, preprocessing, dataset content fingerprint) and of the scoring
+    (repeats, model, controls, seed, grouping, per-class, test size), plus the versions."""
+    import hashlib
+    import json
+
+    from . import __version__
+
+    payload = {
+        "arch": arch.name, "layers": list(layers), "pooling": "gap",
+        "preprocessing": preprocess_for(arch).fingerprint, "images": fingerprint(ds),
+        "weights": [[name, weights_fingerprint(arch, w, s)] for name, w, s in runs],
+        "repeats": config.repeats, "model": config.model, "controls": list(config.controls),
+        "seed": config.seed, "per_class": config.per_class, "grouped": config.grouped,
+        "test_size": config.test_size, "dataset": ds.name, "measure": ds.measure_name,
+        "rcvcore": __version__, "scoring": SCORING_VERSION,
+    }
+    blob = json.dumps(payload, sort_keys=True).encode()
+    return "scan:" + hashlib.sha256(blob).hexdigest()
+
+
 def activations(arch: ArchSpec, weights: str, layers: list[str], ds: Dataset, *,
                 seed: int = 0, device: str = "auto", batch_size: int = 16,
                 cache: ActivationCache | None = None, progress: Progress | None = None
@@ -177,15 +216,7 @@ def activations(arch: ArchSpec, weights: str, layers: list[str], ds: Dataset, *,
 
     pre = preprocess_for(arch)
     images_fp = fingerprint(ds)
-    if weights not in ("imagenet", "random"):
-        from .models import file_digest
-
-        p = Path(weights).expanduser()
-        wfp = "sha256:" + file_digest(p)[:32] if p.is_file() else weights
-    elif weights == "random":
-        wfp = f"random-seed{seed}"
-    else:
-        wfp = imagenet_fingerprint(arch)
+    wfp = weights_fingerprint(arch, weights, seed)
 
     def key(layer):
         return ActivationKey(arch.name, wfp, layer, "gap", pre.fingerprint, images_fp)
@@ -242,14 +273,29 @@ def run_scan(config: ScanConfig, progress: Progress | None = None) -> ScanResult
     make_splits(len(ds), labels=labels, groups=groups, repeats=1, seed=config.seed,
                 test_size=config.test_size)
 
+    runs = [("true", config.weights, config.seed)]
+    if "random-weights" in config.controls:
+        # scanning random weights already, the control is another random initialisation
+        # (seed + 1): the same seed would only repeat the main curve
+        runs.append(("random_weights", "random",
+                     config.seed + 1 if config.weights == "random" else config.seed))
     cache = ActivationCache(root / "activations") if config.use_cache else None
+    rkey = None
+    if cache is not None:
+        rkey = result_key(config, arch, layers, ds, runs)
+        saved = cache.get_result(rkey)
+        if saved is not None:
+            cache.close()
+            listed = {s.path for s in ds.skipped}   # the loader warned about these already
+            for s in saved.skipped:
+                if s["path"] not in listed:
+                    warnings.warn(f"skipped {s['path']}: {s['reason']}", stacklevel=2)
+            if progress:
+                progress(1.0, "result from cache")
+            return dataclasses.replace(
+                saved, config=config, timing={"extract_s": 0.0, "fit_s": 0.0},
+                cache={"hits": len(layers) * len(runs), "misses": 0, "result": "hit"})
     try:
-        runs = [("true", config.weights, config.seed)]
-        if "random-weights" in config.controls:
-            # scanning random weights already, the control is another random initialisation
-            # (seed + 1): the same seed would only repeat the main curve
-            runs.append(("random_weights", "random",
-                         config.seed + 1 if config.weights == "random" else config.seed))
         feats, records, timing_extract, source = {}, {}, 0.0, config.weights
         span = 0.85 / len(runs)
         for k, (name, weights, wseed) in enumerate(runs):
@@ -302,8 +348,13 @@ def run_scan(config: ScanConfig, progress: Progress | None = None) -> ScanResult
         progress(1.0, "done")
     skipped = tuple({"path": s.path, "reason": s.reason} for s in ds.skipped) + tuple(
         {"path": ds.samples[i].path, "reason": r} for i, r in records["true"].failed)
-    return ScanResult(config, ds.name, ds.measure_name, int(len(ok)), skipped,
-                      tuple(scores["true"][l] for l in layers), controls,
-                      {l: arch.depth(l) for l in layers},
-                      {"extract_s": round(timing_extract, 3), "fit_s": round(fit_s, 3)},
-                      {"hits": int(hits), "misses": int(misses)}, source)
+    result = ScanResult(config, ds.name, ds.measure_name, int(len(ok)), skipped,
+                        tuple(scores["true"][l] for l in layers), controls,
+                        {l: arch.depth(l) for l in layers},
+                        {"extract_s": round(timing_extract, 3), "fit_s": round(fit_s, 3)},
+                        {"hits": int(hits), "misses": int(misses),
+                         "result": "miss" if rkey else "off"}, source)
+    if rkey is not None:
+        with ActivationCache(root / "activations") as store:
+            store.put_result(rkey, result)
+    return result

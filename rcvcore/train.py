@@ -263,6 +263,32 @@ def read_run(run_dir) -> RunState:
                     read_metrics(d), _read_json(d / RESULT))
 
 
+def is_run_dir(d) -> bool:
+    """Whether ``d`` looks like a run directory (a config, a status or a launch log)."""
+    d = Path(d)
+    return (d / CONFIG).is_file() or (d / STATUS).is_file() or (d / LOG).is_file()
+
+
+def find_runs(root) -> list[RunState]:
+    """Every run under ``root``: ``root`` itself, its sub-directories, and theirs (the run
+    folders of a ``compare`` or of a dashboard group), sorted by path."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{str(root)!r} is not a folder. Give the folder that holds run "
+                        "directories (default $RCV_RUNS_DIR or ./runs).")
+    if is_run_dir(root):
+        return [read_run(root)]
+    found = []
+    for d in sorted(root.iterdir()):
+        if not d.is_dir() or d.name.startswith((".", "_")):
+            continue
+        if is_run_dir(d):
+            found.append(d)
+        else:
+            found += [r for r in sorted(d.iterdir()) if r.is_dir() and is_run_dir(r)]
+    return [read_run(d) for d in found]
+
+
 def config_to_argv(config: TrainConfig) -> list[str]:
     """The ``python -m rcvcore train`` flags that reproduce ``config``."""
     argv = []

@@ -80,22 +80,29 @@ def test_scan_rerun_is_cached_and_overlay_and_paper_convention(app_env):
     at = _tiny_scan(AppTest.from_file(MAIN, default_timeout=30).run())
     scans = app_env / "runs" / "_scans"
     first = next(scans.glob("*.json"))
-    # the same scan of embedded data again: the saved result is shown, nothing is recomputed
-    mtime = first.stat().st_mtime_ns
+    # the same scan again: rcvcore returns the scores it saved, nothing is recomputed
     _widget(at, "button", "scan_run").click()
     at.run(timeout=30)
-    assert "scan_job" not in at.session_state
-    assert first.stat().st_mtime_ns == mtime
+    deadline = time.time() + 60
+    while "scan_job" in at.session_state and time.time() < deadline:
+        time.sleep(0.3)
+        at.run()
     assert any("nothing recomputed" in t.value for t in at.toast)
-    # without the saved result, every activation comes from the cache (0 misses)
-    first.unlink()
+    assert json.loads(first.read_text())["result"]["cache"]["result"] == "hit"
+    assert len(list(scans.glob("*.json"))) == 1
+    # other repeats: every activation from the cache (0 misses), the R² refitted
+    _widget(at, "slider", "scan_repeats").set_value(3)
+    at.run()
     _widget(at, "button", "scan_run").click()
     t0 = time.perf_counter()
     at.run(timeout=30)
-    while not list(scans.glob("*.json")) and time.perf_counter() - t0 < 60:
+    while len(list(scans.glob("*.json"))) < 2 and time.perf_counter() - t0 < 60:
         time.sleep(0.3)
         at.run()
-    rec = json.loads(next(scans.glob("*.json")).read_text())
+    new = [f for f in scans.glob("*.json") if f != first]
+    rec = json.loads(new[0].read_text())
+    assert rec["result"]["cache"]["result"] == "miss"
+    assert len(rec["result"]["layers"][0]["r2"]) == 3
     assert rec["result"]["cache"]["misses"] == 0 and rec["result"]["cache"]["hits"] > 0
     at.run()
     assert any("0 misses" in c.value for c in at.caption)

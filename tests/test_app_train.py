@@ -78,6 +78,11 @@ def test_train_tiny_runs_to_table2(app_env):
     assert any(s.value.startswith("Pruned vs full") for s in at.subheader)
     models = list(at.dataframe[-1].value["Model"])
     assert models == ["ResNet18", "ResNet18 pruned at add_6"]
+    # the finished group has the same comparison.json as `python -m rcvcore compare`
+    comp = json.loads((groups[0] / "comparison.json").read_text())
+    assert comp["cuts"] == ["none", "add_6"] and comp["seeds"] == [1]
+    assert [r["states"] for r in comp["rows"]] == [["done"], ["done"]]
+    assert comp["table"].splitlines()[0].startswith("Model")
 
 
 def test_cut_from_scan_page_prefills_train_form(app_env):

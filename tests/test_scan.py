@@ -51,7 +51,8 @@ def test_cli_json_contract_and_warm_cache(scale_folder, cache_dir, tmp_path, cap
     assert [l["name"] for l in d["controls"]["shuffled"]] == LAYERS.split(",")
     assert [l["name"] for l in d["controls"]["random_weights"]] == LAYERS.split(",")
     assert set(d["timing"]) >= {"extract_s", "fit_s"}
-    assert d["cache"] == {"hits": 0, "misses": 6}   # 3 layers x (true + random weights)
+    # 3 layers x (true + random weights)
+    assert d["cache"] == {"hits": 0, "misses": 6, "result": "miss"}
     assert "add_4" in capsys.readouterr().out
     assert csv_out.read_text().startswith("kind,layer,depth,n_features,r2_mean")
 
@@ -60,9 +61,19 @@ def test_cli_json_contract_and_warm_cache(scale_folder, cache_dir, tmp_path, cap
     args[args.index(str(out))] = str(out2)
     assert main(args) == 0
     d2 = json.loads(out2.read_text())
-    assert d2["cache"] == {"hits": 6, "misses": 0}
-    assert d2["timing"]["extract_s"] == 0.0
-    assert [l["r2"] for l in d2["layers"]] == [l["r2"] for l in d["layers"]]
+    assert d2["cache"] == {"hits": 6, "misses": 0, "result": "hit"}
+    assert d2["timing"] == {"extract_s": 0.0, "fit_s": 0.0}
+    assert d2["layers"] == d["layers"] and d2["controls"] == d["controls"]
+    assert "nothing recomputed" in capsys.readouterr().out
+
+    # other scoring settings: every activation from the cache, the R² refitted
+    out3 = tmp_path / "scan3.json"
+    args[args.index(str(out2))] = str(out3)
+    args[args.index("--repeats") + 1] = "4"
+    assert main(args) == 0
+    d3 = json.loads(out3.read_text())
+    assert d3["cache"] == {"hits": 6, "misses": 0, "result": "miss"}
+    assert d3["timing"]["extract_s"] == 0.0 and len(d3["layers"][0]["r2"]) == 4
 
 
 def test_changed_image_or_measure_is_never_stale(scale_folder, cache_dir):
@@ -98,7 +109,7 @@ def test_corrupt_cache_entry_is_recomputed(scale_folder, cache_dir):
     assert changed >= 1 or any(f.endswith(".val") for _, _, fs in
                                os.walk(cache_dir / "activations") for f in fs)
     again = run_scan(cfg)
-    assert again.cache == {"hits": 0, "misses": 1}
+    assert again.cache == {"hits": 0, "misses": 1, "result": "miss"}
     assert again.layers[0].r2 == ref.layers[0].r2
 
 
@@ -112,6 +123,11 @@ def test_unreadable_file_is_skipped_and_named(scale_folder, cache_dir, tmp_path,
     assert d["n_images"] == 23
     assert len(d["skipped"]) == 1 and d["skipped"][0].endswith("img_003.png")
     assert d["controls"] == {"shuffled": [], "random_weights": []}
+    # scored again from the result cache: the file is still named in a warning and in skipped
+    assert main(_args(scale_folder, cache_dir, "--controls", "none", "--json", str(out))) == 0
+    assert "img_003.png" in capsys.readouterr().err
+    d = json.loads(out.read_text())
+    assert d["cache"]["result"] == "hit" and d["skipped"][0].endswith("img_003.png")
 
 
 @pytest.mark.parametrize("extra,message", [
@@ -175,7 +191,7 @@ def test_no_cache_neither_reads_nor_writes(scale_folder, cache_dir, tmp_path):
     assert main(args) == 0
     assert main(args) == 0
     d = json.loads(out.read_text())
-    assert d["cache"] == {"hits": 0, "misses": 3}
+    assert d["cache"] == {"hits": 0, "misses": 3, "result": "off"}
     assert d["timing"]["extract_s"] > 0
     assert not (cache_dir / "activations").exists()
 
@@ -186,3 +202,57 @@ def test_random_weights_control_differs_from_a_random_scan(scale_folder, cache_d
                      cache_dir=str(cache_dir))
     r = run_scan(cfg)
     assert r.layers[0].r2 != r.controls["random_weights"][0].r2
+
+
+def test_result_cache_is_exact_and_never_stale(tmp_path, cache_dir):
+    """A scan scored before comes back from the result cache with every number (per-class R²
+    and the log-mean-exp included); a changed checkpoint or image is scored again."""
+    import torch
+
+    from rcvcore.models import build_model
+    from conftest import make_scale_folder
+
+    folder = make_scale_folder(tmp_path / "data", n=32, classes=["a", "b"])
+    ckpt = tmp_path / "w.pth"
+    torch.save(build_model("resnet18", "random", seed=5)[0].state_dict(), ckpt)
+    cfg = ScanConfig(arch="resnet18", weights=str(ckpt), dataset=f"folder:{folder}",
+                     layers="add_2,add_6", repeats=2, controls=("shuffled",),
+                     cache_dir=str(cache_dir))
+    first = run_scan(cfg)
+    again = run_scan(cfg)
+    assert again.cache["result"] == "hit"
+    assert again.to_json()["layers"] == first.to_json()["layers"]
+    assert again.to_json()["controls"] == first.to_json()["controls"]
+    assert len(first.layers[0].r2_by_class) == 2
+    assert again.layers[0].logmeanexp == first.layers[0].logmeanexp
+    assert again.suggest_cut() == first.suggest_cut()
+    # a new checkpoint file under the same path: activations and scores recomputed
+    torch.save(build_model("resnet18", "random", seed=6)[0].state_dict(), ckpt)
+    changed = run_scan(cfg)
+    assert changed.cache == {"hits": 0, "misses": 2, "result": "miss"}
+    assert changed.layers[0].r2 != first.layers[0].r2
+    # a changed image: scored again
+    Image.new("RGB", (96, 96), (0, 0, 255)).save(folder / "img_003.png")
+    assert run_scan(cfg).cache["result"] == "miss"
+    assert run_scan(cfg).cache["result"] == "hit"
+    from rcvcore.cache import ActivationCache
+
+    with ActivationCache(cache_dir / "activations") as store:
+        assert store.clear_results() >= 1
+    rescored = run_scan(cfg)
+    assert rescored.cache == {"hits": 2, "misses": 0, "result": "miss"}
+
+
+def test_cache_command_reports_and_clears(scale_folder, cache_dir, capsys):
+    cfg = ScanConfig(arch="resnet18", weights="random", dataset=f"folder:{scale_folder}",
+                     layers="add_2", repeats=2, controls=(), cache_dir=str(cache_dir))
+    run_scan(cfg)
+    assert main(["cache", "--cache-dir", str(cache_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "1 saved scan results" in out and "activations" in out
+    assert main(["cache", "--cache-dir", str(cache_dir), "--clear", "results"]) == 0
+    assert "0 saved scan results" in capsys.readouterr().out
+    assert run_scan(cfg).cache == {"hits": 1, "misses": 0, "result": "miss"}
+    assert main(["cache", "--cache-dir", str(cache_dir), "--clear", "activations"]) == 0
+    assert not (cache_dir / "activations").exists()
+    assert run_scan(cfg).cache == {"hits": 0, "misses": 1, "result": "miss"}

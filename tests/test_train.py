@@ -189,6 +189,23 @@ def test_sigterm_cancels_consistently_then_resume(folder, tmp_path):
     assert st.state == "done" and [e["epoch"] for e in st.epochs] == [1, 2, 3]
 
 
+def test_cli_cancel_stops_a_running_run(folder, tmp_path):
+    run = tmp_path / "long"
+    cfg = TrainConfig(**{**dataclasses.asdict(TINY), "dataset": f"folder:{folder}",
+                         "epochs": 500, "batch_size": 4})
+    proc = launch(cfg, run, env={"OMP_NUM_THREADS": "1"})
+    try:
+        assert _wait(lambda: len(read_run(run).steps) >= 1), (run / "train.log").read_text()
+        r = cli("cancel", run, "--wait", "60")   # the dashboard's Cancel button, headless
+        assert r.returncode == 0 and "cancelled" in r.stdout, (r.stdout, r.stderr)
+        assert "--resume" in r.stdout
+        assert proc.wait(30) == 143
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert read_run(run).state == "cancelled"
+
+
 def test_compare_pairs_seeds_and_writes_table(ds, tmp_path):
     from rcvcore.compare import compare
 
@@ -217,4 +234,18 @@ def test_cli_train_on_folder_dataset(folder, tmp_path):
             *tiny_flags(cut="add_4"))
     assert r.returncode == 0, r.stderr
     assert "test (" in r.stdout and "parameters" in r.stdout
-    assert read_run(tmp_path / "r").state == "done"
+    st = read_run(tmp_path / "r")
+    assert st.state == "done"
+    # classes in magnification order (labels.csv gives strings): quadratic kappa needs it
+    assert st.result["task"]["classes"] == list(CLASSES) == ["5x", "10x", "20x"]
+    # the run list, headless
+    r = cli("runs", tmp_path, "--json", tmp_path / "runs.json")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[1].split()[:4] == ["r", "done", "resnet18", "add_4"]
+    listed = json.loads((tmp_path / "runs.json").read_text())["runs"]
+    assert [x["name"] for x in listed] == ["r"] and listed[0]["epochs_done"] == 1
+    assert listed[0]["test"]["mae"] == pytest.approx(st.result["test"]["mae"])
+    r = cli("cancel", tmp_path / "r")
+    assert r.returncode == 0 and "nothing to cancel" in r.stdout
+    r = cli("runs", tmp_path / "nope")
+    assert r.returncode == 2 and "not a folder" in r.stderr

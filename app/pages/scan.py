@@ -109,22 +109,34 @@ if run:
             batch_size=int(batch_size), seed=int(seed), use_cache=use_cache)
     except Exception as e:  # rcvcore validates; show its message
         st.error(str(e))
+    else:  # rcvcore returns a scan it has already scored from its cache
+        job = services.submit_scan(config)
+
+
+def finish(job) -> None:
+    """Move a finished scan job's outcome (result to show, or error) into the session."""
+    err = services.job_error(job)
+    st.session_state.pop("scan_job", None)
+    if err:
+        st.session_state["scan_error"] = err
     else:
-        reuse = services.reusable_scan(config)
-        if reuse:  # the very same scan of embedded data: show it, recompute nothing
-            st.session_state[SHOW_NEXT] = reuse
-            st.session_state.pop("scan_error", None)
-            st.toast("Saved result of this exact scan (embedded data): nothing recomputed. "
-                     "Untick *Use the activation cache* to recompute.")
-            job = None
-        else:
-            job = services.submit_scan(config)
-    if run and job is not None:
-        st.session_state["scan_job"] = job.job_id
-        try:  # a cached scan finishes at once: draw it in this same run
-            job.future.result(timeout=1.5)
-        except Exception:
-            pass
+        st.session_state[SHOW_NEXT] = job.record_id
+        st.session_state.pop("scan_error", None)
+        if job.from_cache:
+            st.session_state["scan_toast"] = (
+                "This exact scan was scored before: result from the cache, nothing recomputed. "
+                "Untick *Use the activation cache* to recompute.")
+
+
+if job is not None:
+    st.session_state["scan_job"] = job.job_id
+    try:  # a cached scan finishes at once: draw it in this same run, no extra rerun
+        job.future.result(timeout=1.5)
+    except Exception:
+        pass
+    if job.done:
+        finish(job)
+
 
 # ----------------------------------------------------------------------------- progress
 def scan_progress() -> None:
@@ -139,13 +151,7 @@ def scan_progress() -> None:
         if c2.button("Cancel", key="scan_cancel"):
             job.cancel_requested = True
         return
-    err = services.job_error(job)
-    st.session_state.pop("scan_job", None)
-    if err:
-        st.session_state["scan_error"] = err
-    else:
-        st.session_state[SHOW_NEXT] = job.record_id
-        st.session_state.pop("scan_error", None)
+    finish(job)
     st.rerun()  # redraw the whole page with the new result
 
 
@@ -157,6 +163,9 @@ _job_now = services.get_job(st.session_state.get("scan_job"))
 st.fragment(run_every=0.5 if _job_now is not None else None)(scan_progress)()
 if st.session_state.get("scan_error"):
     st.error(st.session_state["scan_error"])
+
+if st.session_state.get("scan_toast"):
+    st.toast(st.session_state.pop("scan_toast"))
 
 # -------------------------------------------------------------------------------- results
 saved = services.state.load_scans()

@@ -12,7 +12,7 @@ import sys
 
 from ..errors import UserError
 
-COMMAND_MODULES = ["models", "data", "scan", "train"]
+COMMAND_MODULES = ["models", "data", "scan", "train", "runs"]
 
 
 def build_parser() -> argparse.ArgumentParser:

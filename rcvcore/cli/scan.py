@@ -109,5 +109,7 @@ def format_table(result) -> str:
         lines.append(row)
     lines.append(f"skipped {len(result.skipped)} files; extract {result.timing['extract_s']:.1f} s,"
                  f" fit {result.timing['fit_s']:.1f} s; cache {result.cache['hits']} hits, "
-                 f"{result.cache['misses']} misses")
+                 f"{result.cache['misses']} misses"
+                 + ("; scores from the result cache (nothing recomputed)"
+                    if result.cache.get("result") == "hit" else ""))
     return "\n".join(lines)

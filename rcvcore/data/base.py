@@ -11,6 +11,7 @@ import difflib
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -96,10 +97,11 @@ class Dataset:
 
     @property
     def classes(self) -> list[str]:
-        """Distinct labels, in ``label_order`` when given, else sorted."""
+        """Distinct labels, in ``label_order`` when given, else in natural order (numbers by
+        value: ``5x, 10x, 40x``, not ``10x, 40x, 5x``; quadratic kappa depends on it)."""
         present = {s.label for s in self.samples if s.label is not None}
         ordered = [c for c in self.label_order if c in present]
-        return ordered + sorted(present - set(ordered))
+        return ordered + sorted(present - set(ordered), key=natural_key)
 
     def subset(self, indices) -> "Dataset":
         """A new Dataset holding only ``samples[i]`` for ``i`` in ``indices``."""
@@ -131,6 +133,13 @@ def limit(ds: Dataset, n: int | None, seed: int = 0) -> Dataset:
                 if pools[c] and len(keep) < n:
                     keep.append(pools[c].pop())
     return ds.subset(sorted(int(i) for i in keep))
+
+
+def natural_key(text) -> tuple:
+    """Sort key that orders the numbers inside names by value (``5x`` < ``10x`` < ``40x``)."""
+    parts = re.split(r"(\d+(?:\.\d+)?)", str(text))
+    return tuple((0, float(p), "") if i % 2 else (1, 0.0, p.lower())
+                 for i, p in enumerate(parts) if p)
 
 
 def fingerprint(ds: Dataset) -> str:

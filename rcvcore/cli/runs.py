@@ -1,0 +1,133 @@
+"""``runs``, ``cancel`` and ``cache``: the dashboard's run list and Cancel button, headless,
+and the cache's housekeeping."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("runs", help="list training runs with their state and test metrics",
+                       description="List every run directory under ROOT (a run, a folder of "
+                                   "runs, or a folder of comparisons / dashboard groups): "
+                                   "state, architecture, cut, target, seed, epochs and test "
+                                   "metrics. Comparisons with a comparison.json are listed "
+                                   "with their Table 2.")
+    p.add_argument("root", nargs="?", default=None,
+                   help="folder to search (default $RCV_RUNS_DIR or ./runs)")
+    p.add_argument("--json", metavar="FILE", help="also write the list as JSON")
+    p.add_argument("--tables", action="store_true",
+                   help="print the Table 2 summary of every comparison found")
+    p.set_defaults(func=_runs)
+    c = sub.add_parser("cancel", help="cancel a running training run (SIGTERM; resumable)",
+                       description="Send SIGTERM to the process of a running run: it finishes "
+                                   "its step, writes a checkpoint and marks itself cancelled. "
+                                   "Resume it later with `train --resume --run-dir DIR`.")
+    c.add_argument("run_dir", help="the run directory")
+    c.add_argument("--wait", type=float, default=60.0,
+                   help="seconds to wait for the run to stop (default 60)")
+    c.set_defaults(func=_cancel)
+    k = sub.add_parser("cache", help="show the cache's size, or clear part of it",
+                       description="Size of each part of the cache (activations and saved scan "
+                                   "results, generated datasets, histology patches); --clear "
+                                   "removes one part (everything is regenerated when needed).")
+    k.add_argument("--cache-dir", default=None,
+                   help="cache root (default $RCV_CACHE_DIR or the user cache dir)")
+    k.add_argument("--clear", choices=["results", "activations", "datasets",
+                                       "histology-patches", "all"],
+                   help="results: saved scan results only (activations stay)")
+    k.set_defaults(func=_cache)
+
+
+def _row(rs, root: Path) -> dict:
+    cfg = rs.config or {}
+    epochs = rs.epochs
+    test = (rs.result or {}).get("test") or {}
+    try:
+        rel = str(Path(rs.run_dir).relative_to(root)) or "."
+    except ValueError:
+        rel = rs.run_dir
+    return {"run_dir": rs.run_dir, "name": rel, "state": rs.state,
+            "error": rs.status.get("error"), "arch": cfg.get("arch"), "cut": cfg.get("cut"),
+            "target": cfg.get("target"), "seed": cfg.get("seed"), "dataset": cfg.get("dataset"),
+            "epochs_done": len(epochs), "epochs": cfg.get("epochs"),
+            "test": {k: test.get(k) for k in ("mae", "r2", "kappa", "kappa_quadratic",
+                                              "accuracy") if test.get(k) is not None}}
+
+
+def _fmt(v, f=".3f") -> str:
+    return "-" if v is None else format(v, f)
+
+
+def _runs(args) -> int:
+    from ..compare import read_comparison
+    from ..train import find_runs
+
+    root = Path(args.root or os.environ.get("RCV_RUNS_DIR", "runs")).expanduser()
+    rows = [_row(rs, root) for rs in find_runs(root)]
+    if not rows:
+        print(f"no runs under {root}")
+    else:
+        w = max(len(r["name"]) for r in rows)
+        print(f"{'run':<{w}}  {'state':<11} {'arch':<14} {'cut':<9} {'target':<13} {'seed':>5} "
+              f"{'epoch':>7}  {'MAE px':>8} {'kappa':>6} {'acc':>6}")
+        for r in rows:
+            t = r["test"]
+            print(f"{r['name']:<{w}}  {r['state']:<11} {str(r['arch']):<14} {str(r['cut']):<9} "
+                  f"{str(r['target']):<13} {str(r['seed']):>5} "
+                  f"{r['epochs_done']:>3}/{str(r['epochs'] or '?'):<3}  "
+                  f"{_fmt(t.get('mae'), '.2f'):>8} {_fmt(t.get('kappa')):>6} "
+                  f"{_fmt(t.get('accuracy')):>6}")
+            if r["state"] == "failed" and r["error"]:
+                print(f"{'':<{w}}  error: {str(r['error']).splitlines()[0][:200]}")
+    comparisons = {}
+    for d in sorted({Path(r["run_dir"]).parent for r in rows} | {root}):
+        comp = read_comparison(d)
+        if comp:
+            comparisons[str(d)] = comp
+    if args.tables:
+        for d, comp in comparisons.items():
+            print(f"\n{d}  ({comp.get('state', 'done')})\n{comp.get('table', '')}")
+    elif comparisons:
+        print(f"\n{len(comparisons)} comparison(s) with a comparison.json; --tables prints them.")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"root": str(root), "runs": rows,
+                                               "comparisons": sorted(comparisons)}, indent=2))
+    return 0
+
+
+def _cancel(args) -> int:
+    from ..errors import UserError
+    from ..train import cancel, is_run_dir, read_run
+
+    d = Path(args.run_dir)
+    if not is_run_dir(d):
+        raise UserError(f"{str(d)!r} is not a run directory (no config.json or status.json).")
+    before = read_run(d).state
+    if before != "running":
+        print(f"{d}: {before}; nothing to cancel")
+        return 0 if before in ("done", "cancelled") else 1
+    after = cancel(d, wait=args.wait)
+    print(f"{d}: {after}" + ("; resume with `python -m rcvcore train --resume --run-dir "
+                             f"{d}`" if after == "cancelled" else ""))
+    return 0 if after in ("cancelled", "done") else 1
+
+
+def _cache(args) -> int:
+    from ..cache import cache_usage, clear_cache
+    from ..data.base import default_cache_dir
+
+    root = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    if args.clear:
+        removed = clear_cache(root, args.clear)
+        print("removed: " + (", ".join(removed) if removed else "nothing (already empty)"))
+    total = 0
+    print(f"cache root: {root}")
+    for row in cache_usage(root):
+        total += row["bytes"]
+        extra = (f", {row['scan_results']} saved scan results" if "scan_results" in row else "")
+        print(f"  {row['section']:<18} {row['bytes'] / 2**20:>9.1f} MiB  {row['files']:>6} files"
+              f"{extra}  ({row['what']})")
+    print(f"  {'total':<18} {total / 2**20:>9.1f} MiB")
+    return 0
