@@ -124,8 +124,11 @@ class ActivationCache:
 #: What lives under the cache root (``--cache-dir`` / ``$RCV_CACHE_DIR``).
 SECTIONS = {
     "activations": "pooled activations and saved scan results (diskcache)",
-    "datasets": "generated embedded datasets (demo-scale crops)",
-    "histology-patches": "patches generated from janowczyk / demo-histology images",
+    "demo-scale": "generated demo-scale crops",
+    "demo-histology": "generated demo-histology 40x tiles and masks",
+    "demo-he": "the demo-he source image, its tiles and automatic nuclei masks",
+    "histology-patches": "patches of janowczyk / demo-histology / demo-he sources",
+    "datasets": "embedded datasets written by scans of rcvcore 0.1.0 before 2026-11-26",
 }
 
 

@@ -264,7 +264,7 @@ def run_scan(config: ScanConfig, progress: Progress | None = None) -> ScanResult
             return None
         return lambda f, msg: progress(lo + (hi - lo) * f, msg)
 
-    ds = load_dataset(config.dataset, n=config.n, seed=config.seed, cache_dir=root / "datasets",
+    ds = load_dataset(config.dataset, n=config.n, seed=config.seed, cache_dir=root,
                       progress=stage(0.0, 0.05))
     labels = ds.labels if config.per_class else None
     groups = ds.groups if config.grouped else None

@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+from ..cache import SECTIONS
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("runs", help="list training runs with their state and test metrics",
@@ -34,8 +36,7 @@ def add_parser(sub) -> None:
                                    "removes one part (everything is regenerated when needed).")
     k.add_argument("--cache-dir", default=None,
                    help="cache root (default $RCV_CACHE_DIR or the user cache dir)")
-    k.add_argument("--clear", choices=["results", "activations", "datasets",
-                                       "histology-patches", "all"],
+    k.add_argument("--clear", choices=["results", *SECTIONS, "all"],
                    help="results: saved scan results only (activations stay)")
     k.set_defaults(func=_cache)
 
@@ -125,6 +126,8 @@ def _cache(args) -> int:
     total = 0
     print(f"cache root: {root}")
     for row in cache_usage(root):
+        if row["section"] == "datasets" and not row["files"]:
+            continue   # the old layout, shown only when present
         total += row["bytes"]
         extra = (f", {row['scan_results']} saved scan results" if "scan_results" in row else "")
         print(f"  {row['section']:<18} {row['bytes'] / 2**20:>9.1f} MiB  {row['files']:>6} files"

@@ -165,6 +165,8 @@ class PatchParams:
         max_per_level: keep at most this many patches per source image and magnification, drawn
             at random (seeded by ``seed`` and the source id); None keeps them all.
         seed: seed of that draw.
+        source_magnification: magnification of the source images (40 for the paper's data; 20
+            for ``demo-he``); no magnification above it is made (that would be upsampling).
     """
 
     magnifications: tuple[int, ...] = MAGNIFICATIONS
@@ -172,6 +174,7 @@ class PatchParams:
     stride: int | None = None
     max_per_level: int | None = None
     seed: int = 0
+    source_magnification: float = SOURCE_MAGNIFICATION
 
 
 @dataclass(frozen=True)
@@ -202,7 +205,10 @@ def read_mask(path: str | Path) -> np.ndarray:
 def _key(pair: SourcePair, params: PatchParams) -> str:
     h = hashlib.sha256()
     h.update(file_fingerprint([os.path.abspath(pair.image), os.path.abspath(pair.mask)]).encode())
-    h.update(json.dumps([pair.source_id, asdict(params), PIPELINE_VERSION]).encode())
+    d = asdict(params)
+    if d["source_magnification"] == SOURCE_MAGNIFICATION:
+        del d["source_magnification"]   # keys of 40x sources as before the field existed
+    h.update(json.dumps([pair.source_id, d, PIPELINE_VERSION]).encode())
     return h.hexdigest()[:24]
 
 
@@ -264,7 +270,8 @@ def _process_source(pair: SourcePair, params: PatchParams, out_root: str) -> dic
         return result
 
     size = params.patch_size
-    if min(rgb.size) * max(params.magnifications) / SOURCE_MAGNIFICATION < size:
+    src = params.source_magnification
+    if min(rgb.size) * max(params.magnifications) / src < size:
         result["skipped"].append([pair.image, (
             f"image is {rgb.size[0]}x{rgb.size[1]}, too small for one {size}x{size} patch at "
             f"{mag_label(max(params.magnifications))}")])
@@ -273,7 +280,7 @@ def _process_source(pair: SourcePair, params: PatchParams, out_root: str) -> dic
     rng = np.random.default_rng([params.seed, int(hashlib.sha256(pair.source_id.encode())
                                                    .hexdigest()[:8], 16)])
     for m in params.magnifications:
-        small, small_mask = downsample(rgb, mask, m)
+        small, small_mask = downsample(rgb, mask, m, src)
         positions = grid_positions(small_mask.shape[0], small_mask.shape[1], size, params.stride)
         if params.max_per_level is not None and len(positions) > params.max_per_level:
             idx = np.sort(rng.choice(len(positions), params.max_per_level, replace=False))

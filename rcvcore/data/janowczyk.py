@@ -67,16 +67,21 @@ def find_pairs(root: Path, group_by: str = "image") -> tuple[list[SourcePair], l
 def load_pairs(pairs, pre_skipped, *, name: str, kind: str, seed: int, cache_dir: Path,
                progress: ProgressFn | None, magnifications=MAGNIFICATIONS, stride=None,
                max_per_level=None, split_seed: int = 0, split_fractions=(0.6, 0.2, 0.2),
-               workers: int | None = None, info: dict | None = None) -> Dataset:
-    """Shared by ``janowczyk`` and ``demo-histology``: patches of ``pairs`` as a Dataset."""
+               workers: int | None = None, info: dict | None = None,
+               source_magnification: float = 40) -> Dataset:
+    """Shared by ``janowczyk``, ``demo-histology`` and ``demo-he``: patches of ``pairs`` as a
+    Dataset (``source_magnification``: that of the source images; none above it is made)."""
+    src = float(source_magnification)
     mags = tuple(sorted({int(m) for m in _as_list(magnifications)}))
-    bad = [m for m in mags if m not in MAGNIFICATIONS and not 0 < m <= 40]
+    bad = [m for m in mags if not 0 < m <= src]
     if bad or not mags:
-        raise DatasetError(f"{kind}: magnifications must be in (0, 40], e.g. "
-                           f"{','.join(map(str, MAGNIFICATIONS))}; got {magnifications!r}.")
+        ok = [m for m in MAGNIFICATIONS if m <= src]
+        raise DatasetError(f"{kind}: magnifications must be in (0, {src:g}] (the source "
+                           f"magnification), e.g. {','.join(map(str, ok))}; got "
+                           f"{magnifications!r}.")
     params = PatchParams(magnifications=mags, stride=None if stride is None else int(stride),
                          max_per_level=None if max_per_level is None else int(max_per_level),
-                         seed=int(seed))
+                         seed=int(seed), source_magnification=src)
     out = generate_patches(pairs, cache_dir, params, split_seed=int(split_seed),
                            split_fractions=tuple(float(f) for f in _as_list(split_fractions)),
                            workers=workers, progress=progress)

