@@ -45,6 +45,7 @@ class ScanConfig:
     per_class: bool = True
     grouped: bool = True                  # False leaks groups across train/test: comparison only
     test_size: float = 0.3
+    dataset_options: dict = field(default_factory=dict)  # loader options (--opt KEY=VALUE)
 
     def validate(self) -> "ScanConfig":
         """Return a normalised copy or raise :class:`UserError` naming the bad parameter."""
@@ -62,7 +63,10 @@ class ScanConfig:
             raise UserError(f"--batch-size must be at least 1, got {self.batch_size}.")
         if not 0.05 <= self.test_size <= 0.8:
             raise UserError(f"test_size must be between 0.05 and 0.8, got {self.test_size}.")
-        return dataclasses.replace(self, controls=controls)
+        from .data.options import check_options
+
+        return dataclasses.replace(self, controls=controls,
+                                   dataset_options=check_options(self.dataset_options))
 
 
 @dataclass(frozen=True)
@@ -196,6 +200,7 @@ def result_key(config: ScanConfig, arch: ArchSpec, layers: list[str], ds: Datase
         "repeats": config.repeats, "model": config.model, "controls": list(config.controls),
         "seed": config.seed, "per_class": config.per_class, "grouped": config.grouped,
         "test_size": config.test_size, "dataset": ds.name, "measure": ds.measure_name,
+        "dataset_options": {k: repr(v) for k, v in sorted(config.dataset_options.items())},
         "rcvcore": __version__, "scoring": SCORING_VERSION,
     }
     blob = json.dumps(payload, sort_keys=True).encode()
@@ -265,7 +270,7 @@ def run_scan(config: ScanConfig, progress: Progress | None = None) -> ScanResult
         return lambda f, msg: progress(lo + (hi - lo) * f, msg)
 
     ds = load_dataset(config.dataset, n=config.n, seed=config.seed, cache_dir=root,
-                      progress=stage(0.0, 0.05))
+                      progress=stage(0.0, 0.05), **config.dataset_options)
     labels = ds.labels if config.per_class else None
     groups = ds.groups if config.grouped else None
     # fail before any extraction on an unusable measure or too few images

@@ -87,6 +87,8 @@ class TrainConfig:
         channels_last: channels_last memory format (faster convolutions on CPU and CUDA).
         workers: data-loader processes (default: 0 on a 2-core CPU, else up to 8).
         dataset_cache_dir: where generated datasets are written (default: the user cache).
+        dataset_options: the dataset loader's options (``--opt KEY=VALUE``), e.g.
+            ``{"group_by": "patient"}`` for janowczyk or ``{"classes": "n02058221"}``.
     """
 
     arch: str = "resnet50"
@@ -113,12 +115,15 @@ class TrainConfig:
     channels_last: bool = True
     workers: int | None = None
     dataset_cache_dir: str | None = None
+    dataset_options: dict = field(default_factory=dict)
 
     def validate(self) -> "TrainConfig":
         """Check every field; raise :class:`UserError` naming the flag and the valid values."""
+        from .data.options import check_options
         from .models import get_arch
         from .prune import cut_node
 
+        check_options(self.dataset_options)
         arch = get_arch(self.arch)
         cut_node(arch, self.cut)
         if self.target not in TARGETS:
@@ -301,6 +306,10 @@ def config_to_argv(config: TrainConfig) -> list[str]:
         elif f.name == "channels_last":
             if not v:
                 argv.append("--no-channels-last")
+        elif f.name == "dataset_options":
+            from .data.options import format_options
+
+            argv += format_options(v or {})
         elif v is not None:
             argv += [flag, str(v)]
     return argv
@@ -867,11 +876,11 @@ def _train(config: TrainConfig, run: Path, writer: _Run, d: _Dist, device, resum
     if dataset is None:
         if d.main:  # rank 0 generates any cached dataset first; the others then just read it
             dataset = load_dataset(config.dataset, n=config.n, seed=config.split_seed,
-                                   cache_dir=config.dataset_cache_dir)
+                                   cache_dir=config.dataset_cache_dir, **config.dataset_options)
         _barrier(d)
         if not d.main:
             dataset = load_dataset(config.dataset, n=config.n, seed=config.split_seed,
-                                   cache_dir=config.dataset_cache_dir)
+                                   cache_dir=config.dataset_cache_dir, **config.dataset_options)
     else:
         from .data.base import limit
         dataset = limit(dataset, config.n, config.split_seed)

@@ -101,3 +101,48 @@ def test_spec_accepts_an_optional_path():
     assert parse_spec("demo-he:/x/y.whl")[1] == "/x/y.whl"
     with pytest.raises(DatasetError, match="takes no path"):
         parse_spec("demo-histology:/x")
+
+
+def test_scan_and_train_take_dataset_options(he_image, tmp_path, capsys):
+    """--opt reaches the loader from `scan` and `train`, is kept in config.json (so --resume
+    and the dashboard's launches use it), and an unknown option is a clear error."""
+    from rcvcore.cli import main
+    from rcvcore.train import TrainConfig, config_to_argv, read_run
+
+    path, _, _ = he_image
+    spec = f"demo-he:{path}"
+    opts = ["--opt", "tile_size=448", "--opt", "magnifications=10,20", "--opt", "min_tissue=0"]
+    out = tmp_path / "scan.json"
+    args = ["scan", "--arch", "resnet18", "--weights", "random", "--dataset", spec,
+            "--layers", "add_2", "--repeats", "2", "--controls", "none", "--no-per-class",
+            "--cache-dir", str(tmp_path / "cache"), "--quiet", "--json", str(out), *opts]
+    assert main(args) == 0
+    import json
+
+    d = json.loads(out.read_text())
+    assert d["config"]["dataset_options"] == {"tile_size": 448, "magnifications": "10,20",
+                                              "min_tissue": 0}
+    assert d["n_images"] == 20   # 4 tiles x (1 patch at 10x + 4 at 20x)
+    assert main(args[:-6] + ["--opt", "tile_sise=448"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown option 'tile_sise'" in err and "'tile_size'" in err
+
+    run = tmp_path / "run"
+    assert main(["train", "--arch", "resnet18", "--weights", "random", "--cut", "add_2",
+                 "--dataset", spec, "--epochs", "1", "--image-size", "32", "--batch-size", "8",
+                 "--dataset-cache-dir", str(tmp_path / "cache"), "--run-dir", str(run),
+                 "--quiet", *opts]) == 0
+    st = read_run(run)
+    assert st.state == "done" and st.config["dataset_options"]["tile_size"] == 448
+    assert st.result["task"]["classes"] == ["10x", "20x"]
+    # the launch argv (dashboard, scheduler) carries the options back unchanged
+    cfg = TrainConfig.from_dict(st.config)
+    argv = config_to_argv(cfg)
+    assert argv[argv.index("--opt") + 1] == "tile_size=448"
+    from rcvcore.cli import build_parser
+    from rcvcore.cli.train import _config_from
+
+    again = _config_from(build_parser().parse_args(["train", "--run-dir", "x", *argv]))
+    assert again == cfg
+    with pytest.raises(DatasetError, match="takes no options"):
+        load_dataset(f"folder:{tmp_path}", cache_dir=tmp_path, bogus=1)

@@ -18,42 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from ..data.base import Dataset, DatasetError, default_cache_dir
+from ..data.options import parse_options, parse_value  # noqa: F401 (re-exported)
 from ..data.registry import list_datasets, load_dataset
 
 UNLABELLED = "all"
-
-
-def parse_value(text: str):
-    """``true``/``false``/``none``, an int, a float, or the string itself."""
-    low = text.strip().lower()
-    if low in ("true", "yes", "on"):
-        return True
-    if low in ("false", "no", "off"):
-        return False
-    if low in ("none", "null"):
-        return None
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
-def parse_options(items: list[str] | None) -> dict:
-    """Turn ``["classes=n02058221,n01608432", "single_object=true"]`` into loader options.
-
-    Raises:
-        DatasetError: an item is not ``KEY=VALUE``.
-    """
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise DatasetError(f"--opt expects KEY=VALUE (e.g. --opt classes=n02058221), "
-                               f"got {item!r}.")
-        out[key.strip().replace("-", "_")] = parse_value(value)
-    return out
 
 
 def summarize(ds: Dataset) -> dict:

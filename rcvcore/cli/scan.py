@@ -37,6 +37,9 @@ def add_parser(sub) -> None:
     p.add_argument("--ungrouped", action="store_true",
                    help="ignore the dataset's groups when splitting (crops of one photograph may "
                    "then sit in train and test: optimistic, for comparison only)")
+    p.add_argument("--opt", action="append", metavar="KEY=VALUE",
+                   help="a dataset loader option, repeatable (as for `inspect`), e.g. "
+                        "--opt classes=n02058221,n01608432 or --opt group_by=patient")
     p.add_argument("--json", metavar="FILE", help="write the result as JSON")
     p.add_argument("--csv", metavar="FILE", help="write the result as CSV")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -61,13 +64,16 @@ def _progress_bar(quiet: bool):
 
 
 def _scan(args) -> int:
+    from ..data.options import parse_options
+
     config = ScanConfig(
         arch=args.arch, weights=args.weights, dataset=args.dataset, layers=args.layers, n=args.n,
         repeats=args.repeats, model=args.model,
         controls=tuple(c.strip() for c in args.controls.split(",") if c.strip()),
         device=args.device, batch_size=args.batch_size, seed=args.seed,
         cache_dir=args.cache_dir, use_cache=not args.no_cache,
-        per_class=not args.no_per_class, grouped=not args.ungrouped).validate()
+        per_class=not args.no_per_class, grouped=not args.ungrouped,
+        dataset_options=parse_options(args.opt)).validate()
     progress, close = _progress_bar(args.quiet)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -40,6 +40,9 @@ def _add_config_flags(p: argparse.ArgumentParser, with_cut: bool = True) -> None
                                                   f"(default {d.split_seed})")
     g.add_argument("--val-fraction", type=float, help=f"default {d.val_fraction}")
     g.add_argument("--test-fraction", type=float, help=f"default {d.test_fraction}")
+    g.add_argument("--opt", action="append", metavar="KEY=VALUE",
+                   help="a dataset loader option, repeatable (as for `inspect`), e.g. "
+                        "--opt group_by=patient")
     g.add_argument("--dataset-cache-dir", "--cache-dir", dest="dataset_cache_dir",
                    help="where generated datasets are cached (default: the user cache dir)")
     o = p.add_argument_group("optimisation (defaults follow the paper)")
@@ -69,6 +72,10 @@ def _config_from(args, **extra):
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    if getattr(args, "opt", None):
+        from ..data.options import parse_options
+
+        given["dataset_options"] = parse_options(args.opt)
     given.update(extra)
     return TrainConfig(**given)
 

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from .base import Dataset, Sample
+from .options import reject_unknown
 
 PHOTOS = ("astronaut", "brick", "camera", "cat", "cell", "clock", "coffee", "coins", "grass",
           "gravel", "hubble_deep_field", "immunohistochemistry", "moon", "retina", "rocket",
@@ -36,7 +37,8 @@ def _photo(name: str) -> Image.Image:
     return img.convert("RGB")
 
 
-def load(path, *, n=None, seed=0, cache_dir: Path, progress=None, **_) -> Dataset:
+def load(path, *, n=None, seed=0, cache_dir: Path, progress=None, **unknown) -> Dataset:
+    reject_unknown("demo-scale", load, unknown)
     n = DEFAULT_N if n is None else int(n)
     params = {"v": _VERSION, "n": n, "seed": seed, "photos": PHOTOS, "size": OUT_SIZE,
               "zoom": ZOOM_RANGE}

@@ -7,12 +7,14 @@ import warnings
 from pathlib import Path
 
 from .base import Dataset, DatasetError, Sample, Skipped
+from .options import reject_unknown
 
 LAYOUT = ("a folder holding labels.csv with a header row and columns path,scale (optional: "
           "class, group, split); path is relative to the folder, scale a number")
 
 
-def load(path, *, n=None, seed=0, cache_dir=None, progress=None, **_) -> Dataset:
+def load(path, *, n=None, seed=0, cache_dir=None, progress=None, **unknown) -> Dataset:
+    reject_unknown("folder", load, unknown)
     root = Path(path).expanduser()
     table = root / "labels.csv" if root.is_dir() else root
     if not table.is_file():
