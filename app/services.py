@@ -55,8 +55,20 @@ def imagenet_status(arch: str) -> tuple[bool, str]:
 def dataset_catalogue() -> list[dict]:
     from rcvcore.data import list_datasets
 
+    from rcvcore.data.registry import loader_options
+
     return [{"name": k.name, "description": k.description, "needs_path": k.needs_path,
-             "measure": k.measure_name} for k in list_datasets()]
+             "path_optional": k.path_optional, "measure": k.measure_name,
+             "options": {o: repr(v) for o, v in loader_options(k.name).items()}}
+            for k in list_datasets()]
+
+
+def dataset_options(text: str) -> dict:
+    """``"classes=n02058221,n01608432; single_object=true"`` -> loader options (rcvcore's
+    parser; a bad item raises its UserError)."""
+    from rcvcore.data.options import parse_options
+
+    return parse_options([t.strip() for t in (text or "").split(";") if t.strip()])
 
 
 @st.cache_data(show_spinner="Counting parameters and FLOPs...", max_entries=64)

@@ -240,6 +240,7 @@ def make_splits(n: int, *, labels=None, groups=None, repeats: int = 10, seed: in
     labels = np.full(n, "all") if labels is None else np.asarray(labels).astype(str)
     splits = []
     for ci, label in enumerate(sorted(np.unique(labels))):
+        label = str(label)
         idx = np.flatnonzero(labels == label)
         g = None if groups is None else np.asarray(groups)[idx]
         units = len(idx) if g is None else len(np.unique(g))
@@ -249,8 +250,8 @@ def make_splits(n: int, *, labels=None, groups=None, repeats: int = 10, seed: in
             raise UserError(
                 f"Too few images for a {round((1 - test_size) * 100)}/{round(test_size * 100)} "
                 f"split{'' if label == 'all' else f' in class {label!r}'}: {len(idx)} images in "
-                f"{units} {what}; need at least 6 images and 3 {what}. Use a larger --n or drop "
-                "the class.")
+                f"{units} {what}; need at least 6 images and 3 {what}. Use a larger --n, "
+                "pool the classes (--no-per-class), or drop the class.")
         for r in range(repeats):
             rs = int(np.random.SeedSequence([seed, r, ci]).generate_state(1)[0])
             splitter = (ShuffleSplit(1, test_size=test_size, random_state=rs) if g is None
@@ -435,7 +436,7 @@ def check_measure(y: np.ndarray, labels=None) -> None:
         raise UserError(f"The scale measure has {int((~np.isfinite(y)).sum())} non-finite "
                         "values (NaN or inf); fix or drop those rows.")
     labels = np.full(len(y), "all") if labels is None else np.asarray(labels).astype(str)
-    for label in np.unique(labels):
+    for label in map(str, np.unique(labels)):
         v = y[labels == label]
         if v.size and np.ptp(v) == 0:
             where = "" if label == "all" else f" in class {label!r}"

@@ -155,3 +155,44 @@ def test_new_scan_is_shown_and_can_be_overlaid(app_env):
     assert not at.exception, at.exception
     assert _widget(at, "toggle", "scan_depth").value is False  # same arch: layer names on x
     assert at.get("plotly_chart")
+
+
+def test_dataset_options_and_optional_source_reach_rcvcore(app_env):
+    """demo-he with a source file the test writes and loader options typed in the page."""
+    from PIL import Image
+
+    from rcvcore.data.demo_histology import render_tile
+
+    img = app_env / "region.png"
+    Image.fromarray(render_tile(3, 0, 896)[0]).save(img)
+    at = AppTest.from_file(MAIN, default_timeout=30).run()
+    assert _widget(at, "text_input", "scan_ds_opts_demo-scale").disabled  # takes none
+    _widget(at, "selectbox", "scan_arch").set_value("resnet18")
+    _widget(at, "selectbox", "scan_dataset").set_value("demo-he")
+    at.run()
+    _widget(at, "radio", "scan_weights_resnet18").set_value("random (control)")
+    _widget(at, "text_input", "scan_ds_path_demo-he").set_value(str(img))
+    _widget(at, "text_input", "scan_ds_opts_demo-he").set_value("tile_size")  # no '='
+    at.run()
+    assert any("KEY=VALUE" in e.value for e in at.error)
+    assert _widget(at, "button", "scan_run").disabled
+    _widget(at, "text_input", "scan_ds_opts_demo-he").set_value(
+        "tile_size=448; magnifications=20; min_tissue=0")
+    _widget(at, "radio", "scan_layer_mode").set_value("choose")
+    at.run()
+    _widget(at, "multiselect", "scan_layers_resnet18").set_value(["add_2"])
+    _widget(at, "slider", "scan_repeats").set_value(2)
+    at.run()
+    assert not at.error
+    _widget(at, "button", "scan_run").click()
+    at.run(timeout=60)
+    deadline = time.time() + 120
+    while not at.get("plotly_chart") and not at.error and time.time() < deadline:
+        assert not at.exception, at.exception
+        time.sleep(0.5)
+        at.run(timeout=30)
+    assert at.get("plotly_chart"), [e.value for e in at.error]
+    rec = json.loads(next((app_env / "runs" / "_scans").glob("*.json")).read_text())
+    assert rec["config"]["dataset"] == f"demo-he:{img}"
+    assert rec["config"]["dataset_options"]["tile_size"] == 448
+    assert rec["result"]["n_images"] == 16   # 4 tiles x 4 patches at 20x

@@ -55,6 +55,9 @@ def test_train_page_widgets_and_offline_notice(app_env):
 def test_train_tiny_runs_to_table2(app_env):
     at = _open_train(AppTest.from_file(MAIN, default_timeout=30))
     _fill_tiny(at)
+    # a loader option (the default value, so the cached demo patches are reused)
+    _w(at, "text_input", "train_ds_opts_demo-histology").set_value("max_per_level=4")
+    at.run()
     assert _w(at, "button", "train_launch").label == "Launch 2 runs"
     _w(at, "button", "train_launch").click()
     at.run()
@@ -63,6 +66,7 @@ def test_train_tiny_runs_to_table2(app_env):
     assert len(groups) == 1
     plan = json.loads((groups[0] / "group.json").read_text())
     assert plan["cuts"] == ["none", "add_6"] and plan["seeds"] == [1]
+    assert plan["base"]["dataset_options"] == {"max_per_level": 4}
     deadline = time.time() + 300
     while time.time() < deadline:
         time.sleep(2)
@@ -78,6 +82,8 @@ def test_train_tiny_runs_to_table2(app_env):
     assert any(s.value.startswith("Pruned vs full") for s in at.subheader)
     models = list(at.dataframe[-1].value["Model"])
     assert models == ["ResNet18", "ResNet18 pruned at add_6"]
+    cfg = json.loads((groups[0] / "add_6_seed1" / "config.json").read_text())
+    assert cfg["dataset_options"] == {"max_per_level": 4}   # through the launch argv
     # the finished group has the same comparison.json as `python -m rcvcore compare`
     comp = json.loads((groups[0] / "comparison.json").read_text())
     assert comp["cuts"] == ["none", "add_6"] and comp["seeds"] == [1]

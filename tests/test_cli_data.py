@@ -12,7 +12,7 @@ from rcvcore.cli import main
 from rcvcore.cli.data import parse_options
 from _data_fixtures import write_imagenet_tree, write_janowczyk_tree, write_voc_tree
 
-KINDS = ("janowczyk", "demo-histology", "breakhis", "imagenet", "voc")
+KINDS = ("janowczyk", "demo-histology", "demo-he", "breakhis", "imagenet", "voc")
 
 
 def test_datasets_lists_every_kind_with_a_description(capsys):
@@ -22,6 +22,9 @@ def test_datasets_lists_every_kind_with_a_description(capsys):
         line = next(ln for ln in out.splitlines() if ln.split()[0].split(":")[0] == k)
         assert len(line.split(None, 1)[1]) > 20
     assert "janowczyk:PATH" in out and "demo-histology " in out
+    assert main(["datasets", "--options"]) == 0
+    out = capsys.readouterr().out
+    assert "group_by='image'" in out and "min_tissue=0.15" in out
 
 
 def _check_contract(data: dict):

@@ -68,6 +68,22 @@ with st.sidebar:
     if ds["needs_path"]:
         ds_path = st.text_input(f"Path of the {ds_name} dataset", key=f"scan_ds_path_{ds_name}")
         dataset = f"{ds_name}:{ds_path.strip()}" if ds_path.strip() else None
+    elif ds["path_optional"]:
+        ds_path = st.text_input(f"Source file for {ds_name} (optional)",
+                                key=f"scan_ds_path_{ds_name}")
+        dataset = f"{ds_name}:{ds_path.strip()}" if ds_path.strip() else ds_name
+    ds_opts_text = st.text_input(
+        "Dataset options", key=f"scan_ds_opts_{ds_name}",
+        placeholder="KEY=VALUE; KEY=VALUE" if ds["options"] else "none for this dataset",
+        disabled=not ds["options"],
+        help="The loader's options, as `--opt` on the command line. "
+             + ("; ".join(f"`{k}` (default {v})" for k, v in ds["options"].items())
+                or "This dataset takes none."))
+    try:
+        ds_options = services.dataset_options(ds_opts_text)
+    except Exception as e:  # rcvcore's message names the bad item
+        st.error(str(e))
+        dataset = None
 
     layer_mode = st.radio("Layers", ["paper", "all", "choose"], horizontal=True,
                           key="scan_layer_mode",
@@ -106,7 +122,8 @@ if run:
         config = services.make_config(
             arch=arch, weights=weights, dataset=dataset, layers=layers, n=int(n) or None,
             repeats=int(repeats), model=model, controls=tuple(controls), device=device,
-            batch_size=int(batch_size), seed=int(seed), use_cache=use_cache)
+            batch_size=int(batch_size), seed=int(seed), use_cache=use_cache,
+            dataset_options=ds_options)
     except Exception as e:  # rcvcore validates; show its message
         st.error(str(e))
     else:  # rcvcore returns a scan it has already scored from its cache

@@ -70,6 +70,22 @@ with st.expander("New training run", expanded=not services.list_groups() or fres
     if ds["needs_path"]:
         p = c[0].text_input(f"Path of the {ds_name} dataset", key=f"train_ds_path_{ds_name}")
         dataset = f"{ds_name}:{p.strip()}" if p.strip() else None
+    elif ds["path_optional"]:
+        p = c[0].text_input(f"Source file for {ds_name} (optional)",
+                            key=f"train_ds_path_{ds_name}")
+        dataset = f"{ds_name}:{p.strip()}" if p.strip() else ds_name
+    ds_opts_text = c[0].text_input(
+        "Dataset options", key=f"train_ds_opts_{ds_name}",
+        placeholder="KEY=VALUE; KEY=VALUE" if ds["options"] else "none for this dataset",
+        disabled=not ds["options"],
+        help="The loader's options, as `--opt` on the command line. "
+             + ("; ".join(f"`{k}` (default {v})" for k, v in ds["options"].items())
+                or "This dataset takes none."))
+    try:
+        ds_options = services.dataset_options(ds_opts_text)
+    except Exception as e:  # rcvcore's message names the bad item
+        st.error(str(e))
+        dataset = None
     target = c[1].radio("Target", ["nuclei-area", "magnification"], key="train_target",
                         horizontal=True, help="nuclei-area: regression (the paper); "
                         "magnification: classification")
@@ -107,7 +123,7 @@ with st.expander("New training run", expanded=not services.list_groups() or fres
                 arch=arch, weights=weights, cut=cut, dataset=dataset, target=target,
                 epochs=int(epochs), batch_size=int(batch), lr=float(lr), n=int(n) or None,
                 image_size=int(image_size) or None, device=device, trainable=trainable,
-                seed=seeds[0], log_every=1)
+                seed=seeds[0], log_every=1, dataset_options=ds_options)
             group = services.launch_group(config, seeds, baseline, int(parallel))
         except Exception as e:  # rcvcore's UserError names the field and the fix
             st.error(str(e))

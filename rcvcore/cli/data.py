@@ -81,9 +81,17 @@ def format_summary(summary: dict, max_skipped: int = 10) -> str:
 def _cmd_datasets(args) -> int:
     kinds = list_datasets()
     width = max(len(k.name) + (5 if k.needs_path else 0) for k in kinds)
+    from ..data.registry import loader_options
+
     for k in kinds:
         spec = k.name + (":PATH" if k.needs_path else "")
         print(f"{spec:<{width}}  {k.description}")
+        opts = loader_options(k.name)
+        if opts and getattr(args, "options", False):
+            print(f"{'':<{width}}  --opt: " + ", ".join(f"{o}={v!r}" for o, v in opts.items()))
+    if not getattr(args, "options", False):
+        print("\n`python -m rcvcore datasets --options` also lists each loader's --opt KEY=VALUE "
+              "options (for inspect, scan, train, compare).")
     return 0
 
 
@@ -125,6 +133,8 @@ def add_parser(subparsers) -> None:
     """Add the ``datasets`` and ``inspect`` commands."""
     p = subparsers.add_parser("datasets", help="list the dataset kinds",
                               description="List every --dataset kind with a one-line description.")
+    p.add_argument("--options", action="store_true",
+                   help="also list each loader's options (--opt KEY=VALUE) with their defaults")
     p.set_defaults(func=_cmd_datasets)
 
     p = subparsers.add_parser(

@@ -63,6 +63,18 @@ register(DatasetKind(
     "box_area_fraction"))
 
 
+def loader_options(name: str) -> dict[str, object]:
+    """The options (``--opt KEY=VALUE``) a dataset kind's loader takes, with their defaults."""
+    import inspect
+
+    kind = KINDS[name]
+    module_name, fn_name = kind.loader.split(":")
+    fn = getattr(importlib.import_module(module_name), fn_name)
+    skip = {"path", "n", "seed", "cache_dir", "progress"}
+    return {p.name: p.default for p in inspect.signature(fn).parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in skip}
+
+
 def list_datasets() -> list[DatasetKind]:
     return list(KINDS.values())
 
