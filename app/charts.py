@@ -184,8 +184,12 @@ def training_figure(metrics: list[dict], *, x_key: str = "step") -> go.Figure:
                     line={"color": colour, "dash": ["solid", "dash", "dot", "dashdot"][ci % 4]}),
                     row=pi, col=1)
     fig.update_xaxes(title_text=x_key, row=len(panels), col=1)
-    fig.update_layout(height=260 * len(panels) + 80, margin={"l": 60, "r": 20, "t": 40, "b": 40},
-                      legend={"orientation": "h", "y": -0.15})
+    height = 260 * len(panels) + 80
+    plot_px = height - 40 - 40
+    # the legend starts 60 px under the plots, below the x-axis title (plotly grows the bottom
+    # margin to fit it)
+    fig.update_layout(height=height, margin={"l": 60, "r": 20, "t": 40, "b": 40},
+                      legend={"orientation": "h", "yanchor": "top", "y": -60 / plot_px, "x": 0})
     return fig
 
 
