@@ -9,7 +9,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import charts, services, state
+from app import charts, services, state, widgets
 
 st.title("Scale-covariance scan")
 st.caption("Regression Concept Vectors (Graziani et al., iMIMIC 2020): how well a linear "
@@ -58,32 +58,7 @@ with st.sidebar:
             st.info("Give a checkpoint to scan (torchvision layout, `torch.save(model."
                     "state_dict(), path)`).")
 
-    ds_names = [d["name"] for d in datasets]
-    ds_name = st.selectbox("Dataset", ds_names, key="scan_dataset",
-                           format_func=lambda n: n + (":PATH" if next(
-                               d for d in datasets if d["name"] == n)["needs_path"] else ""))
-    ds = next(d for d in datasets if d["name"] == ds_name)
-    st.caption(ds["description"])
-    dataset = ds_name
-    if ds["needs_path"]:
-        ds_path = st.text_input(f"Path of the {ds_name} dataset", key=f"scan_ds_path_{ds_name}")
-        dataset = f"{ds_name}:{ds_path.strip()}" if ds_path.strip() else None
-    elif ds["path_optional"]:
-        ds_path = st.text_input(f"Source file for {ds_name} (optional)",
-                                key=f"scan_ds_path_{ds_name}")
-        dataset = f"{ds_name}:{ds_path.strip()}" if ds_path.strip() else ds_name
-    ds_opts_text = st.text_input(
-        "Dataset options", key=f"scan_ds_opts_{ds_name}",
-        placeholder="KEY=VALUE; KEY=VALUE" if ds["options"] else "none for this dataset",
-        disabled=not ds["options"],
-        help="The loader's options, as `--opt` on the command line. "
-             + ("; ".join(f"`{k}` (default {v})" for k, v in ds["options"].items())
-                or "This dataset takes none."))
-    try:
-        ds_options = services.dataset_options(ds_opts_text)
-    except Exception as e:  # rcvcore's message names the bad item
-        st.error(str(e))
-        dataset = None
+    dataset, ds_options = widgets.dataset_picker(st, datasets, "scan", describe=True)
 
     layer_mode = st.radio("Layers", ["paper", "all", "choose"], horizontal=True,
                           key="scan_layer_mode",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app import charts, services, state
+from app import charts, services, state, widgets
 
 st.title("Fine-tune the pruned network")
 st.caption("The paper's transfer protocol (Table 2): network cut at the chosen layer + global "
@@ -61,31 +61,8 @@ with st.expander("New training run", expanded=not services.list_groups() or fres
                    "app offline, not for reproducing the paper.")
 
     c = st.columns(3)
-    ds_names = [d["name"] for d in datasets]
-    ds_name = c[0].selectbox("Dataset", ds_names, key="train_dataset",
-                             index=ds_names.index("demo-histology")
-                             if "demo-histology" in ds_names else 0)
-    ds = next(d for d in datasets if d["name"] == ds_name)
-    dataset = ds_name
-    if ds["needs_path"]:
-        p = c[0].text_input(f"Path of the {ds_name} dataset", key=f"train_ds_path_{ds_name}")
-        dataset = f"{ds_name}:{p.strip()}" if p.strip() else None
-    elif ds["path_optional"]:
-        p = c[0].text_input(f"Source file for {ds_name} (optional)",
-                            key=f"train_ds_path_{ds_name}")
-        dataset = f"{ds_name}:{p.strip()}" if p.strip() else ds_name
-    ds_opts_text = c[0].text_input(
-        "Dataset options", key=f"train_ds_opts_{ds_name}",
-        placeholder="KEY=VALUE; KEY=VALUE" if ds["options"] else "none for this dataset",
-        disabled=not ds["options"],
-        help="The loader's options, as `--opt` on the command line. "
-             + ("; ".join(f"`{k}` (default {v})" for k, v in ds["options"].items())
-                or "This dataset takes none."))
-    try:
-        ds_options = services.dataset_options(ds_opts_text)
-    except Exception as e:  # rcvcore's message names the bad item
-        st.error(str(e))
-        dataset = None
+    dataset, ds_options = widgets.dataset_picker(c[0], datasets, "train",
+                                                 default="demo-histology")
     target = c[1].radio("Target", ["nuclei-area", "magnification"], key="train_target",
                         horizontal=True, help="nuclei-area: regression (the paper); "
                         "magnification: classification")
