@@ -166,19 +166,27 @@ def test_killed_run_resumes_where_it_stopped(folder, tmp_path):
     assert after.status["resumed"] is True
 
 
-@pytest.mark.slow
-def test_sigterm_cancels_consistently_then_resume(folder, tmp_path):
-    run = tmp_path / "run"
+def _cancel_while_running(folder, run, epochs: int, min_steps: int, cancel_fn) -> None:
+    """Launch a tiny run as a subprocess, cancel it with ``cancel_fn(run)`` once it has logged
+    ``min_steps`` steps, and check the process ends as cancelled (exit 143)."""
     cfg = TrainConfig(**{**dataclasses.asdict(TINY), "dataset": f"folder:{folder}",
-                         "epochs": 3, "batch_size": 4})
+                         "epochs": epochs, "batch_size": 4})
     proc = launch(cfg, run, env={"OMP_NUM_THREADS": "1"})
     try:
-        assert _wait(lambda: len(read_run(run).steps) >= 2), (run / "train.log").read_text()
-        assert cancel(run, wait=60) == "cancelled"
+        assert _wait(lambda: len(read_run(run).steps) >= min_steps), \
+            (run / "train.log").read_text()
+        cancel_fn(run)
         assert proc.wait(30) == 143
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.slow
+def test_sigterm_cancels_consistently_then_resume(folder, tmp_path):
+    run = tmp_path / "run"
+    _cancel_while_running(folder, run, 3, 2,
+                          lambda d: assert_equal(cancel(d, wait=60), "cancelled"))
     st = read_run(run)
     assert st.state == "cancelled" and "resume" in st.status["message"]
     ck = torch.load(run / "checkpoint.pt", weights_only=True)
@@ -190,20 +198,18 @@ def test_sigterm_cancels_consistently_then_resume(folder, tmp_path):
 
 
 def test_cli_cancel_stops_a_running_run(folder, tmp_path):
-    run = tmp_path / "long"
-    cfg = TrainConfig(**{**dataclasses.asdict(TINY), "dataset": f"folder:{folder}",
-                         "epochs": 500, "batch_size": 4})
-    proc = launch(cfg, run, env={"OMP_NUM_THREADS": "1"})
-    try:
-        assert _wait(lambda: len(read_run(run).steps) >= 1), (run / "train.log").read_text()
-        r = cli("cancel", run, "--wait", "60")   # the dashboard's Cancel button, headless
+    def cancel_cli(d):
+        r = cli("cancel", d, "--wait", "60")   # the dashboard's Cancel button, headless
         assert r.returncode == 0 and "cancelled" in r.stdout, (r.stdout, r.stderr)
         assert "--resume" in r.stdout
-        assert proc.wait(30) == 143
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+
+    run = tmp_path / "long"
+    _cancel_while_running(folder, run, 500, 1, cancel_cli)
     assert read_run(run).state == "cancelled"
+
+
+def assert_equal(a, b):
+    assert a == b, (a, b)
 
 
 def test_compare_pairs_seeds_and_writes_table(ds, tmp_path):
