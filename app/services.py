@@ -54,7 +54,6 @@ def imagenet_status(arch: str) -> tuple[bool, str]:
 @st.cache_data(show_spinner=False)
 def dataset_catalogue() -> list[dict]:
     from rcvcore.data import list_datasets
-
     from rcvcore.data.registry import loader_options
 
     return [{"name": k.name, "description": k.description, "needs_path": k.needs_path,
@@ -414,25 +413,22 @@ def start_failure(rs) -> str | None:
     return f"the training process exited with status {code} before starting.\n\n{tail}"
 
 
-def _is_run(d: Path) -> bool:
-    return (d / "config.json").is_file() or (d / "status.json").is_file() \
-        or (d / "train.log").is_file()
-
-
 def list_groups() -> dict[str, list[Path]]:
     """Run groups under the runs root, newest first: ``{group name: [run dirs that exist]}``.
 
     A run directory directly under the root (e.g. from the CLI) is its own group.
     """
+    from rcvcore.train import is_run_dir
+
     root = state.runs_root()
     groups: list[tuple[float, str, list[Path]]] = []
     for d in root.iterdir():
         if not d.is_dir() or d.name.startswith(("_", ".")):
             continue
-        if _is_run(d):
+        if is_run_dir(d):
             groups.append((d.stat().st_mtime, d.name, [d]))
             continue
-        runs = sorted((r for r in d.iterdir() if r.is_dir() and _is_run(r)), key=lambda p: p.name)
+        runs = sorted((r for r in d.iterdir() if r.is_dir() and is_run_dir(r)), key=lambda p: p.name)
         plan = read_group(d)
         if runs or plan:
             groups.append(((plan or {}).get("created") or d.stat().st_mtime, d.name, runs))

@@ -1,8 +1,6 @@
 """Widgets shared by several pages (no science: the values go to rcvcore as they are)."""
 from __future__ import annotations
 
-import streamlit as st
-
 from app import services
 
 

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
+import json
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -184,18 +186,16 @@ SCORING_VERSION = 1
 
 
 def result_key(config: ScanConfig, arch: ArchSpec, layers: list[str], ds: Dataset,
-               runs: list[tuple[str, str, int]]) -> str:
+               runs: list[tuple[str, str, int]], images_fp: str | None = None) -> str:
     """Cache key of a whole scan result: every input of the activations (architecture, weights
     fingerprints, layers, preprocessing, dataset content fingerprint) and of the scoring
-    (repeats, model, controls, seed, grouping, per-class, test size), plus the versions."""
-    import hashlib
-    import json
-
+    (repeats, model, controls, seed, grouping, per-class, test size), plus the versions.
+    ``images_fp``: ``fingerprint(ds)`` when the caller already has it."""
     from . import __version__
 
     payload = {
         "arch": arch.name, "layers": list(layers), "pooling": "gap",
-        "preprocessing": preprocess_for(arch).fingerprint, "images": fingerprint(ds),
+        "preprocessing": preprocess_for(arch).fingerprint, "images": images_fp or fingerprint(ds),
         "weights": [[name, weights_fingerprint(arch, w, s)] for name, w, s in runs],
         "repeats": config.repeats, "model": config.model, "controls": list(config.controls),
         "seed": config.seed, "per_class": config.per_class, "grouped": config.grouped,
@@ -209,7 +209,8 @@ def result_key(config: ScanConfig, arch: ArchSpec, layers: list[str], ds: Datase
 
 def activations(arch: ArchSpec, weights: str, layers: list[str], ds: Dataset, *,
                 seed: int = 0, device: str = "auto", batch_size: int = 16,
-                cache: ActivationCache | None = None, progress: Progress | None = None
+                cache: ActivationCache | None = None, progress: Progress | None = None,
+                images_fp: str | None = None
                 ) -> tuple[CachedActivations | None, dict[str, np.ndarray], float, str]:
     """Pooled activations of ``layers`` for every image of ``ds``; cached layers are not
     recomputed, and all missing layers come from ONE forward pass.
@@ -220,7 +221,7 @@ def activations(arch: ArchSpec, weights: str, layers: list[str], ds: Dataset, *,
     from .extract import FeatureExtractor, extract, resolve_device
 
     pre = preprocess_for(arch)
-    images_fp = fingerprint(ds)
+    images_fp = images_fp or fingerprint(ds)
     wfp = weights_fingerprint(arch, weights, seed)
 
     def key(layer):
@@ -285,9 +286,10 @@ def run_scan(config: ScanConfig, progress: Progress | None = None) -> ScanResult
         runs.append(("random_weights", "random",
                      config.seed + 1 if config.weights == "random" else config.seed))
     cache = ActivationCache(root / "activations") if config.use_cache else None
+    images_fp = fingerprint(ds)   # stats every file: once per scan
     rkey = None
     if cache is not None:
-        rkey = result_key(config, arch, layers, ds, runs)
+        rkey = result_key(config, arch, layers, ds, runs, images_fp)
         saved = cache.get_result(rkey)
         if saved is not None:
             cache.close()
@@ -306,7 +308,7 @@ def run_scan(config: ScanConfig, progress: Progress | None = None) -> ScanResult
         for k, (name, weights, wseed) in enumerate(runs):
             rec, f, secs, src = activations(
                 arch, weights, layers, ds, seed=wseed, device=config.device,
-                batch_size=config.batch_size, cache=cache,
+                batch_size=config.batch_size, cache=cache, images_fp=images_fp,
                 progress=stage(0.05 + k * span, 0.05 + (k + 1) * span))
             feats[name], records[name] = f, rec
             timing_extract += secs

@@ -874,13 +874,15 @@ def _train(config: TrainConfig, run: Path, writer: _Run, d: _Dist, device, resum
     np.random.seed(config.seed % (2 ** 32))
     say(0.0, f"loading dataset {config.dataset}")
     if dataset is None:
+        def load():
+            return load_dataset(config.dataset, n=config.n, seed=config.split_seed,
+                                cache_dir=config.dataset_cache_dir, **config.dataset_options)
+
         if d.main:  # rank 0 generates any cached dataset first; the others then just read it
-            dataset = load_dataset(config.dataset, n=config.n, seed=config.split_seed,
-                                   cache_dir=config.dataset_cache_dir, **config.dataset_options)
+            dataset = load()
         _barrier(d)
         if not d.main:
-            dataset = load_dataset(config.dataset, n=config.n, seed=config.split_seed,
-                                   cache_dir=config.dataset_cache_dir, **config.dataset_options)
+            dataset = load()
     else:
         from .data.base import limit
         dataset = limit(dataset, config.n, config.split_seed)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.base import Dataset, DatasetError, default_cache_dir
-from ..data.options import parse_options, parse_value  # noqa: F401 (re-exported)
+from ..data.options import parse_options
 from ..data.registry import list_datasets, load_dataset
 
 UNLABELLED = "all"
@@ -83,13 +83,14 @@ def _cmd_datasets(args) -> int:
     width = max(len(k.name) + (5 if k.needs_path else 0) for k in kinds)
     from ..data.registry import loader_options
 
+    show = getattr(args, "options", False)
     for k in kinds:
         spec = k.name + (":PATH" if k.needs_path else "")
         print(f"{spec:<{width}}  {k.description}")
-        opts = loader_options(k.name)
-        if opts and getattr(args, "options", False):
+        opts = loader_options(k.name) if show else {}
+        if opts:
             print(f"{'':<{width}}  --opt: " + ", ".join(f"{o}={v!r}" for o, v in opts.items()))
-    if not getattr(args, "options", False):
+    if not show:
         print("\n`python -m rcvcore datasets --options` also lists each loader's --opt KEY=VALUE "
               "options (for inspect, scan, train, compare).")
     return 0

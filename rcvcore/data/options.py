@@ -8,6 +8,12 @@ from .base import DatasetError, closest
 _COMMON = {"path", "n", "seed", "cache_dir", "progress"}
 
 
+def loader_keywords(loader) -> dict[str, object]:
+    """A loader's own options (keyword-only parameters beyond the common ones) and defaults."""
+    return {p.name: p.default for p in inspect.signature(loader).parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in _COMMON}
+
+
 def reject_unknown(kind: str, loader, unknown: dict) -> None:
     """Raise a :class:`DatasetError` naming the first unknown option and the valid ones.
 
@@ -18,8 +24,7 @@ def reject_unknown(kind: str, loader, unknown: dict) -> None:
     """
     if not unknown:
         return
-    valid = [p.name for p in inspect.signature(loader).parameters.values()
-             if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in _COMMON]
+    valid = list(loader_keywords(loader))
     name = sorted(unknown)[0]
     if not valid:
         raise DatasetError(f"{kind}: unknown option {name!r}; {kind} takes no options.")

@@ -65,14 +65,14 @@ register(DatasetKind(
 
 def loader_options(name: str) -> dict[str, object]:
     """The options (``--opt KEY=VALUE``) a dataset kind's loader takes, with their defaults."""
-    import inspect
+    from .options import loader_keywords
 
-    kind = KINDS[name]
+    return loader_keywords(_loader(KINDS[name]))
+
+
+def _loader(kind: DatasetKind):
     module_name, fn_name = kind.loader.split(":")
-    fn = getattr(importlib.import_module(module_name), fn_name)
-    skip = {"path", "n", "seed", "cache_dir", "progress"}
-    return {p.name: p.default for p in inspect.signature(fn).parameters.values()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in skip}
+    return getattr(importlib.import_module(module_name), fn_name)
 
 
 def list_datasets() -> list[DatasetKind]:
@@ -115,8 +115,7 @@ def load_dataset(spec: str, *, n: int | None = None, seed: int = 0, cache_dir=No
     if path is not None and not Path(path).exists():
         raise DatasetError(f"Dataset path {path!r} does not exist (from --dataset {spec}). "
                            f"{kind.name} expects: {kind.description}")
-    module_name, fn_name = kind.loader.split(":")
-    fn = getattr(importlib.import_module(module_name), fn_name)
+    fn = _loader(kind)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     ds = fn(path, n=n, seed=seed, cache_dir=cache_dir, progress=progress, **options)
     ds = limit(ds, n, seed)
