@@ -235,7 +235,7 @@ def test_compare_pairs_seeds_and_writes_table(ds, tmp_path):
     assert time.monotonic() - t0 < 5
 
 
-def test_cli_train_on_folder_dataset(folder, tmp_path):
+def test_cli_train_on_folder_dataset(folder, tmp_path, monkeypatch):
     r = cli("train", "--run-dir", tmp_path / "r", "--dataset", f"folder:{folder}", "--quiet",
             *tiny_flags(cut="add_4"))
     assert r.returncode == 0, r.stderr
@@ -255,3 +255,6 @@ def test_cli_train_on_folder_dataset(folder, tmp_path):
     assert r.returncode == 0 and "nothing to cancel" in r.stdout
     r = cli("runs", tmp_path / "nope")
     assert r.returncode == 2 and "not a folder" in r.stderr
+    monkeypatch.setenv("RCV_RUNS_DIR", str(tmp_path / "none-yet"))
+    r = cli("runs")   # the default folder, before any run: a note, not an error
+    assert r.returncode == 0 and "no runs yet" in r.stdout

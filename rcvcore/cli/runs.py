@@ -66,6 +66,10 @@ def _runs(args) -> int:
     from ..train import find_runs
 
     root = Path(args.root or os.environ.get("RCV_RUNS_DIR", "runs")).expanduser()
+    if args.root is None and not root.exists():   # a new user: no run yet, not an error
+        print(f"no runs yet: {root} does not exist (runs are written there by `train --run-dir` "
+              "and the dashboard)")
+        return 0
     rows = [_row(rs, root) for rs in find_runs(root)]
     if not rows:
         print(f"no runs under {root}")
