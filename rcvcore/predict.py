@@ -259,6 +259,9 @@ def predict_images(run: LoadedRun, images: Sequence[tuple[str, object]], *,
                     with os.fdopen(fd, "wb") as f:
                         f.write(bytes(data))
                     items.append((str(name), read_rgb(tmp, max_pixels=max_pixels)))
+                except ImageReadError as e:  # name the upload, not its temporary copy
+                    raise ImageReadError(name, e.reason.replace(tmp, str(name)).replace(
+                        Path(tmp).name, Path(str(name)).name)) from None
                 finally:
                     os.unlink(tmp)
                 continue

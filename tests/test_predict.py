@@ -105,6 +105,8 @@ def test_predict_images_on_uploaded_bytes(loaded, files):
     ref = predict_files(loaded, [files / "rgb.png"])[0]
     assert up[0].nuclei_area == pytest.approx(ref.nuclei_area, rel=1e-6)
     assert up[1].error is None and up[2].error and up[3].error
+    # an upload's error names the upload, never its temporary copy
+    assert "notes.png" in up[2].error and "tmp" not in up[2].error, up[2].error
     assert up[4].nuclei_area == pytest.approx(ref.nuclei_area, rel=1e-6)
     assert [p.path for p in up] == names + ["array"]
 
