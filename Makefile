@@ -25,7 +25,7 @@ app: setup
 	$(BIN)/streamlit run app/main.py --server.address $(HOST) --server.port $(PORT)
 
 demo-scan: setup
-	$(BIN)/python -m rcvcore scan --arch resnet50 --weights random --dataset demo-scale
+	$(BIN)/python -m rcvcore scan --arch efficientnet_lite0 --weights imagenet --dataset demo-scale
 
 test: setup browser-deps
 	$(BIN)/python -m pytest

@@ -17,6 +17,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import os
+
 import streamlit as st
 
 from app import state
@@ -26,29 +28,50 @@ from app import state
 # catalogue (cheap, cached per server)
 
 
+def _arch_record(a) -> dict:
+    return {"description": a.description, "layers": a.layer_names,
+            "all_layers": [n for n, _ in a.all_layers], "paper_cut": a.paper_cut}
+
+
 @st.cache_data(show_spinner=False)
 def arch_catalogue() -> dict[str, dict]:
-    """``{arch: {"description", "layers", "extra_layers", "paper_cut"}}`` from the registry."""
+    """``{arch: {"description", "layers", "all_layers", "paper_cut"}}`` from the registry."""
     from rcvcore.models import ARCHS
 
-    return {name: {"description": a.description, "layers": a.layer_names,
-                   "all_layers": [n for n, _ in a.all_layers], "paper_cut": a.paper_cut}
-            for name, a in ARCHS.items()}
+    return {name: _arch_record(a) for name, a in ARCHS.items()}
+
+
+@st.cache_data(show_spinner="Reading the timm model's structure...", max_entries=32)
+def arch_info(name: str) -> dict:
+    """The catalogue record of any architecture name, ``timm:NAME`` included (raises
+    :class:`rcvcore.errors.UserError` for an unknown name)."""
+    from rcvcore.models import get_arch
+
+    return _arch_record(get_arch(name))
 
 
 def imagenet_status(arch: str) -> tuple[bool, str]:
     """(available, how to supply the weights) for ``arch``'s ImageNet weights; never downloads."""
-    from rcvcore.models import expected_weights_file, get_arch, imagenet_weights_available
+    from rcvcore.errors import WeightsUnavailable
+    from rcvcore.models import resolve_backbone, weights_available
 
-    spec = get_arch(arch)
-    if imagenet_weights_available(spec):
-        return True, str(expected_weights_file(spec))
-    return False, (
-        f"ImageNet weights for **{arch}** are not on this machine. torchvision looks for "
-        f"`{expected_weights_file(spec)}` (from {spec.weights.url}). Copy that file there "
-        "(or set `TORCH_HOME` to a folder holding `hub/checkpoints/`), or upload / give the path "
-        "of a state-dict checkpoint. Until then, use **random** weights: the control of the "
-        "paper, not a pretrained network.")
+    ok, where = weights_available(arch)
+    if ok:
+        return True, where
+    old = os.environ.get("RCV_NO_DOWNLOAD")
+    os.environ["RCV_NO_DOWNLOAD"] = "1"       # only ask what is on this machine
+    try:
+        resolve_backbone(arch, "imagenet")
+        return True, where
+    except WeightsUnavailable as e:
+        why = str(e)
+    finally:
+        if old is None:
+            os.environ.pop("RCV_NO_DOWNLOAD", None)
+        else:
+            os.environ["RCV_NO_DOWNLOAD"] = old
+    return False, (f"ImageNet weights for **{arch}** are not on this machine. {why} "
+                   "**efficientnet_lite0** has ImageNet weights that need no download.")
 
 
 @st.cache_data(show_spinner=False)

@@ -6,6 +6,7 @@ does not grow with the number of images beyond those arrays.
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import warnings
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from .errors import UserError
-from .models import SOFTMAX, ArchSpec
+from .models import SOFTMAX, ArchSpec, get_arch, is_timm_model, resolve_backbone
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -40,7 +41,14 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 def trunk(model: nn.Module, nodes: dict[str, str]) -> nn.Module:
     """FX-cut ``model`` so it returns ``{name: output of node}`` and computes nothing after the
-    deepest requested node. ``model`` must be in eval mode; it is not modified."""
+    deepest requested node. ``model`` must be in eval mode; it is not modified.
+
+    timm models are traced with timm's own ``create_feature_extractor`` (its leaf modules make
+    TF "same" padding and other data-dependent code traceable); torchvision's otherwise."""
+    if is_timm_model(model):
+        from timm.models import create_feature_extractor as timm_extractor  # optional, heavy
+
+        return timm_extractor(model, return_nodes=dict(nodes))
     with warnings.catch_warnings():
         # train/eval graphs are identical once Inception's auxiliary head is dropped
         warnings.filterwarnings("ignore", message=".*subsequence of those obtained in train.*")
@@ -86,8 +94,8 @@ class FeatureExtractor(nn.Module):
     """Pooled activations of several probe layers of ``arch`` in one forward pass.
 
     Args:
-        model: a model built by :func:`rcvcore.models.build_model` (eval mode). It is deep-copied,
-            so the caller's (possibly cached, shared) model is never modified.
+        model: a model built by :meth:`rcvcore.models.Backbone.build` (eval mode). It is
+            deep-copied, so the caller's (possibly cached, shared) model is never modified.
         arch: its registry entry.
         layers: probe layer names (``mixed8``, ``add_15``, ``pre_softmax``, ``softmax``).
         device: where to run.
@@ -194,3 +202,19 @@ def extract(extractor: FeatureExtractor, paths: list[str], transform, batch_size
     feats = {layer: (np.concatenate(c) if c else np.zeros((0, 0), np.float32))
              for layer, c in chunks.items()}
     return Extraction(feats, np.asarray(ok, dtype=int), tuple(failed))
+
+
+def probe_channels(arch: ArchSpec | str) -> dict[str, int]:
+    """Channel count of every probe layer of ``arch``, from one forward pass of a random-weights
+    model (channels do not depend on the weights' values)."""
+    return _channels(get_arch(arch))
+
+
+@functools.lru_cache(maxsize=None)
+def _channels(spec: ArchSpec) -> dict[str, int]:
+    model = resolve_backbone(spec, "random").build()
+    ex = FeatureExtractor(model, spec, [n for n, _ in spec.all_layers], device="cpu",
+                          channels_last=False)
+    with torch.no_grad():
+        out = ex(torch.zeros(1, 3, spec.input_size, spec.input_size))
+    return {k: int(v.shape[1]) for k, v in out.items()}

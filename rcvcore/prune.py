@@ -18,22 +18,11 @@ import torch
 from torch import nn
 
 from .errors import UserError
-from .models import PRE_SOFTMAX, SOFTMAX, ArchSpec, build_model, count_parameters, get_arch
+from .extract import trunk
+from .models import (PRE_SOFTMAX, SOFTMAX, ArchSpec, Backbone, count_parameters, get_arch,
+                     resolve_backbone)
 
 NONE = "none"
-
-# Node of the last convolutional feature map of each architecture: what its classifier pools.
-FULL_TRUNK_NODE: dict[str, str] = {
-    "inception_v3": "Mixed_7c",
-    "resnet50": "layer4",          # after the last block's ReLU (the module's last op)
-    "resnet18": "layer4",
-    "vgg16": "features",           # after the last max-pool; VGG's fc layers are dropped
-    "densenet121": "relu",         # F.relu after features.norm5
-    "efficientnet_b0": "features",
-    "mobilenet_v3_large": "features",
-    "convnext_tiny": "features",
-}
-
 
 def cut_node(arch: ArchSpec, cut: str) -> str:
     """Graph node where ``arch`` is cut for ``cut`` (a probe layer name, or ``none``).
@@ -43,9 +32,7 @@ def cut_node(arch: ArchSpec, cut: str) -> str:
             (the classifier output is not a feature map to prune at).
     """
     if cut in (None, "", NONE, "full"):
-        if arch.name not in FULL_TRUNK_NODE:
-            raise UserError(f"--cut none is not defined for {arch.name}; pass a probe layer.")
-        return FULL_TRUNK_NODE[arch.name]
+        return arch.full_node   # the last feature map: what the ImageNet classifier pools
     if cut in (PRE_SOFTMAX, SOFTMAX):
         raise UserError(f"--cut {cut}: the classifier output cannot be pruned at; choose a "
                         f"feature layer such as {arch.paper_cut or arch.layer_names[-3]!r}, or "
@@ -100,9 +87,7 @@ def prune(model: nn.Module, arch: ArchSpec | str, cut: str, n_outputs: int = 1, 
         seed: seed of the head initialisation.
         target_mean, target_std: regression scale of the head (see :class:`PrunedNet`).
     """
-    from .extract import trunk
-
-    arch = get_arch(arch) if isinstance(arch, str) else arch
+    arch = get_arch(arch)
     if n_outputs < 1:
         raise UserError(f"prune: n_outputs must be >= 1, got {n_outputs}.")
     node = cut_node(arch, cut)
@@ -117,12 +102,13 @@ def prune(model: nn.Module, arch: ArchSpec | str, cut: str, n_outputs: int = 1, 
     return net
 
 
-def build_pruned(arch: ArchSpec | str, weights: str, cut: str, n_outputs: int = 1, *,
-                 seed: int = 0, target_mean: float = 0.0, target_std: float = 1.0) -> PrunedNet:
-    """Build ``arch`` with ``weights`` and prune it (see :func:`prune`)."""
-    arch = get_arch(arch) if isinstance(arch, str) else arch
-    model, _ = build_model(arch, weights, seed=seed)
-    return prune(model, arch, cut, n_outputs, seed=seed, target_mean=target_mean,
+def build_pruned(arch: ArchSpec | str | Backbone, weights: str = "imagenet", cut: str = NONE,
+                 n_outputs: int = 1, *, seed: int = 0, target_mean: float = 0.0,
+                 target_std: float = 1.0) -> PrunedNet:
+    """Build ``arch`` with ``weights`` (or a resolved :class:`Backbone`) and prune it (see
+    :func:`prune`)."""
+    bb = arch if isinstance(arch, Backbone) else resolve_backbone(arch, weights, seed)
+    return prune(bb.build(), bb.spec, cut, n_outputs, seed=seed, target_mean=target_mean,
                  target_std=target_std)
 
 
@@ -180,9 +166,9 @@ def cut_summary(arch: ArchSpec | str, weights: str = "random", cut: str = NONE,
     (``weights`` is accepted for a uniform API and never downloads anything).
     """
     del weights
-    arch = get_arch(arch) if isinstance(arch, str) else arch
+    arch = get_arch(arch)
     size = int(image_size or arch.input_size)
-    model, _ = build_model(arch, "random")
+    model = resolve_backbone(arch, "random").build()
     full = prune(model, arch, NONE, n_outputs)
     pruned = full if cut in (None, "", NONE, "full") else prune(model, arch, cut, n_outputs)
     return CutSummary(

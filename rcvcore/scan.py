@@ -18,8 +18,8 @@ from .cache import ActivationCache, ActivationKey, CachedActivations
 from .data import Dataset, load_dataset
 from .data.base import closest, default_cache_dir, fingerprint
 from .errors import UserError
-from .models import (PRE_SOFTMAX, imagenet_fingerprint, SOFTMAX, ArchSpec, build_model, check_weights, get_arch,
-                     preprocess_for)
+from .extract import FeatureExtractor, extract, resolve_device
+from .models import PRE_SOFTMAX, SOFTMAX, ArchSpec, Backbone, get_arch, resolve_backbone
 from .rcv import (MODELS, LayerScore, check_measure, make_splits, score_targets,
                   shuffled_targets)
 
@@ -168,25 +168,12 @@ class ScanResult:
         return buf.getvalue()
 
 
-def weights_fingerprint(arch: ArchSpec, weights: str, seed: int) -> str:
-    """What identifies the weights of a scan: the checkpoint's content hash, the random seed, or
-    the torchvision ImageNet weights' name."""
-    if weights not in ("imagenet", "random"):
-        from .models import file_digest
-
-        p = Path(weights).expanduser()
-        return "sha256:" + file_digest(p)[:32] if p.is_file() else weights
-    if weights == "random":
-        return f"random-seed{seed}"
-    return imagenet_fingerprint(arch)
-
-
 #: Bump when a change to the scoring (splits, estimators, controls) changes results.
 SCORING_VERSION = 1
 
 
 def result_key(config: ScanConfig, arch: ArchSpec, layers: list[str], ds: Dataset,
-               runs: list[tuple[str, str, int]], images_fp: str | None = None) -> str:
+               runs: list[tuple[str, Backbone]], images_fp: str | None = None) -> str:
     """Cache key of a whole scan result: every input of the activations (architecture, weights
     fingerprints, layers, preprocessing, dataset content fingerprint) and of the scoring
     (repeats, model, controls, seed, grouping, per-class, test size), plus the versions.
@@ -195,8 +182,8 @@ def result_key(config: ScanConfig, arch: ArchSpec, layers: list[str], ds: Datase
 
     payload = {
         "arch": arch.name, "layers": list(layers), "pooling": "gap",
-        "preprocessing": preprocess_for(arch).fingerprint, "images": images_fp or fingerprint(ds),
-        "weights": [[name, weights_fingerprint(arch, w, s)] for name, w, s in runs],
+        "preprocessing": arch.preprocess.fingerprint, "images": images_fp or fingerprint(ds),
+        "weights": [[name, bb.fingerprint] for name, bb in runs],
         "repeats": config.repeats, "model": config.model, "controls": list(config.controls),
         "seed": config.seed, "per_class": config.per_class, "grouped": config.grouped,
         "test_size": config.test_size, "dataset": ds.name, "measure": ds.measure_name,
@@ -207,25 +194,23 @@ def result_key(config: ScanConfig, arch: ArchSpec, layers: list[str], ds: Datase
     return "scan:" + hashlib.sha256(blob).hexdigest()
 
 
-def activations(arch: ArchSpec, weights: str, layers: list[str], ds: Dataset, *,
-                seed: int = 0, device: str = "auto", batch_size: int = 16,
+def activations(backbone: Backbone, layers: list[str], ds: Dataset, *,
+                device: str = "auto", batch_size: int = 16,
                 cache: ActivationCache | None = None, progress: Progress | None = None,
                 images_fp: str | None = None
-                ) -> tuple[CachedActivations | None, dict[str, np.ndarray], float, str]:
-    """Pooled activations of ``layers`` for every image of ``ds``; cached layers are not
-    recomputed, and all missing layers come from ONE forward pass.
+                ) -> tuple[CachedActivations | None, dict[str, np.ndarray], float]:
+    """Pooled activations of ``layers`` of ``backbone`` for every image of ``ds``; cached layers
+    are not recomputed, and all missing layers come from ONE forward pass.
 
     Returns:
-        (ok/failed record, {layer: (n_ok, C)}, seconds spent extracting, weights source).
+        (ok/failed record, {layer: (n_ok, C)}, seconds spent extracting).
     """
-    from .extract import FeatureExtractor, extract, resolve_device
-
-    pre = preprocess_for(arch)
+    pre = backbone.preprocess
     images_fp = images_fp or fingerprint(ds)
-    wfp = weights_fingerprint(arch, weights, seed)
 
     def key(layer):
-        return ActivationKey(arch.name, wfp, layer, "gap", pre.fingerprint, images_fp)
+        return ActivationKey(backbone.arch, backbone.fingerprint, layer, "gap", pre.fingerprint,
+                             images_fp)
 
     feats: dict[str, np.ndarray] = {}
     record = None
@@ -238,13 +223,10 @@ def activations(arch: ArchSpec, weights: str, layers: list[str], ds: Dataset, *,
             feats[layer] = entry.features
             record = entry
     seconds = 0.0
-    source = weights
     if missing:
         t0 = time.perf_counter()
-        model, info = build_model(arch, weights, seed=seed)
-        source = info.source
         dev = resolve_device(device)
-        ex = FeatureExtractor(model, arch, missing, device=dev)
+        ex = FeatureExtractor(backbone.build(), backbone.spec, missing, device=dev)
         out = extract(ex, ds.paths, pre, batch_size=batch_size, progress=progress)
         seconds = time.perf_counter() - t0
         record = CachedActivations(np.zeros((0, 0)), out.ok, out.failed)
@@ -254,7 +236,7 @@ def activations(arch: ArchSpec, weights: str, layers: list[str], ds: Dataset, *,
                 cache.put(key(layer), CachedActivations(out.features[layer], out.ok, out.failed))
     elif progress:
         progress(1.0, "all layers from cache")
-    return record, feats, seconds, source
+    return record, feats, seconds
 
 
 def run_scan(config: ScanConfig, progress: Progress | None = None) -> ScanResult:
@@ -262,7 +244,7 @@ def run_scan(config: ScanConfig, progress: Progress | None = None) -> ScanResult
     config = config.validate()
     arch = get_arch(config.arch)
     layers = arch.resolve_layers(config.layers)
-    check_weights(arch, config.weights)
+    backbone = resolve_backbone(arch, config.weights, config.seed)  # fails fast when missing
     root = Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
 
     def stage(lo, hi):
@@ -279,12 +261,12 @@ def run_scan(config: ScanConfig, progress: Progress | None = None) -> ScanResult
     make_splits(len(ds), labels=labels, groups=groups, repeats=1, seed=config.seed,
                 test_size=config.test_size)
 
-    runs = [("true", config.weights, config.seed)]
+    runs = [("true", backbone)]
     if "random-weights" in config.controls:
         # scanning random weights already, the control is another random initialisation
         # (seed + 1): the same seed would only repeat the main curve
-        runs.append(("random_weights", "random",
-                     config.seed + 1 if config.weights == "random" else config.seed))
+        runs.append(("random_weights", resolve_backbone(
+            arch, "random", config.seed + 1 if config.weights == "random" else config.seed)))
     cache = ActivationCache(root / "activations") if config.use_cache else None
     images_fp = fingerprint(ds)   # stats every file: once per scan
     rkey = None
@@ -303,17 +285,15 @@ def run_scan(config: ScanConfig, progress: Progress | None = None) -> ScanResult
                 saved, config=config, timing={"extract_s": 0.0, "fit_s": 0.0},
                 cache={"hits": len(layers) * len(runs), "misses": 0, "result": "hit"})
     try:
-        feats, records, timing_extract, source = {}, {}, 0.0, config.weights
+        feats, records, timing_extract, source = {}, {}, 0.0, backbone.source
         span = 0.85 / len(runs)
-        for k, (name, weights, wseed) in enumerate(runs):
-            rec, f, secs, src = activations(
-                arch, weights, layers, ds, seed=wseed, device=config.device,
+        for k, (name, bb) in enumerate(runs):
+            rec, f, secs = activations(
+                bb, layers, ds, device=config.device,
                 batch_size=config.batch_size, cache=cache, images_fp=images_fp,
                 progress=stage(0.05 + k * span, 0.05 + (k + 1) * span))
             feats[name], records[name] = f, rec
             timing_extract += secs
-            if name == "true":
-                source = src
         hits, misses = (cache.hits, cache.misses) if cache else (0, len(layers) * len(runs))
     finally:
         if cache is not None:

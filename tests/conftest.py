@@ -9,13 +9,17 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("RCV_NO_DOWNLOAD", "1")   # tests never touch the network
+os.environ.setdefault("HF_HUB_OFFLINE", "1")    # nor does timm's Hugging Face hub client
 
 
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch, tmp_path_factory):
-    """No downloads, and a private TORCH_HOME so a user's cached weights never leak in."""
+    """No downloads, and a private TORCH_HOME and Hugging Face cache so a user's cached weights
+    never leak in."""
     monkeypatch.setenv("RCV_NO_DOWNLOAD", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path_factory.mktemp("hf_cache")))
 
 
 @pytest.fixture

@@ -38,17 +38,29 @@ def _tiny_scan(at):
     return at
 
 
-def test_first_run_offline_says_imagenet_missing_and_defaults_to_random(app_env):
+def test_first_run_opens_on_a_pretrained_network_that_needs_no_download(app_env):
     at = AppTest.from_file(MAIN, default_timeout=30).run()
     assert not at.exception
     assert at.title[0].value.startswith("Scale-covariance scan")
+    assert _widget(at, "selectbox", "scan_arch").value == "efficientnet_lite0"
+    assert _widget(at, "radio", "scan_weights_efficientnet_lite0").value == "imagenet"
+    assert not at.warning and not at.error          # no offline notice: its weights are here
+    assert not _widget(at, "button", "scan_run").disabled
+
+
+def test_offline_notice_only_for_a_network_whose_weights_are_missing(app_env):
+    at = AppTest.from_file(MAIN, default_timeout=30).run()
+    _widget(at, "selectbox", "scan_arch").set_value("resnet50")
+    at.run()
     weights = _widget(at, "radio", "scan_weights_resnet50")
     assert weights.value == "random (control)"
+    assert any("Offline mode: no ImageNet weights for resnet50" in w.value for w in at.warning)
     _widget(at, "radio", "scan_weights_resnet50").set_value("imagenet")
     at.run()
     msg = " ".join(e.value for e in at.error)
     assert "ImageNet weights for **resnet50** are not on this machine" in msg
     assert "resnet50-" in msg  # names the file torchvision expects
+    assert "efficientnet_lite0" in msg  # and the network that works offline
     assert _widget(at, "button", "scan_run").disabled
     assert any("No scan yet" in i.value for i in at.info)
 

@@ -40,8 +40,13 @@ def _fill_tiny(at, *, seeds="1", baseline=True):
 def test_train_page_widgets_and_offline_notice(app_env):
     at = _open_train(AppTest.from_file(MAIN, default_timeout=30))
     assert at.title[0].value.startswith("Fine-tune")
-    assert _w(at, "radio", "train_weights_resnet50").value == "random (control)"
+    # opens on the network whose ImageNet weights ship with the install
+    assert _w(at, "selectbox", "train_arch").value == "efficientnet_lite0"
+    assert _w(at, "radio", "train_weights_efficientnet_lite0").value == "imagenet"
     assert any("No training run yet" in i.value for i in at.info)
+    _w(at, "selectbox", "train_arch").set_value("resnet50")
+    at.run()
+    assert _w(at, "radio", "train_weights_resnet50").value == "random (control)"
     _w(at, "radio", "train_weights_resnet50").set_value("imagenet")
     at.run()
     assert any("not on this machine" in e.value for e in at.error)

@@ -5,8 +5,10 @@ import pytest
 import torch
 
 from rcvcore.errors import UserError, WeightsUnavailable
-from rcvcore.models import (ARCHS, build_model, channels, expected_weights_file, get_arch,
+from rcvcore.extract import probe_channels as channels
+from rcvcore.models import (ARCHS, build_model, expected_weights_file, get_arch,
                             preprocess_for)
+from rcvcore.models.tv import tv_weights
 
 
 def test_paper_layer_names_and_nodes():
@@ -51,7 +53,7 @@ def test_imagenet_loads_the_file_torchvision_expects_without_network(tmp_path, m
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     arch = get_arch("resnet18")
     target = expected_weights_file(arch)
-    assert target == tmp_path / "hub" / "checkpoints" / os.path.basename(arch.weights.url)
+    assert target == tmp_path / "hub" / "checkpoints" / os.path.basename(tv_weights(arch).url)
     ref, _ = build_model(arch, "random", seed=11)
     target.parent.mkdir(parents=True)
     torch.save(ref.state_dict(), target)
@@ -99,7 +101,7 @@ def test_checkpoint_path_and_mismatch(tmp_path):
         build_model("resnet18", str(bad))
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="Cannot read checkpoint"):
+    with pytest.raises(UserError, match="cannot be read as a PyTorch state dict"):
         build_model("resnet18", str(junk))
     with pytest.raises(UserError, match="no such file"):
         build_model("resnet18", str(tmp_path / "missing.pt"))
@@ -109,3 +111,18 @@ def test_preprocessing_belongs_to_the_weights():
     assert preprocess_for("inception_v3").crop == 299
     assert preprocess_for("resnet50").crop == 224
     assert preprocess_for("resnet50").resize == 256
+
+
+class _NotATensor:
+    pass
+
+
+def test_checkpoint_with_python_objects_is_refused_for_safety_and_empty_file_is_named(tmp_path):
+    obj = tmp_path / "obj.pt"
+    torch.save({"w": torch.zeros(1), "extra": _NotATensor()}, obj)
+    with pytest.raises(UserError, match="refuses to unpickle them.*arbitrary code"):
+        build_model("resnet18", str(obj))
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(UserError, match=r"empty \(0 bytes\)"):
+        build_model("resnet18", str(empty))

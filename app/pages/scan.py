@@ -10,6 +10,7 @@ from pathlib import Path
 import streamlit as st
 
 from app import charts, services, state, widgets
+from rcvcore.errors import UserError
 
 st.title("Scale-covariance scan")
 st.caption("Regression Concept Vectors (Graziani et al., iMIMIC 2020): how well a linear "
@@ -17,17 +18,31 @@ st.caption("Regression Concept Vectors (Graziani et al., iMIMIC 2020): how well 
            "(held-out R²). High R² = scale-covariant features worth keeping.")
 
 SHOW_NEXT = "scan_show_next"
+DEFAULT_ARCH = "efficientnet_lite0"   # ImageNet weights shipped in a package: works offline
+TIMM_CHOICE = "other timm CNN..."
 archs = services.arch_catalogue()
 datasets = services.dataset_catalogue()
 
 # ------------------------------------------------------------------------------------- form
 with st.sidebar:
     st.header("Scan settings")
-    arch_names = list(archs)
+    arch_names = list(archs) + [TIMM_CHOICE]
     arch = st.selectbox("Architecture", arch_names,
-                        index=arch_names.index("resnet50") if "resnet50" in arch_names else 0,
-                        key="scan_arch", help="torchvision classifiers; the paper used "
-                        "inception_v3 and resnet50")
+                        index=arch_names.index(DEFAULT_ARCH) if DEFAULT_ARCH in arch_names else 0,
+                        key="scan_arch", help="efficientnet_lite0 has ImageNet weights that need "
+                        "no download; the paper used inception_v3 and resnet50 (timm:"
+                        "inception_v3.tf_in1k is the paper's Keras InceptionV3)")
+    if arch == TIMM_CHOICE:
+        arch = st.text_input("timm model", value="timm:resnet50.a1_in1k", key="scan_timm_name",
+                             help="timm:NAME or timm:NAME.TAG; `python -m rcvcore models "
+                                  "--timm PATTERN` lists them").strip()
+        if not arch.startswith("timm:"):
+            arch = "timm:" + arch
+        try:
+            archs = {**archs, arch: services.arch_info(arch)}
+        except UserError as e:
+            st.error(str(e))
+            st.stop()
     st.caption(archs[arch]["description"])
 
     have_imagenet, how = services.imagenet_status(arch)

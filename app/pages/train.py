@@ -30,8 +30,10 @@ with st.expander("New training run", expanded=not services.list_groups() or fres
         st.success(f"From the Scan page: **{cut0['arch']}** ({cut0['weights']}), cut at "
                    f"**{cut0['layer']}**.", icon=":material/content_cut:")
     c = st.columns(3)
+    if str(cut0.get("arch", "")).startswith("timm:") and cut0["arch"] not in archs:
+        archs = {**archs, cut0["arch"]: services.arch_info(cut0["arch"])}
     arch_names = list(archs)
-    arch_default = cut0.get("arch") if cut0.get("arch") in archs else "resnet50"
+    arch_default = cut0.get("arch") if cut0.get("arch") in archs else "efficientnet_lite0"
     arch = c[0].selectbox("Architecture", arch_names, index=arch_names.index(arch_default),
                           key="train_arch")
     cuttable = [n for n in archs[arch]["all_layers"] if n not in ("pre_softmax", "softmax")]

