@@ -18,7 +18,8 @@ from .cache import ActivationCache, ActivationKey, CachedActivations
 from .data import Dataset, load_dataset
 from .data.base import closest, default_cache_dir, fingerprint
 from .errors import UserError
-from .extract import FeatureExtractor, extract, resolve_device
+from .dist import Dist, barrier, broadcast, gather, init_distributed
+from .extract import Extraction, FeatureExtractor, extract, resolve_device
 from .models import PRE_SOFTMAX, SOFTMAX, ArchSpec, Backbone, get_arch, resolve_backbone
 from .rcv import (MODELS, LayerScore, check_measure, make_splits, score_targets,
                   shuffled_targets)
@@ -197,10 +198,14 @@ def result_key(config: ScanConfig, arch: ArchSpec, layers: list[str], ds: Datase
 def activations(backbone: Backbone, layers: list[str], ds: Dataset, *,
                 device: str = "auto", batch_size: int = 16,
                 cache: ActivationCache | None = None, progress: Progress | None = None,
-                images_fp: str | None = None
+                images_fp: str | None = None, dist: Dist | None = None
                 ) -> tuple[CachedActivations | None, dict[str, np.ndarray], float]:
     """Pooled activations of ``layers`` of ``backbone`` for every image of ``ds``; cached layers
     are not recomputed, and all missing layers come from ONE forward pass.
+
+    Under torchrun (``dist`` enabled) rank 0 decides from its cache which layers are missing,
+    every rank extracts its shard of the images (every ``world``-th image), and rank 0 gathers
+    the pooled activations back in image order; the other ranks get ``(None, {}, seconds)``.
 
     Returns:
         (ok/failed record, {layer: (n_ok, C)}, seconds spent extracting).
@@ -222,12 +227,20 @@ def activations(backbone: Backbone, layers: list[str], ds: Dataset, *,
         else:
             feats[layer] = entry.features
             record = entry
+    sharded = dist is not None and dist.enabled
+    if sharded:
+        missing = broadcast(dist, missing)   # cache hits are rank 0's, decided before extraction
     seconds = 0.0
     if missing:
         t0 = time.perf_counter()
         dev = resolve_device(device)
         ex = FeatureExtractor(backbone.build(), backbone.spec, missing, device=dev)
-        out = extract(ex, ds.paths, pre, batch_size=batch_size, progress=progress)
+        if sharded:
+            out = _extract_sharded(ex, ds, pre, batch_size, progress, dist)
+            if out is None:
+                return None, {}, time.perf_counter() - t0
+        else:
+            out = extract(ex, ds.paths, pre, batch_size=batch_size, progress=progress)
         seconds = time.perf_counter() - t0
         record = CachedActivations(np.zeros((0, 0)), out.ok, out.failed)
         for layer in missing:
@@ -239,21 +252,53 @@ def activations(backbone: Backbone, layers: list[str], ds: Dataset, *,
     return record, feats, seconds
 
 
-def run_scan(config: ScanConfig, progress: Progress | None = None) -> ScanResult:
-    """Run a scan end to end (see the module docstring); ``progress(fraction, message)``."""
+def _extract_sharded(ex: FeatureExtractor, ds: Dataset, pre, batch_size: int, progress,
+                     d: Dist) -> Extraction | None:
+    """This rank's shard (images ``rank, rank + world, ...``) through ``ex``; rank 0 gets every
+    rank's pooled activations back in image order, the other ranks ``None``."""
+    idx = np.arange(d.rank, len(ds), d.world)
+    out = extract(ex, [ds.paths[i] for i in idx], pre, batch_size=batch_size,
+                  progress=progress if d.main else None)
+    parts = gather(d, (idx[out.ok], out.features, [(int(idx[i]), r) for i, r in out.failed]))
+    if parts is None:
+        return None
+    ok = np.concatenate([p[0] for p in parts]).astype(int)
+    order = np.argsort(ok, kind="stable")
+    feats = {layer: np.concatenate([p[1][layer] for p in parts if len(p[0])])[order]
+             if len(ok) else np.zeros((0, 0), np.float32) for layer in ex.layers}
+    failed = tuple(sorted(f for p in parts for f in p[2]))
+    return Extraction(feats, ok[order], failed)
+
+
+def run_scan(config: ScanConfig, progress: Progress | None = None) -> ScanResult | None:
+    """Run a scan end to end (see the module docstring); ``progress(fraction, message)``.
+
+    Launched by ``torchrun``, the images are sharded over the processes (one device each) and
+    rank 0 alone fits, caches and returns the result; the other ranks return ``None``.
+    """
     config = config.validate()
     arch = get_arch(config.arch)
     layers = arch.resolve_layers(config.layers)
     backbone = resolve_backbone(arch, config.weights, config.seed)  # fails fast when missing
     root = Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
+    d, dev = init_distributed(config.device)
+    if not d.main:
+        progress = None
 
     def stage(lo, hi):
         if progress is None:
             return None
         return lambda f, msg: progress(lo + (hi - lo) * f, msg)
 
-    ds = load_dataset(config.dataset, n=config.n, seed=config.seed, cache_dir=root,
-                      progress=stage(0.0, 0.05), **config.dataset_options)
+    if not d.main:
+        barrier(d)           # rank 0 generates demo data into the cache first
+    with warnings.catch_warnings():
+        if not d.main:
+            warnings.simplefilter("ignore")   # rank 0 reports skipped files once
+        ds = load_dataset(config.dataset, n=config.n, seed=config.seed, cache_dir=root,
+                          progress=stage(0.0, 0.05), **config.dataset_options)
+    if d.main:
+        barrier(d)
     labels = ds.labels if config.per_class else None
     groups = ds.groups if config.grouped else None
     # fail before any extraction on an unusable measure or too few images
@@ -267,12 +312,15 @@ def run_scan(config: ScanConfig, progress: Progress | None = None) -> ScanResult
         # (seed + 1): the same seed would only repeat the main curve
         runs.append(("random_weights", resolve_backbone(
             arch, "random", config.seed + 1 if config.weights == "random" else config.seed)))
-    cache = ActivationCache(root / "activations") if config.use_cache else None
+    cache = ActivationCache(root / "activations") if config.use_cache and d.main else None
     images_fp = fingerprint(ds)   # stats every file: once per scan
     rkey = None
-    if cache is not None:
+    devices = gather(d, str(dev))
+    if config.use_cache:
         rkey = result_key(config, arch, layers, ds, runs, images_fp)
-        saved = cache.get_result(rkey)
+        saved = cache.get_result(rkey) if cache is not None else None
+        if broadcast(d, saved is not None) and not d.main:
+            return None
         if saved is not None:
             cache.close()
             listed = {s.path for s in ds.skipped}   # the loader warned about these already
@@ -282,22 +330,25 @@ def run_scan(config: ScanConfig, progress: Progress | None = None) -> ScanResult
             if progress:
                 progress(1.0, "result from cache")
             return dataclasses.replace(
-                saved, config=config, timing={"extract_s": 0.0, "fit_s": 0.0},
+                saved, config=config, timing={"extract_s": 0.0, "fit_s": 0.0,
+                                              "world_size": d.world, "devices": devices},
                 cache={"hits": len(layers) * len(runs), "misses": 0, "result": "hit"})
     try:
         feats, records, timing_extract, source = {}, {}, 0.0, backbone.source
         span = 0.85 / len(runs)
         for k, (name, bb) in enumerate(runs):
             rec, f, secs = activations(
-                bb, layers, ds, device=config.device,
+                bb, layers, ds, device=dev,
                 batch_size=config.batch_size, cache=cache, images_fp=images_fp,
-                progress=stage(0.05 + k * span, 0.05 + (k + 1) * span))
+                progress=stage(0.05 + k * span, 0.05 + (k + 1) * span), dist=d)
             feats[name], records[name] = f, rec
             timing_extract += secs
         hits, misses = (cache.hits, cache.misses) if cache else (0, len(layers) * len(runs))
     finally:
         if cache is not None:
             cache.close()
+    if not d.main:
+        return None
 
     failed = dict(records["true"].failed)
     for f in failed:
@@ -338,7 +389,8 @@ def run_scan(config: ScanConfig, progress: Progress | None = None) -> ScanResult
     result = ScanResult(config, ds.name, ds.measure_name, int(len(ok)), skipped,
                         tuple(scores["true"][l] for l in layers), controls,
                         {l: arch.depth(l) for l in layers},
-                        {"extract_s": round(timing_extract, 3), "fit_s": round(fit_s, 3)},
+                        {"extract_s": round(timing_extract, 3), "fit_s": round(fit_s, 3),
+                         "world_size": d.world, "devices": devices},
                         {"hits": int(hits), "misses": int(misses),
                          "result": "miss" if rkey else "off"}, source)
     if rkey is not None:

@@ -20,7 +20,9 @@ def add_parser(sub) -> None:
     p.add_argument("--dataset", required=True,
                    help="demo-scale, folder:PATH, ... (see `python -m rcvcore datasets`)")
     p.add_argument("--layers", default="paper", help="paper | all | comma-separated layers")
-    p.add_argument("--n", type=int, default=None, help="use at most N images")
+    p.add_argument("--n", "--n-images", dest="n", type=int, default=None,
+                   help="use at most N images (under torchrun spell it --n-images: torchrun "
+                        "reads --n as an abbreviation of its own options)")
     p.add_argument("--repeats", type=int, default=10, help="random 70/30 splits (default 10)")
     p.add_argument("--model", default="ridge", choices=["ridge", "ols"],
                    help="ridge (penalty chosen on the training split) or ols (the paper's)")
@@ -81,6 +83,8 @@ def _scan(args) -> int:
             result = run_scan(config, progress=progress)
         finally:
             close()
+    if result is None:      # a torchrun rank other than 0: rank 0 reports and writes
+        return 0
     for w in caught:
         if "skipped" in str(w.message):
             print(f"warning: {w.message}", file=sys.stderr)
