@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 
 import streamlit as st
+
+from rcvcore.runs import runs_root as _rcv_runs_root
 
 CUT_KEY = "rcv_cut"            # {"arch", "weights", "layer", "dataset", "scan_id"}
 CURRENT_SCAN_KEY = "rcv_current_scan"
@@ -26,10 +27,7 @@ OVERLAY_KEY = "rcv_overlay"
 
 def runs_root(create: bool = True) -> Path:
     """Root folder of everything the app writes (``$RCV_RUNS_DIR`` or ``./runs``)."""
-    root = Path(os.environ.get("RCV_RUNS_DIR", "runs")).expanduser()
-    if create:
-        root.mkdir(parents=True, exist_ok=True)
-    return root
+    return _rcv_runs_root(create=create)
 
 
 def scans_dir() -> Path:

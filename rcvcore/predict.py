@@ -25,12 +25,17 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from PIL import Image
+
 from .data.base import ProgressFn
-from .data.images import MAX_PIXELS, ImageReadError, read_rgb
+from .data.images import MAX_PIXELS, ImageReadError, _convert, _to_uint8, read_rgb
 from .errors import UserError
+from .extract import resolve_device
 from .metrics import nearest_class
-from .train import (CHECKPOINT, CONFIG, Task, TrainConfig, build_run_model, load_checkpoint,
-                    read_run, train_transform)
+from .runs import CHECKPOINT, CONFIG, load_checkpoint, read_run
+from .train.config import TrainConfig
+from .train.data import Task
+from .train.model import build_run_model, train_transform
 
 
 @dataclass(frozen=True)
@@ -57,8 +62,6 @@ def load_run_model(run_dir, device: str = "auto", *, allow_unfinished: bool = Fa
     Raises:
         UserError: not a run directory, run not finished, or an unreadable checkpoint.
     """
-    from .extract import resolve_device
-
     run = Path(run_dir)
     st = read_run(run)
     if st.config is None:
@@ -245,10 +248,6 @@ def predict_images(run: LoadedRun, images: Sequence[tuple[str, object]], *,
             the name's suffix helps TIFF detection), a PIL image, or a numpy array
             ``(H, W)`` / ``(H, W, 3|4)`` of any integer or float depth.
     """
-    from PIL import Image
-
-    from .data.images import _convert
-
     items = []
     for name, data in images:
         try:
@@ -272,7 +271,6 @@ def predict_images(run: LoadedRun, images: Sequence[tuple[str, object]], *,
                 if arr.dtype not in (np.uint8,) and arr.ndim == 2 and arr.dtype.kind in "ui":
                     data = Image.fromarray(arr.astype(np.int32), mode="I")
                 else:
-                    from .data.images import _to_uint8
                     data = Image.fromarray(_to_uint8(arr))
             if isinstance(data, Image.Image):
                 w, h = data.size

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from rcvcore.train import read_run
+from rcvcore.runs import read_run
 
 from _train_fixtures import REPO, tiny_flags, write_folder
 
