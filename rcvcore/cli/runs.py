@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..cache import SECTIONS, cache_usage, clear_cache
+from ..cache import SECTIONS, STORE_SECTION, Store, cache_usage, clear_cache
 from ..data.base import default_cache_dir
 from ..errors import UserError
+from ..scan import RESULT_PREFIX
 from ..runs import (FINISHED, Scheduler, cancel, find_runs, group_runs, group_state,
                     is_group_dir, is_run_dir, read_comparison, read_group, read_run, runs_root)
 
@@ -155,7 +156,13 @@ def _cancel(args) -> int:
 
 def _cache(args) -> int:
     root = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
-    if args.clear:
+    if args.clear == "results":   # the scan's saved results only: its key prefix in the store
+        n = 0
+        if (root / STORE_SECTION).is_dir():
+            with Store(root / STORE_SECTION) as store:
+                n = store.clear(RESULT_PREFIX)
+        print(f"removed: {n} saved scan results")
+    elif args.clear:
         removed = clear_cache(root, args.clear)
         print("removed: " + (", ".join(removed) if removed else "nothing (already empty)"))
     total = 0
@@ -164,7 +171,8 @@ def _cache(args) -> int:
         if row["section"] == "datasets" and not row["files"]:
             continue   # the old layout, shown only when present
         total += row["bytes"]
-        extra = (f", {row['scan_results']} saved scan results" if "scan_results" in row else "")
+        extra = (f", {row['prefixes'].get(RESULT_PREFIX, 0)} saved scan results"
+                 if "prefixes" in row else "")
         print(f"  {row['section']:<18} {row['bytes'] / 2**20:>9.1f} MiB  {row['files']:>6} files"
               f"{extra}  ({row['what']})")
     print(f"  {'total':<18} {total / 2**20:>9.1f} MiB")
