@@ -19,8 +19,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import state
+from app import charts, state
 from rcvcore import runs
+from rcvcore.prune import NONE
 from rcvcore.train.config import TrainConfig
 
 
@@ -144,7 +145,7 @@ def _run_job(job: ScanJob, config) -> str:
         _free_gpu()
     record = {"label": None, "config": job.config, "result": result.to_json(),
               "created": time.time()}
-    record["label"] = default_label(record["result"])
+    record["label"] = charts.scan_label(record["result"])
     rid = scan_id_for(job.config)
     state.save_scan(rid, record)
     job.from_cache = result.cache.get("result") == "hit"
@@ -191,10 +192,6 @@ def job_error(job: ScanJob) -> str | None:
         return str(exc)
     return (f"The scan failed: {type(exc).__name__}: {exc}\n\n"
             + "".join(traceback.format_exception(exc))[-3000:])
-
-
-def default_label(result: dict) -> str:
-    return f"{result.get('arch')} · {result.get('weights')} · {result.get('dataset')}"
 
 
 def _free_gpu() -> None:
@@ -316,7 +313,7 @@ def finished_runs() -> list[dict]:
             c, test = r.config, (r.result or {}).get("test", {})
             score = ", ".join(f"{k} {test[k]:.3g}" for k in ("mae", "kappa", "accuracy")
                               if isinstance(test.get(k), (int, float)))
-            cut = "full" if c.get("cut") in ("none", None) else f"cut at {c.get('cut')}"
+            cut = "full" if c.get("cut") in (NONE, None) else f"cut at {c.get('cut')}"
             out.append({"run_dir": r.run_dir, "config": c,
                         "label": f"{group}/{Path(r.run_dir).name} · {c.get('arch')} {cut} · "
                                  f"{c.get('target')}" + (f" · test {score}" if score else "")})

@@ -18,11 +18,10 @@ from pathlib import Path
 
 import streamlit as st
 
+from rcvcore.files import atomic_write
 from rcvcore.runs import runs_root as _rcv_runs_root
 
 CUT_KEY = "rcv_cut"            # {"arch", "weights", "layer", "dataset", "scan_id"}
-CURRENT_SCAN_KEY = "rcv_current_scan"
-OVERLAY_KEY = "rcv_overlay"
 
 
 def runs_root(create: bool = True) -> Path:
@@ -51,18 +50,12 @@ def store_upload(data: bytes, suffix: str) -> Path:
     ext = suffix.lower() if re.fullmatch(r"\.[a-z0-9]{1,8}", suffix.lower() or "") else ".bin"
     path = uploads_dir() / (hashlib.sha256(data).hexdigest()[:32] + ext)
     if not path.exists():
-        tmp = path.with_suffix(path.suffix + ".part")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        atomic_write(path, data)
     return path
 
 
 def save_scan(scan_id: str, record: dict) -> Path:
-    path = scans_dir() / f"{scan_id}.json"
-    tmp = path.with_suffix(".json.part")
-    tmp.write_text(json.dumps(record))
-    tmp.replace(path)
-    return path
+    return atomic_write(scans_dir() / f"{scan_id}.json", json.dumps(record))
 
 
 def load_scans() -> dict[str, dict]:

@@ -258,3 +258,12 @@ def test_cli_train_on_folder_dataset(folder, tmp_path, monkeypatch):
     monkeypatch.setenv("RCV_RUNS_DIR", str(tmp_path / "none-yet"))
     r = cli("runs")   # the default folder, before any run: a note, not an error
     assert r.returncode == 0 and "no runs yet" in r.stdout
+
+
+def test_config_is_hashable_and_spells_the_full_network_once():
+    a = dataclasses.replace(TINY, dataset_options={"max_per_level": 4})
+    b = dataclasses.replace(TINY, dataset_options={"max_per_level": 4})
+    assert a == b and hash(a) == hash(b) and len({a, b, TINY}) == 2
+    for alias in ("full", "", None):
+        assert TrainConfig(cut=alias).cut == "none"
+    assert TrainConfig.from_dict(TrainConfig(cut="full").to_dict()).cut == "none"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -71,6 +72,16 @@ class TrainConfig:
     workers: int | None = None
     dataset_cache_dir: str | None = None
     dataset_options: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        # one spelling of the full network inside rcvcore (prune.NONE); "full" and "" are
+        # accepted on input
+        if self.cut in (None, "", "full"):
+            object.__setattr__(self, "cut", NONE)
+
+    def __hash__(self) -> int:
+        # frozen, but dataset_options is a dict: hash the JSON form (equal configs, equal hash)
+        return hash(json.dumps(self.to_dict(), sort_keys=True, default=repr))
 
     def validate(self) -> TrainConfig:
         """Check every field; raise :class:`UserError` naming the flag and the valid values."""
