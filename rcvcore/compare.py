@@ -22,6 +22,7 @@ from .runs import (RESULT, Scheduler, group_runs, plan_group, read_comparison, r
                    run_dir_of)
 from .train.config import TrainConfig
 from .train.loop import train
+from .utils import callable_module
 
 def resolve_seeds(seeds, base_seed: int) -> list[int]:
     """``3`` -> three seeds from ``base_seed``; ``"1,2,3"`` / ``[1, 2, 3]`` -> those seeds."""
@@ -144,3 +145,5 @@ def _compare_group(base: TrainConfig, cuts: list[str], seeds: list[int], root: P
 
 __all__ = ["Comparison", "compare", "summarise", "paired_tests", "resolve_seeds",
            "read_comparison", "model_label", "COMPARISON", "RESULT"]
+
+callable_module(__name__, compare)   # rcvcore.compare(...) is compare(...)

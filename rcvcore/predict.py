@@ -36,6 +36,7 @@ from .runs import CHECKPOINT, CONFIG, load_checkpoint, read_run
 from .train.config import TrainConfig
 from .train.data import Task
 from .train.model import build_run_model, train_transform
+from .utils import callable_module
 
 
 @dataclass(frozen=True)
@@ -324,3 +325,6 @@ def predict(run_dir, paths: Sequence, *, device: str = "auto", batch_size: int =
     """Load the run in ``run_dir`` and predict ``paths`` (see :func:`predict_files`)."""
     return predict_files(load_run_model(run_dir, device), paths, batch_size=batch_size,
                          progress=progress)
+
+
+callable_module(__name__, predict)   # rcvcore.predict(...) is predict(...)

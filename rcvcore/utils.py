@@ -6,10 +6,12 @@ import concurrent.futures as cf
 import difflib
 import multiprocessing
 import os
+import sys
+import types
 from typing import Callable, Sequence
 
 __all__ = ["ProgressFn", "closest", "parallel_map", "as_list", "downloads_disabled",
-           "NO_DOWNLOAD_ENV"]
+           "NO_DOWNLOAD_ENV", "callable_module"]
 
 ProgressFn = Callable[[float, str], None]
 """Optional progress callback: ``progress(fraction_done, message)``."""
@@ -23,6 +25,24 @@ def downloads_disabled() -> bool:
     ``no`` or ``off`` (so ``1``, ``yes`` and ``true`` all mean "no downloads")."""
     return os.environ.get(NO_DOWNLOAD_ENV, "").strip().lower() not in ("", "0", "false", "no",
                                                                        "off")
+
+
+def callable_module(name: str, call: Callable) -> None:
+    """Make the module ``name`` callable: ``module(*args)`` is ``call(*args)``.
+
+    The public API's entry points ``rcvcore.train``, ``rcvcore.compare`` and ``rcvcore.predict``
+    share their names with their modules; Python sets a package attribute to its submodule on
+    import, so a function of the same name in ``rcvcore`` would be overwritten. A callable
+    module is both: ``rcvcore.train.TrainConfig`` and ``rcvcore.train(config, run_dir)``.
+    """
+    module = sys.modules[name]
+
+    class CallableModule(types.ModuleType):
+        def __call__(self, *args, **kwargs):
+            return call(*args, **kwargs)
+
+    CallableModule.__call__.__doc__ = call.__doc__
+    module.__class__ = CallableModule
 
 
 def closest(name: str, choices, n: int = 3) -> str:

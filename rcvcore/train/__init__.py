@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import importlib
 
+from ..utils import callable_module
+
 _EXPORTS = {
     "TrainConfig": ".config", "TARGETS": ".config", "OPTIMIZERS": ".config",
     "TRAINABLE": ".config", "config_to_argv": ".config",
@@ -48,3 +50,11 @@ def __getattr__(name: str):
 
 def __dir__():
     return sorted(set(globals()) | set(_EXPORTS))
+
+
+def _train(*args, **kwargs):
+    """``rcvcore.train(config, run_dir, ...)``: :func:`rcvcore.train.loop.train`."""
+    return importlib.import_module(".loop", __name__).train(*args, **kwargs)
+
+
+callable_module(__name__, _train)   # rcvcore.train is the package and the entry point
