@@ -37,8 +37,13 @@ def _rgba(hex_colour: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
-def scan_label(result: dict) -> str:
-    return f"{result.get('arch')} · {result.get('weights')} · {result.get('dataset')}"
+def scan_label(result: dict, config: dict | None = None) -> str:
+    """The one label of a scan: ``arch · weights · dataset``; with the scan's ``config``
+    (the chart legend) also ``· n=N · model``."""
+    label = f"{result.get('arch')} · {result.get('weights')} · {result.get('dataset')}"
+    if config is None:
+        return label
+    return f"{label} · n={result.get('n_images')} · {config.get('model', '')}"
 
 
 def r2_figure(scans: list[dict], *, convention: str = MEAN, show_controls: bool = True,

@@ -2,7 +2,7 @@
 
 Scans run in one background worker thread of the server process (so a click elsewhere on the page
 never aborts them and a reload finds them still running); fine-tuning runs are separate processes
-that write their run directory (rcvcore.train), polled by the Train page.
+that write their run directory, started and scheduled by rcvcore.runs, polled by the Train page.
 """
 from __future__ import annotations
 
@@ -21,7 +21,10 @@ import os
 
 import streamlit as st
 
-from app import state
+from app import charts, state
+from rcvcore import runs
+from rcvcore.prune import NONE
+from rcvcore.train.config import TrainConfig
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,7 +168,7 @@ def _run_job(job: ScanJob, config) -> str:
         _free_gpu()
     record = {"label": None, "config": job.config, "result": result.to_json(),
               "created": time.time()}
-    record["label"] = default_label(record["result"])
+    record["label"] = charts.scan_label(record["result"])
     rid = scan_id_for(job.config)
     state.save_scan(rid, record)
     job.from_cache = result.cache.get("result") == "hit"
@@ -214,10 +217,6 @@ def job_error(job: ScanJob) -> str | None:
             + "".join(traceback.format_exception(exc))[-3000:])
 
 
-def default_label(result: dict) -> str:
-    return f"{result.get('arch')} · {result.get('weights')} · {result.get('dataset')}"
-
-
 def _free_gpu() -> None:
     try:
         import torch
@@ -246,229 +245,81 @@ def result_csv(result: dict) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# fine-tuning runs (subprocesses writing their run directory)
+# fine-tuning runs (subprocesses writing their run directory; rcvcore.runs does the work)
 
-RUN_STATES_ACTIVE = ("launching", "running")
+RUN_STATES_ACTIVE = runs.ACTIVE
 
 
 @st.cache_resource(show_spinner=False)
-def _children() -> dict[str, object]:
-    """Popen handles of the runs this server started (polled so that none is left a zombie)."""
-    return {}
+def _scheduler() -> runs.Scheduler:
+    """One run scheduler per server (rcvcore's): its daemon thread starts queued runs of every
+    group under the runs root, reaps finished children and finishes groups (comparison.json),
+    so a group keeps going without an open page."""
+    sched = runs.Scheduler()   # the root is $RCV_RUNS_DIR, resolved at each step
+    sched.start()
+    return sched
 
 
 def train_config(**kwargs):
     """A validated :class:`rcvcore.train.TrainConfig` (rcvcore raises UserError on bad input)."""
-    from rcvcore.train import TrainConfig
-
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in kwargs.items() if k in names}).validate()
 
 
-GROUP_FILE = "group.json"
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
-
-
 def run_dir_of(group: Path, cut: str, seed: int) -> Path:
-    """``<group>/<cut>_seed<seed>``: the layout of rcvcore.compare, so it can reuse the runs."""
-    return group / f"{cut}_seed{seed}"
+    """``<group>/<cut>_seed<seed>``: the layout of rcvcore's run groups and comparisons."""
+    return runs.run_dir_of(group, cut, seed)
 
 
 def launch_group(config, seeds: list[int], baseline: bool, max_parallel: int = 1) -> Path:
-    """Plan one run per (cut, seed) in a new group folder and start the first ones.
-
-    The baseline (``cut="none"``, the full network) comes first for each seed, as in
-    rcvcore.compare. Runs beyond ``max_parallel`` wait in ``group.json`` and are started by the
-    server's scheduler thread as earlier ones end (so they do not need an open page).
-    """
-    group = state.runs_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.arch}-{config.cut}"
-    k = 1
-    while group.exists():
-        k += 1
-        group = group.with_name(f"{group.name.split('~')[0]}~{k}")
-    group.mkdir(parents=True)
-    cuts = (["none"] if baseline and config.cut != "none" else []) + [config.cut]
-    _write_json(group / GROUP_FILE, {
-        "base": config.to_dict(), "cuts": cuts, "seeds": [int(s) for s in seeds],
-        "max_parallel": int(max(1, max_parallel)), "cancelled": False, "created": time.time()})
-    advance_group(group)
-    _scheduler()
-    return group
+    """Plan one run per (cut, seed) in a new group folder and start the first ones (the
+    baseline, the full network, first for each seed); the server's scheduler starts the others
+    as earlier ones end."""
+    return _scheduler().launch_group(config, seeds, baseline=baseline,
+                                     max_parallel=max_parallel, group=None)
 
 
 def read_group(group: Path) -> dict | None:
-    try:
-        return json.loads((Path(group) / GROUP_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def advance_group(group: Path) -> int:
-    """Start planned runs of ``group`` while fewer than ``max_parallel`` are active.
-
-    Returns the number of runs still waiting to start.
-    """
-    from rcvcore.train import TrainConfig, launch, read_run
-
-    plan = read_group(group)
-    if not plan or plan.get("cancelled"):
-        return 0
-    base = TrainConfig.from_dict(plan["base"])
-    pending, active = [], 0
-    for seed in plan["seeds"]:
-        for cut in plan["cuts"]:
-            d = run_dir_of(group, cut, seed)
-            if not d.exists():
-                pending.append((cut, seed, d))
-            elif read_run(d).state in RUN_STATES_ACTIVE:
-                active += 1
-    children = _children()
-    while pending and active < plan["max_parallel"]:
-        cut, seed, d = pending.pop(0)
-        children[str(d)] = launch(dataclasses.replace(base, cut=cut, seed=int(seed)), d)
-        active += 1
-    return len(pending)
-
-
-def _cancel_started(group: Path) -> None:
-    """SIGTERM the runs of a cancelled group that have reached ``running`` (a run still
-    launching has no pid yet; the scheduler comes back to it)."""
-    from rcvcore.train import cancel, read_run
-
-    for d in Path(group).iterdir():
-        if d.is_dir() and read_run(d).state == "running":
-            cancel(d, wait=None)
+    return runs.read_group(group)
 
 
 def cancel_group(group: Path) -> None:
     """Cancel every active run of ``group`` and drop the ones not started yet."""
-    plan = read_group(group)
-    if plan is not None:
-        plan["cancelled"] = True
-        _write_json(Path(group) / GROUP_FILE, plan)
-    for r in read_runs(list_groups().get(Path(group).name, [])):
-        if r.state in RUN_STATES_ACTIVE:
-            cancel_run(Path(r.run_dir))
+    _scheduler().cancel_group(group, wait=None)
 
 
-@st.cache_resource(show_spinner=False)
-def _scheduler() -> threading.Thread:
-    """One daemon thread per server: starts queued runs and reaps finished children."""
-    def loop():
-        while True:
-            try:
-                reap_children()
-                root = state.runs_root(create=False)
-                for g in (root.iterdir() if root.is_dir() else ()):
-                    if (g / GROUP_FILE).is_file():
-                        if advance_group(g) == 0 and (read_group(g) or {}).get("cancelled"):
-                            _cancel_started(g)
-            except Exception:  # never let the scheduler die on a half-written folder
-                pass
-            time.sleep(2.0)
-
-    t = threading.Thread(target=loop, name="rcv-run-scheduler", daemon=True)
-    t.start()
-    return t
-
-
-def group_table(group: Path, runs: list) -> tuple[str | None, list[dict]]:
-    """rcvcore's Table 2 summary of the finished runs of ``group`` (text, rows), or (None, [])."""
-    from rcvcore.compare import summarise
-    from rcvcore.train import TrainConfig
-
-    plan = read_group(group)
-    if not plan:
-        return None, []
-    by_dir = {Path(r.run_dir).name: r for r in runs}
-    results, states = {}, {}
-    for seed in plan["seeds"]:
-        for cut in plan["cuts"]:
-            r = by_dir.get(run_dir_of(group, cut, seed).name)
-            results[(cut, seed)] = r.result if r is not None and r.state == "done" else None
-            states[(cut, seed)] = r.state if r is not None else "waiting"
-    if not any(results.values()):
-        return None, []
-    finished = all(s in ("done", "failed", "cancelled") for s in states.values())
-    comp = summarise(TrainConfig.from_dict(plan["base"]), plan["cuts"], plan["seeds"], results,
-                     states, group, "cancelled" if plan.get("cancelled") else "done")
-    if finished and not (group / "comparison.json").is_file():
-        comp.save()  # the same comparison.json as `python -m rcvcore compare`
-    return comp.table(), list(comp.rows)
-
-
-@st.cache_resource(show_spinner=False)
-def _exited() -> dict[str, int]:
-    """Exit codes of the runs this server started, once their process has ended."""
-    return {}
+def group_table(group: Path) -> tuple[str | None, list[dict]]:
+    """rcvcore's Table 2 summary of the finished runs of ``group`` (text, rows), or (None, []).
+    Reads only: the group's completion writes comparison.json."""
+    comp = runs.group_comparison(group)
+    return (None, []) if comp is None else (comp.table(), list(comp.rows))
 
 
 def reap_children() -> None:
-    for key, proc in list(_children().items()):
-        code = proc.poll()
-        if code is not None:  # finished: collect its exit status, drop the handle
-            _exited()[key] = code
-            _children().pop(key, None)
+    _scheduler().reap()
 
 
 def run_state(rs) -> str:
     """``rs.state``, except a run whose process ended before writing any status: ``failed``."""
-    s = rs.state
-    if s == "launching" and str(Path(rs.run_dir)) in _exited():
-        return "failed"
-    return s
+    return _scheduler().run_state(rs)
 
 
 def start_failure(rs) -> str | None:
     """Why a run never started (its process ended before writing status), with its log tail."""
-    code = _exited().get(str(Path(rs.run_dir)))
-    if rs.state != "launching" or code is None:
-        return None
-    try:
-        tail = (Path(rs.run_dir) / "train.log").read_text()[-1500:]
-    except OSError:
-        tail = ""
-    return f"the training process exited with status {code} before starting.\n\n{tail}"
+    return _scheduler().start_failure(rs)
 
 
 def list_groups() -> dict[str, list[Path]]:
-    """Run groups under the runs root, newest first: ``{group name: [run dirs that exist]}``.
-
-    A run directory directly under the root (e.g. from the CLI) is its own group.
-    """
-    from rcvcore.train import is_run_dir
-
-    root = state.runs_root()
-    groups: list[tuple[float, str, list[Path]]] = []
-    for d in root.iterdir():
-        if not d.is_dir() or d.name.startswith(("_", ".")):
-            continue
-        if is_run_dir(d):
-            groups.append((d.stat().st_mtime, d.name, [d]))
-            continue
-        runs = sorted((r for r in d.iterdir() if r.is_dir() and is_run_dir(r)), key=lambda p: p.name)
-        plan = read_group(d)
-        if runs or plan:
-            groups.append(((plan or {}).get("created") or d.stat().st_mtime, d.name, runs))
-    groups.sort(key=lambda g: (g[0], g[1]), reverse=True)
-    return {name: runs for _, name, runs in groups}
+    """Run groups under the runs root, newest first: ``{group name: [run dirs that exist]}``."""
+    return runs.list_groups(state.runs_root())
 
 
 def read_runs(run_dirs: list[Path]) -> list:
-    from rcvcore.train import read_run
-
-    return [read_run(r) for r in run_dirs]
+    return [runs.read_run(r) for r in run_dirs]
 
 
 def cancel_run(run_dir: Path) -> str:
-    from rcvcore.train import cancel
-
-    return cancel(run_dir, wait=None)  # a run still launching is cancelled by the scheduler
+    return runs.cancel(run_dir, wait=None)  # a run still launching is cancelled by the scheduler
 
 
 # --------------------------------------------------------------------------------------------
@@ -485,7 +336,7 @@ def finished_runs() -> list[dict]:
             c, test = r.config, (r.result or {}).get("test", {})
             score = ", ".join(f"{k} {test[k]:.3g}" for k in ("mae", "kappa", "accuracy")
                               if isinstance(test.get(k), (int, float)))
-            cut = "full" if c.get("cut") in ("none", None) else f"cut at {c.get('cut')}"
+            cut = "full" if c.get("cut") in (NONE, None) else f"cut at {c.get('cut')}"
             out.append({"run_dir": r.run_dir, "config": c,
                         "label": f"{group}/{Path(r.run_dir).name} · {c.get('arch')} {cut} · "
                                  f"{c.get('target')}" + (f" · test {score}" if score else "")})

@@ -13,23 +13,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 
 import streamlit as st
 
+from rcvcore.files import atomic_write
+from rcvcore.runs import runs_root as _rcv_runs_root
+
 CUT_KEY = "rcv_cut"            # {"arch", "weights", "layer", "dataset", "scan_id"}
-CURRENT_SCAN_KEY = "rcv_current_scan"
-OVERLAY_KEY = "rcv_overlay"
 
 
 def runs_root(create: bool = True) -> Path:
     """Root folder of everything the app writes (``$RCV_RUNS_DIR`` or ``./runs``)."""
-    root = Path(os.environ.get("RCV_RUNS_DIR", "runs")).expanduser()
-    if create:
-        root.mkdir(parents=True, exist_ok=True)
-    return root
+    return _rcv_runs_root(create=create)
 
 
 def scans_dir() -> Path:
@@ -53,18 +50,12 @@ def store_upload(data: bytes, suffix: str) -> Path:
     ext = suffix.lower() if re.fullmatch(r"\.[a-z0-9]{1,8}", suffix.lower() or "") else ".bin"
     path = uploads_dir() / (hashlib.sha256(data).hexdigest()[:32] + ext)
     if not path.exists():
-        tmp = path.with_suffix(path.suffix + ".part")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        atomic_write(path, data)
     return path
 
 
 def save_scan(scan_id: str, record: dict) -> Path:
-    path = scans_dir() / f"{scan_id}.json"
-    tmp = path.with_suffix(".json.part")
-    tmp.write_text(json.dumps(record))
-    tmp.replace(path)
-    return path
+    return atomic_write(scans_dir() / f"{scan_id}.json", json.dumps(record))
 
 
 def load_scans() -> dict[str, dict]:

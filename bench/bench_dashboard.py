@@ -29,7 +29,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app import browser_harness as h  # noqa: E402
-from rcvcore.cache import ActivationCache  # noqa: E402
+from rcvcore.cache import Store  # noqa: E402
+from rcvcore.scan import RESULT_PREFIX  # noqa: E402
 
 
 def _configure(page, arch: str, n: int) -> None:
@@ -75,8 +76,8 @@ def bench_cached_scan(work: Path, arch: str, n: int, presses: int
             refit, saved = [], []
             for _ in range(presses):
                 shutil.rmtree(srv.workdir / "runs" / "_scans", ignore_errors=True)
-                with ActivationCache(srv.workdir / "cache" / "activations") as store:
-                    assert store.clear_results() >= 1
+                with Store(srv.workdir / "cache" / "activations") as store:
+                    assert store.clear(RESULT_PREFIX) >= 1
                 page.reload()
                 h.open_app(page, srv.url)
                 page.get_by_text("No scan yet").first.wait_for()

@@ -1,22 +1,105 @@
-"""Disk cache of pooled activations, keyed by content fingerprints.
+"""The disk cache: a generic store of arrays and JSON under string keys, and the cache root.
 
-One entry per (architecture, weights fingerprint, layer, pooling, preprocessing, dataset
-fingerprint). The dataset fingerprint covers every image path with its size and mtime and every
-label, so a changed image, measure or checkpoint never returns stale activations. An entry that
-cannot be read or has the wrong shape is treated as a miss and recomputed.
+:class:`Store` is a diskcache-backed store with an explicit size limit; it knows nothing of what
+it holds. Each user owns its key prefix and its value format: pooled activations are
+:class:`ActivationCache` entries (``act:``, keyed by content fingerprints), scan results are the
+scan's JSON under its own prefix (:data:`rcvcore.scan.RESULT_PREFIX`).
+
+One activation entry per (architecture, weights fingerprint, layer, pooling, preprocessing,
+dataset fingerprint). The dataset fingerprint covers every image path with its size and mtime and
+every label, so a changed image, measure or checkpoint never returns stale activations. An entry
+that cannot be read or has the wrong shape is treated as a miss and recomputed.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import diskcache
 import numpy as np
+
+from .errors import UserError
 
 #: Explicit size limit (diskcache's default evicts silently at 1 GiB). ``RCV_CACHE_SIZE_GB``.
 DEFAULT_SIZE_GB = 8.0
+
+
+class Store:
+    """A diskcache store of arrays, dicts of arrays and JSON values under string keys.
+
+    A value that cannot be read back (damaged file, unpicklable) reads as missing and is
+    dropped, so its owner recomputes it.
+    """
+
+    def __init__(self, directory, size_limit_gb: float | None = None):
+        gb = size_limit_gb if size_limit_gb is not None else float(
+            os.environ.get("RCV_CACHE_SIZE_GB", DEFAULT_SIZE_GB))
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._cache = diskcache.Cache(str(self.directory), size_limit=int(gb * 2**30),
+                                      eviction_policy="least-recently-used")
+
+    def get(self, key: str):
+        """The value under ``key``, or None (missing or unreadable: then it is dropped)."""
+        try:
+            return self._cache.get(key)
+        except Exception:  # an unreadable pickle / file is a miss, and must not stay
+            self.delete(key)
+            return None
+
+    def put(self, key: str, value) -> None:
+        """Store ``value`` (an array, a dict of arrays and plain values, or JSON data)."""
+        self._cache.set(key, value)
+
+    def get_json(self, key: str):
+        """A JSON value stored with :meth:`put_json`, or None."""
+        text = self.get(key)
+        if text is None:
+            return None
+        try:
+            return json.loads(text) if isinstance(text, str) else text
+        except ValueError:
+            self.delete(key)
+            return None
+
+    def put_json(self, key: str, value) -> None:
+        self.put(key, json.dumps(value))
+
+    def delete(self, key: str) -> None:
+        try:
+            self._cache.delete(key)
+        except Exception:  # a damaged entry that cannot even be deleted: diskcache culls it
+            pass
+
+    def keys(self, prefix: str = "") -> list[str]:
+        return [k for k in self._cache.iterkeys() if isinstance(k, str) and k.startswith(prefix)]
+
+    def count(self, prefix: str = "") -> int:
+        return len(self.keys(prefix))
+
+    def clear(self, prefix: str = "") -> int:
+        """Delete every entry whose key starts with ``prefix``; returns how many."""
+        keys = self.keys(prefix)
+        for k in keys:
+            self.delete(k)
+        return len(keys)
+
+    def volume(self) -> int:
+        """Bytes used on disk."""
+        return int(self._cache.volume())
+
+    def close(self) -> None:
+        self._cache.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 @dataclass(frozen=True)
@@ -30,40 +113,37 @@ class ActivationKey:
 
     def digest(self) -> str:
         payload = json.dumps(self.__dict__, sort_keys=True).encode()
-        return "act:" + hashlib.sha256(payload).hexdigest()
+        return ACTIVATION_PREFIX + hashlib.sha256(payload).hexdigest()
+
+
+ACTIVATION_PREFIX = "act:"
 
 
 @dataclass(frozen=True)
 class CachedActivations:
+    """The pooled activations of one layer, as stored (one entry per layer)."""
+
     features: np.ndarray                   # (n_ok, n_channels) float32
     ok: np.ndarray                         # indices of readable images
     failed: tuple[tuple[int, str], ...]    # (index, reason)
 
 
 class ActivationCache:
-    """diskcache-backed store; ``hits`` and ``misses`` count layer lookups."""
+    """Pooled activations kept in a :class:`Store` (``store``, which other users share under
+    their own key prefixes); ``hits`` and ``misses`` count layer lookups."""
 
     def __init__(self, directory, size_limit_gb: float | None = None):
-        import diskcache
-
-        gb = size_limit_gb if size_limit_gb is not None else float(
-            os.environ.get("RCV_CACHE_SIZE_GB", DEFAULT_SIZE_GB))
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._cache = diskcache.Cache(str(self.directory), size_limit=int(gb * 2**30),
-                                      eviction_policy="least-recently-used")
+        self.store = Store(directory, size_limit_gb)
+        self.directory = self.store.directory
         self.hits = 0
         self.misses = 0
 
     def get(self, key: ActivationKey, n_images: int) -> CachedActivations | None:
-        try:
-            value = self._cache.get(key.digest())
-        except Exception:  # unreadable pickle / file: recompute
-            value = None
+        value = self.store.get(key.digest())
         entry = self._validate(value, n_images)
         if entry is None:
             if value is not None:
-                self._cache.delete(key.digest())
+                self.store.delete(key.digest())
             self.misses += 1
             return None
         self.hits += 1
@@ -75,7 +155,7 @@ class ActivationCache:
             feats = np.asarray(value["features"], dtype=np.float32)
             ok = np.asarray(value["ok"], dtype=int)
             failed = tuple((int(i), str(r)) for i, r in value["failed"])
-        except Exception:
+        except Exception:  # any malformed entry is a miss
             return None
         if feats.ndim != 2 or feats.shape[0] != len(ok) or len(ok) + len(failed) != n_images:
             return None
@@ -84,35 +164,13 @@ class ActivationCache:
         return CachedActivations(feats, ok, failed)
 
     def put(self, key: ActivationKey, entry: CachedActivations) -> None:
-        self._cache.set(key.digest(), {"features": np.ascontiguousarray(entry.features,
-                                                                          dtype=np.float32),
-                                       "ok": entry.ok.tolist(),
-                                       "failed": [list(f) for f in entry.failed]})
-
-    def get_result(self, key: str):
-        """A whole scan result saved under ``key`` (see :func:`rcvcore.scan.result_key`), or
-        None; an entry that does not load is dropped and recomputed."""
-        from .scan import ScanResult
-
-        try:
-            value = self._cache.get(key)
-            return None if value is None else ScanResult.from_json(value)
-        except Exception:
-            self._cache.delete(key)
-            return None
-
-    def put_result(self, key: str, result) -> None:
-        self._cache.set(key, result.to_json())
-
-    def clear_results(self) -> int:
-        """Forget every saved scan result (activations stay); returns how many were dropped."""
-        keys = [k for k in self._cache.iterkeys() if isinstance(k, str) and k.startswith("scan:")]
-        for k in keys:
-            self._cache.delete(k)
-        return len(keys)
+        self.store.put(key.digest(), {"features": np.ascontiguousarray(entry.features,
+                                                                       dtype=np.float32),
+                                      "ok": entry.ok.tolist(),
+                                      "failed": [list(f) for f in entry.failed]})
 
     def close(self) -> None:
-        self._cache.close()
+        self.store.close()
 
     def __enter__(self):
         return self
@@ -128,8 +186,11 @@ SECTIONS = {
     "demo-histology": "generated demo-histology 40x tiles and masks",
     "demo-he": "the demo-he source image, its tiles and automatic nuclei masks",
     "histology-patches": "patches of janowczyk / demo-histology / demo-he sources",
+    "image-checks": "verdicts of the image checks of imagenet / voc / breakhis folders",
     "datasets": "embedded datasets written by scans of rcvcore 0.1.0 before 2026-11-26",
 }
+#: The section that is a :class:`Store`.
+STORE_SECTION = "activations"
 
 
 def _du(path: Path) -> tuple[int, int]:
@@ -146,42 +207,34 @@ def _du(path: Path) -> tuple[int, int]:
 
 def cache_usage(root) -> list[dict]:
     """Size of each section of the cache root: ``[{"section", "path", "files", "bytes",
-    "what"}]`` (plus the number of saved scan results for ``activations``)."""
+    "what"}]``; the store's row adds ``entries`` and ``prefixes`` (entries per key prefix, the
+    part of the key up to and including its first ``:``)."""
     root = Path(root)
     out = []
     for name, what in SECTIONS.items():
         path = root / name
         files, size = _du(path) if path.is_dir() else (0, 0)
         row = {"section": name, "path": str(path), "files": files, "bytes": size, "what": what}
-        if name == "activations" and path.is_dir():
-            import diskcache
-
-            with diskcache.Cache(str(path)) as c:
-                keys = [k for k in c.iterkeys() if isinstance(k, str)]
+        if name == STORE_SECTION and path.is_dir():
+            with Store(path) as store:
+                keys = store.keys()
+            prefixes: dict[str, int] = {}
+            for k in keys:
+                p = k.split(":", 1)[0] + ":" if ":" in k else ""
+                prefixes[p] = prefixes.get(p, 0) + 1
             row["entries"] = len(keys)
-            row["scan_results"] = sum(k.startswith("scan:") for k in keys)
+            row["prefixes"] = prefixes
         out.append(row)
     return out
 
 
 def clear_cache(root, what: str) -> list[str]:
-    """Delete a part of the cache root: ``results`` (saved scan results only), a section name
-    of :data:`SECTIONS`, or ``all``. Returns what was removed."""
-    import shutil
-
+    """Delete a section of the cache root (a name of :data:`SECTIONS`) or ``all``. Returns
+    what was removed."""
     root = Path(root)
-    if what == "results":
-        path = root / "activations"
-        if not path.is_dir():
-            return []
-        with ActivationCache(path) as store:
-            n = store.clear_results()
-        return [f"{n} saved scan results"]
     names = list(SECTIONS) if what == "all" else [what]
     for n in names:
         if n not in SECTIONS:
-            from .errors import UserError
-
             raise UserError(f"--clear {what!r}: choose results, {', '.join(SECTIONS)} or all.")
     removed = []
     for n in names:

@@ -25,12 +25,18 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from PIL import Image
+
 from .data.base import ProgressFn
-from .data.images import MAX_PIXELS, ImageReadError, read_rgb
+from .data.images import MAX_PIXELS, ImageReadError, _convert, _to_uint8, read_rgb
 from .errors import UserError
+from .extract import resolve_device
 from .metrics import nearest_class
-from .train import (CHECKPOINT, CONFIG, Task, TrainConfig, build_run_model, load_checkpoint,
-                    read_run, train_transform)
+from .runs import CHECKPOINT, CONFIG, load_checkpoint, read_run
+from .train.config import TrainConfig
+from .train.data import Task
+from .train.model import build_run_model, train_transform
+from .utils import callable_module
 
 
 @dataclass(frozen=True)
@@ -57,8 +63,6 @@ def load_run_model(run_dir, device: str = "auto", *, allow_unfinished: bool = Fa
     Raises:
         UserError: not a run directory, run not finished, or an unreadable checkpoint.
     """
-    from .extract import resolve_device
-
     run = Path(run_dir)
     st = read_run(run)
     if st.config is None:
@@ -116,28 +120,59 @@ class Prediction:
                 "error": self.error}
 
 
-def tiles_of(img, patch: int, max_tiles: int = 64):
-    """Split a PIL image into the centred grid of ``patch`` tiles (see the module docstring).
+@dataclass(frozen=True)
+class Tiling:
+    """How an image was adapted to the training patches.
 
-    Returns:
-        ``(tiles, note)``: a list of PIL images, and None or a note about resizing/sampling.
+    Attributes:
+        kind: ``patch`` (one training-size patch), ``tiled`` (a grid of patches at native
+            resolution) or ``resized`` (smaller than a patch: resized, so areas are rescaled).
+        tiles: the patches (PIL images) to predict.
+        grid: ``(columns, rows)`` of the tiling (``(1, 1)`` for a patch or a resized image).
+        sampled: how many tiles were kept when the grid had more than ``max_tiles`` (else None).
     """
+
+    kind: str
+    tiles: tuple
+    grid: tuple[int, int] = (1, 1)
+    patch: int = 0
+    size: tuple[int, int] = (0, 0)
+    sampled: int | None = None
+
+    @property
+    def n_tiles(self) -> int:
+        """Patches averaged into the prediction (0 when the image was resized)."""
+        return 0 if self.kind == "resized" else len(self.tiles)
+
+    @property
+    def note(self) -> str | None:
+        """What the user is told about the adaptation (None for a plain patch)."""
+        if self.kind == "resized":
+            w, h = self.size
+            return (f"{w}x{h} is smaller than the training patches ({self.patch}x{self.patch}): "
+                    "resized, so areas in pixels are rescaled")
+        if self.kind == "patch":
+            return None
+        note = f"tiled into {self.grid[0]}x{self.grid[1]} patches of {self.patch} px"
+        return note + (f", {self.sampled} evenly sampled" if self.sampled else "")
+
+
+def tiles_of(img, patch: int, max_tiles: int = 64) -> Tiling:
+    """Split a PIL image into the centred grid of ``patch`` tiles (see the module docstring)."""
     w, h = img.size
     if w < patch or h < patch:
-        return [img], (f"{w}x{h} is smaller than the training patches ({patch}x{patch}): "
-                       "resized, so areas in pixels are rescaled")
+        return Tiling("resized", (img,), patch=patch, size=(w, h))
     nx, ny = w // patch, h // patch
     x0, y0 = (w - nx * patch) // 2, (h - ny * patch) // 2
     boxes = [(x0 + i * patch, y0 + j * patch, x0 + (i + 1) * patch, y0 + (j + 1) * patch)
              for j in range(ny) for i in range(nx)]
-    note = None
-    if len(boxes) > 1:
-        note = f"tiled into {nx}x{ny} patches of {patch} px"
+    sampled = None
     if len(boxes) > max_tiles:
         keep = np.linspace(0, len(boxes) - 1, max_tiles).round().astype(int)
         boxes = [boxes[i] for i in keep]
-        note += f", {max_tiles} evenly sampled"
-    return [img.crop(b) for b in boxes], note
+        sampled = max_tiles
+    kind = "tiled" if nx * ny > 1 else "patch"
+    return Tiling(kind, tuple(img.crop(b) for b in boxes), (nx, ny), patch, (w, h), sampled)
 
 
 def _predict_tensors(run: LoadedRun, xs: torch.Tensor) -> np.ndarray:
@@ -188,12 +223,12 @@ def _predict_pil(run: LoadedRun, items, batch_size: int, max_tiles: int,
             results[i] = Prediction(name, error=img)
             continue
         try:
-            tiles, note = tiles_of(img, run.task.patch_size, max_tiles)
-            tensors = [run.transform(t) for t in tiles]
+            tiling = tiles_of(img, run.task.patch_size, max_tiles)
+            tensors = [run.transform(t) for t in tiling.tiles]
         except Exception as e:
             results[i] = Prediction(name, error=f"{type(e).__name__}: {e}")
             continue
-        meta[i] = (len(tiles) if note is None or "resized" not in note else 0, note)
+        meta[i] = (tiling.n_tiles, tiling.note)
         for t in tensors:
             pending.append((i, t))
             if len(pending) >= batch_size:
@@ -245,10 +280,6 @@ def predict_images(run: LoadedRun, images: Sequence[tuple[str, object]], *,
             the name's suffix helps TIFF detection), a PIL image, or a numpy array
             ``(H, W)`` / ``(H, W, 3|4)`` of any integer or float depth.
     """
-    from PIL import Image
-
-    from .data.images import _convert
-
     items = []
     for name, data in images:
         try:
@@ -272,7 +303,6 @@ def predict_images(run: LoadedRun, images: Sequence[tuple[str, object]], *,
                 if arr.dtype not in (np.uint8,) and arr.ndim == 2 and arr.dtype.kind in "ui":
                     data = Image.fromarray(arr.astype(np.int32), mode="I")
                 else:
-                    from .data.images import _to_uint8
                     data = Image.fromarray(_to_uint8(arr))
             if isinstance(data, Image.Image):
                 w, h = data.size
@@ -295,3 +325,6 @@ def predict(run_dir, paths: Sequence, *, device: str = "auto", batch_size: int =
     """Load the run in ``run_dir`` and predict ``paths`` (see :func:`predict_files`)."""
     return predict_files(load_run_model(run_dir, device), paths, batch_size=batch_size,
                          progress=progress)
+
+
+callable_module(__name__, predict)   # rcvcore.predict(...) is predict(...)

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from .cache import ActivationCache, ActivationKey, CachedActivations
+from .cache import ActivationCache, ActivationKey, CachedActivations, Store
 from .data import Dataset, load_dataset
 from .data.base import closest, default_cache_dir, fingerprint
 from .errors import UserError
@@ -87,12 +87,6 @@ class ScanResult:
     timing: dict[str, float] = field(default_factory=dict)
     cache: dict[str, int | str] = field(default_factory=dict)
     weights_source: str = ""
-
-    def layer(self, name: str) -> LayerScore:
-        for s in self.layers:
-            if s.layer == name:
-                return s
-        raise KeyError(name)
 
     def suggest_cut(self) -> tuple[str, str]:
         """Suggested prune point and the rule that chose it.
@@ -192,7 +186,24 @@ def result_key(config: ScanConfig, arch: ArchSpec, layers: list[str], ds: Datase
         "rcvcore": __version__, "scoring": SCORING_VERSION,
     }
     blob = json.dumps(payload, sort_keys=True).encode()
-    return "scan:" + hashlib.sha256(blob).hexdigest()
+    return RESULT_PREFIX + hashlib.sha256(blob).hexdigest()
+
+
+#: Key prefix of saved scan results in the cache's store (``cache --clear results``).
+RESULT_PREFIX = "scan:"
+
+
+def saved_result(store, key: str) -> ScanResult | None:
+    """The scan result saved under ``key`` in ``store`` (a :class:`rcvcore.cache.Store`), or
+    None; an entry that does not load is dropped (and recomputed)."""
+    value = store.get_json(key)
+    if value is None:
+        return None
+    try:
+        return ScanResult.from_json(value)
+    except Exception:  # an old or damaged result: recompute it
+        store.delete(key)
+        return None
 
 
 def activations(backbone: Backbone, layers: list[str], ds: Dataset, *,
@@ -318,7 +329,7 @@ def run_scan(config: ScanConfig, progress: Progress | None = None) -> ScanResult
     devices = gather(d, str(dev))
     if config.use_cache:
         rkey = result_key(config, arch, layers, ds, runs, images_fp)
-        saved = cache.get_result(rkey) if cache is not None else None
+        saved = saved_result(cache.store, rkey) if cache is not None else None
         if broadcast(d, saved is not None) and not d.main:
             return None
         if saved is not None:
@@ -394,6 +405,6 @@ def run_scan(config: ScanConfig, progress: Progress | None = None) -> ScanResult
                         {"hits": int(hits), "misses": int(misses),
                          "result": "miss" if rkey else "off"}, source)
     if rkey is not None:
-        with ActivationCache(root / "activations") as store:
-            store.put_result(rkey, result)
+        with Store(root / "activations") as store:
+            store.put_json(rkey, result.to_json())
     return result

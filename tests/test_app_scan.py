@@ -84,8 +84,8 @@ def test_scan_tiny_config_draws_chart_table_and_cut(app_env):
     assert len(saved) == 1
     rec = json.loads(saved[0].read_text())
     assert rec["result"]["arch"] == "resnet18"
-    labels = {b.label for b in at.get("download_button")} if at.get("download_button") else set()
-    assert labels is not None
+    labels = {b.proto.label for b in at.get("download_button")}
+    assert {"CSV", "JSON", "Chart (HTML)"} <= labels, labels
 
 
 def test_scan_rerun_is_cached_and_overlay_and_paper_convention(app_env):

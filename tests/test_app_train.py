@@ -89,8 +89,13 @@ def test_train_tiny_runs_to_table2(app_env):
     assert models == ["ResNet18", "ResNet18 pruned at add_6"]
     cfg = json.loads((groups[0] / "add_6_seed1" / "config.json").read_text())
     assert cfg["dataset_options"] == {"max_per_level": 4}   # through the launch argv
-    # the finished group has the same comparison.json as `python -m rcvcore compare`
+    # the finished group has the same comparison.json as `python -m rcvcore compare`, written
+    # by the group's completion in the server's scheduler (never while a page renders)
+    deadline = time.time() + 30
+    while not (groups[0] / "comparison.json").is_file() and time.time() < deadline:
+        time.sleep(0.5)
     comp = json.loads((groups[0] / "comparison.json").read_text())
+    assert json.loads((groups[0] / "group.json").read_text())["state"] == "done"
     assert comp["cuts"] == ["none", "add_6"] and comp["seeds"] == [1]
     assert [r["states"] for r in comp["rows"]] == [["done"], ["done"]]
     assert comp["table"].splitlines()[0].startswith("Model")

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from rcvcore.train import read_run
+from rcvcore.runs import read_run
 
 from _train_fixtures import REPO, tiny_flags, write_folder
 
@@ -43,3 +43,30 @@ def test_torchrun_two_cpu_processes(tmp_path):
     assert steps == sorted(set(steps))
     ck = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=True)
     assert ck["epoch"] == 2 and not any(k.startswith("module.") for k in ck["model"])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_ddp_resume_uses_the_configured_device(tmp_path):
+    """A DDP resume initialises on the run's configured device, not on "auto": a run configured
+    for CUDA, resumed under torchrun on a machine without CUDA, says so (it used to train on
+    the CPU silently)."""
+    import json
+
+    from rcvcore.train import TrainConfig
+
+    folder = write_folder(tmp_path / "data", n=30)
+    run = tmp_path / "run"
+    run.mkdir()
+    # a run launched for CUDA and killed before it wrote any status
+    cfg = TrainConfig(arch="resnet18", weights="random", cut="add_4", dataset=f"folder:{folder}",
+                      epochs=1, batch_size=8, image_size=32, device="cuda")
+    (run / "config.json").write_text(json.dumps(cfg.to_dict()))
+    env = {**os.environ, "RCV_NO_DOWNLOAD": "1", "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "rcvcore", "train", "--resume", "--run-dir", str(run), "--quiet"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode != 0
+    assert "--device cuda: CUDA is not available" in r.stderr, r.stderr[-3000:]
+    assert read_run(run).status.get("state") != "done"

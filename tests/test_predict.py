@@ -140,3 +140,20 @@ def test_unfinished_run_is_refused(tmp_path):
     (tmp_path / "status.json").write_text(json.dumps({"state": "failed", "error": "boom"}))
     with pytest.raises(UserError, match="failed.*boom.*--resume"):
         load_run_model(tmp_path)
+
+
+def test_tiling_carries_its_kind():
+    from PIL import Image
+
+    from rcvcore.predict import tiles_of
+
+    small = tiles_of(Image.new("RGB", (20, 30)), 32)
+    assert small.kind == "resized" and small.n_tiles == 0 and "resized" in small.note
+    one = tiles_of(Image.new("RGB", (40, 33)), 32)
+    assert one.kind == "patch" and one.n_tiles == 1 and one.note is None
+    grid = tiles_of(Image.new("RGB", (100, 70)), 32)
+    assert grid.kind == "tiled" and grid.grid == (3, 2) and grid.n_tiles == 6
+    assert grid.note == "tiled into 3x2 patches of 32 px"
+    many = tiles_of(Image.new("RGB", (320, 320)), 32, max_tiles=5)
+    assert many.n_tiles == 5 and many.note.endswith(", 5 evenly sampled")
+    assert all(t.size == (32, 32) for t in grid.tiles + many.tiles)

@@ -235,10 +235,11 @@ def test_result_cache_is_exact_and_never_stale(tmp_path, cache_dir):
     Image.new("RGB", (96, 96), (0, 0, 255)).save(folder / "img_003.png")
     assert run_scan(cfg).cache["result"] == "miss"
     assert run_scan(cfg).cache["result"] == "hit"
-    from rcvcore.cache import ActivationCache
+    from rcvcore.cache import Store
+    from rcvcore.scan import RESULT_PREFIX
 
-    with ActivationCache(cache_dir / "activations") as store:
-        assert store.clear_results() >= 1
+    with Store(cache_dir / "activations") as store:
+        assert store.clear(RESULT_PREFIX) >= 1
     rescored = run_scan(cfg)
     assert rescored.cache == {"hits": 2, "misses": 0, "result": "miss"}
 

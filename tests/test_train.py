@@ -13,10 +13,10 @@ import pytest
 import torch
 from sklearn.metrics import cohen_kappa_score, mean_absolute_error, r2_score
 
-import rcvcore.train as rt
+import rcvcore.train.loop as loop
 from rcvcore.errors import UserError
-from rcvcore.train import (RunFailed, TrainConfig, cancel, launch, make_splits, read_run,
-                           train)
+from rcvcore.runs import RunFailed, cancel, launch, read_run
+from rcvcore.train import TrainConfig, split_dataset, train
 
 from _train_fixtures import CLASSES, cli, dataset, tiny_flags, write_folder
 
@@ -68,7 +68,7 @@ def test_result_metrics_match_sklearn(ds, tmp_path):
     assert t["mae"] == pytest.approx(mean_absolute_error(y, yhat))
     assert t["r2"] == pytest.approx(r2_score(y, yhat))
     # magnification: nearest mean *training-set* area
-    splits = make_splits(ds, seed=0)
+    splits = split_dataset(ds, seed=0)
     areas, labels = ds.measures, ds.labels
     tr = splits["train"]
     means = {c: areas[tr][labels[tr] == c].mean() for c in CLASSES}
@@ -95,8 +95,8 @@ def test_magnification_target(ds, tmp_path):
 
 
 def test_splits_grouped_and_deterministic(ds):
-    a = make_splits(ds, seed=3)
-    b = make_splits(ds, seed=3)
+    a = split_dataset(ds, seed=3)
+    b = split_dataset(ds, seed=3)
     assert all(np.array_equal(a[k], b[k]) for k in a)
     groups = ds.groups
     seen = [set(groups[a[k]]) for k in ("train", "val", "test")]
@@ -105,7 +105,7 @@ def test_splits_grouped_and_deterministic(ds):
 
 
 def test_nan_loss_fails_the_run(ds, tmp_path, monkeypatch):
-    monkeypatch.setattr(rt, "_objective", lambda out, y, task: out.sum() * float("nan"))
+    monkeypatch.setattr(loop, "_objective", lambda out, y, task: out.sum() * float("nan"))
     with pytest.raises(RunFailed, match="non-finite|nan.*lower --lr"):
         train(TINY, tmp_path / "run", dataset=ds)
     st = read_run(tmp_path / "run")
@@ -258,3 +258,12 @@ def test_cli_train_on_folder_dataset(folder, tmp_path, monkeypatch):
     monkeypatch.setenv("RCV_RUNS_DIR", str(tmp_path / "none-yet"))
     r = cli("runs")   # the default folder, before any run: a note, not an error
     assert r.returncode == 0 and "no runs yet" in r.stdout
+
+
+def test_config_is_hashable_and_spells_the_full_network_once():
+    a = dataclasses.replace(TINY, dataset_options={"max_per_level": 4})
+    b = dataclasses.replace(TINY, dataset_options={"max_per_level": 4})
+    assert a == b and hash(a) == hash(b) and len({a, b, TINY}) == 2
+    for alias in ("full", "", None):
+        assert TrainConfig(cut=alias).cut == "none"
+    assert TrainConfig.from_dict(TrainConfig(cut="full").to_dict()).cut == "none"

@@ -192,7 +192,6 @@ if st.session_state.get("scan_primary") not in saved:
     st.session_state["scan_primary"] = next(iter(saved))
 top = st.columns([3, 2])
 primary = top[0].selectbox("Scan shown", list(saved), format_func=labels.get, key="scan_primary")
-st.session_state[state.CURRENT_SCAN_KEY] = primary
 overlay_options = [s for s in saved if s != primary]
 if "scan_overlay" in st.session_state:
     st.session_state["scan_overlay"] = [s for s in st.session_state["scan_overlay"]
@@ -235,13 +234,8 @@ if CUT_WIDGET not in st.session_state:
         cut0["layer"] if cut0 and cut0.get("scan_id") == primary and cut0["layer"] in cuttable
         else suggested if suggested in cuttable else (cuttable[-1] if cuttable else None))
 
-def _chart_label(r: dict) -> str:
-    res, cfg = r["result"], r.get("config") or {}
-    return (f"{res.get('arch')} · {res.get('weights')} · {res.get('dataset')} · "
-            f"n={res.get('n_images')} · {cfg.get('model', '')}")
-
-
-shown = [dict(r, label=_chart_label(r)) for r in [rec] + [saved[s] for s in others]]
+shown = [dict(r, label=charts.scan_label(r["result"], r.get("config") or {}))
+         for r in [rec] + [saved[s] for s in others]]
 fig = charts.r2_figure(shown, convention=convention,
                        show_controls=show_controls, depth_axis=depth_axis,
                        clip_at=-1.0 if clip else None,
@@ -254,9 +248,6 @@ if result.get("skipped"):
 cache = result.get("cache") or {}
 if cache:
     meta.append(f"activation cache: {cache.get('hits', 0)} hits, {cache.get('misses', 0)} misses")
-timing = result.get("timing") or {}
-if isinstance(timing, dict) and timing.get("total_s") is not None:
-    meta.append(f"{timing['total_s']:.1f} s")
 st.caption(" · ".join(meta) + ". Click a point of the curve to choose the cut.")
 
 # ---------------------------------------------------------------------------- prune point
@@ -323,5 +314,4 @@ with st.expander("Manage saved scans"):
     st.caption(f"Saved under `{state.scans_dir()}`.")
     if st.button("Delete the scan shown", key="scan_delete"):
         state.delete_scan(primary)
-        st.session_state.pop(state.CURRENT_SCAN_KEY, None)
         st.rerun()

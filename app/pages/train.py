@@ -213,7 +213,7 @@ def _render_group() -> None:
 
 def _render_comparison(group_dir: Path, runs) -> None:
     try:
-        text, rows = services.group_table(group_dir, runs)
+        text, rows = services.group_table(group_dir)
     except Exception as e:
         st.warning(f"Cannot compare these runs: {e}")
         return

@@ -20,14 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m rcvcore",
         description="Scale-covariance scans (RCV), pruning and transfer of CNNs for histopathology.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"{__name__}.{name}":  # command not written yet
-                continue
-            raise
-        module.add_parser(sub)
+    for name in COMMAND_MODULES:   # a missing module is an error, never a silently lost command
+        importlib.import_module(f"{__name__}.{name}").add_parser(sub)
     return parser
 
 

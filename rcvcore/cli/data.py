@@ -19,7 +19,7 @@ import numpy as np
 
 from ..data.base import Dataset, DatasetError, default_cache_dir
 from ..data.options import parse_options
-from ..data.registry import list_datasets, load_dataset
+from ..data.registry import list_datasets, load_dataset, loader_options
 
 UNLABELLED = "all"
 
@@ -81,7 +81,6 @@ def format_summary(summary: dict, max_skipped: int = 10) -> str:
 def _cmd_datasets(args) -> int:
     kinds = list_datasets()
     width = max(len(k.name) + (5 if k.needs_path else 0) for k in kinds)
-    from ..data.registry import loader_options
 
     show = getattr(args, "options", False)
     for k in kinds:

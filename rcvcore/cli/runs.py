@@ -3,10 +3,14 @@ and the cache's housekeeping."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from ..cache import SECTIONS
+from ..cache import SECTIONS, STORE_SECTION, Store, cache_usage, clear_cache
+from ..data.base import default_cache_dir
+from ..errors import UserError
+from ..scan import RESULT_PREFIX
+from ..runs import (FINISHED, Scheduler, cancel, find_runs, group_runs, group_state,
+                    is_group_dir, is_run_dir, read_comparison, read_group, read_run, runs_root)
 
 
 def add_parser(sub) -> None:
@@ -15,18 +19,22 @@ def add_parser(sub) -> None:
                                    "runs, or a folder of comparisons / dashboard groups): "
                                    "state, architecture, cut, target, seed, epochs and test "
                                    "metrics. Comparisons with a comparison.json are listed "
-                                   "with their Table 2.")
+                                   "with their Table 2; run groups (dashboard launches, "
+                                   "`compare --parallel`) with their state and waiting runs.")
     p.add_argument("root", nargs="?", default=None,
                    help="folder to search (default $RCV_RUNS_DIR or ./runs)")
     p.add_argument("--json", metavar="FILE", help="also write the list as JSON")
     p.add_argument("--tables", action="store_true",
                    help="print the Table 2 summary of every comparison found")
     p.set_defaults(func=_runs)
-    c = sub.add_parser("cancel", help="cancel a running training run (SIGTERM; resumable)",
+    c = sub.add_parser("cancel", help="cancel a running training run or run group (SIGTERM; "
+                                      "resumable)",
                        description="Send SIGTERM to the process of a running run: it finishes "
                                    "its step, writes a checkpoint and marks itself cancelled. "
-                                   "Resume it later with `train --resume --run-dir DIR`.")
-    c.add_argument("run_dir", help="the run directory")
+                                   "Resume it later with `train --resume --run-dir DIR`. Given "
+                                   "a run group (a folder with group.json), cancel every active "
+                                   "run of it and drop the runs not started yet.")
+    c.add_argument("run_dir", help="the run directory, or a run group folder")
     c.add_argument("--wait", type=float, default=60.0,
                    help="seconds to wait for the run to stop (default 60)")
     c.set_defaults(func=_cancel)
@@ -62,10 +70,7 @@ def _fmt(v, f=".3f") -> str:
 
 
 def _runs(args) -> int:
-    from ..compare import read_comparison
-    from ..train import find_runs
-
-    root = Path(args.root or os.environ.get("RCV_RUNS_DIR", "runs")).expanduser()
+    root = runs_root(args.root)
     if args.root is None and not root.exists():   # a new user: no run yet, not an error
         print(f"no runs yet: {root} does not exist (runs are written there by `train --run-dir` "
               "and the dashboard)")
@@ -86,6 +91,11 @@ def _runs(args) -> int:
                   f"{_fmt(t.get('accuracy')):>6}")
             if r["state"] == "failed" and r["error"]:
                 print(f"{'':<{w}}  error: {str(r['error']).splitlines()[0][:200]}")
+    groups = _groups(root)
+    for g in groups:
+        print(f"\ngroup {g['name']}: {g['state']}, {g['ended']}/{g['planned']} runs ended, "
+              f"{g['waiting']} waiting ({g['max_parallel']} at a time)"
+              + (f"; error: {g['error']}" if g["error"] else ""))
     comparisons = {}
     for d in sorted({Path(r["run_dir"]).parent for r in rows} | {root}):
         comp = read_comparison(d)
@@ -98,17 +108,42 @@ def _runs(args) -> int:
         print(f"\n{len(comparisons)} comparison(s) with a comparison.json; --tables prints them.")
     if args.json:
         Path(args.json).write_text(json.dumps({"root": str(root), "runs": rows,
-                                               "comparisons": sorted(comparisons)}, indent=2))
+                                               "comparisons": sorted(comparisons),
+                                               "groups": groups}, indent=2))
     return 0
 
 
-def _cancel(args) -> int:
-    from ..errors import UserError
-    from ..train import cancel, is_run_dir, read_run
+def _groups(root: Path) -> list[dict]:
+    """The run groups at ``root`` (itself, or its sub-folders): plan and progress."""
+    dirs = [root] if is_group_dir(root) else sorted(
+        d for d in root.iterdir() if d.is_dir() and is_group_dir(d))
+    out = []
+    for g in dirs:
+        plan = read_group(g) or {}
+        runs = group_runs(g)
+        out.append({"group_dir": str(g), "name": g.name, "state": group_state(g),
+                    "planned": len(runs),
+                    "ended": sum(1 for *_, st in runs if st is not None and st.state in FINISHED),
+                    "waiting": sum(1 for *_, st in runs if st is None),
+                    "max_parallel": plan.get("max_parallel", 1), "error": plan.get("error")})
+    return out
 
+
+def _cancel(args) -> int:
     d = Path(args.run_dir)
+    if is_group_dir(d):
+        before = group_state(d)
+        if before in ("done", "cancelled"):
+            print(f"{d}: group {before}; nothing to cancel")
+            return 0
+        after = Scheduler(d.parent).cancel_group(d, wait=args.wait)
+        print(f"{d}: group {after}" + ("; resume it with `python -m rcvcore compare "
+                                       f"--parallel N --run-dir {d}` and the same --cuts/--seeds"
+                                       if after == "cancelled" else ""))
+        return 0 if after in ("cancelled", "done") else 1
     if not is_run_dir(d):
-        raise UserError(f"{str(d)!r} is not a run directory (no config.json or status.json).")
+        raise UserError(f"{str(d)!r} is not a run directory (no config.json or status.json) "
+                        "nor a run group (no group.json).")
     before = read_run(d).state
     if before != "running":
         print(f"{d}: {before}; nothing to cancel")
@@ -120,11 +155,14 @@ def _cancel(args) -> int:
 
 
 def _cache(args) -> int:
-    from ..cache import cache_usage, clear_cache
-    from ..data.base import default_cache_dir
-
     root = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
-    if args.clear:
+    if args.clear == "results":   # the scan's saved results only: its key prefix in the store
+        n = 0
+        if (root / STORE_SECTION).is_dir():
+            with Store(root / STORE_SECTION) as store:
+                n = store.clear(RESULT_PREFIX)
+        print(f"removed: {n} saved scan results")
+    elif args.clear:
         removed = clear_cache(root, args.clear)
         print("removed: " + (", ".join(removed) if removed else "nothing (already empty)"))
     total = 0
@@ -133,7 +171,8 @@ def _cache(args) -> int:
         if row["section"] == "datasets" and not row["files"]:
             continue   # the old layout, shown only when present
         total += row["bytes"]
-        extra = (f", {row['scan_results']} saved scan results" if "scan_results" in row else "")
+        extra = (f", {row['prefixes'].get(RESULT_PREFIX, 0)} saved scan results"
+                 if "prefixes" in row else "")
         print(f"  {row['section']:<18} {row['bytes'] / 2**20:>9.1f} MiB  {row['files']:>6} files"
               f"{extra}  ({row['what']})")
     print(f"  {'total':<18} {total / 2**20:>9.1f} MiB")

@@ -13,14 +13,17 @@ import json
 import sys
 import time
 
-from ..errors import UserError
+from ..compare import compare
+from ..data.options import parse_options
+from ..predict import load_run_model, predict_files
+from ..runs import RunFailed
+from ..train.config import TrainConfig
+from ..train.loop import train
 
 EXIT_FAILED, EXIT_CANCELLED = 1, 143
 
 
 def _add_config_flags(p: argparse.ArgumentParser, with_cut: bool = True) -> None:
-    from ..train import TrainConfig
-
     d = TrainConfig()
     g = p.add_argument_group("model and data")
     g.add_argument("--arch", help=f"architecture (default {d.arch}; `python -m rcvcore models`)")
@@ -68,13 +71,9 @@ def _add_config_flags(p: argparse.ArgumentParser, with_cut: bool = True) -> None
 
 
 def _config_from(args, **extra):
-    from ..train import TrainConfig
-
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     if getattr(args, "opt", None):
-        from ..data.options import parse_options
-
         given["dataset_options"] = parse_options(args.opt)
     given.update(extra)
     return TrainConfig(**given)
@@ -115,6 +114,10 @@ def add_parser(sub) -> None:
                                                  "1001,1002 (default 3)")
     c.add_argument("--run-dir", required=True, help="directory of the comparison")
     c.add_argument("--json", metavar="FILE", help="also write comparison.json's content here")
+    c.add_argument("--parallel", type=int, default=None, metavar="N",
+                   help="train the runs as a run group in subprocesses, N at a time (as the "
+                        "dashboard's 'Runs at a time'); default: one after the other in this "
+                        "process. `runs RUN_DIR` shows the group, `cancel RUN_DIR` stops it")
     _add_config_flags(c, with_cut=False)
     c.set_defaults(func=_compare)
 
@@ -134,8 +137,6 @@ def add_parser(sub) -> None:
 
 
 def _train(args) -> int:
-    from ..train import RunFailed, train
-
     if args.resume:
         ignored = [k for k, v in vars(args).items()
                    if v is not None and k not in ("run_dir", "resume", "func", "command",
@@ -176,10 +177,9 @@ def _print_result(r: dict) -> None:
 
 
 def _compare(args) -> int:
-    from ..compare import compare
-
     base = _config_from(args)
-    comp = compare(base, args.cuts, args.seeds, args.run_dir, progress=_progress(args))
+    comp = compare(base, args.cuts, args.seeds, args.run_dir, progress=_progress(args),
+                   parallel=args.parallel)
     print(comp.table())
     if args.json:
         with open(args.json, "w") as f:
@@ -191,8 +191,6 @@ def _compare(args) -> int:
 
 
 def _predict(args) -> int:
-    from ..predict import load_run_model, predict_files
-
     run = load_run_model(args.run, args.device)
     preds = predict_files(run, args.files, batch_size=args.batch_size, max_tiles=args.max_tiles)
     for p in preds:

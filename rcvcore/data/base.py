@@ -7,21 +7,19 @@ folder, so extraction, caching (fingerprints of path, size and mtime) and traini
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from ..errors import UserError
 
-ProgressFn = Callable[[float, str], None]
-"""Optional progress callback: ``progress(fraction_done, message)``."""
+# moved to rcvcore.utils, re-exported here for the loaders and models
+from ..utils import ProgressFn, closest  # noqa: F401
 
 
 class DatasetError(UserError):
@@ -170,12 +168,6 @@ def file_fingerprint(paths: list[str]) -> str:
     for p in paths:
         h.update(f"{p}\0{file_stamp(p)}\n".encode())
     return h.hexdigest()[:32]
-
-
-def closest(name: str, choices, n: int = 3) -> str:
-    """A ' Did you mean ...?' hint listing the closest valid names, or ''."""
-    close = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.4)
-    return f" Did you mean {', '.join(map(repr, close))}?" if close else ""
 
 
 def default_cache_dir() -> Path:

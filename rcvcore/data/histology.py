@@ -17,19 +17,18 @@ new key and is regenerated. Source images are processed in parallel (one process
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
 import hashlib
 import json
-import multiprocessing
 import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image
 
+from ..utils import parallel_map  # noqa: F401  (moved to rcvcore.utils; re-exported here)
 from .base import DatasetError, ProgressFn, Sample, Skipped, file_fingerprint
 from .images import ImageReadError, read_rgb
 
@@ -303,47 +302,6 @@ def _process_source(pair: SourcePair, params: PatchParams, out_root: str) -> dic
 # --------------------------------------------------------------------------------------------
 # Many sources -> a list of samples
 # --------------------------------------------------------------------------------------------
-
-def parallel_map(fn: Callable, items: Sequence, *, workers: int | None = None,
-                 progress: ProgressFn | None = None, message: str = "") -> list:
-    """``[fn(*item) for item in items]``, over processes when there is more than one item.
-
-    Results keep the order of ``items``. ``progress(fraction, message)`` is called as items finish.
-    """
-    n = len(items)
-    if workers is None:
-        workers = os.cpu_count() or 1
-    workers = max(1, min(int(workers), n))
-    out: list = [None] * n
-    if workers == 1:
-        for i, item in enumerate(items):
-            out[i] = fn(*item)
-            if progress:
-                progress((i + 1) / n, message)
-        return out
-    # fork: no re-import of the caller's __main__ (scripts without a main guard, notebooks,
-    # Streamlit pages); the workers only run numpy / PIL / scikit-image code.
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
-    done = 0
-    try:
-        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures = {pool.submit(fn, *item): i for i, item in enumerate(items)}
-            for fut in cf.as_completed(futures):
-                out[futures[fut]] = fut.result()
-                done += 1
-                if progress:
-                    progress(done / n, message)
-    except cf.process.BrokenProcessPool:
-        # a worker died (out of memory, killed): finish the rest in this process
-        for i, item in enumerate(items):
-            if out[i] is None:
-                out[i] = fn(*item)
-                done += 1
-                if progress:
-                    progress(done / n, message)
-    return out
-
 
 def split_groups(groups: Iterable[str], seed: int = 0,
                  fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)) -> dict[str, str]:

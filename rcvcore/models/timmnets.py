@@ -24,6 +24,7 @@ from torch import nn
 from ..data.base import closest
 from ..errors import UserError, WeightsUnavailable
 from .spec import PRE_SOFTMAX, SOFTMAX, ArchSpec, Preprocess
+from .tv import INCEPTION_MIXED
 
 PREFIX = "timm:"
 
@@ -99,8 +100,6 @@ def derive_layers(model: nn.Module, nodes: list[str], classifier: str
         if counts == [3, 4, 6, 3]:
             paper_cut = "add_15"
     elif all(hasattr(model, m) for m in ("Mixed_5b", "Mixed_7c")):         # Inception V3
-        from .tv import INCEPTION_MIXED
-
         blocks = [(f"mixed{i}", m) for i, m in enumerate(INCEPTION_MIXED)]
         paper_cut = "mixed8"
     elif isinstance(getattr(model, "blocks", None), nn.Sequential) and \

@@ -1,0 +1,161 @@
+"""The paper's Table 2 over a group of runs (``comparison.json``): pure statistics.
+
+Rows are mean and sample std (ddof=1) over seeds of each cut's test metrics; tests are paired by
+seed against the first cut (the baseline): a paired t-test and a Wilcoxon signed-rank test.
+Nothing here trains or reads a run directory (see :mod:`rcvcore.runs` and
+:mod:`rcvcore.compare`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from .files import write_json
+from .metrics import finite_or_none
+from .prune import NONE
+
+COMPARISON = "comparison.json"
+METRIC_LABELS = {"mae": "MAE (px)", "r2": "R2", "kappa": "kappa", "kappa_quadratic": "QWK",
+                 "accuracy": "accuracy"}
+ARCH_LABELS = {"resnet50": "ResNet50", "inception_v3": "InceptionV3", "resnet18": "ResNet18"}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Summary of a comparison (``comparison.json``).
+
+    Attributes:
+        rows: one per cut: ``{"cut", "label", "n", "metrics": {metric: {"mean", "std",
+            "values"}}, "seeds", "states"}``; std is the sample std (ddof=1) over seeds.
+        tests: one per cut after the first (the baseline): ``{"cut", "baseline",
+            "metrics": {metric: {"n", "t_stat", "t_p", "wilcoxon_p"}}}``, paired by seed.
+    """
+
+    run_dir: str
+    base: dict
+    cuts: tuple[str, ...]
+    seeds: tuple[int, ...]
+    metrics: tuple[str, ...]
+    rows: tuple[dict, ...]
+    tests: tuple[dict, ...]
+    state: str = "done"
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["table"] = self.table()
+        return d
+
+    def save(self) -> Path:
+        """Write ``comparison.json`` into the comparison directory (atomically)."""
+        path = Path(self.run_dir) / COMPARISON
+        write_json(path, self.to_dict())
+        return path
+
+    def table(self) -> str:
+        """Text table in the layout of the paper's Table 2: mean (std) over seeds per model."""
+        heads = ["Model"] + [METRIC_LABELS.get(m, m) for m in self.metrics]
+        lines = []
+        for r in self.rows:
+            cells = [r["label"] + ("" if r["n"] == len(self.seeds) else f" [{r['n']} runs]")]
+            for m in self.metrics:
+                s = r["metrics"].get(m)
+                if not s or s["mean"] is None:
+                    cells.append("-")
+                else:
+                    f = ".2f" if m == "mae" else ".3f"
+                    std = "-" if s["std"] is None else format(s["std"], f)
+                    cells.append(f"{format(s['mean'], f)} ({std})")
+            lines.append(cells)
+        for t in self.tests:
+            cells = [f"paired t / Wilcoxon p, {t['cut']} vs {t['baseline']}"]
+            for m in self.metrics:
+                s = t["metrics"].get(m, {})
+                tp, wp = s.get("t_p"), s.get("wilcoxon_p")
+                cells.append("-" if tp is None and wp is None else
+                             f"{_fmt_p(tp)} / {_fmt_p(wp)}")
+            lines.append(cells)
+        widths = [max(len(x[i]) for x in [heads] + lines) for i in range(len(heads))]
+        fmt = lambda row: "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()  # noqa
+        rule = "-" * len(fmt(heads))
+        return "\n".join([fmt(heads), rule] + [fmt(x) for x in lines])
+
+
+def _fmt_p(p):
+    return "-" if p is None else (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}")
+
+
+def model_label(arch: str, cut: str) -> str:
+    """``ResNet50`` (the full network) or ``ResNet50 pruned at add_15``: Table 2's rows."""
+    name = ARCH_LABELS.get(arch, arch)
+    return name if cut == NONE else f"{name} pruned at {cut}"
+
+
+def _stats(values: list[float]) -> dict:
+    v = [x for x in values if x is not None and math.isfinite(x)]
+    return {"mean": float(np.mean(v)) if v else None,
+            "std": float(np.std(v, ddof=1)) if len(v) > 1 else None,
+            "values": values}
+
+
+def paired_tests(a: list, b: list) -> dict:
+    """Paired t-test and Wilcoxon signed-rank test of ``b`` against ``a`` (pairs with a missing
+    value are dropped; p is None with fewer than 2 pairs or no differences)."""
+    pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
+    out = {"n": len(pairs), "t_stat": None, "t_p": None, "wilcoxon_p": None}
+    if len(pairs) < 2:
+        return out
+    x, y = np.asarray(pairs, float).T
+    if np.allclose(x, y):
+        return out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = stats.ttest_rel(y, x)
+        out["t_stat"] = finite_or_none(t.statistic)
+        out["t_p"] = finite_or_none(t.pvalue)
+        try:
+            out["wilcoxon_p"] = finite_or_none(stats.wilcoxon(y, x).pvalue)
+        except ValueError:
+            pass
+    return out
+
+
+def summarise(base, cuts, seeds, results: dict, states: dict, root,
+              state: str = "done") -> Comparison:
+    """Build the :class:`Comparison` from each run's ``result.json`` contents.
+
+    Args:
+        base: the shared configuration (a :class:`rcvcore.train.TrainConfig`).
+        cuts, seeds: the runs' cuts (first = baseline) and seeds.
+        results: ``{(cut, seed): result.json contents or None}``.
+        states: ``{(cut, seed): run state}``.
+        root: the comparison's folder (where :meth:`Comparison.save` writes).
+    """
+    first = next((r for r in results.values() if r), None)
+    if first is not None and first["task"]["kind"] == "classification":
+        metrics = ["kappa", "kappa_quadratic", "accuracy"]
+    else:
+        metrics = ["mae", "r2", "kappa", "kappa_quadratic", "accuracy"]
+    if first is not None:
+        metrics = [m for m in metrics if first["test"].get(m) is not None or m == "mae"]
+
+    def values(cut, m):
+        return [(results.get((cut, s)) or {}).get("test", {}).get(m) for s in seeds]
+
+    rows = []
+    for cut in cuts:
+        rows.append({"cut": cut, "label": model_label(base.arch, cut),
+                     "n": sum(1 for s in seeds if results.get((cut, s))),
+                     "seeds": list(seeds),
+                     "states": [states.get((cut, s), "missing") for s in seeds],
+                     "metrics": {m: _stats(values(cut, m)) for m in metrics}})
+    tests = [{"cut": cut, "baseline": cuts[0],
+              "metrics": {m: paired_tests(values(cuts[0], m), values(cut, m)) for m in metrics}}
+             for cut in cuts[1:]]
+    return Comparison(str(root), base.to_dict(), tuple(cuts), tuple(seeds), tuple(metrics),
+                      tuple(rows), tuple(tests), state)

@@ -1,0 +1,148 @@
+"""The configuration of a fine-tuning run (``config.json``) and its command-line form."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import asdict, dataclass, field
+
+from ..data.base import closest
+from ..data.options import check_options, format_options
+from ..errors import UserError
+from ..models import get_arch
+from ..prune import NONE, cut_node
+
+TARGETS = {"nuclei-area": "regression", "magnification": "classification"}
+OPTIMIZERS = ("adam", "adamw", "sgd")
+TRAINABLE = ("all", "head")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a fine-tuning run (``config.json``).
+
+    Attributes:
+        arch, weights: as in :func:`rcvcore.models.build_model`.
+        cut: probe layer to prune at (``add_15``, ``mixed8``) or ``none`` (full trunk).
+        dataset: dataset spec (``demo-histology``, ``janowczyk:PATH``, ``folder:PATH``).
+        target: ``nuclei-area`` (regression on ``Sample.measure``, MSE) or ``magnification``
+            (classification of ``Sample.label``, cross-entropy).
+        epochs, batch_size, lr, optimizer, weight_decay: optimisation (paper: 5, 32, 1e-4, adam).
+            ``batch_size`` is global; under DDP each process takes ``ceil(batch_size / world)``.
+        trainable: ``all`` (paper) or ``head`` (trunk frozen).
+        seed: model head initialisation (and random weights), data order.
+        split_seed: the train/val/test split and the ``n`` subsample, when the dataset does not
+            fix them; kept apart from ``seed`` so runs over several seeds share their splits.
+        n: keep at most ``n`` images (quick runs).
+        image_size: network input side; default the architecture's (224 ResNet, 299 Inception).
+        val_fraction, test_fraction: grouped split fractions when the dataset has no splits.
+        log_every: log a step line every this many steps.
+        checkpoint_every: also checkpoint every this many steps (0: at epoch ends only).
+        device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:1`` | ``mps``.
+        amp: float16 autocast (default: on CUDA only; bf16 on CPU is many times slower).
+        channels_last: channels_last memory format (faster convolutions on CPU and CUDA).
+        workers: data-loader processes (default: 0 on a 2-core CPU, else up to 8).
+        dataset_cache_dir: where generated datasets are written (default: the user cache).
+        dataset_options: the dataset loader's options (``--opt KEY=VALUE``), e.g.
+            ``{"group_by": "patient"}`` for janowczyk or ``{"classes": "n02058221"}``.
+    """
+
+    arch: str = "resnet50"
+    weights: str = "imagenet"
+    cut: str = NONE
+    dataset: str = "demo-histology"
+    target: str = "nuclei-area"
+    epochs: int = 5
+    batch_size: int = 32
+    lr: float = 1e-4
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    trainable: str = "all"
+    seed: int = 1001
+    split_seed: int = 0
+    n: int | None = None
+    image_size: int | None = None
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    log_every: int = 10
+    checkpoint_every: int = 0
+    device: str = "auto"
+    amp: bool | None = None
+    channels_last: bool = True
+    workers: int | None = None
+    dataset_cache_dir: str | None = None
+    dataset_options: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        # one spelling of the full network inside rcvcore (prune.NONE); "full" and "" are
+        # accepted on input
+        if self.cut in (None, "", "full"):
+            object.__setattr__(self, "cut", NONE)
+
+    def __hash__(self) -> int:
+        # frozen, but dataset_options is a dict: hash the JSON form (equal configs, equal hash)
+        return hash(json.dumps(self.to_dict(), sort_keys=True, default=repr))
+
+    def validate(self) -> TrainConfig:
+        """Check every field; raise :class:`UserError` naming the flag and the valid values."""
+        check_options(self.dataset_options)
+        arch = get_arch(self.arch)
+        cut_node(arch, self.cut)
+        if self.target not in TARGETS:
+            raise UserError(f"--target {self.target!r} is unknown.{closest(self.target, TARGETS)}"
+                            f" Valid targets: {', '.join(TARGETS)}.")
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(f"--optimizer {self.optimizer!r} is unknown; use one of "
+                            f"{', '.join(OPTIMIZERS)}.")
+        if self.trainable not in TRAINABLE:
+            raise UserError(f"--trainable {self.trainable!r}: use 'all' or 'head'.")
+        for name, lo in (("epochs", 1), ("batch_size", 1), ("log_every", 1)):
+            if int(getattr(self, name)) < lo:
+                raise UserError(f"--{name.replace('_', '-')} must be >= {lo}, "
+                                f"got {getattr(self, name)}.")
+        if self.checkpoint_every < 0:
+            raise UserError(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}.")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise UserError(f"--lr must be a positive number, got {self.lr}.")
+        if self.weight_decay < 0:
+            raise UserError(f"--weight-decay must be >= 0, got {self.weight_decay}.")
+        if self.n is not None and self.n < 3:
+            raise UserError(f"--n {self.n}: a run needs at least 3 images (train, val, test).")
+        if self.image_size is not None and not 16 <= self.image_size <= 1024:
+            raise UserError(f"--image-size must be between 16 and 1024, got {self.image_size}.")
+        for name in ("val_fraction", "test_fraction"):
+            if not 0 < getattr(self, name) < 0.5:
+                raise UserError(f"--{name.replace('_', '-')} must be in (0, 0.5), "
+                                f"got {getattr(self, name)}.")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config") -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known - {"rcvcore_version"})
+        if unknown:
+            raise UserError(f"{source}: unknown configuration keys {unknown}; valid keys: "
+                            f"{', '.join(sorted(known))}.")
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def config_to_argv(config: TrainConfig) -> list[str]:
+    """The ``python -m rcvcore train`` flags that reproduce ``config``."""
+    argv = []
+    for f in dataclasses.fields(config):
+        v = getattr(config, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "amp":
+            if v is not None:
+                argv.append("--amp" if v else "--no-amp")
+        elif f.name == "channels_last":
+            if not v:
+                argv.append("--no-channels-last")
+        elif f.name == "dataset_options":
+            argv += format_options(v or {})
+        elif v is not None:
+            argv += [flag, str(v)]
+    return argv
