@@ -25,7 +25,8 @@ __version__ = "0.1.0"
 # public name -> module that defines it (a module itself when the name is the module)
 _EXPORTS = {
     # architectures and probe layers
-    "list_models": "rcvcore.api", "list_layers": "rcvcore.api",
+    "list_models": "rcvcore.models", "list_layers": "rcvcore.models",
+    "Backbone": "rcvcore.models", "resolve_backbone": "rcvcore.models",
     # datasets
     "list_datasets": "rcvcore.data", "load_dataset": "rcvcore.data", "Dataset": "rcvcore.data",
     # the scan and the RCV estimator

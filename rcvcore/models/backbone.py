@@ -70,10 +70,18 @@ def list_models() -> list[str]:
     return list(ARCHS)
 
 
-def list_layers(arch: str, include_extra: bool = False) -> list[str]:
-    """Probe layers of ``arch`` (paper names), shallow to deep."""
+def list_layers(arch: str, *, all_layers: bool = False) -> list[str]:
+    """The probe layers of ``arch`` with their paper names, shallow to deep.
+
+    Args:
+        arch: a name of :func:`list_models`, or ``timm:NAME``.
+        all_layers: also the stem layers probed only with ``--layers all``.
+
+    Raises:
+        UserError: an unknown architecture (the message lists the closest names).
+    """
     spec = get_arch(arch)
-    return [n for n, _ in (spec.all_layers if include_extra else spec.layers)]
+    return [n for n, _ in (spec.all_layers if all_layers else spec.layers)]
 
 
 @dataclass(frozen=True)
