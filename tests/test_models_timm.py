@@ -199,3 +199,22 @@ def test_timm_model_scans_a_tiny_dataset(scale_folder, cache_dir):
                               batch_size=8, device="cpu"))
     assert [s.layer for s in res.layers] == ["add_1", "add_8", "pre_softmax"]
     assert all(np.isfinite(s.mean) for s in res.layers)
+
+
+def test_a_timm_network_trains_pruned_and_predicts(tmp_path):
+    from _train_fixtures import dataset, disc_image
+
+    from rcvcore.predict import load_run_model, predict_files
+    from rcvcore.train import TrainConfig, train
+
+    ds = dataset(tmp_path / "tiny", n=24)
+    cfg = TrainConfig(arch="efficientnet_lite0", weights="random", cut="block2.1",
+                      dataset="unused", target="nuclei-area", epochs=1, batch_size=8, lr=1e-3,
+                      image_size=32, log_every=1)
+    res = train(cfg, tmp_path / "run", dataset=ds)
+    assert res.state == "done" and np.isfinite(res.result["test"]["mae"])
+    cfg_json = (tmp_path / "run" / "config.json").read_text()
+    assert "efficientnet_lite0" in cfg_json and "block2.1" in cfg_json
+    Image.fromarray(disc_image(6.0, 99)).save(tmp_path / "patch.png")
+    (pred,) = predict_files(load_run_model(tmp_path / "run"), [tmp_path / "patch.png"])
+    assert pred.error is None and np.isfinite(pred.nuclei_area)
