@@ -76,7 +76,7 @@ def test_cli_compare_parallel_and_runs_on_the_group(tmp_path):
     assert [row["states"] for row in saved["rows"]] == [["done"], ["done"]]
     assert json.loads((tmp_path / "c.json").read_text())["rows"] == saved["rows"]
     # both ran at the same time: each started before the other ended
-    st = [runs.read_run(run_dir / d).status for d in ("none_seed1", "add_4_seed1")]
+    st = [runs.read_run(run_dir / d).status for d in ("none_seed1001", "add_4_seed1001")]
     assert st[0]["started_at"] < st[1]["updated_at"] and st[1]["started_at"] < st[0]["updated_at"]
     r = cli("runs", run_dir, "--json", tmp_path / "runs.json")
     assert r.returncode == 0, r.stderr
