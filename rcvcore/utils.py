@@ -8,7 +8,7 @@ import multiprocessing
 import os
 import sys
 import types
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 __all__ = ["ProgressFn", "closest", "parallel_map", "as_list", "downloads_disabled",
            "NO_DOWNLOAD_ENV", "callable_module"]

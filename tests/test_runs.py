@@ -6,11 +6,10 @@ import json
 import time
 
 import pytest
+from _train_fixtures import cli, dataset, tiny_flags, write_folder
 
 from rcvcore import runs
 from rcvcore.train import TrainConfig, train
-
-from _train_fixtures import cli, dataset, tiny_flags, write_folder
 
 TINY = TrainConfig(arch="resnet18", weights="random", cut="add_4", dataset="unused",
                    target="nuclei-area", epochs=1, batch_size=8, lr=1e-3, image_size=32,

@@ -208,9 +208,9 @@ def test_result_cache_is_exact_and_never_stale(tmp_path, cache_dir):
     """A scan scored before comes back from the result cache with every number (per-class R²
     and the log-mean-exp included); a changed checkpoint or image is scored again."""
     import torch
+    from conftest import make_scale_folder
 
     from rcvcore.models import build_model
-    from conftest import make_scale_folder
 
     folder = make_scale_folder(tmp_path / "data", n=32, classes=["a", "b"])
     ckpt = tmp_path / "w.pth"
