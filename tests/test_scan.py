@@ -62,7 +62,7 @@ def test_cli_json_contract_and_warm_cache(scale_folder, cache_dir, tmp_path, cap
     assert main(args) == 0
     d2 = json.loads(out2.read_text())
     assert d2["cache"] == {"hits": 6, "misses": 0, "result": "hit"}
-    assert d2["timing"] == {"extract_s": 0.0, "fit_s": 0.0}
+    assert d2["timing"] == {"extract_s": 0.0, "fit_s": 0.0, "world_size": 1, "devices": ["cpu"]}
     assert d2["layers"] == d["layers"] and d2["controls"] == d["controls"]
     assert "nothing recomputed" in capsys.readouterr().out
 
