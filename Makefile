@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8501
 
-.PHONY: app demo-scan test test-fast browser-deps setup
+.PHONY: app demo-scan lint test test-fast browser-deps setup
 
 setup: $(VENV)/.installed
 
@@ -27,8 +27,12 @@ app: setup
 demo-scan: setup
 	$(BIN)/python -m rcvcore scan --arch efficientnet_lite0 --weights imagenet --dataset demo-scale
 
-test: setup browser-deps
+# ruff (pinned in requirements.txt, configured in pyproject.toml) before any test
+lint: setup
+	$(BIN)/ruff check .
+
+test: setup browser-deps lint
 	$(BIN)/python -m pytest
 
-test-fast: setup
+test-fast: setup lint
 	$(BIN)/python -m pytest -m "not slow"

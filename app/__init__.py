@@ -1,1 +1,4 @@
-"""Streamlit dashboard of rcvcore (``streamlit run app/main.py``). Pages call rcvcore; no science here."""
+"""Streamlit dashboard of rcvcore (``streamlit run app/main.py``).
+
+Pages call rcvcore; no science here.
+"""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import threading
 import time
 import traceback
@@ -17,15 +18,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import os
-
 import streamlit as st
 
 from app import charts, state
 from rcvcore import runs
 from rcvcore.prune import NONE
 from rcvcore.train.config import TrainConfig
-
 
 # --------------------------------------------------------------------------------------------
 # catalogue (cheap, cached per server)

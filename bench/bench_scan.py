@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -90,7 +89,7 @@ def bench_cache(n_images: int) -> None:
 
         load_dataset("demo-scale", n=n_images, cache_dir=Path(d) / "datasets")  # not timed
         t = time.perf_counter()
-        cold = run_scan(cfg)
+        run_scan(cfg)
         t_cold = time.perf_counter() - t
         t = time.perf_counter()
         warm = run_scan(cfg)
@@ -141,7 +140,8 @@ def bench_fit(n: int = 1000) -> None:
                         est = LinearRegression()
                     else:
                         Xc = X[s.train] - X[s.train].mean(axis=0)
-                        est = RidgeCV(alphas=np.asarray(RELATIVE_ALPHAS) * (Xc ** 2).sum() / len(Xc))
+                        scale = (Xc ** 2).sum() / len(Xc)
+                        est = RidgeCV(alphas=np.asarray(RELATIVE_ALPHAS) * scale)
                     est.fit(X[s.train], yy[s.train])
                     r2 = r2_score(yy[s.test], est.predict(X[s.test]))
                     worst = max(worst, abs(r2 - ref[layer].r2[s.repeat]) / max(1.0, abs(r2)))

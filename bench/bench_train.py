@@ -1,10 +1,11 @@
 """Training throughput (images/s) of full vs pruned models, and data-loader throughput.
 
-Usage: .venv/bin/python bench/bench_train.py [--batch 8] [--steps 2] [--rounds 3] [--archs resnet50,inception_v3]
-       [--device auto] [--json FILE]
+Usage: .venv/bin/python bench/bench_train.py [--batch 8] [--steps 2] [--rounds 3]
+       [--archs resnet50,inception_v3] [--device auto] [--json FILE]
 
 For each architecture, the full model (``--cut none``: trunk + GAP + head) and the model pruned at
-the paper's cut are trained on random inputs, alternating ``--rounds`` rounds of ``--steps`` timed steps (after 2\nwarm-up steps; median per model),
+the paper's cut are trained on random inputs, alternating ``--rounds`` rounds of ``--steps``
+timed steps (after 2 warm-up steps; median per model),
 exactly as the training loop does (train mode, Adam, MSE, channels_last; float16 autocast on CUDA
 only). The loader is timed on ``demo-histology`` patches (224 px PNGs), read and transformed to the
 network input by the run's own dataset class, with the loop's default worker count.

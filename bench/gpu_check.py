@@ -89,8 +89,8 @@ def inference(arch: str, batch: int, seconds: float, dev, size: int | None) -> d
 
 def run(cmd: list[str], timeout: int) -> tuple[int, float, str]:
     t0 = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                       env=dict(os.environ, PYTHONPATH=f"{ROOT}:{os.environ.get('PYTHONPATH', '')}"))
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}:{os.environ.get('PYTHONPATH', '')}")
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
     return r.returncode, time.perf_counter() - t0, (r.stdout + r.stderr)[-1500:]
 
 

@@ -14,15 +14,14 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from .comparison import (COMPARISON, Comparison, model_label, paired_tests,  # noqa: F401
-                         summarise)
+from .comparison import COMPARISON, Comparison, model_label, paired_tests, summarise  # noqa: F401
 from .data.base import ProgressFn
 from .errors import UserError
-from .runs import (RESULT, Scheduler, group_runs, plan_group, read_comparison, read_run,
-                   run_dir_of)
+from .runs import RESULT, Scheduler, group_runs, plan_group, read_comparison, read_run, run_dir_of
 from .train.config import TrainConfig
 from .train.loop import train
 from .utils import callable_module
+
 
 def resolve_seeds(seeds, base_seed: int) -> list[int]:
     """``3`` -> three seeds from ``base_seed``; ``"1,2,3"`` / ``[1, 2, 3]`` -> those seeds."""

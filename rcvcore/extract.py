@@ -210,7 +210,7 @@ def probe_channels(arch: ArchSpec | str) -> dict[str, int]:
     return _channels(get_arch(arch))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _channels(spec: ArchSpec) -> dict[str, int]:
     model = resolve_backbone(spec, "random").build()
     ex = FeatureExtractor(model, spec, [n for n, _ in spec.all_layers], device="cpu",

@@ -19,8 +19,15 @@ from torch import nn
 
 from .errors import UserError
 from .extract import trunk
-from .models import (PRE_SOFTMAX, SOFTMAX, ArchSpec, Backbone, count_parameters, get_arch,
-                     resolve_backbone)
+from .models import (
+    PRE_SOFTMAX,
+    SOFTMAX,
+    ArchSpec,
+    Backbone,
+    count_parameters,
+    get_arch,
+    resolve_backbone,
+)
 
 NONE = "none"
 

@@ -10,9 +10,9 @@ split alone by exact leave-one-out, for all penalties at once (as ``RidgeCV``'s 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
@@ -311,7 +311,7 @@ class LayerScore:
                 "alphas": list(self.alphas)}
 
     @classmethod
-    def from_json(cls, d: dict) -> "LayerScore":
+    def from_json(cls, d: dict) -> LayerScore:
         by_class = d.get("r2_by_class") or {"all": d["r2"]}
         return cls(d["name"], int(d["n_features"]), tuple(float(v) for v in d["r2"]),
                    {k: tuple(float(v) for v in vs) for k, vs in by_class.items()},

@@ -8,21 +8,20 @@ import io
 import json
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from .cache import ActivationCache, ActivationKey, CachedActivations, Store
 from .data import Dataset, load_dataset
 from .data.base import closest, default_cache_dir, fingerprint
-from .errors import UserError
 from .dist import Dist, barrier, broadcast, gather, init_distributed
+from .errors import UserError
 from .extract import Extraction, FeatureExtractor, extract, resolve_device
 from .models import PRE_SOFTMAX, SOFTMAX, ArchSpec, Backbone, get_arch, resolve_backbone
-from .rcv import (MODELS, LayerScore, check_measure, make_splits, score_targets,
-                  shuffled_targets)
+from .rcv import MODELS, LayerScore, check_measure, make_splits, score_targets, shuffled_targets
 
 CONTROLS = ("shuffled", "random-weights")
 Progress = Callable[[float, str], None]
@@ -50,7 +49,7 @@ class ScanConfig:
     test_size: float = 0.3
     dataset_options: dict = field(default_factory=dict)  # loader options (--opt KEY=VALUE)
 
-    def validate(self) -> "ScanConfig":
+    def validate(self) -> ScanConfig:
         """Return a normalised copy or raise :class:`UserError` naming the bad parameter."""
         get_arch(self.arch)
         if self.model not in MODELS:
@@ -128,7 +127,7 @@ class ScanResult:
         }
 
     @classmethod
-    def from_json(cls, d: dict) -> "ScanResult":
+    def from_json(cls, d: dict) -> ScanResult:
         cfg = dict(d.get("config") or {})
         cfg.setdefault("arch", d["arch"])
         cfg.setdefault("weights", d["weights"])

@@ -8,7 +8,7 @@ import multiprocessing
 import os
 import sys
 import types
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 __all__ = ["ProgressFn", "closest", "parallel_map", "as_list", "downloads_disabled",
            "NO_DOWNLOAD_ENV", "callable_module"]
@@ -52,12 +52,13 @@ def closest(name: str, choices, n: int = 3) -> str:
 
 
 def as_list(value) -> list:
-    """``None`` -> ``[]``; ``"a,b"`` -> ``["a", "b"]``; a list or tuple -> a list (of
-    stripped strings for strings); anything else -> ``[value]``."""
+    """A loader option as a list: ``None`` -> ``[]``; ``"a,b"`` or ``"a;b"`` -> ``["a", "b"]``;
+    a list or tuple -> a list (strings stripped); anything else -> ``[value]``. (For the four
+    ``_as_list`` copies of the data loaders to share.)"""
     if value is None:
         return []
     if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
+        return [v.strip() for v in value.replace(";", ",").split(",") if v.strip()]
     if isinstance(value, (list, tuple, set, frozenset)):
         return [v.strip() if isinstance(v, str) else v for v in value]
     return [value]

@@ -5,11 +5,8 @@ import json
 import time
 from pathlib import Path
 
-import pytest
-
-from streamlit.testing.v1 import AppTest
-
 from conftest import widget as _w
+from streamlit.testing.v1 import AppTest
 
 MAIN = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
 

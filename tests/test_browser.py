@@ -7,7 +7,6 @@ test-artifacts/ (gitignored).
 from __future__ import annotations
 
 import io
-import shutil
 import time
 from pathlib import Path
 

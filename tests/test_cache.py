@@ -3,8 +3,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from rcvcore.cache import (SECTIONS, ActivationCache, ActivationKey, CachedActivations, Store,
-                           cache_usage, clear_cache)
+from rcvcore.cache import (
+    SECTIONS,
+    ActivationCache,
+    ActivationKey,
+    CachedActivations,
+    Store,
+    cache_usage,
+    clear_cache,
+)
 
 
 def test_store_arrays_json_and_prefixes(tmp_path):

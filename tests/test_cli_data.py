@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from _data_fixtures import write_imagenet_tree, write_janowczyk_tree, write_voc_tree
 
 from rcvcore.cli import main
 from rcvcore.cli.data import parse_options
-from _data_fixtures import write_imagenet_tree, write_janowczyk_tree, write_voc_tree
 
 KINDS = ("janowczyk", "demo-histology", "demo-he", "breakhis", "imagenet", "voc")
 

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _data_fixtures import truncate, write_breakhis_tree, write_png
 
 from rcvcore.data import load_dataset
 from rcvcore.data.base import DatasetError
-from _data_fixtures import write_breakhis_tree, write_png, truncate
 
 
 @pytest.fixture()

@@ -1,4 +1,4 @@
-"""The histology pipeline: the paper's nuclei measure, downsampling, janowczyk and demo-histology."""
+"""The histology pipeline: the paper's nuclei measure, downsampling, janowczyk, demo-histology."""
 from __future__ import annotations
 
 import time
@@ -6,13 +6,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _data_fixtures import disk_mask, grid_centers, truncate, write_janowczyk_tree
 from PIL import Image
 
 from rcvcore.data import load_dataset
 from rcvcore.data.base import DatasetError
-from rcvcore.data.histology import (downsample, grid_positions, mean_nuclei_area, nuclei_areas,
-                                    split_groups)
-from _data_fixtures import disk_mask, grid_centers, truncate, write_janowczyk_tree
+from rcvcore.data.histology import (
+    downsample,
+    grid_positions,
+    mean_nuclei_area,
+    nuclei_areas,
+    split_groups,
+)
 
 # ----------------------------------------------------------------------------- the measure
 

@@ -5,12 +5,18 @@ import shutil
 from pathlib import Path
 
 import pytest
+from _data_fixtures import (
+    PAPER_WNIDS,
+    expected_imagenet_fraction,
+    truncate,
+    voc_xml,
+    write_imagenet_tree,
+    write_jpeg,
+)
 
 from rcvcore.data import load_dataset
 from rcvcore.data.base import DatasetError
 from rcvcore.data.boxes import Box, largest_box_fraction, parse_voc_xml
-from _data_fixtures import (PAPER_WNIDS, expected_imagenet_fraction, truncate, voc_xml,
-                                  write_imagenet_tree, write_jpeg)
 
 
 def test_box_fraction_quarter_and_largest(tmp_path):

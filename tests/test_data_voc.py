@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import pytest
+from _data_fixtures import write_voc_tree
 
 from rcvcore.data import load_dataset
 from rcvcore.data.base import DatasetError
-from _data_fixtures import write_voc_tree
 
 
 def _by(ds):

@@ -7,10 +7,9 @@ import sys
 
 import pytest
 import torch
+from _train_fixtures import REPO, tiny_flags, write_folder
 
 from rcvcore.runs import read_run
-
-from _train_fixtures import REPO, tiny_flags, write_folder
 
 
 @pytest.mark.slow

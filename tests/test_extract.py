@@ -1,5 +1,4 @@
 """One forward pass for all layers equals one truncated model per layer; pooling; bad files."""
-import numpy as np
 import pytest
 import torch
 from torchvision.models.feature_extraction import create_feature_extractor

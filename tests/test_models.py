@@ -6,8 +6,7 @@ import torch
 
 from rcvcore.errors import UserError, WeightsUnavailable
 from rcvcore.extract import probe_channels as channels
-from rcvcore.models import (ARCHS, build_model, expected_weights_file, get_arch,
-                            preprocess_for)
+from rcvcore.models import ARCHS, build_model, expected_weights_file, get_arch, preprocess_for
 from rcvcore.models.tv import tv_weights
 
 

@@ -9,8 +9,7 @@ from PIL import Image
 
 from rcvcore.errors import UserError, WeightsUnavailable
 from rcvcore.extract import FeatureExtractor, probe_channels
-from rcvcore.models import ARCHS, get_arch, resolve_backbone
-from rcvcore.models import timmnets
+from rcvcore.models import ARCHS, get_arch, resolve_backbone, timmnets
 from rcvcore.prune import build_pruned
 
 

@@ -3,7 +3,6 @@ bad file kind gets its own error while the other files are still predicted."""
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import struct
 import zlib
@@ -11,13 +10,12 @@ import zlib
 import numpy as np
 import pytest
 import tifffile
+from _train_fixtures import CLASSES, cli, dataset, disc_image
 from PIL import Image
 
 from rcvcore.errors import UserError
 from rcvcore.predict import load_run_model, predict_files, predict_images
 from rcvcore.train import TrainConfig, train
-
-from _train_fixtures import CLASSES, cli, dataset, disc_image
 
 TINY = TrainConfig(arch="resnet18", weights="random", cut="add_4", dataset="unused",
                    epochs=1, batch_size=8, lr=1e-3, image_size=32, log_every=5)

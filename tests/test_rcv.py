@@ -6,8 +6,15 @@ from sklearn.metrics import r2_score
 from sklearn.model_selection import LeaveOneGroupOut
 
 from rcvcore.errors import UserError
-from rcvcore.rcv import (RCV, RELATIVE_ALPHAS, logmeanexp, make_splits, score_layers,
-                         score_targets, shuffled_targets)
+from rcvcore.rcv import (
+    RCV,
+    RELATIVE_ALPHAS,
+    logmeanexp,
+    make_splits,
+    score_layers,
+    score_targets,
+    shuffled_targets,
+)
 
 
 def _ridge_grid(X):

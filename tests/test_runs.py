@@ -6,11 +6,10 @@ import json
 import time
 
 import pytest
+from _train_fixtures import cli, dataset, tiny_flags, write_folder
 
 from rcvcore import runs
 from rcvcore.train import TrainConfig, train
-
-from _train_fixtures import cli, dataset, tiny_flags, write_folder
 
 TINY = TrainConfig(arch="resnet18", weights="random", cut="add_4", dataset="unused",
                    target="nuclei-area", epochs=1, batch_size=8, lr=1e-3, image_size=32,
@@ -76,7 +75,7 @@ def test_cli_compare_parallel_and_runs_on_the_group(tmp_path):
     assert [row["states"] for row in saved["rows"]] == [["done"], ["done"]]
     assert json.loads((tmp_path / "c.json").read_text())["rows"] == saved["rows"]
     # both ran at the same time: each started before the other ended
-    st = [runs.read_run(run_dir / d).status for d in ("none_seed1", "add_4_seed1")]
+    st = [runs.read_run(run_dir / d).status for d in ("none_seed1001", "add_4_seed1001")]
     assert st[0]["started_at"] < st[1]["updated_at"] and st[1]["started_at"] < st[0]["updated_at"]
     r = cli("runs", run_dir, "--json", tmp_path / "runs.json")
     assert r.returncode == 0, r.stderr

@@ -62,7 +62,7 @@ def test_cli_json_contract_and_warm_cache(scale_folder, cache_dir, tmp_path, cap
     assert main(args) == 0
     d2 = json.loads(out2.read_text())
     assert d2["cache"] == {"hits": 6, "misses": 0, "result": "hit"}
-    assert d2["timing"] == {"extract_s": 0.0, "fit_s": 0.0}
+    assert d2["timing"] == {"extract_s": 0.0, "fit_s": 0.0, "world_size": 1, "devices": ["cpu"]}
     assert d2["layers"] == d["layers"] and d2["controls"] == d["controls"]
     assert "nothing recomputed" in capsys.readouterr().out
 
@@ -208,9 +208,9 @@ def test_result_cache_is_exact_and_never_stale(tmp_path, cache_dir):
     """A scan scored before comes back from the result cache with every number (per-class R²
     and the log-mean-exp included); a changed checkpoint or image is scored again."""
     import torch
+    from conftest import make_scale_folder
 
     from rcvcore.models import build_model
-    from conftest import make_scale_folder
 
     folder = make_scale_folder(tmp_path / "data", n=32, classes=["a", "b"])
     ckpt = tmp_path / "w.pth"

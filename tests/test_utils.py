@@ -26,7 +26,7 @@ def test_downloads_disabled_one_meaning(monkeypatch, value, off):
 def test_closest_and_as_list():
     assert "'resnet50'" in closest("resnet05", ["resnet50", "vgg16"])
     assert closest("zzz", ["resnet50"]) == ""
-    assert as_list(None) == [] and as_list("a, b,,c") == ["a", "b", "c"]
+    assert as_list(None) == [] and as_list("a, b,,c;d") == ["a", "b", "c", "d"]
     assert as_list(("x ", 3)) == ["x", 3] and as_list(7) == [7]
 
 

@@ -142,7 +142,8 @@ def _render_group() -> None:
     runs = services.read_runs(dirs)
     active = [r for r in runs if services.run_state(r) in services.RUN_STATES_ACTIVE]
     rows_ = [{
-        "run": r.run_dir.split("/")[-1], "state": services.run_state(r), "progress": _fmt_progress(r),
+        "run": r.run_dir.split("/")[-1], "state": services.run_state(r),
+        "progress": _fmt_progress(r),
         "message": r.status.get("message") or r.status.get("error") or "",
         **{f"test {k}": (r.result or {}).get("test", {}).get(k) for k in ("mae", "kappa")},
     } for r in runs]

@@ -18,7 +18,8 @@ COMMAND_MODULES = ["models", "data", "scan", "train", "runs"]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m rcvcore",
-        description="Scale-covariance scans (RCV), pruning and transfer of CNNs for histopathology.")
+        description="Scale-covariance scans (RCV), pruning and transfer of CNNs for "
+                    "histopathology.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:   # a missing module is an error, never a silently lost command
         importlib.import_module(f"{__name__}.{name}").add_parser(sub)

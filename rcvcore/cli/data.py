@@ -61,7 +61,8 @@ def format_summary(summary: dict, max_skipped: int = 10) -> str:
     name = summary["measure"]["name"]
     width = max([5] + [len(c) for c in summary["classes"]])
     lines.append("")
-    lines.append(f"{'class':<{width}}  {'count':>6}  {name + ' mean':>22}  {'min':>10}  {'max':>10}")
+    lines.append(f"{'class':<{width}}  {'count':>6}  {name + ' mean':>22}  {'min':>10}  "
+                 f"{'max':>10}")
     for c, st in summary["measure"]["by_class"].items():
         if st["count"]:
             lines.append(f"{c:<{width}}  {st['count']:>6}  {st['mean']:>22.4g}  "

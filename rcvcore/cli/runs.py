@@ -8,9 +8,21 @@ from pathlib import Path
 from ..cache import SECTIONS, STORE_SECTION, Store, cache_usage, clear_cache
 from ..data.base import default_cache_dir
 from ..errors import UserError
+from ..runs import (
+    FINISHED,
+    Scheduler,
+    cancel,
+    find_runs,
+    group_runs,
+    group_state,
+    is_group_dir,
+    is_run_dir,
+    read_comparison,
+    read_group,
+    read_run,
+    runs_root,
+)
 from ..scan import RESULT_PREFIX
-from ..runs import (FINISHED, Scheduler, cancel, find_runs, group_runs, group_state,
-                    is_group_dir, is_run_dir, read_comparison, read_group, read_run, runs_root)
 
 
 def add_parser(sub) -> None:

@@ -109,7 +109,8 @@ def format_table(result) -> str:
              f"{result.config.repeats} repeats, {result.config.model}", head, "-" * len(head)]
     cut, _ = result.suggest_cut()
     for i, s in enumerate(result.layers):
-        row = f"{s.layer:<14} {s.n_features:>5}  {s.mean:>8.3f} ± {s.std:<5.3f}  {s.logmeanexp:>10.3f}"
+        row = (f"{s.layer:<14} {s.n_features:>5}  {s.mean:>8.3f} ± {s.std:<5.3f}  "
+               f"{s.logmeanexp:>10.3f}")
         for key in ("shuffled", "random_weights"):
             if key in ctrl:
                 c = ctrl[key][i]

@@ -2,7 +2,8 @@
 
 Every dataset resolves to image files on disk plus one row of labels per file. Generated datasets
 (demo crops, histology patches) are written once into a cache folder and then read like any other
-folder, so extraction, caching (fingerprints of path, size and mtime) and training see one code path.
+folder, so extraction, caching (fingerprints of path, size and mtime) and training see one code
+path.
 """
 from __future__ import annotations
 
@@ -101,7 +102,7 @@ class Dataset:
         ordered = [c for c in self.label_order if c in present]
         return ordered + sorted(present - set(ordered), key=natural_key)
 
-    def subset(self, indices) -> "Dataset":
+    def subset(self, indices) -> Dataset:
         """A new Dataset holding only ``samples[i]`` for ``i`` in ``indices``."""
         return dataclasses.replace(self, samples=tuple(self.samples[i] for i in indices))
 

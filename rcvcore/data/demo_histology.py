@@ -4,7 +4,8 @@ A deterministic generator renders tiles that look like breast tissue at 40x: eos
 stroma with sparse elongated fibroblast nuclei, epithelial nests dense with large, irregular
 tumour nuclei (chromatin texture, darker rims, occasional nucleoli), small round dark lymphocytes,
 a few empty lumina, nuclear size and stain strength varying from tile to tile; colours follow the
-Beer-Lambert mixing of haematoxylin and eosin (Ruifrok's stain vectors). Each tile is written with its true nuclei mask in the ``janowczyk`` layout
+Beer-Lambert mixing of haematoxylin and eosin (Ruifrok's stain vectors). Each tile is written
+with its true nuclei mask in the ``janowczyk`` layout
 (``demo_<seed>_<i>_original.tif`` + ``demo_<seed>_<i>_mask.png``) and then goes through the very
 same pipeline as ``janowczyk`` (downsampling, cropping, measuring nuclei areas from the mask).
 """
@@ -106,7 +107,8 @@ def render_tile(seed: int, index: int, size: int = DEFAULT_TILE_SIZE) -> tuple[n
             b = r_tumour * math.exp(rng.normal(0, 0.18))
             a, dark, irregular = b * rng.uniform(1.0, 1.5), rng.uniform(0.7, 1.25), 0.06
         theta0 = angle if (u >= 0.12 and not in_epi) else rng.uniform(0, np.pi)
-        harm = [(k, rng.normal(0, irregular / (k - 1)), rng.uniform(0, 2 * np.pi)) for k in (2, 3, 4)]
+        harm = [(k, rng.normal(0, irregular / (k - 1)), rng.uniform(0, 2 * np.pi))
+                for k in (2, 3, 4)]
         rmax = a * (1 + sum(abs(c) for _, c, _ in harm)) + 1
         y1, y2 = int(max(0, y0 - rmax - 2)), int(min(size, y0 + rmax + 3))
         x1, x2 = int(max(0, x0 - rmax - 2)), int(min(size, x0 + rmax + 3))

@@ -21,9 +21,9 @@ import hashlib
 import json
 import os
 import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -109,7 +109,8 @@ def mean_nuclei_area(mask) -> float | None:
 # --------------------------------------------------------------------------------------------
 
 def downsample(rgb: Image.Image, mask: np.ndarray, magnification: float,
-               source_magnification: float = SOURCE_MAGNIFICATION) -> tuple[Image.Image, np.ndarray]:
+               source_magnification: float = SOURCE_MAGNIFICATION
+               ) -> tuple[Image.Image, np.ndarray]:
     """Simulate a lower magnification: shrink the RGB image and its mask by ``source / m``.
 
     Args:

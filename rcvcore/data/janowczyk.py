@@ -12,8 +12,15 @@ import warnings
 from pathlib import Path
 
 from .base import Dataset, DatasetError, ProgressFn, Skipped
-from .histology import (LABEL_NAME, LABEL_ORDER, MAGNIFICATIONS, MEASURE_NAME, PatchParams,
-                        SourcePair, generate_patches)
+from .histology import (
+    LABEL_NAME,
+    LABEL_ORDER,
+    MAGNIFICATIONS,
+    MEASURE_NAME,
+    PatchParams,
+    SourcePair,
+    generate_patches,
+)
 from .options import reject_unknown
 
 LAYOUT = ("a folder of 40x H&E images named <id>_original.tif, each with its nuclei mask "

@@ -119,7 +119,7 @@ def load(path: str | None, *, n: int | None = None, seed: int = 0, cache_dir: Pa
         skipped.append(Skipped(str(p), reason))
 
     rows = []   # (image, id, class, fraction-args)
-    for k, i in enumerate(ids):
+    for i in ids:
         xml = year_dir / "Annotations" / f"{i}.xml"
         img = year_dir / "JPEGImages" / f"{i}.jpg"
         if not xml.is_file():

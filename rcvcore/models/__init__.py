@@ -11,8 +11,16 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .backbone import (ARCHS, WEIGHT_KINDS, Backbone, get_arch, list_layers, list_models,
-                       resolve_backbone, weights_available)
+from .backbone import (
+    ARCHS,
+    WEIGHT_KINDS,
+    Backbone,
+    get_arch,
+    list_layers,
+    list_models,
+    resolve_backbone,
+    weights_available,
+)
 from .spec import HEAD_LAYERS, PRE_SOFTMAX, SOFTMAX, ArchSpec, Preprocess
 from .timmnets import downloads_disabled, is_timm_model
 from .tv import expected_weights_file

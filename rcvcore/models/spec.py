@@ -33,7 +33,7 @@ class Preprocess:
         return f"resize{self.resize}-crop{self.crop}-{self.interpolation}-m{self.mean}-s{self.std}"
 
     @classmethod
-    def from_timm_cfg(cls, cfg: dict) -> "Preprocess":
+    def from_timm_cfg(cls, cfg: dict) -> Preprocess:
         """timm's pretrained config (``input_size``, ``crop_pct``, ``interpolation``, ``mean``,
         ``std``) as timm's own eval transform applies it: resize to ``floor(size / crop_pct)``,
         then centre-crop ``size``."""

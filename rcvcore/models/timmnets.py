@@ -23,6 +23,7 @@ from torch import nn
 
 from ..data.base import closest
 from ..errors import UserError, WeightsUnavailable
+from ..utils import downloads_disabled as _rcv_downloads_disabled
 from .spec import PRE_SOFTMAX, SOFTMAX, ArchSpec, Preprocess
 from .tv import INCEPTION_MIXED
 
@@ -170,9 +171,9 @@ def lite0_spec() -> ArchSpec:
 
 
 def downloads_disabled() -> bool:
-    """``RCV_NO_DOWNLOAD`` set to anything but ''/0, or Hugging Face's offline mode."""
-    return os.environ.get("RCV_NO_DOWNLOAD", "") not in ("", "0") or \
-        os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    """``RCV_NO_DOWNLOAD`` (:func:`rcvcore.utils.downloads_disabled`, the one reading of it), or
+    Hugging Face's offline mode."""
+    return _rcv_downloads_disabled() or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
 
 
 def hf_cache_dir() -> Path:

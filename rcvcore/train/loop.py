@@ -14,8 +14,8 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -27,12 +27,23 @@ from ..data.base import Dataset, ProgressFn, limit
 from ..data.registry import load_dataset
 from ..errors import UserError
 from ..extract import default_workers
+from ..files import read_json
 from ..metrics import classification_metrics, nearest_class, regression_metrics
 from ..models import get_arch
 from ..prune import cut_summary
-from ..runs import (CHECKPOINT, CHECKPOINT_FORMAT, CONFIG, RESULT, STATUS, RunCancelled,
-                    RunFailed, RunResult, RunWriter, load_checkpoint, save_checkpoint)
-from ..files import read_json
+from ..runs import (
+    CHECKPOINT,
+    CHECKPOINT_FORMAT,
+    CONFIG,
+    RESULT,
+    STATUS,
+    RunCancelled,
+    RunFailed,
+    RunResult,
+    RunWriter,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .config import TrainConfig
 from .data import ImageSet, Task, image_set, make_task, split_dataset
 from .distributed import Dist, allreduce, barrier, epoch_batches, init_distributed
@@ -288,7 +299,8 @@ def _train(config: TrainConfig, run: Path, writer: RunWriter, d: Dist, device, r
 
     net = model
     if d.enabled:
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
 
     def checkpoint(epochs_done: int, batch_in_epoch: int):
         if not d.main:
@@ -312,7 +324,7 @@ def _train(config: TrainConfig, run: Path, writer: RunWriter, d: Dist, device, r
         if config.trainable == "head":
             model.body.eval()
         ep_loss, ep_n, ep_time = 0.0, 0, 0.0
-        win_loss, win_n, win_imgs, win_time = 0.0, 0, 0, 0.0
+        win_loss, win_n, win_time = 0.0, 0, 0.0
         t_prev = time.perf_counter()
         for b, (x, y) in enumerate(_loader(sets["train"], batches[first:], workers, device),
                                    start=first):
