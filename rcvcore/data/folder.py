@@ -24,6 +24,7 @@ import os
 import warnings
 from pathlib import Path
 
+from ..errors import Notice
 from .base import Dataset, DatasetError, Sample, Skipped
 from .options import reject_unknown
 
@@ -80,7 +81,7 @@ def load(path, *, n=None, seed=0, cache_dir=None, progress=None, allow_outside: 
         first, line, p = merged[0]
         more = f" (and {len(merged) - 1} more)" if len(merged) > 1 else ""
         warnings.warn(f"{table}: {len(merged)} duplicate row(s) merged: lines {first} and {line} "
-                      f"list the same image {p} with the same labels{more}.", stacklevel=2)
+                      f"list the same image {p} with the same labels{more}.", Notice, stacklevel=2)
     if samples:
         from .checks import check_images
 
@@ -123,7 +124,7 @@ def _read_table(table: Path) -> list[tuple[int, dict]]:
             continue
     if encoding != "utf-8-sig":
         warnings.warn(f"{table} is not UTF-8; read it as {encoding}. Save it as UTF-8 to be "
-                      "sure of non-ASCII names.", stacklevel=3)
+                      "sure of non-ASCII names.", Notice, stacklevel=3)
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader, None)
