@@ -55,6 +55,14 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if not e.filename or not e.strerror:
+            raise
+        # a file the user named that cannot be written or read (an output path in a missing or
+        # read-only folder, a full disk): one line, not a traceback
+        print(f"error: {e.filename}: {e.strerror}. Check the path and that its folder exists "
+              "and is writable.", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
