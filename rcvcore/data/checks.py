@@ -47,7 +47,7 @@ def _check_chunk(paths: Sequence[str], decode: bool) -> list[list]:
         except ImageReadError as e:
             out.append([e.reason, 0, 0])
         except Exception as e:  # PIL's header parser raises many types
-            out.append([describe_error(e), 0, 0])
+            out.append([describe_error(e, p), 0, 0])
     return out
 
 

@@ -37,17 +37,18 @@ class ImageReadError(UserError):
         super().__init__(f"{path}: {reason}")
 
 
-def describe_error(e: BaseException) -> str:
+def describe_error(e: BaseException, path=None) -> str:
     """A reason for an image that failed to decode, which never quotes the file's content.
 
     Decoder messages can carry bytes of the file (a header token, a bad chunk); the reason says
-    what kind of failure it was instead.
+    what kind of failure it was instead (and names the file, ``path``, when given).
     """
     if isinstance(e, Image.DecompressionBombError):
         return (f"refused as a decompression bomb (more than {2 * MAX_PIXELS:,} pixels); "
                 "tile it into patches first")
     if isinstance(e, UnidentifiedImageError) or type(e) is SyntaxError:
-        return f"not a readable image (not a {_FORMAT_NAMES} file)"
+        name = f"{Path(path).name} is " if path is not None else ""
+        return f"not a readable image ({name}not a {_FORMAT_NAMES} file)"
     if isinstance(e, OSError) and e.errno is not None and e.strerror:
         return f"cannot be read ({e.strerror})"
     if isinstance(e, (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error,
@@ -125,7 +126,7 @@ def read_rgb(path, max_pixels: int = MAX_PIXELS) -> Image.Image:
                 raise
             except Exception:
                 pass
-        raise ImageReadError(p, describe_error(e)) from None
+        raise ImageReadError(p, describe_error(e, p)) from None
 
 
 def _convert(im: Image.Image) -> Image.Image:
