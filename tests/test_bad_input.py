@@ -713,6 +713,36 @@ def test_corrupt_cache_db_is_moved_aside_and_rebuilt(scale_folder, tmp_path, cap
     assert rc == 0 and "corrupt" in err and "removed:" in out
 
 
+def _open_and_use(directory: str, i: int) -> str:
+    from rcvcore.cache import open_diskcache
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with open_diskcache(directory) as c:
+            c.set(f"k{i}", i)
+            return "ok" if c.get(f"k{i}") == i else "lost"
+
+
+def test_processes_opening_one_corrupt_cache_at_once_all_heal(tmp_path):
+    import concurrent.futures as cf
+    import multiprocessing
+
+    import diskcache
+
+    kind("cache.db corrupt, opened by 3 processes at once")
+    d = tmp_path / "activations"
+    with diskcache.Cache(str(d)) as c:
+        for i in range(50):
+            c.set(f"x{i}", np.zeros(10))
+    _corrupt_db(tmp_path)
+    ctx = multiprocessing.get_context("fork")
+    with cf.ProcessPoolExecutor(3, mp_context=ctx) as pool:
+        results = list(pool.map(_open_and_use, [str(d)] * 3, range(3)))
+    assert results == ["ok"] * 3
+    assert sqlite3.connect(d / "cache.db").execute("PRAGMA quick_check").fetchone() == ("ok",)
+    assert list(d.glob("corrupt-*/cache.db"))
+
+
 def test_orphaned_temporary_files_are_cleaned(tmp_path, capsys):
     kind("orphaned temporary files of killed writes")
     cache = tmp_path / "c"

@@ -372,7 +372,7 @@ def generate_patches(pairs: Sequence[SourcePair], cache_dir: Path, params: Patch
     n_no = 0
     for pair, res in zip(pairs, results):
         for path, reason in res["skipped"]:
-            warnings.warn(f"Skipping {path}: {reason}", stacklevel=3)
+            warnings.warn(f"skipped {path}: {reason}", stacklevel=3)
             skipped.append(Skipped(str(path), reason))
         if res["no_nuclei"]:
             n_no += res["no_nuclei"]
