@@ -191,14 +191,14 @@ def atomic_write_text(path, text: str) -> None:
         raise
 
 
-_TEMP_PID = re.compile(r"^\.(?:.*[.-](\d+)\.tmp|(\d+)-.+)$")
+_TEMP_PID = re.compile(r"^\.(?:.*[.-](\d+)\.tmp(?:\.\w+)?|(\d+)-.+)$")
 
 
 def clean_temp_files(folder, *, min_age_s: float = 60.0, max_age_s: float = 3600.0) -> int:
     """Remove temporary files left in ``folder`` by killed writes; returns how many.
 
-    A temporary file is a hidden ``.NAME.PID.tmp`` (or an older ``.NAME-PID.tmp`` /
-    ``.PID-NAME``). It is removed when its writer is no longer running and it is older than
+    A temporary file is a hidden ``.NAME.PID.tmp`` or ``.NAME.PID.tmp.EXT`` (or an older
+    ``.NAME-PID.tmp`` / ``.PID-NAME``). It is removed when its writer is no longer running and it is older than
     ``min_age_s``, or when it is older than ``max_age_s`` whoever wrote it (a cache shared by
     several machines cannot tell whether a foreign pid runs). Never fails.
     """
