@@ -28,6 +28,87 @@ from .errors import UserError
 DEFAULT_SIZE_GB = 8.0
 
 
+def open_diskcache(directory, **settings):
+    """``diskcache.Cache(directory, **settings)``, healing a corrupt database.
+
+    A ``cache.db`` that SQLite cannot read (not a database, a malformed image: a disk that filled
+    up, a copy cut short) is moved aside to ``<directory>/corrupt-<time>/`` with a warning and a
+    new, empty cache is opened: cached values are lost, nothing else. A database that is only
+    busy (locked by another process) is left alone.
+    """
+    import sqlite3
+    import time
+    import warnings
+
+    from .errors import Notice
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    db = directory / "cache.db"
+    problem = _db_problem(db)
+    if problem is None:
+        try:
+            return diskcache.Cache(str(directory), **settings)
+        except sqlite3.OperationalError:
+            raise
+        except sqlite3.DatabaseError as e:
+            problem = str(e)
+    # check again just before moving: another process may have healed it meanwhile, and its
+    # fresh database must not be moved aside
+    if _db_problem(db) is not None or (db.is_file() and not _db_healthy(db)):
+        aside = directory / f"corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        aside.mkdir(parents=True, exist_ok=True)
+        for name in ("cache.db", "cache.db-wal", "cache.db-shm"):
+            try:
+                os.replace(directory / name, aside / name)
+            except FileNotFoundError:
+                pass                # another process moved it first
+        warnings.warn(f"The cache database {db} was corrupt ({problem}); moved it to {aside} "
+                      "and started an empty cache (cached activations and results are "
+                      f"recomputed). Delete {aside} when you no longer need it.", Notice,
+                      stacklevel=3)
+    return diskcache.Cache(str(directory), **settings)
+
+
+def _db_problem(db: Path) -> str | None:
+    """Why SQLite cannot use ``db`` (its integrity quick-check or error), or None when it can
+    (or when it is only locked, missing or empty: nothing to heal)."""
+    import sqlite3
+
+    try:
+        if not db.is_file() or db.stat().st_size == 0:
+            return None
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+        try:
+            row = con.execute("PRAGMA quick_check").fetchone()
+        finally:
+            con.close()
+    except sqlite3.OperationalError:
+        return None         # locked or busy: not corruption; diskcache waits for it
+    except sqlite3.DatabaseError as e:
+        return str(e)
+    except OSError:
+        return None
+    return None if row and row[0] == "ok" else str(row[0] if row else "no answer")
+
+
+def _db_healthy(db: Path) -> bool:
+    """Whether ``db`` opens read-write and answers (what diskcache itself needs)."""
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(str(db), timeout=30)
+        try:
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            con.close()
+    except sqlite3.OperationalError:
+        return True         # busy: leave it to diskcache
+    except sqlite3.DatabaseError:
+        return False
+    return True
+
+
 class Store:
     """A diskcache store of arrays, dicts of arrays and JSON values under string keys.
 
@@ -40,8 +121,8 @@ class Store:
             os.environ.get("RCV_CACHE_SIZE_GB", DEFAULT_SIZE_GB))
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._cache = diskcache.Cache(str(self.directory), size_limit=int(gb * 2**30),
-                                      eviction_policy="least-recently-used")
+        self._cache = open_diskcache(self.directory, size_limit=int(gb * 2**30),
+                                     eviction_policy="least-recently-used")
 
     def get(self, key: str):
         """The value under ``key``, or None (missing or unreadable: then it is dropped)."""

@@ -7,3 +7,9 @@ class UserError(ValueError):
 
 class WeightsUnavailable(UserError):
     """Pretrained weights are neither cached nor downloadable."""
+
+
+class Notice(UserWarning):
+    """Something the user should know, that did not stop the job (a damaged cache healed, a
+    table read in another encoding, duplicate rows merged). The CLI prints it as one line,
+    ``warning: <message>``."""

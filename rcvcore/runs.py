@@ -270,9 +270,20 @@ class RunWriter:
             "".join(json.dumps(m) + "\n" for m in keep)))
 
 
+#: The checkpoint before the latest one, kept so that a damaged latest one is not a dead end.
+PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
+
+
 def save_checkpoint(path, state: dict) -> None:
-    """``torch.save`` atomically: a kill never leaves a torn checkpoint behind."""
-    atomic_path(path, lambda tmp: torch.save(state, tmp))
+    """``torch.save`` atomically: a kill never leaves a torn checkpoint behind. The checkpoint
+    it replaces is kept as :data:`PREVIOUS_CHECKPOINT` beside it."""
+    path = Path(path)
+
+    def write(tmp: Path) -> None:
+        torch.save(state, tmp)
+        if path.exists():      # a kill between the two renames leaves the previous one
+            os.replace(path, path.with_name(PREVIOUS_CHECKPOINT))
+    atomic_path(path, write)
 
 
 def load_checkpoint(path) -> dict:
@@ -282,9 +293,76 @@ def load_checkpoint(path) -> dict:
         raise UserError(f"No checkpoint at {p}; the run has not finished an epoch yet. Start it "
                         "again without --resume.")
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
+        ck = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise UserError(f"Checkpoint {p} cannot be read ({type(e).__name__}: {e}).") from None
+        # one line, in our words: torch's own can quote the file or run over many lines
+        why = ("holds Python objects other than tensors and is refused for safety"
+               if "weights only load failed" in str(e).lower() else
+               f"is empty, truncated or damaged ({type(e).__name__})")
+        raise UserError(f"Checkpoint {p} cannot be read: it {why}.") from None
+    if not isinstance(ck, dict):
+        raise UserError(f"Checkpoint {p} cannot be read: it is not an rcvcore run checkpoint.")
+    return ck
+
+
+def load_resume_checkpoint(run_dir) -> tuple[dict, Path] | None:
+    """The checkpoint a run resumes from: the latest, or the previous one (with a warning) when
+    the latest is missing or unreadable; None when the run has none yet.
+
+    Raises:
+        UserError: neither checkpoint can be read (then ``train --restart`` starts afresh).
+    """
+    import warnings
+
+    from .errors import Notice
+
+    run = Path(run_dir)
+    latest, previous = run / CHECKPOINT, run / PREVIOUS_CHECKPOINT
+    if not latest.exists() and not previous.exists():
+        return None
+    problem = None
+    if latest.exists():
+        try:
+            return load_checkpoint(latest), latest
+        except UserError as e:
+            problem = str(e)
+    if previous.exists():
+        try:
+            ck = load_checkpoint(previous)
+        except UserError as e:
+            raise UserError(f"{problem or f'No {CHECKPOINT} in {run}.'} The previous checkpoint "
+                            f"cannot be read either ({e}). Start the run again with "
+                            f"`python -m rcvcore train --restart --run-dir {run} ...`.") from None
+        warnings.warn(f"{problem or f'No {CHECKPOINT} in {run}.'} Resuming from the previous "
+                      f"checkpoint {previous} (epoch {ck.get('epoch')}, step "
+                      f"{ck.get('global_step')}).", Notice, stacklevel=2)
+        return ck, previous
+    raise UserError(f"{problem} Start the run again with `python -m rcvcore train --restart "
+                    f"--run-dir {run} ...`.")
+
+
+def clear_run_dir(run_dir) -> list[str]:
+    """Remove a run's files (configuration, status, metrics, result, checkpoints) so the
+    directory can hold a new run (``train --restart``); a running run is refused.
+
+    Returns the names removed. Other files in the directory are left alone.
+    """
+    run = Path(run_dir)
+    st = read_json(run / STATUS) or {}
+    pid = st.get("pid")
+    if st.get("state") == "running" and isinstance(pid, int) and pid_alive(pid) and \
+            st.get("host") in (None, socket.gethostname()):
+        raise UserError(f"--restart: the run in {run} is running (pid {pid}). Cancel it first: "
+                        f"`python -m rcvcore runs cancel {run}`.")
+    removed = []
+    for name in (CONFIG, STATUS, METRICS, RESULT, CHECKPOINT, PREVIOUS_CHECKPOINT):
+        try:
+            (run / name).unlink()
+            removed.append(name)
+        except FileNotFoundError:
+            pass
+    return removed
+
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
-from ..errors import UserError
+from ..errors import Notice, UserError
+
+_default_showwarning = warnings.showwarning
 
 COMMAND_MODULES = ["models", "data", "scan", "train", "runs"]
 
@@ -26,13 +29,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _safe_streams() -> None:
+    """Never fail on printing: a file name that is not valid in the terminal's encoding (bytes
+    of another encoding, kept by Python as surrogates) is printed with backslash escapes."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):
+            pass    # not a text stream of io (pytest's capture, a notebook): leave it
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    if issubclass(category, Notice):
+        print(f"warning: {message}", file=file or sys.stderr)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _safe_streams()
+    warnings.showwarning = _show_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if not e.filename or not e.strerror:
+            raise
+        # a file the user named that cannot be written or read (an output path in a missing or
+        # read-only folder, a full disk): one line, not a traceback
+        print(f"error: {e.filename}: {e.strerror}. Check the path and that its folder exists "
+              "and is writable.", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

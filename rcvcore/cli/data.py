@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -108,8 +109,10 @@ def _cmd_inspect(args) -> int:
                   flush=True)
 
     try:
-        ds = load_dataset(args.dataset, n=args.n, seed=args.seed, cache_dir=cache_dir,
-                          progress=progress, **options)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = load_dataset(args.dataset, n=args.n, seed=args.seed, cache_dir=cache_dir,
+                              progress=progress, **options)
     except TypeError as e:
         if "unexpected keyword argument" in str(e):
             raise DatasetError(f"--opt: {e}. See the loader's options in "
@@ -118,6 +121,13 @@ def _cmd_inspect(args) -> int:
     finally:
         if show:
             print("\r\033[K", end="", file=sys.stderr, flush=True)
+    listed = {s.path for s in ds.skipped}
+    for w in caught:
+        text = str(w.message)
+        # skips are listed in the summary below; everything else (encoding, merged rows) here
+        if not any(text.startswith(f"{verb} {p}:") for verb in ("skipped", "Skipping")
+                   for p in listed):
+            print(f"warning: {text}", file=sys.stderr)
     summary = summarize(ds)
     if args.json:
         out = Path(args.json)

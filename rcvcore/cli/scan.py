@@ -6,6 +6,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from ..errors import Notice
 from ..scan import CONTROLS, ScanConfig, run_scan
 
 
@@ -86,7 +87,7 @@ def _scan(args) -> int:
     if result is None:      # a torchrun rank other than 0: rank 0 reports and writes
         return 0
     for w in caught:
-        if "skipped" in str(w.message):
+        if "skipped" in str(w.message) or issubclass(w.category, Notice):
             print(f"warning: {w.message}", file=sys.stderr)
     print(format_table(result))
     if args.json:

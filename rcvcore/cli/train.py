@@ -99,6 +99,9 @@ def add_parser(sub) -> None:
                                    "metrics.jsonl, checkpoint.pt, status.json, result.json). "
                                    "Under torchrun it trains data-parallel (DDP).")
     p.add_argument("--run-dir", required=True, help="the run directory")
+    p.add_argument("--restart", action="store_true",
+                   help="remove the run already in --run-dir (configuration, metrics, "
+                        "checkpoints, result) and start it afresh with the flags given")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --run-dir from its last checkpoint (its "
                         "configuration is read from config.json)")
@@ -139,8 +142,8 @@ def add_parser(sub) -> None:
 def _train(args) -> int:
     if args.resume:
         ignored = [k for k, v in vars(args).items()
-                   if v is not None and k not in ("run_dir", "resume", "func", "command",
-                                                  "quiet")]
+                   if v is not None and k not in ("run_dir", "resume", "restart", "func",
+                                                  "command", "quiet")]
         if ignored:
             print(f"note: --resume reads the configuration from {args.run_dir}/config.json; "
                   f"ignoring {', '.join('--' + k.replace('_', '-') for k in ignored)}",
@@ -149,7 +152,8 @@ def _train(args) -> int:
     else:
         config = _config_from(args)
     try:
-        res = train(config, args.run_dir, resume=args.resume, progress=_progress(args))
+        res = train(config, args.run_dir, resume=args.resume, restart=args.restart,
+                    progress=_progress(args))
     except RunFailed as e:
         print(f"error: run failed: {e}", file=sys.stderr)
         return EXIT_FAILED

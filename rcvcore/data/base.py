@@ -171,6 +171,77 @@ def file_fingerprint(paths: list[str]) -> str:
     return h.hexdigest()[:32]
 
 
+def temp_name(path) -> Path:
+    """The temporary file that :func:`atomic_write_text` writes before renaming it to ``path``."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def atomic_write_text(path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace``: a killed write
+    leaves the old file (or none), never half a file."""
+    tmp = temp_name(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+
+
+_TEMP_PID = re.compile(r"^\.(?:.*[.-](\d+)\.tmp(?:\.\w+)?|(\d+)-.+)$")
+
+
+def clean_temp_files(folder, *, min_age_s: float = 60.0, max_age_s: float = 3600.0) -> int:
+    """Remove temporary files left in ``folder`` by killed writes; returns how many.
+
+    A temporary file is a hidden ``.NAME.PID.tmp`` or ``.NAME.PID.tmp.EXT`` (or an older
+    ``.NAME-PID.tmp`` / ``.PID-NAME``). It is removed when its writer is no longer running and
+    it is older than ``min_age_s``, or when it is older than ``max_age_s`` whoever wrote it (a
+    cache shared by several machines cannot tell whether a foreign pid runs). Never fails.
+    """
+    import time
+
+    removed = 0
+    now = time.time()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for e in entries:
+        m = _TEMP_PID.match(e.name)
+        if not m:
+            continue
+        try:
+            if not e.is_file(follow_symlinks=False):
+                continue
+            age = now - e.stat(follow_symlinks=False).st_mtime
+            if age < min_age_s:
+                continue
+            if age < max_age_s and _pid_alive(int(m.group(1) or m.group(2))):
+                continue
+            os.unlink(e.path)
+            removed += 1
+        except (OSError, ValueError):
+            continue
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True
+    return True
+
+
 def default_cache_dir() -> Path:
     """The user's cache directory for rcvcore (``$RCV_CACHE_DIR`` overrides it)."""
     env = os.environ.get("RCV_CACHE_DIR")

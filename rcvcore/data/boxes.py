@@ -48,7 +48,7 @@ def _num(node, tag: str, where: str) -> float:
     try:
         return float(text.strip())
     except ValueError:
-        raise AnnotationError(f"<{tag}> of {where} is not a number: {text.strip()!r}") from None
+        raise AnnotationError(f"<{tag}> of {where} is not a number") from None  # never quoted
 
 
 def parse_voc_xml(path) -> Annotation:

@@ -105,7 +105,7 @@ def load(path: str | None, *, n: int | None = None, seed: int = 0, cache_dir: Pa
     for r in rows:
         reason = checks[r[0]][0]
         if reason:
-            warnings.warn(f"Skipping {r[0]}: {reason}", stacklevel=2)
+            warnings.warn(f"skipped {r[0]}: {reason}", stacklevel=2)
             skipped.append(Skipped(r[0], reason))
         else:
             good.append(r)

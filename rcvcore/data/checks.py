@@ -13,11 +13,13 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from .base import ProgressFn
+from .base import ProgressFn, atomic_write_text, clean_temp_files
 from .histology import parallel_map
-from .images import ImageReadError, read_rgb
+from .images import FORMATS, ImageReadError, describe_error, read_rgb
 
 CHUNK = 64
+# Bumped when the verdicts change (v2: reasons never quote a file's content).
+_VERSION = 2
 
 
 def _stamp(path: str) -> str | None:
@@ -40,12 +42,12 @@ def _check_chunk(paths: Sequence[str], decode: bool) -> list[list]:
 
                 if os.path.getsize(p) == 0:
                     raise ImageReadError(p, "empty file (0 bytes)")
-                with Image.open(p) as im:
+                with Image.open(p, formats=FORMATS) as im:
                     out.append([None, im.size[0], im.size[1]])
         except ImageReadError as e:
             out.append([e.reason, 0, 0])
         except Exception as e:  # PIL's header parser raises many types
-            out.append([f"not a readable image ({type(e).__name__}: {e})", 0, 0])
+            out.append([describe_error(e, p), 0, 0])
     return out
 
 
@@ -68,7 +70,7 @@ def check_images(paths: Sequence[str], cache_dir: Path | None, *, decode: bool =
     cache_file = None
     cached: dict = {}
     if cache_dir is not None and paths:
-        key = hashlib.sha256(json.dumps([decode, os.path.commonpath(paths)]).encode())
+        key = hashlib.sha256(json.dumps([decode, os.path.commonpath(paths), _VERSION]).encode())
         cache_file = Path(cache_dir) / "image-checks" / f"{key.hexdigest()[:20]}.json"
         try:
             cached = json.loads(cache_file.read_text())
@@ -96,9 +98,8 @@ def check_images(paths: Sequence[str], cache_dir: Path | None, *, decode: bool =
         if cache_file is not None:
             try:
                 cache_file.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cache_file.with_name(f".{os.getpid()}-{cache_file.name}")
-                tmp.write_text(json.dumps(cached))
-                os.replace(tmp, cache_file)
+                clean_temp_files(cache_file.parent)
+                atomic_write_text(cache_file, json.dumps(cached))
             except OSError:
                 pass  # a read-only cache only costs speed
     return result

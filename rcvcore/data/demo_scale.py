@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .base import Dataset, Sample
+from ..errors import Notice
+from .base import Dataset, Sample, atomic_write_text, clean_temp_files
+from .images import png_complete
 from .options import reject_unknown
 
 PHOTOS = ("astronaut", "brick", "camera", "cat", "cell", "clock", "coffee", "coins", "grass",
@@ -46,10 +49,11 @@ def load(path, *, n=None, seed=0, cache_dir: Path, progress=None, **unknown) -> 
     folder = Path(cache_dir) / "demo-scale" / key
     index = folder / "labels.json"
     if index.is_file():
-        rows = json.loads(index.read_text())
-        if all((folder / r["file"]).is_file() for r in rows):
+        rows = cached_rows(folder, index)
+        if rows is not None:
             return _dataset(folder, rows)
     folder.mkdir(parents=True, exist_ok=True)
+    clean_temp_files(folder)
     rng = np.random.default_rng(seed)
     rows = []
     photos = {}
@@ -70,8 +74,27 @@ def load(path, *, n=None, seed=0, cache_dir: Path, progress=None, **unknown) -> 
         rows.append({"file": file, "zoom": zoom, "photo": name})
         if progress:
             progress((i + 1) / n, f"generated {i + 1}/{n} demo crops")
-    index.write_text(json.dumps(rows))
+    atomic_write_text(index, json.dumps(rows))
     return _dataset(folder, rows)
+
+
+def cached_rows(folder: Path, index: Path) -> list | None:
+    """The rows of a generated ``labels.json`` when it and every crop it lists are intact;
+    None (with a warning saying what was damaged) when the crops must be generated again."""
+    try:
+        rows = json.loads(index.read_text())
+        damaged = [r["file"] for r in rows if not png_complete(folder / r["file"])]
+        [(float(r["zoom"]), str(r["photo"])) for r in rows]
+    except (OSError, ValueError, KeyError, TypeError):
+        warnings.warn(f"demo-scale: the cached index {index} is damaged; generating the demo "
+                      "crops again.", Notice, stacklevel=3)
+        return None
+    if damaged:
+        warnings.warn(f"demo-scale: {len(damaged)} cached crop(s) are missing or damaged (e.g. "
+                      f"{folder / damaged[0]}); generating the demo crops again.", Notice,
+                      stacklevel=3)
+        return None
+    return rows
 
 
 def _dataset(folder: Path, rows) -> Dataset:

@@ -29,8 +29,16 @@ import numpy as np
 from PIL import Image
 
 from ..utils import parallel_map  # noqa: F401  (moved to rcvcore.utils; re-exported here)
-from .base import DatasetError, ProgressFn, Sample, Skipped, file_fingerprint
-from .images import ImageReadError, read_rgb
+from .base import (
+    DatasetError,
+    ProgressFn,
+    Sample,
+    Skipped,
+    atomic_write_text,
+    clean_temp_files,
+    file_fingerprint,
+)
+from .images import ImageReadError, png_complete, read_rgb
 
 MAGNIFICATIONS: tuple[int, ...] = (5, 8, 10, 15, 20, 30, 40)
 """Simulated magnifications of the paper; the source images are 40x."""
@@ -232,10 +240,11 @@ def process_source(pair: SourcePair, params: PatchParams, out_root: str) -> dict
         if Path(out_root) in Path(getattr(e, "filename", "") or "/").parents:
             raise  # the cache cannot be written: the caller reports it once
         return {"dir": "", "patches": [], "no_nuclei": 0, "cached": False,
-                "skipped": [[pair.image, f"failed ({type(e).__name__}: {e})"]]}
+                "skipped": [[pair.image, f"failed ({e.strerror or type(e).__name__})"]]}
     except Exception as e:  # one bad source must not sink the whole dataset
+        # the type only: a message could quote the file
         return {"dir": "", "patches": [], "no_nuclei": 0, "cached": False,
-                "skipped": [[pair.image, f"failed ({type(e).__name__}: {e})"]]}
+                "skipped": [[pair.image, f"failed ({type(e).__name__} while cutting patches)"]]}
 
 
 def _process_source(pair: SourcePair, params: PatchParams, out_root: str) -> dict:
@@ -244,7 +253,9 @@ def _process_source(pair: SourcePair, params: PatchParams, out_root: str) -> dic
     if manifest.is_file():
         try:
             data = json.loads(manifest.read_text())
-            if all((folder / f).is_file() for f, _, _ in data["patches"]):
+            # every patch complete: one truncated in the cache (a full disk, a killed copy) has
+            # the whole source cut again rather than the dataset silently shrinking
+            if all(png_complete(folder / f) for f, _, _ in data["patches"]):
                 data.update(dir=str(folder), cached=True)
                 return data
         except (OSError, ValueError, KeyError, TypeError):
@@ -277,6 +288,7 @@ def _process_source(pair: SourcePair, params: PatchParams, out_root: str) -> dic
             f"{mag_label(max(params.magnifications))}")])
         return result
     folder.mkdir(parents=True, exist_ok=True)
+    clean_temp_files(folder)
     rng = np.random.default_rng([params.seed, int(hashlib.sha256(pair.source_id.encode())
                                                    .hexdigest()[:8], 16)])
     for m in params.magnifications:
@@ -294,9 +306,8 @@ def _process_source(pair: SourcePair, params: PatchParams, out_root: str) -> dic
             name = f"{label}_y{y}_x{x}.png"
             small.crop((x, y, x + size, y + size)).save(folder / name, compress_level=1)
             result["patches"].append([name, label, area])
-    tmp = folder / f".manifest-{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({k: result[k] for k in ("patches", "no_nuclei", "skipped")}))
-    os.replace(tmp, manifest)
+    atomic_write_text(manifest, json.dumps({k: result[k]
+                                             for k in ("patches", "no_nuclei", "skipped")}))
     return result
 
 
@@ -369,7 +380,7 @@ def generate_patches(pairs: Sequence[SourcePair], cache_dir: Path, params: Patch
     n_no = 0
     for pair, res in zip(pairs, results):
         for path, reason in res["skipped"]:
-            warnings.warn(f"Skipping {path}: {reason}", stacklevel=3)
+            warnings.warn(f"skipped {path}: {reason}", stacklevel=3)
             skipped.append(Skipped(str(path), reason))
         if res["no_nuclei"]:
             n_no += res["no_nuclei"]

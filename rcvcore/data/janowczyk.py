@@ -61,7 +61,7 @@ def find_pairs(root: Path, group_by: str = "image") -> tuple[list[SourcePair], l
         mask = img.with_name(stem + MASK_SUFFIX)
         if not mask.is_file():
             reason = f"no nuclei mask {mask.name} next to it"
-            warnings.warn(f"Skipping {img}: {reason}", stacklevel=2)
+            warnings.warn(f"skipped {img}: {reason}", stacklevel=2)
             skipped.append(Skipped(str(img), reason))
             continue
         rel = img.parent.relative_to(root)

@@ -113,14 +113,23 @@ def load_dataset(spec: str, *, n: int | None = None, seed: int = 0, cache_dir=No
         **options: loader-specific options (e.g. ``classes`` for ImageNet).
     """
     kind, path = parse_spec(spec)
-    if path is not None and not Path(path).exists():
-        raise DatasetError(f"Dataset path {path!r} does not exist (from --dataset {spec}). "
-                           f"{kind.name} expects: {kind.description}")
+    if path is not None:
+        try:
+            exists = Path(path).expanduser().exists()
+        except (OSError, ValueError) as e:
+            raise DatasetError(f"Dataset path {path!r} cannot be opened "
+                               f"({getattr(e, 'strerror', None) or e}; from --dataset {spec})."
+                               f" {kind.name} expects: {kind.description}") from None
+        if not exists:
+            raise DatasetError(f"Dataset path {path!r} does not exist (from --dataset {spec}). "
+                               f"{kind.name} expects: {kind.description}")
     fn = _loader(kind)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     ds = fn(path, n=n, seed=seed, cache_dir=cache_dir, progress=progress, **options)
     ds = limit(ds, n, seed)
     if len(ds) == 0:
+        first = ds.skipped[0] if ds.skipped else None
         raise DatasetError(f"Dataset {spec!r} holds no usable images"
-                           + (f" ({len(ds.skipped)} skipped)" if ds.skipped else "") + ".")
+                           + (f" ({len(ds.skipped)} skipped; the first, {first.path}: "
+                              f"{first.reason})" if first else "") + ".")
     return ds

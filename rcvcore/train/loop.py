@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import __version__
-from ..data.base import Dataset, ProgressFn, limit
+from ..data.base import Dataset, ProgressFn, clean_temp_files, limit
 from ..data.registry import load_dataset
 from ..errors import UserError
 from ..extract import default_workers
@@ -41,7 +41,8 @@ from ..runs import (
     RunFailed,
     RunResult,
     RunWriter,
-    load_checkpoint,
+    clear_run_dir,
+    load_resume_checkpoint,
     save_checkpoint,
 )
 from .config import TrainConfig
@@ -156,7 +157,7 @@ def _metric_view(res: dict, prefix: str) -> dict:
     return {f"{prefix}_{k}": res[k] for k in keys if k in res}
 
 
-def train(config: TrainConfig | None, run_dir, *, resume: bool = False,
+def train(config: TrainConfig | None, run_dir, *, resume: bool = False, restart: bool = False,
           progress: ProgressFn | None = None, on_record: Callable[[dict], None] | None = None,
           handle_signals: bool = True, dataset: Dataset | None = None) -> RunResult:
     """Fine-tune a pruned network and write the run directory.
@@ -164,7 +165,9 @@ def train(config: TrainConfig | None, run_dir, *, resume: bool = False,
     Args:
         config: the run's configuration (ignored with ``resume=True``: read from the run dir).
         run_dir: the run directory (created; must not already hold a run unless resuming).
-        resume: continue from ``checkpoint.pt`` with the configuration of ``config.json``.
+        resume: continue from ``checkpoint.pt`` with the configuration of ``config.json`` (from
+            ``checkpoint.prev.pt``, with a warning, when the latest one cannot be read).
+        restart: remove the run already in ``run_dir`` (not a running one) and start afresh.
         progress: optional ``progress(fraction, message)`` callback.
         on_record: optional callback receiving each ``metrics.jsonl`` record as it is written.
         handle_signals: install SIGTERM/SIGINT handlers (main thread only; restored at the end)
@@ -180,6 +183,11 @@ def train(config: TrainConfig | None, run_dir, *, resume: bool = False,
         RunFailed: a NaN/infinite loss or an unreadable training image (status ``failed``).
     """
     run = Path(run_dir)
+    if restart and resume:
+        raise UserError("train: --restart starts the run afresh and --resume continues it; "
+                        "give one of them.")
+    if restart and int(os.environ.get("RANK", "0")) == 0 and run.is_dir():
+        clear_run_dir(run)
     if resume:
         # every rank reads the configuration first: the process group and the device are the
         # run's own (a DDP resume used to initialise on "auto" whatever config.json said)
@@ -195,9 +203,10 @@ def train(config: TrainConfig | None, run_dir, *, resume: bool = False,
         if config is None:
             raise UserError("train: give a TrainConfig (or resume=True).")
         config.validate()
-        if (run / CONFIG).exists():
+        if (run / CONFIG).exists() and not restart:   # (rank 0 cleared it for --restart)
             raise UserError(f"--run-dir {run} already holds a run ({CONFIG} exists). Resume it "
-                            "with --resume, or choose another --run-dir.")
+                            "with --resume, start it afresh with --restart, or choose another "
+                            "--run-dir.")
     d, device = init_distributed(config.device)
     # every rank has looked at the run directory before rank 0 writes into it: a slower rank
     # must not mistake rank 0's fresh config.json for an earlier run
@@ -205,6 +214,7 @@ def train(config: TrainConfig | None, run_dir, *, resume: bool = False,
     writer = RunWriter(run, enabled=d.main)
     if d.main:
         run.mkdir(parents=True, exist_ok=True)
+        clean_temp_files(run)          # temporary files of writes a kill interrupted
         if not resume:
             writer.write_config(config, __version__)
         prev = read_json(run / STATUS) or {}
@@ -273,8 +283,10 @@ def _train(config: TrainConfig, run: Path, writer: RunWriter, d: Dist, device, r
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
 
     start_epoch, start_batch, global_step = 0, 0, 0
-    if resume and (run / CHECKPOINT).exists():
-        ck = load_checkpoint(run / CHECKPOINT)
+    resumed_sums = None          # the epoch's loss sums before a mid-epoch checkpoint
+    found = load_resume_checkpoint(run) if resume else None
+    if found is not None:
+        ck, _ = found
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         if ck.get("scaler"):
@@ -283,6 +295,9 @@ def _train(config: TrainConfig, run: Path, writer: RunWriter, d: Dist, device, r
             torch.set_rng_state(ck["rng"])
         start_epoch, start_batch = int(ck["epoch"]), int(ck["batch_in_epoch"])
         global_step = int(ck["global_step"])
+        if start_batch:
+            sums = ck.get("epoch_sums")
+            resumed_sums = tuple(float(v) for v in sums) if isinstance(sums, list) else "unknown"
         writer.truncate_metrics(global_step, start_epoch)
         say(0.03, f"resuming at epoch {start_epoch + 1}, step {global_step}")
     elif resume:
@@ -302,13 +317,16 @@ def _train(config: TrainConfig, run: Path, writer: RunWriter, d: Dist, device, r
         net = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    def checkpoint(epochs_done: int, batch_in_epoch: int):
+    def checkpoint(epochs_done: int, batch_in_epoch: int, sums=(0.0, 0, 0.0)):
         if not d.main:
             return
         save_checkpoint(run / CHECKPOINT, {
             "format": CHECKPOINT_FORMAT, "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if amp else {},
             "epoch": epochs_done, "batch_in_epoch": batch_in_epoch, "global_step": global_step,
+            # mid-epoch: the loss sum, image count and time of the epoch so far, so that the
+            # epoch's train_loss after a resume covers the whole epoch
+            "epoch_sums": [float(sums[0]), float(sums[1]), float(sums[2])],
             "task": task.to_dict(), "config": config.to_dict(), "rng": torch.get_rng_state()})
 
     def stop_requested() -> bool:
@@ -324,6 +342,12 @@ def _train(config: TrainConfig, run: Path, writer: RunWriter, d: Dist, device, r
         if config.trainable == "head":
             model.body.eval()
         ep_loss, ep_n, ep_time = 0.0, 0, 0.0
+        partial = False
+        if epoch == start_epoch and first:
+            if resumed_sums == "unknown":   # a checkpoint of an older rcvcore: not recorded
+                partial = True
+            elif resumed_sums:
+                ep_loss, ep_n, ep_time = resumed_sums[0], int(resumed_sums[1]), resumed_sums[2]
         win_loss, win_n, win_time = 0.0, 0, 0.0
         t_prev = time.perf_counter()
         for b, (x, y) in enumerate(_loader(sets["train"], batches[first:], workers, device),
@@ -370,12 +394,12 @@ def _train(config: TrainConfig, run: Path, writer: RunWriter, d: Dist, device, r
             say(0.05 + 0.85 * done_frac, f"epoch {epoch + 1}/{config.epochs} step {b + 1}/"
                 f"{len(batches)} loss {step_loss:.4g}")
             if stop:
-                checkpoint(epoch, b + 1)
+                checkpoint(epoch, b + 1, (ep_loss, ep_n, ep_time))
                 raise RunCancelled(f"cancelled by {flag.signal or 'a signal'} at epoch "
                                    f"{epoch + 1}, step {global_step}; resume with --resume")
             if (config.checkpoint_every and global_step % config.checkpoint_every == 0
                     and b + 1 < len(batches)):
-                checkpoint(epoch, b + 1)
+                checkpoint(epoch, b + 1, (ep_loss, ep_n, ep_time))
                 writer.write_status(epoch=epoch, global_step=global_step)
         # validation (rank 0 evaluates the whole set; the others wait)
         if d.main:
@@ -390,12 +414,13 @@ def _train(config: TrainConfig, run: Path, writer: RunWriter, d: Dist, device, r
         else:
             val, cancelled = {}, False
         if stop_requested() or cancelled:
-            checkpoint(epoch, len(batches))
+            checkpoint(epoch, len(batches), (ep_loss, ep_n, ep_time))
             raise RunCancelled(f"cancelled by {flag.signal or 'a signal'} after the training "
                                f"part of epoch {epoch + 1}; resume with --resume")
         last_val = val
         writer.log({"kind": "epoch", "epoch": epoch + 1, "global_step": global_step,
                     "train_loss": ep_loss / max(ep_n, 1) if ep_n else None,
+                    **({"train_loss_partial": True} if partial else {}),
                     **_metric_view(val, "val"), "lr": optimizer.param_groups[0]["lr"],
                     "images_per_s": ep_n / ep_time if ep_time > 0 else None,
                     "epoch_time_s": ep_time}, on_record)
