@@ -181,8 +181,15 @@ def test_demo_scale_is_deterministic_and_exact(cache_dir):
     b = load_dataset("demo-scale", n=20, seed=1, cache_dir=cache_dir / "other")
     assert np.array_equal(a.measures, b.measures)
     assert a.measures.min() >= 0 and a.measures.max() <= 2   # log2 of zoom 1..4
-    assert len(set(a.groups)) == 16
+    # default protocol: each photograph a class (the paper's per-class protocol), no groups
+    assert len(set(a.labels)) == 16 and a.groups is None and a.label_name == "photo"
     assert Image.open(a.paths[0]).size == (256, 256)
+    # across photographs: no classes, grouped by photograph; the very same crops
+    c = load_dataset("demo-scale", n=20, seed=1, cache_dir=cache_dir, protocol="across-photos")
+    assert c.labels is None and len(set(c.groups)) == 16
+    assert np.array_equal(c.measures, a.measures) and c.paths == a.paths
+    with pytest.raises(Exception, match="across-photos"):
+        load_dataset("demo-scale", n=20, cache_dir=cache_dir, protocol="per-image")
 
 
 def test_no_cache_neither_reads_nor_writes(scale_folder, cache_dir, tmp_path):
