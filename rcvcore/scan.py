@@ -465,7 +465,7 @@ def run_scan(config: ScanConfig, progress: Progress | None = None) -> ScanResult
     groups = ds.groups if config.grouped else None
     # fail before any extraction on an unusable measure or too few images
     check_measure(ds.measures, labels)
-    make_splits(len(ds), labels=labels, groups=groups, repeats=1, seed=config.seed,
+    make_splits(len(ds), labels=labels, groups=groups, repeats=config.repeats, seed=config.seed,
                 test_size=config.test_size)
 
     runs = [("true", config.weights, config.seed)]

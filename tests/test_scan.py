@@ -349,7 +349,7 @@ def test_cut_rules_on_a_result(scale_folder, cache_dir):
                      tests=tests, test_info={"permutations": 999})
     assert res.suggest_cut()[0] == "add_2"                  # the peak, logits excluded
     res2 = dataclasses.replace(res, config=ScanConfig(arch="resnet18", cut_rule="within-std"))
-    assert res2.suggest_cut()[0] == "add_2"                 # add_3 is within std but not significant
+    assert res2.suggest_cut()[0] == "add_2"     # add_3: within one std, not significant
     tests["add_3"]["p_random_weights"] = 0.001
     assert res2.suggest_cut()[0] == "add_3"
     assert "within-std" in res2.suggest_cut()[1]
