@@ -361,16 +361,13 @@ def _permute(y: np.ndarray, rng: np.random.Generator, classes: list[np.ndarray],
         if groups is None:
             out[i] = y[rng.permutation(i)]
             continue
-        g = groups[i]
-        blocks: dict[int, list[np.ndarray]] = {}
-        for name in np.unique(g):
-            members = i[g == name]
-            blocks.setdefault(len(members), []).append(members)
-        for same_size in blocks.values():
-            order = rng.permutation(len(same_size))
-            for dst, k in zip(same_size, order):
-                src = same_size[k]
-                out[dst] = y[src][rng.permutation(len(src))]
+        names, inv = np.unique(groups[i], return_inverse=True)
+        members = [i[inv == k] for k in range(len(names))]
+        sizes = np.array([len(m) for m in members])
+        for size in np.unique(sizes):
+            M = np.stack([members[k] for k in np.flatnonzero(sizes == size)])   # (groups, size)
+            moved = y[M[rng.permutation(len(M))]]          # whole groups exchange their blocks
+            out[M] = rng.permuted(moved, axis=1)           # then images shuffle within a group
     return out
 
 
