@@ -6,6 +6,12 @@ decomposition per (layer, split): of the centred Gram matrix when features outnu
 images, of the covariance otherwise. Every target column that shares a split (the true measure and
 its shuffled control) reuses that factorisation, and the ridge penalty is chosen on the training
 split alone by exact leave-one-out, for all penalties at once (as ``RidgeCV``'s GCV does).
+
+Significance (:func:`permutation_targets`, :func:`permutation_pvalue`, :func:`corrected_paired_t`,
+:func:`bh_adjust`, :func:`layer_tests`): a permutation test against shuffled measures whose
+permuted fits reuse the factorisations (their penalty chosen by GCV, O(rank) per column), a
+corrected paired t-test against the random-weights network over the same splits, and a
+Benjamini-Hochberg correction over the layers.
 """
 from __future__ import annotations
 
