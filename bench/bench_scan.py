@@ -115,7 +115,8 @@ def _features(n: int, widths, seed=0):
     return feats, y
 
 
-def bench_fit(n: int = 1000, permutations: int = 200, rounds: int = 2) -> None:
+def bench_fit(n: int = 1000, permutations: int = 200, rounds: int = 2,
+              models=("ols", "ridge")) -> None:
     from sklearn.linear_model import LinearRegression, RidgeCV
     from sklearn.metrics import r2_score
 
@@ -131,7 +132,7 @@ def bench_fit(n: int = 1000, permutations: int = 200, rounds: int = 2) -> None:
 
     null = permutation_targets(y, permutations=permutations, seed=0)
     ratio = np.mean([len(s.test) for s in splits]) / np.mean([len(s.train) for s in splits])
-    for model in ("ols", "ridge"):
+    for model in models:
         def plain():
             return (score_targets(feats, {"true": y, "shuffled": ysh}, splits, model=model),
                     score_targets(rand_feats, {"y": y}, splits, model=model))
@@ -217,12 +218,15 @@ if __name__ == "__main__":
     ap.add_argument("--images", type=int, default=16, help="images per forward timing")
     ap.add_argument("--cache-images", type=int, default=160)
     ap.add_argument("--permutations", type=int, default=200, help="for the fit benchmark")
+    ap.add_argument("--fit-models", default="ols,ridge", help="for the fit benchmark")
+    ap.add_argument("--rounds", type=int, default=2, help="fit: alternating rounds")
     a = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} cpus", flush=True)
     parts = a.only.split(",")
     if "fit" in parts:
-        bench_fit(permutations=a.permutations)
+        bench_fit(permutations=a.permutations, rounds=a.rounds,
+                  models=tuple(a.fit_models.split(",")))
     if "cache" in parts:
         bench_cache(a.cache_images)
     if "forward" in parts:
