@@ -15,6 +15,8 @@ PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F
 CONTROL_NAMES = {"shuffled": "shuffled labels", "random_weights": "random weights"}
 CONTROL_DASH = {"shuffled": "dot", "random_weights": "dash"}
 
+SIG_SYMBOL, NOT_SIG_SYMBOL = "circle", "circle-open"
+
 MEAN = "mean ± std"
 PAPER = "paper: ln(mean(exp R²))"
 CONVENTIONS = (MEAN, PAPER)
@@ -35,6 +37,20 @@ def _rgba(hex_colour: str, alpha: float) -> str:
     h = hex_colour.lstrip("#")
     r, g, b = (int(h[i:i + 2], 16) for i in (0, 2, 4))
     return f"rgba({r},{g},{b},{alpha})"
+
+
+def significance_text(row: dict) -> str:
+    """One line for the hover: each test's adjusted p-value and the verdict."""
+    s = row.get("significance") or {}
+    parts = []
+    for key, name in (("vs_shuffled", "shuffled"), ("vs_random_weights", "random weights")):
+        t = s.get(key)
+        if t and t.get("p_adjusted") is not None:
+            parts.append(f"p vs {name} {t['p_adjusted']:.3g}")
+    if not parts:
+        return "no significance test"
+    verdict = "significant" if s.get("significant") else "not significant"
+    return f"{verdict} ({', '.join(parts)}; BH, alpha {s.get('alpha', 0.05):g})"
 
 
 def scan_label(result: dict, config: dict | None = None) -> str:
@@ -84,11 +100,26 @@ def r2_figure(scans: list[dict], *, convention: str = MEAN, show_controls: bool 
                                      fill="tonexty", fillcolor=_rgba(colour, 0.18),
                                      hoverinfo="skip", name=f"{label} ± std",
                                      showlegend=False, legendgroup=label))
+        sig = [r.get("significant") for r in rows]
+        tested = any(s is not None for s in sig)
         fig.add_trace(go.Scatter(
             x=xs, y=ys, mode="lines+markers", name=label, legendgroup=label,
-            line={"color": colour, "width": 2.5}, marker={"size": 9},
-            customdata=[[i, n] for n in names],
-            hovertemplate="<b>%{customdata[1]}</b><br>R² %{y:.3f}<extra>" + label + "</extra>"))
+            line={"color": colour, "width": 2.5},
+            # filled: significantly above every control tested; open: not significant
+            marker={"size": 9, "symbol": [SIG_SYMBOL if s or not tested else NOT_SIG_SYMBOL
+                                          for s in sig],
+                    "line": {"color": colour, "width": 2}},
+            customdata=[[i, n, significance_text(r)] for n, r in zip(names, rows)],
+            hovertemplate="<b>%{customdata[1]}</b><br>R² %{y:.3f}<br>%{customdata[2]}<extra>"
+                          + label + "</extra>"))
+        if tested and i == 0:
+            # legend entries explaining the markers of the primary scan
+            for symbol, text in ((SIG_SYMBOL, "significant vs controls"),
+                                 (NOT_SIG_SYMBOL, "not significant")):
+                fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=text,
+                                         marker={"size": 9, "symbol": symbol, "color": colour,
+                                                 "line": {"color": colour, "width": 2}},
+                                         hoverinfo="skip", legendgroup="significance"))
         if show_controls:
             for key, ctrl_rows in (res.get("controls") or {}).items():
                 if not ctrl_rows:
@@ -143,6 +174,13 @@ def r2_table(result: dict) -> pd.DataFrame:
         for key, by_name in ctrl.items():
             c = by_name.get(r["name"])
             row[f"{CONTROL_NAMES.get(key, key)} R²"] = None if c is None else c.get("r2_mean")
+        s = r.get("significance") or {}
+        for key, name in (("vs_shuffled", "p vs shuffled (BH)"),
+                          ("vs_random_weights", "p vs random weights (BH)")):
+            if s.get(key):
+                row[name] = s[key].get("p_adjusted")
+        if s:
+            row["significant"] = s.get("significant")
         rows.append(row)
     return pd.DataFrame(rows)
 

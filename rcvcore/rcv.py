@@ -6,6 +6,12 @@ decomposition per (layer, split): of the centred Gram matrix when features outnu
 images, of the covariance otherwise. Every target column that shares a split (the true measure and
 its shuffled control) reuses that factorisation, and the ridge penalty is chosen on the training
 split alone by exact leave-one-out, for all penalties at once (as ``RidgeCV``'s GCV does).
+
+Significance (:func:`permutation_targets`, :func:`permutation_pvalue`, :func:`corrected_paired_t`,
+:func:`bh_adjust`, :func:`layer_tests`): a permutation test against shuffled measures whose
+permuted fits reuse the factorisations (their penalty chosen by GCV, O(rank) per column), a
+corrected paired t-test against the random-weights network over the same splits, and a
+Benjamini-Hochberg correction over the layers.
 """
 from __future__ import annotations
 
@@ -89,7 +95,8 @@ class _Fit:
         out[keep] = 1.0 / lam[keep]
         return out
 
-    def loo_mse(self, alphas: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+    def loo_mse(self, alphas: np.ndarray, groups: np.ndarray | None = None,
+                cols=slice(None)) -> np.ndarray:
         """(n_alphas, n_columns) cross-validated MSE of ridge with an unpenalised intercept.
 
         Without ``groups``: exact leave-one-out. With ``groups``: exact leave-one-group-out (the
@@ -108,12 +115,12 @@ class _Fit:
         D = 1.0 / (self.lam[None, :] + alphas[:, None])             # (A, r), all penalties at once
         if not self.dual:
             D = np.where(self.lam[None, :] > self.tol, D, 0.0)
-        DQtY = D[:, :, None] * self.QtY[None]                       # (A, r, k)
+        DQtY = D[:, :, None] * self.QtY[None, :, cols]              # (A, r, k)
         fitted = np.matmul(self.Q[None], DQtY)                      # (A, n, k)
         if self.dual:
             resid = fitted          # = (I-H) y / α on 1⊥
         else:
-            resid = self.Yc[None] - fitted                          # (I-H) y, centred fit
+            resid = self.Yc[None, :, cols] - fitted                 # (I-H) y, centred fit
         if blocks is None:
             diag = (self.Q ** 2) @ D.T                              # (n, A)
             if self.dual:
@@ -142,6 +149,43 @@ class _Fit:
         w = self.V @ (D[:, None] * self.QtY[:, cols])
         return Xc_test @ w
 
+    def gcv(self, alphas: np.ndarray, cols=slice(None)) -> np.ndarray:
+        """(n_alphas, n_columns) generalised cross-validation criterion (Golub, Heath & Wahba
+        1979) ``n ||(I-H) y||² / tr(I-H)²`` of ridge with an unpenalised intercept: the
+        rotation-invariant form of leave-one-out, O(rank) per penalty and column instead of
+        O(n rank), which is what makes hundreds of permuted fits cheap."""
+        alphas = np.asarray(alphas, dtype=np.float64)
+        lam = self.lam
+        t = lam[None, :] / (lam[None, :] + alphas[:, None])            # (A, r) shrink factors
+        if self.dual:
+            c2 = self.QtY[:, cols] ** 2                                 # Q orthonormal on 1⊥
+            rss = ((1.0 - t) ** 2) @ c2
+        else:
+            keep = lam > self.tol
+            t = np.where(keep[None, :], t, 0.0)
+            c2 = np.where(keep[:, None], self.QtY[:, cols] ** 2 / np.where(keep, lam, 1)[:, None],
+                          0.0)
+            yy = (self.Yc[:, cols] ** 2).sum(axis=0)
+            rss = np.maximum(yy[None, :] - (1.0 - (1.0 - t) ** 2) @ c2, 0.0)
+        dof = self.n - 1.0 - t.sum(axis=1)                              # tr(I - H)
+        return self.n * rss / np.maximum(dof, np.finfo(float).tiny)[:, None] ** 2
+
+    def test_basis(self, cross: np.ndarray | None, Xc_test: np.ndarray | None) -> np.ndarray:
+        """Test rows in the fit's eigenbasis, so that predictions of many columns with many
+        penalties cost one product: (n_test, rank)."""
+        return cross @ self.Q if self.dual else Xc_test @ self.V
+
+    def predict_many(self, alphas: np.ndarray, basis: np.ndarray, cols=slice(None)
+                     ) -> np.ndarray:
+        """Centred predictions of columns ``cols``, column k with penalty ``alphas[k]``, from
+        :meth:`test_basis`: (n_test, k)."""
+        alphas = np.asarray(alphas, dtype=np.float64)
+        lam = self.lam[:, None]
+        with np.errstate(divide="ignore"):
+            D = np.where(alphas[None, :] > 0, 1.0 / (lam + alphas[None, :]),
+                         np.where(lam > self.tol, 1.0 / np.where(lam > 0, lam, 1.0), 0.0))
+        return basis @ (D * self.QtY[:, cols])
+
     def coef(self, alpha: float, Xc: np.ndarray) -> np.ndarray:
         D = self._inv(alpha)
         if self.dual:
@@ -149,14 +193,17 @@ class _Fit:
         return self.V @ (D[:, None] * self.QtY)
 
 
-def _choose_alpha(fit: _Fit, model: str, rel_alphas, groups=None) -> np.ndarray:
+def _choose_alpha(fit: _Fit, model: str, rel_alphas, groups=None, cols=slice(None),
+                  criterion: str = "loo") -> np.ndarray:
     """Per-column penalty: 0 for OLS; for ridge the grid value with the lowest leave-one-out
-    (leave-one-group-out with ``groups``) error on the training split, first on ties."""
+    (leave-one-group-out with ``groups``) error on the training split, first on ties; with
+    ``criterion="gcv"`` the lowest generalised cross-validation criterion instead."""
+    k = fit.Yc[:, cols].shape[1]
     if model == "ols":
-        return np.zeros(fit.Yc.shape[1])
+        return np.zeros(k)
     alphas = np.asarray(rel_alphas, dtype=np.float64) * fit.scale
-    mse = fit.loo_mse(alphas, groups)
-    return alphas[np.argmin(mse, axis=0)]
+    crit = fit.gcv(alphas, cols) if criterion == "gcv" else fit.loo_mse(alphas, groups, cols)
+    return alphas[np.argmin(crit, axis=0)]
 
 
 def _check_model(model: str) -> None:
@@ -227,52 +274,139 @@ class Split:
     train_groups: np.ndarray | None = None
 
 
+#: Fewest test images per class (per split) for a held-out R²: below it one odd image decides
+#: the score (2-image test sets gave R² down to -382).
+MIN_TEST = 5
+
+
+def _min_images(test_size: float, min_test: int) -> int:
+    n = 6
+    while int(np.ceil(test_size * n)) < min_test or n - int(np.ceil(test_size * n)) < 2:
+        n += 1
+    return n
+
+
 def make_splits(n: int, *, labels=None, groups=None, repeats: int = 10, seed: int = 0,
-                test_size: float = 0.3) -> list[Split]:
+                test_size: float = 0.3, min_test: int = MIN_TEST) -> list[Split]:
     """Random ``1 - test_size`` / ``test_size`` splits, repeated, per class, grouped.
 
     Splits depend only on ``(n, labels, groups, seed)``, so every layer and every control is
-    scored on identical splits. With ``groups``, no group straddles train and test.
+    scored on identical splits. With ``groups``, no group straddles train and test. Every class
+    needs at least ``min_test`` test images in every split, and as many distinct splits as
+    ``repeats`` (with few groups, repeats would otherwise reuse one split and the std over
+    repeats would understate the uncertainty): a repeat that draws a split already drawn draws
+    again.
 
     Raises:
-        UserError: a class with too few images (or groups) for a split.
+        UserError: a class with too few images (or groups) for a split, a test set smaller than
+            ``min_test`` images, or fewer distinct splits than ``repeats``.
     """
+    from math import comb
+
     labels = np.full(n, "all") if labels is None else np.asarray(labels).astype(str)
     splits = []
+    pct = f"{round((1 - test_size) * 100)}/{round(test_size * 100)}"
     for ci, label in enumerate(sorted(np.unique(labels))):
         label = str(label)
         idx = np.flatnonzero(labels == label)
         g = None if groups is None else np.asarray(groups)[idx]
         units = len(idx) if g is None else len(np.unique(g))
         n_test = int(np.ceil(test_size * units))
+        where = "" if label == "all" else f" in class {label!r}"
+        what = "images" if g is None else "groups (source images)"
+        fix = ("Use more images (a larger --n), pool the classes (--no-per-class), or drop the "
+               "class" if label != "all" else "Use more images (a larger --n)")
+        if g is not None:
+            fix += ", or split by image (--ungrouped, optimistic)"
         if len(idx) < 6 or units - n_test < 2 or n_test < 1:
-            what = "images" if g is None else "groups (source images)"
             raise UserError(
-                f"Too few images for a {round((1 - test_size) * 100)}/{round(test_size * 100)} "
-                f"split{'' if label == 'all' else f' in class {label!r}'}: {len(idx)} images in "
-                f"{units} {what}; need at least 6 images and 3 {what}. Use a larger --n, "
-                "pool the classes (--no-per-class), or drop the class.")
+                f"Too few images for a {pct} split{where}: {len(idx)} images in {units} {what}; "
+                f"need at least {_min_images(test_size, min_test) if g is None else 6} images "
+                f"and 3 {what}. {fix}.")
+        if g is None and n_test < min_test:
+            raise UserError(
+                f"Too few images for a {pct} split{where}: the test set would hold {n_test} "
+                f"images (at least {min_test} are needed for a held-out R² that one image cannot "
+                f"decide); that takes {_min_images(test_size, min_test)} images, the class has "
+                f"{len(idx)}. {fix}.")
+        possible = comb(units, n_test)
+        if possible < repeats:
+            raise UserError(
+                f"Only {possible} distinct {pct} splits{where} ({units} {what}, {n_test} in "
+                f"each test set) for {repeats} repeats: repeats would reuse the same split and "
+                f"the std over repeats would understate the uncertainty. Use --repeats "
+                f"{possible} or fewer, or more {what}. {fix}.")
+        seen = set()
         for r in range(repeats):
-            rs = int(np.random.SeedSequence([seed, r, ci]).generate_state(1)[0])
-            splitter = (ShuffleSplit(1, test_size=test_size, random_state=rs) if g is None
-                        else GroupShuffleSplit(1, test_size=test_size, random_state=rs))
-            tr, te = next(splitter.split(idx, groups=g))
+            for attempt in range(1000):
+                rs = int(np.random.SeedSequence([seed, r, ci, attempt] if attempt else
+                                                [seed, r, ci]).generate_state(1)[0])
+                splitter = (ShuffleSplit(1, test_size=test_size, random_state=rs) if g is None
+                            else GroupShuffleSplit(1, test_size=test_size, random_state=rs))
+                tr, te = next(splitter.split(idx, groups=g))
+                key = tuple(sorted(te.tolist()))
+                if key not in seen:
+                    break
+            seen.add(key)
+            if len(te) < min_test:
+                raise UserError(
+                    f"Too few images for a {pct} split{where}: a test set of {len(te)} images "
+                    f"(its {n_test} test groups are small); at least {min_test} are needed for "
+                    f"a held-out R² that one image cannot decide. {fix}.")
             splits.append(Split(r, str(label), idx[tr], idx[te], None if g is None else g[tr]))
     return splits
 
 
-def shuffled_targets(y: np.ndarray, *, labels=None, repeats: int = 10, seed: int = 0) -> np.ndarray:
-    """(repeats, n) copies of ``y``, each permuted within class with its own seed (control)."""
+def _permute(y: np.ndarray, rng: np.random.Generator, classes: list[np.ndarray],
+             groups: np.ndarray | None) -> np.ndarray:
+    """One permutation of ``y`` that respects the design: within each class; with ``groups``,
+    whole groups of the same size exchange their blocks of measures (then images are shuffled
+    inside each group), so the null keeps the data's grouping as grouped splits do."""
+    out = y.copy()
+    for i in classes:
+        if groups is None:
+            out[i] = y[rng.permutation(i)]
+            continue
+        names, inv = np.unique(groups[i], return_inverse=True)
+        members = [i[inv == k] for k in range(len(names))]
+        sizes = np.array([len(m) for m in members])
+        for size in np.unique(sizes):
+            M = np.stack([members[k] for k in np.flatnonzero(sizes == size)])   # (groups, size)
+            moved = y[M[rng.permutation(len(M))]]          # whole groups exchange their blocks
+            out[M] = rng.permuted(moved, axis=1)           # then images shuffle within a group
+    return out
+
+
+def _class_index(n: int, labels) -> list[np.ndarray]:
+    labels = np.full(n, "all") if labels is None else np.asarray(labels).astype(str)
+    return [np.flatnonzero(labels == label) for label in np.unique(labels)]
+
+
+def shuffled_targets(y: np.ndarray, *, labels=None, groups=None, repeats: int = 10,
+                     seed: int = 0) -> np.ndarray:
+    """(repeats, n) copies of ``y``, each permuted within class with its own seed (the control);
+    with ``groups``, whole groups are permuted (see :func:`permutation_targets`)."""
     y = np.asarray(y, dtype=np.float64)
-    labels = np.full(len(y), "all") if labels is None else np.asarray(labels).astype(str)
+    classes = _class_index(len(y), labels)
+    g = None if groups is None else np.asarray(groups).astype(str)
     out = np.empty((repeats, len(y)))
     for r in range(repeats):
-        rng = np.random.default_rng([seed, r, 7919])
-        yr = y.copy()
-        for label in np.unique(labels):
-            i = np.flatnonzero(labels == label)
-            yr[i] = y[rng.permutation(i)]
-        out[r] = yr
+        out[r] = _permute(y, np.random.default_rng([seed, r, 7919]), classes, g)
+    return out
+
+
+def permutation_targets(y: np.ndarray, *, labels=None, groups=None, permutations: int = 200,
+                        seed: int = 0) -> np.ndarray:
+    """(permutations, n) permuted copies of ``y`` for the permutation test: within class and,
+    with ``groups``, by whole groups (groups of equal size exchange their measures; images are
+    shuffled within each group). Each permutation is used for every repeat, so the null
+    statistic (mean R² over repeats) is computed exactly as the observed one."""
+    y = np.asarray(y, dtype=np.float64)
+    classes = _class_index(len(y), labels)
+    g = None if groups is None else np.asarray(groups).astype(str)
+    out = np.empty((permutations, len(y)))
+    for b in range(permutations):
+        out[b] = _permute(y, np.random.default_rng([seed, b, 104729]), classes, g)
     return out
 
 
@@ -281,7 +415,11 @@ class LayerScore:
     """Held-out R² of the RCV of one layer over repeated splits.
 
     ``r2`` has one value per repeat (the mean over classes of that repeat); ``r2_by_class``
-    keeps every (class, repeat) value, from which the paper's log-mean-exp is computed.
+    keeps every (class, repeat) value, from which the paper's log-mean-exp is computed, and
+    ``n_test_by_class`` the size of each of those test sets. ``alphas`` are the penalties this
+    target's fits used, one per split. ``null`` (not in JSON) holds the permutation test's null
+    statistics (mean R² over repeats of each permuted measure) when they were computed, and
+    ``null_observed`` the same statistic for the true measure (see :func:`score_targets`).
     """
 
     layer: str
@@ -289,6 +427,9 @@ class LayerScore:
     r2: tuple[float, ...]
     r2_by_class: Mapping[str, tuple[float, ...]] = field(default_factory=dict, compare=False)
     alphas: tuple[float, ...] = field(default=(), compare=False)
+    n_test_by_class: Mapping[str, tuple[int, ...]] = field(default_factory=dict, compare=False)
+    null: tuple[float, ...] = field(default=(), compare=False, repr=False)
+    null_observed: float | None = field(default=None, compare=False)
 
     @property
     def mean(self) -> float:
@@ -308,6 +449,7 @@ class LayerScore:
         return {"name": self.layer, "n_features": self.n_features, "r2": list(self.r2),
                 "r2_mean": self.mean, "r2_std": self.std, "r2_logmeanexp": self.logmeanexp,
                 "r2_by_class": {str(k): list(v) for k, v in self.r2_by_class.items()},
+                "n_test_by_class": {str(k): list(v) for k, v in self.n_test_by_class.items()},
                 "alphas": list(self.alphas)}
 
     @classmethod
@@ -315,12 +457,15 @@ class LayerScore:
         by_class = d.get("r2_by_class") or {"all": d["r2"]}
         return cls(d["name"], int(d["n_features"]), tuple(float(v) for v in d["r2"]),
                    {k: tuple(float(v) for v in vs) for k, vs in by_class.items()},
-                   tuple(float(a) for a in d.get("alphas", ())))
+                   tuple(float(a) for a in d.get("alphas", ())),
+                   {k: tuple(int(v) for v in vs)
+                    for k, vs in (d.get("n_test_by_class") or {}).items()})
 
 
 def score_targets(features: Mapping[str, np.ndarray], targets: Mapping[str, np.ndarray],
                   splits: list[Split], *, model: str = "ridge", alphas=RELATIVE_ALPHAS,
-                  progress: Callable[[float, str], None] | None = None
+                  progress: Callable[[float, str], None] | None = None,
+                  null: np.ndarray | None = None, null_target: str | None = None
                   ) -> dict[str, dict[str, LayerScore]]:
     """Score every layer for several targets on the same splits, sharing factorisations.
 
@@ -329,20 +474,31 @@ def score_targets(features: Mapping[str, np.ndarray], targets: Mapping[str, np.n
         targets: name -> (n_images,) measure, or (repeats, n_images) for a target that differs
             per repeat (the shuffled control).
         splits: from :func:`make_splits`.
+        null: optional (n_permutations, n_images) permuted measures (the same in every repeat,
+            see :func:`permutation_targets`): each is fitted on every split like a target,
+            reusing the factorisations, penalty chosen on the training split as for the others,
+            and its mean R² over repeats goes to ``LayerScore.null`` of ``null_target`` (default:
+            the first target).
 
     Returns:
         target name -> layer -> :class:`LayerScore`.
     """
     _check_model(model)
     names = list(targets)
+    null_target = names[0] if null_target is None else null_target
+    i_null = names.index(null_target)
     repeats = 1 + max(s.repeat for s in splits)
     labels_order = sorted({s.label for s in splits})
     T = {}
     for name, t in targets.items():
         t = np.asarray(t, dtype=np.float64)
         T[name] = np.broadcast_to(t, (repeats, t.shape[-1])) if t.ndim == 1 else t
+    N = None if null is None or len(null) == 0 else np.asarray(null, dtype=np.float64)
     out: dict[str, dict[str, LayerScore]] = {name: {} for name in names}
     layers = list(features)
+    n_test = {c: [0] * repeats for c in labels_order}
+    for s in splits:
+        n_test[s.label][s.repeat] = len(s.test)
 
     def one_layer(layer: str) -> dict[str, LayerScore]:
         res: dict[str, LayerScore] = {}
@@ -351,12 +507,17 @@ def score_targets(features: Mapping[str, np.ndarray], targets: Mapping[str, np.n
         n, p = X.shape
         need_gram = any(len(s.train) <= p for s in splits)
         G = X @ X.T if need_gram else None
-        r2 = {name: np.full((repeats, len(labels_order)), np.nan) for name in names}
-        chosen = []
+        k_named = len(names)
+        r2 = np.full((k_named, repeats, len(labels_order)), np.nan)
+        r2_null = None if N is None else np.full((len(N), repeats, len(labels_order)), np.nan)
+        r2_obs = np.full((repeats, len(labels_order)), np.nan)
+        chosen = [[] for _ in names]
         for s in splits:
             tr, te = s.train, s.test
             mu = X[tr].mean(axis=0)
-            Y = np.stack([T[name][s.repeat] for name in names], axis=1)      # (n, k)
+            cols = [T[name][s.repeat] for name in names]
+            Y = np.stack(cols, axis=1) if N is None else np.concatenate(
+                [np.stack(cols, axis=1), N.T], axis=1)                       # (n, k)
             ybar = Y[tr].mean(axis=0)
             if len(tr) <= p:
                 Gtt = G[np.ix_(tr, tr)]
@@ -372,19 +533,40 @@ def score_targets(features: Mapping[str, np.ndarray], targets: Mapping[str, np.n
                 Xc = X[tr] - mu
                 fit = _Fit(Xc, Y[tr] - ybar)
                 cross, Xc_test = None, X[te] - mu
-            a_cols = _choose_alpha(fit, model, alphas, s.train_groups)
-            chosen.append(a_cols[0])
+            named = slice(0, k_named)
+            a_cols = _choose_alpha(fit, model, alphas, s.train_groups, cols=named)
+            if r2_null is None:       # few columns: two thin products beat a test basis
+                pred = np.stack([fit.predict(a_cols[k], cross, Xc_test, cols=slice(k, k + 1))[:, 0]
+                                 for k in range(k_named)], axis=1) + ybar[named]
+            else:
+                basis = fit.test_basis(cross, Xc_test)
+                pred = fit.predict_many(a_cols, basis, cols=named) + ybar[named]
+            j = labels_order.index(s.label)
+            r2[:, s.repeat, j] = _r2(Y[te, named], pred)
+            for k in range(k_named):
+                chosen[k].append(float(a_cols[k]))
+            if r2_null is not None:
+                # the permutation test's statistic, for the observed measure and every permuted
+                # one alike: penalty by GCV (see _Fit.gcv), the same procedure for all columns
+                stat_cols = np.r_[i_null, np.arange(k_named, Y.shape[1])]
+                a_stat = _choose_alpha(fit, model, alphas, cols=stat_cols, criterion="gcv")
+                p_stat = fit.predict_many(a_stat, basis, cols=stat_cols) + ybar[stat_cols]
+                s_stat = _r2(Y[te][:, stat_cols], p_stat)
+                r2_obs[s.repeat, j] = s_stat[0]
+                r2_null[:, s.repeat, j] = s_stat[1:]
+        nt = {c: tuple(int(v) for v in n_test[c]) for c in labels_order}
+        with np.errstate(all="ignore"):
             for k, name in enumerate(names):
-                pred = fit.predict(a_cols[k], cross, Xc_test, cols=slice(k, k + 1))[:, 0] + ybar[k]
-                r2[name][s.repeat, labels_order.index(s.label)] = _r2(
-                    Y[te, k][:, None], pred[:, None])[0]
-        for name in names:
-            with np.errstate(all="ignore"):
-                per_repeat = np.nanmean(r2[name], axis=1)
-            res[name] = LayerScore(
-                layer, p, tuple(float(v) for v in per_repeat),
-                {c: tuple(float(v) for v in r2[name][:, j]) for j, c in enumerate(labels_order)},
-                tuple(float(a) for a in chosen))
+                per_repeat = np.nanmean(r2[k], axis=1)
+                null_stat, observed = (), None
+                if r2_null is not None and name == null_target:
+                    null_stat = tuple(float(v) for v in
+                                      np.nanmean(np.nanmean(r2_null, axis=2), axis=1))
+                    observed = float(np.nanmean(np.nanmean(r2_obs, axis=1)))
+                res[name] = LayerScore(
+                    layer, p, tuple(float(v) for v in per_repeat),
+                    {c: tuple(float(v) for v in r2[k][:, j]) for j, c in enumerate(labels_order)},
+                    tuple(chosen[k]), nt, null_stat, observed)
         return res
 
     # Layers run in parallel threads (LAPACK releases the GIL) with one BLAS thread each: on few
@@ -424,7 +606,8 @@ def score_layers(features: Mapping[str, np.ndarray], y, *, labels=None, groups=N
     check_measure(y, labels)
     splits = make_splits(len(y), labels=labels, groups=groups, repeats=repeats, seed=seed,
                          test_size=test_size)
-    target = shuffled_targets(y, labels=labels, repeats=repeats, seed=seed) if shuffle else y
+    target = (shuffled_targets(y, labels=labels, groups=groups, repeats=repeats, seed=seed)
+              if shuffle else y)
     return score_targets(features, {"y": target}, splits, model=model, alphas=alphas,
                          progress=progress)["y"]
 
@@ -442,3 +625,96 @@ def check_measure(y: np.ndarray, labels=None) -> None:
             where = "" if label == "all" else f" in class {label!r}"
             raise UserError(f"The scale measure is constant ({v[0]:g}){where}: R² is undefined. "
                             "A scan needs images of different scales.")
+
+
+# ------------------------------------------------------------------------------------------
+# significance
+
+PERMUTATION_TEST = "permutation"
+PAIRED_TEST = "corrected-paired-t"
+CORRECTION = "benjamini-hochberg"
+
+
+def permutation_pvalue(observed: float, null) -> float:
+    """One-sided permutation p-value ``(1 + #{null >= observed}) / (1 + B)`` (never 0; NaN for
+    a NaN statistic or an empty null). NaN null values (a permuted fit that could not be scored)
+    count as not exceeding."""
+    null = np.asarray(null, dtype=np.float64)
+    if not np.isfinite(observed) or null.size == 0:
+        return float("nan")
+    return float((1 + np.count_nonzero(null >= observed)) / (1 + null.size))
+
+
+def corrected_paired_t(a, b, test_train_ratio: float) -> tuple[float, float]:
+    """One-sided paired t-test of ``mean(a - b) > 0`` over repeated random splits, with the
+    Nadeau & Bengio (2003) correction for overlapping training sets.
+
+    The repeats share most of their training images, so their differences are positively
+    correlated and the plain paired t-test (or Wilcoxon's signed-rank test, which also assumes
+    independent pairs) overstates significance. The corrected statistic is
+    ``mean(d) / sqrt((1/J + n_test/n_train) * var(d))`` with ``J - 1`` degrees of freedom; with
+    ``test_train_ratio = 0`` it is exactly ``scipy.stats.ttest_rel(a, b, alternative="greater")``.
+
+    Returns:
+        (t statistic, p-value); NaN for fewer than 2 finite pairs.
+    """
+    from scipy import stats
+
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    d = d[np.isfinite(d)]
+    J = d.size
+    if J < 2:
+        return float("nan"), float("nan")
+    mean, var = d.mean(), d.var(ddof=1)
+    if var == 0:
+        t = np.inf if mean > 0 else (-np.inf if mean < 0 else np.nan)
+        p = 0.0 if mean > 0 else 1.0
+        return float(t), float(p)
+    t = mean / np.sqrt((1.0 / J + test_train_ratio) * var)
+    return float(t), float(stats.t.sf(t, J - 1))
+
+
+def bh_adjust(p) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (as ``scipy.stats.false_discovery_control``); NaN
+    entries (tests that could not be run) stay NaN and do not count in the number of tests."""
+    p = np.asarray(p, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = np.isfinite(p)
+    m = int(ok.sum())
+    if m == 0:
+        return out
+    q = p[ok]
+    order = np.argsort(q)
+    ranked = q[order] * m / np.arange(1, m + 1)
+    ranked = np.minimum.accumulate(ranked[::-1])[::-1]
+    adj = np.empty(m)
+    adj[order] = np.clip(ranked, 0, 1)
+    out[ok] = adj
+    return out
+
+
+def layer_tests(layers: list[str], p_shuffled: Mapping[str, float] | None,
+                p_random: Mapping[str, float] | None, alpha: float = 0.05) -> dict[str, dict]:
+    """Per layer: each test's raw and BH-adjusted p-value (each test corrected over the layers)
+    and whether the layer is significant against every control that was tested (a layer must
+    pass both tests: an intersection-union test, which needs no further correction).
+
+    ``p_shuffled`` / ``p_random`` None: that test was not run; the layer's ``significant`` is
+    then decided by the other test alone, and None when neither was run.
+    """
+    out: dict[str, dict] = {layer: {} for layer in layers}
+    ran = []
+    for key, ps in (("shuffled", p_shuffled), ("random_weights", p_random)):
+        if ps is None:
+            continue
+        ran.append(key)
+        raw = np.array([ps.get(layer, np.nan) for layer in layers], dtype=np.float64)
+        adj = bh_adjust(raw)
+        for layer, r, q in zip(layers, raw, adj):
+            out[layer][key] = {"p": None if not np.isfinite(r) else float(r),
+                               "p_adjusted": None if not np.isfinite(q) else float(q),
+                               "significant": bool(np.isfinite(q) and q <= alpha)}
+    for layer in layers:
+        tests = [out[layer][k]["significant"] for k in ran]
+        out[layer]["significant"] = None if not tests else bool(all(tests))
+    return out

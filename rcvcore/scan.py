@@ -17,13 +17,33 @@ import numpy as np
 from .cache import ActivationCache, ActivationKey, CachedActivations, Store
 from .data import Dataset, load_dataset
 from .data.base import closest, default_cache_dir, fingerprint
+from .data.boxes import visible_box_fraction
 from .dist import Dist, barrier, broadcast, gather, init_distributed
 from .errors import UserError
 from .extract import Extraction, FeatureExtractor, extract, resolve_device
 from .models import PRE_SOFTMAX, SOFTMAX, ArchSpec, Backbone, get_arch, resolve_backbone
-from .rcv import MODELS, LayerScore, check_measure, make_splits, score_targets, shuffled_targets
+from .rcv import (
+    CORRECTION,
+    MODELS,
+    PAIRED_TEST,
+    PERMUTATION_TEST,
+    LayerScore,
+    check_measure,
+    corrected_paired_t,
+    layer_tests,
+    make_splits,
+    permutation_pvalue,
+    permutation_targets,
+    score_targets,
+    shuffled_targets,
+)
 
 CONTROLS = ("shuffled", "random-weights")
+#: How the suggested cut is chosen: ``peak`` (the paper's: the peak of mean R² among layers
+#: significantly above the controls) or ``within-std`` (the last of those layers whose mean R²
+#: stays within one std of that peak: cuts deeper).
+CUT_RULES = ("peak", "within-std")
+LOGITS = (PRE_SOFTMAX, SOFTMAX)
 Progress = Callable[[float, str], None]
 
 
@@ -44,10 +64,15 @@ class ScanConfig:
     seed: int = 0
     cache_dir: str | None = None
     use_cache: bool = True
-    per_class: bool = True
+    # None: the dataset's default (pooled when its classes are a proxy of the measure, e.g.
+    # magnifications in histology; per class otherwise)
+    per_class: bool | None = None
     grouped: bool = True                  # False leaks groups across train/test: comparison only
     test_size: float = 0.3
     dataset_options: dict = field(default_factory=dict)  # loader options (--opt KEY=VALUE)
+    permutations: int = 200               # permutation test vs shuffled measures (0: none)
+    alpha: float = 0.05                   # significance level, after Benjamini-Hochberg
+    cut_rule: str = "peak"                # see CUT_RULES
 
     def validate(self) -> ScanConfig:
         """Return a normalised copy or raise :class:`UserError` naming the bad parameter."""
@@ -65,6 +90,15 @@ class ScanConfig:
             raise UserError(f"--batch-size must be at least 1, got {self.batch_size}.")
         if not 0.05 <= self.test_size <= 0.8:
             raise UserError(f"test_size must be between 0.05 and 0.8, got {self.test_size}.")
+        if not 0 <= int(self.permutations) <= 100_000:
+            raise UserError(f"--permutations must be between 0 (no permutation test) and "
+                            f"100000, got {self.permutations}.")
+        if not 0 < float(self.alpha) < 1:
+            raise UserError(f"--alpha must be a significance level in (0, 1), e.g. 0.05; got "
+                            f"{self.alpha}.")
+        if self.cut_rule not in CUT_RULES:
+            raise UserError(f"--cut-rule {self.cut_rule!r}:{closest(self.cut_rule, CUT_RULES)} "
+                            f"choose {' or '.join(CUT_RULES)}.")
         from .data.options import check_options
 
         return dataclasses.replace(self, controls=controls,
@@ -86,44 +120,144 @@ class ScanResult:
     timing: dict[str, float] = field(default_factory=dict)
     cache: dict[str, int | str] = field(default_factory=dict)
     weights_source: str = ""
+    # layer -> raw test results: "p_shuffled" (permutation test), "statistic" (its observed
+    # statistic), "p_random_weights" and "t_random_weights" (paired test); None: not run
+    tests: dict[str, dict] = field(default_factory=dict)
+    # how the tests were run: "permutations", "permutation_scheme", "test_train_ratio"
+    test_info: dict = field(default_factory=dict)
+    # how the R² was scored: "per_class", "grouped", "reason" (why per class or pooled)
+    scoring: dict = field(default_factory=dict)
 
-    def suggest_cut(self) -> tuple[str, str]:
-        """Suggested prune point and the rule that chose it.
+    def _tests_run(self) -> tuple[bool, bool]:
+        """(permutation test vs shuffled run, paired test vs random weights run)."""
+        def ran(key):
+            return any(t.get(key) is not None for t in self.tests.values())
+        return ran("p_shuffled"), ran("p_random_weights")
 
-        Rule: among the probe layers (logits and softmax excluded), find the peak of mean R²;
-        then walk deeper while R² stays within one standard deviation (over repeats) of the peak;
-        suggest the last layer reached, i.e. the last layer before R² falls from its peak.
+    def significance(self) -> dict[str, dict]:
+        """Per layer, at ``config.alpha``: each test's raw and Benjamini-Hochberg adjusted
+        p-value (each test corrected over all scored layers), and ``significant``: above every
+        control that was tested (None when no test was run)."""
+        run_sh, run_rw = self._tests_run()
+        names = [s.layer for s in self.layers]
+        p_sh = {l: self.tests.get(l, {}).get("p_shuffled") for l in names} if run_sh else None
+        p_rw = ({l: self.tests.get(l, {}).get("p_random_weights") for l in names}
+                if run_rw else None)
+        def clean(d):
+            return None if d is None else {k: (np.nan if v is None else v) for k, v in d.items()}
+
+        return layer_tests(names, clean(p_sh), clean(p_rw), float(self.config.alpha))
+
+    def suggest_cut(self) -> tuple[str | None, str]:
+        """Suggested prune point (None when no layer qualifies) and the reason, in words.
+
+        Rule ``peak`` (default, the paper's): among the probe layers (logits and softmax
+        excluded) with a positive mean R² that is significantly above both controls (permutation
+        test against shuffled measures, paired test against random weights, Benjamini-Hochberg
+        at ``config.alpha``), the one with the highest mean R². Rule ``within-std``: from that
+        peak, walk deeper while the next layer is also significant and its mean R² stays within
+        one standard deviation (over repeats) of the peak; suggest the last layer reached.
+        A test that was not run (its control switched off) is said so and does not filter.
         """
-        cands = [s for s in self.layers if s.layer not in (PRE_SOFTMAX, SOFTMAX)
-                 and np.isfinite(s.mean)]
+        cands = [s for s in self.layers if s.layer not in LOGITS and np.isfinite(s.mean)]
         if not cands:
-            raise UserError("No scored layer to suggest a cut from.")
-        i = int(np.argmax([s.mean for s in cands]))
-        peak = cands[i]
-        floor = peak.mean - peak.std
-        while i + 1 < len(cands) and cands[i + 1].mean >= floor:
-            i += 1
-        rule = (f"R² peaks at {peak.layer} ({peak.mean:.3f} ± {peak.std:.3f}); {cands[i].layer} "
-                "is the last layer before the mean R² falls more than one standard deviation "
-                "below that peak (logits and softmax excluded).")
-        return cands[i].layer, rule
+            return None, "No scored feature layer (only logits and softmax): no cut to suggest."
+        run_sh, run_rw = self._tests_run()
+        sig = self.significance()
+        ran = [w for w, r in (("a permutation test against shuffled measures", run_sh),
+                              ("a paired test against random weights", run_rw)) if r]
+        missing = [w for w, r in (("the shuffled-measure permutation test (shuffled control or "
+                                   "--permutations 0)", run_sh),
+                                  ("the random-weights paired test (random-weights control "
+                                   "off)", run_rw)) if not r]
+        not_run = (f" Not run: {' and '.join(missing)}; the cut rests only on what was run."
+                   if missing else "")
+        alpha = float(self.config.alpha)
+
+        def ok(s):
+            return s.mean > 0 and (sig[s.layer]["significant"] is not False)
+
+        good = [s for s in cands if ok(s)]
+        tested = " and ".join(ran) if ran else "no significance test"
+        if not good:
+            why = (f"no layer (logits and softmax excluded) has a mean R² above 0 that is "
+                   f"significantly above its controls ({tested}, Benjamini-Hochberg at "
+                   f"alpha={alpha:g})" if ran else
+                   "no layer (logits and softmax excluded) has a mean R² above 0")
+            return None, f"No suggested cut: {why}.{not_run}"
+        peak = max(good, key=lambda s: s.mean)
+        chosen = peak
+        if self.config.cut_rule == "within-std":
+            i = cands.index(peak)
+            floor = peak.mean - peak.std
+            while i + 1 < len(cands) and ok(cands[i + 1]) and cands[i + 1].mean >= floor:
+                i += 1
+            chosen = cands[i]
+        basis = (f"significantly above its controls ({tested}, Benjamini-Hochberg at "
+                 f"alpha={alpha:g})" if ran else "with a positive mean R² (untested)")
+        if chosen is peak:
+            reason = (f"Rule peak: {peak.layer} has the highest mean R² ({peak.mean:.3f} ± "
+                      f"{peak.std:.3f}) among the {len(good)} layer(s) {basis}; logits and "
+                      "softmax excluded.")
+        else:
+            reason = (f"Rule within-std: R² peaks at {peak.layer} ({peak.mean:.3f} ± "
+                      f"{peak.std:.3f}) among the {len(good)} layer(s) {basis}; "
+                      f"{chosen.layer} is the last layer after it still within one std of that "
+                      "peak (logits and softmax excluded).")
+        return chosen.layer, reason + not_run
 
     def to_json(self) -> dict:
-        def rows(scores):
-            return [dict(s.to_json(), depth=self.depth.get(s.layer)) for s in scores]
+        sig = self.significance()
+        run_sh, run_rw = self._tests_run()
+        info = dict(self.test_info)
 
+        def layer_sig(name):
+            t, s = self.tests.get(name, {}), sig.get(name, {})
+            out = {"alpha": float(self.config.alpha), "correction": CORRECTION,
+                   "n_layers": len(self.layers), "significant": s.get("significant")}
+            if run_sh:
+                out["vs_shuffled"] = dict(s.get("shuffled", {}), test=PERMUTATION_TEST,
+                                          permutations=info.get("permutations"),
+                                          statistic=t.get("statistic"))
+            if run_rw:
+                out["vs_random_weights"] = dict(s.get("random_weights", {}), test=PAIRED_TEST,
+                                                t=t.get("t_random_weights"))
+            return out
+
+        def rows(scores, main=False):
+            out = []
+            for s in scores:
+                row = dict(s.to_json(), depth=self.depth.get(s.layer))
+                if main:
+                    row["significance"] = layer_sig(s.layer)
+                    row["significant"] = row["significance"]["significant"]
+                out.append(row)
+            return out
+
+        cut, reason = self.suggest_cut()
         return {
             "arch": self.config.arch, "weights": self.config.weights, "dataset": self.dataset,
             "n_images": self.n_images, "skipped": [s["path"] for s in self.skipped],
             "skipped_reasons": list(self.skipped),
             "measure": self.measure_name,
-            "layers": rows(self.layers),
+            "layers": rows(self.layers, main=True),
             "controls": {"shuffled": rows(self.controls.get("shuffled", ())),
                          "random_weights": rows(self.controls.get("random_weights", ()))},
             "timing": dict(self.timing), "cache": dict(self.cache),
             "config": {k: (list(v) if isinstance(v, tuple) else v)
                        for k, v in dataclasses.asdict(self.config).items()},
             "weights_source": self.weights_source,
+            "suggested_cut": cut, "suggested_cut_rule": self.config.cut_rule,
+            "suggested_cut_reason": reason,
+            "significance": {
+                "alpha": float(self.config.alpha), "correction": CORRECTION,
+                "vs_shuffled": ({"test": PERMUTATION_TEST, **info} if run_sh else None),
+                "vs_random_weights": ({"test": PAIRED_TEST,
+                                       "test_train_ratio": info.get("test_train_ratio")}
+                                      if run_rw else None),
+                "not_run": [k for k, r in (("vs_shuffled", run_sh),
+                                           ("vs_random_weights", run_rw)) if not r]},
+            "scoring": dict(self.scoring),
         }
 
     @classmethod
@@ -140,30 +274,53 @@ class ScanResult:
         def scores(rows):
             return tuple(LayerScore.from_json(r) for r in rows)
 
+        tests = {}
+        for r in d["layers"]:
+            s = r.get("significance") or {}
+            sh, rw = s.get("vs_shuffled") or {}, s.get("vs_random_weights") or {}
+            tests[r["name"]] = {"p_shuffled": sh.get("p"), "statistic": sh.get("statistic"),
+                                "p_random_weights": rw.get("p"), "t_random_weights": rw.get("t")}
+        sig = d.get("significance") or {}
+        info = {k: v for k, v in (sig.get("vs_shuffled") or {}).items() if k != "test"}
+        if (sig.get("vs_random_weights") or {}).get("test_train_ratio") is not None:
+            info["test_train_ratio"] = sig["vs_random_weights"]["test_train_ratio"]
         return cls(config, d["dataset"], d.get("measure", ""), d["n_images"],
                    tuple(d.get("skipped_reasons") or [{"path": p, "reason": ""}
                                                      for p in d.get("skipped", [])]),
                    scores(d["layers"]),
                    {k: scores(v) for k, v in d.get("controls", {}).items() if v},
                    {r["name"]: r.get("depth") for r in d["layers"]},
-                   d.get("timing", {}), d.get("cache", {}), d.get("weights_source", ""))
+                   d.get("timing", {}), d.get("cache", {}), d.get("weights_source", ""),
+                   tests, info, dict(d.get("scoring") or {}))
 
     def to_csv(self) -> str:
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(["kind", "layer", "depth", "n_features", "r2_mean", "r2_std",
-                    "r2_logmeanexp", "r2_repeats"])
+                    "r2_logmeanexp", "r2_repeats", "p_shuffled_bh", "p_random_weights_bh",
+                    "significant"])
+        sig = self.significance()
+
+        def fmt(v):
+            return "" if v is None else f"{v:.6g}"
+
         groups = [("true", self.layers)] + [(k, v) for k, v in self.controls.items()]
         for kind, scores in groups:
             for s in scores:
+                extra = ["", "", ""]
+                if kind == "true":
+                    t = sig.get(s.layer, {})
+                    extra = [fmt(t.get("shuffled", {}).get("p_adjusted")),
+                             fmt(t.get("random_weights", {}).get("p_adjusted")),
+                             "" if t.get("significant") is None else str(t["significant"]).lower()]
                 w.writerow([kind, s.layer, f"{self.depth.get(s.layer, float('nan')):.4f}",
                             s.n_features, f"{s.mean:.6f}", f"{s.std:.6f}",
-                            f"{s.logmeanexp:.6f}", ";".join(f"{v:.6f}" for v in s.r2)])
+                            f"{s.logmeanexp:.6f}", ";".join(f"{v:.6f}" for v in s.r2)] + extra)
         return buf.getvalue()
 
 
 #: Bump when a change to the scoring (splits, estimators, controls) changes results.
-SCORING_VERSION = 1
+SCORING_VERSION = 2   # 2: significance tests, group-wise shuffles, min test sizes, box geometry
 
 
 def result_key(config: ScanConfig, arch: ArchSpec, layers: list[str], ds: Dataset,
@@ -182,6 +339,7 @@ def result_key(config: ScanConfig, arch: ArchSpec, layers: list[str], ds: Datase
         "seed": config.seed, "per_class": config.per_class, "grouped": config.grouped,
         "test_size": config.test_size, "dataset": ds.name, "measure": ds.measure_name,
         "dataset_options": {k: repr(v) for k, v in sorted(config.dataset_options.items())},
+        "permutations": config.permutations,   # the p-values depend on it (alpha, cut rule not)
         "rcvcore": __version__, "scoring": SCORING_VERSION,
     }
     blob = json.dumps(payload, sort_keys=True).encode()
@@ -280,6 +438,50 @@ def _extract_sharded(ex: FeatureExtractor, ds: Dataset, pre, batch_size: int, pr
     return Extraction(feats, ok[order], failed)
 
 
+def scoring_mode(config: ScanConfig, ds: Dataset) -> tuple[bool, str]:
+    """Whether to fit per class, and why: ``config.per_class`` when given, else the dataset's
+    default (pooled when its classes are a proxy of the measure, e.g. magnifications)."""
+    if ds.labels is None:
+        return False, "pooled: the dataset has no classes"
+    if config.per_class is True:
+        return True, f"per class ({ds.label_name or 'class'}), as asked"
+    if config.per_class is False:
+        return False, "pooled, as asked (--no-per-class)"
+    if getattr(ds, "pooled_by_default", False):
+        return False, (f"pooled by default: the classes ({ds.label_name or 'class'}) of "
+                       f"{ds.kind} are a proxy of the measure, so a fit within one class would "
+                       "remove the signal being measured (--per-class to force)")
+    return True, f"per class ({ds.label_name or 'class'}), the dataset's default"
+
+
+def seen_measures(ds: Dataset, pre) -> tuple[np.ndarray, str, dict[int, str]]:
+    """The measure of each sample as the network sees it.
+
+    For box datasets whose loader recorded the boxes and image sizes (``info["box_geometry"]``,
+    ``info["box_measure"] == "visible"``): the largest box's area visible after the weights'
+    resize and centre crop (``pre``) divided by the crop's area; samples whose boxes the crop
+    hides entirely are returned in the third value (index -> reason) to be left out. Otherwise
+    the loader's measure as it is.
+    """
+    geo = ds.info.get("box_geometry") if isinstance(ds.info, dict) else None
+    if not geo or ds.info.get("box_measure", "visible") != "visible":
+        return ds.measures, ds.measure_name, {}
+    y = ds.measures.copy()
+    unseen = {}
+    for i, s in enumerate(ds.samples):
+        g = geo.get((s.path, s.label))
+        if g is None:
+            continue
+        w, h, boxes = g
+        frac = visible_box_fraction(boxes, w, h, resize=pre.resize, crop=pre.crop)
+        if not frac:
+            unseen[i] = (f"its box lies outside the network's {pre.crop} px centre crop "
+                         f"(after resizing to {pre.resize} px)")
+        else:
+            y[i] = frac
+    return y, f"visible_{ds.measure_name}", unseen
+
+
 def run_scan(config: ScanConfig, progress: Progress | None = None) -> ScanResult | None:
     """Run a scan end to end (see the module docstring); ``progress(fraction, message)``.
 
@@ -309,11 +511,12 @@ def run_scan(config: ScanConfig, progress: Progress | None = None) -> ScanResult
                           progress=stage(0.0, 0.05), **config.dataset_options)
     if d.main:
         barrier(d)
-    labels = ds.labels if config.per_class else None
+    per_class, scoring_reason = scoring_mode(config, ds)
+    labels = ds.labels if per_class else None
     groups = ds.groups if config.grouped else None
     # fail before any extraction on an unusable measure or too few images
     check_measure(ds.measures, labels)
-    make_splits(len(ds), labels=labels, groups=groups, repeats=1, seed=config.seed,
+    make_splits(len(ds), labels=labels, groups=groups, repeats=config.repeats, seed=config.seed,
                 test_size=config.test_size)
 
     runs = [("true", backbone)]
@@ -364,7 +567,14 @@ def run_scan(config: ScanConfig, progress: Progress | None = None) -> ScanResult
     for f in failed:
         warnings.warn(f"skipped {ds.samples[f].path}: {failed[f]}", stacklevel=2)
     ok = records["true"].ok
-    y = ds.measures[ok]
+    measures, measure_name, unseen = seen_measures(ds, backbone.preprocess)
+    ok = np.asarray(ok)
+    if unseen:
+        hidden = [int(i) for i in ok if int(i) in unseen]
+        for i in hidden:
+            warnings.warn(f"skipped {ds.samples[i].path}: {unseen[i]}", stacklevel=2)
+        ok = np.asarray([int(i) for i in ok if int(i) not in unseen], dtype=int)
+    y = measures[ok]
     lab = labels[ok] if labels is not None else None
     grp = groups[ok] if groups is not None else None
     check_measure(y, lab)
@@ -373,36 +583,72 @@ def run_scan(config: ScanConfig, progress: Progress | None = None) -> ScanResult
     splits = make_splits(len(y), labels=lab, groups=grp, repeats=config.repeats,
                          seed=config.seed, test_size=config.test_size)
     targets = {"true": y}
+    null = None
     if "shuffled" in config.controls:
-        targets["shuffled"] = shuffled_targets(y, labels=lab, repeats=config.repeats,
+        targets["shuffled"] = shuffled_targets(y, labels=lab, groups=grp, repeats=config.repeats,
                                                seed=config.seed)
-    scores = score_targets(feats["true"], targets, splits, model=config.model,
-                           progress=stage(0.9, 0.97))
+        if config.permutations:
+            null = permutation_targets(y, labels=lab, groups=grp,
+                                       permutations=config.permutations, seed=config.seed)
+    true_feats = feats["true"]
+    if len(ok) != len(records["true"].ok):
+        pos = {int(i): j for j, i in enumerate(records["true"].ok)}
+        true_feats = {l: v[[pos[int(i)] for i in ok]] for l, v in true_feats.items()}
+    scores = score_targets(true_feats, targets, splits, model=config.model,
+                           progress=stage(0.9, 0.97), null=null, null_target="true")
     controls = {}
     if "shuffled" in scores:
         controls["shuffled"] = tuple(scores["shuffled"][l] for l in layers)
     if "random_weights" in feats:
         rw = feats["random_weights"]
-        # the same images: align rows in case the random pass failed on other files (it cannot
-        # in practice, reading is independent of weights)
+        # the same images: align rows (the random pass reads the same files, but a file could
+        # fail in one pass only, and images whose box the crop hides are left out above)
         rw_ok = records["random_weights"].ok
         if not np.array_equal(rw_ok, ok):
             pos = {int(i): j for j, i in enumerate(rw_ok)}
             rw = {l: v[[pos[int(i)] for i in ok]] for l, v in rw.items()}
         rw_scores = score_targets(rw, {"y": y}, splits, model=config.model)["y"]
         controls["random_weights"] = tuple(rw_scores[l] for l in layers)
+    ratio = float(np.mean([len(s.test) for s in splits]) / np.mean([len(s.train) for s in splits]))
+    tests = {}
+    for l in layers:
+        t = scores["true"][l]
+        entry = {"p_shuffled": None, "statistic": None, "p_random_weights": None,
+                 "t_random_weights": None}
+        if null is not None:
+            entry["statistic"] = t.null_observed
+            p = permutation_pvalue(t.null_observed, t.null)
+            entry["p_shuffled"] = None if not np.isfinite(p) else p
+        if "random_weights" in controls:
+            tt, p = corrected_paired_t(t.r2, rw_scores[l].r2, ratio)
+            entry["t_random_weights"] = None if not np.isfinite(tt) else tt
+            entry["p_random_weights"] = None if not np.isfinite(p) else p
+        tests[l] = entry
+    test_info = {"test_train_ratio": round(ratio, 6)}
+    if null is not None:
+        test_info.update({
+            "permutations": int(config.permutations),
+            "permutation_scheme": ("whole groups of equal size exchanged, images shuffled within "
+                                   "groups" if grp is not None else "images shuffled")
+                                  + (", within class" if lab is not None else ""),
+            "statistic": "mean over repeats of held-out R², penalty by GCV on the training "
+                         "split (OLS: none), the same for the measure and every permutation"})
     fit_s = time.perf_counter() - t0
     if progress:
         progress(1.0, "done")
     skipped = tuple({"path": s.path, "reason": s.reason} for s in ds.skipped) + tuple(
-        {"path": ds.samples[i].path, "reason": r} for i, r in records["true"].failed)
-    result = ScanResult(config, ds.name, ds.measure_name, int(len(ok)), skipped,
+        {"path": ds.samples[i].path, "reason": r} for i, r in records["true"].failed) + tuple(
+        {"path": ds.samples[i].path, "reason": unseen[i]} for i in sorted(unseen)
+        if i in set(int(j) for j in records["true"].ok))
+    result = ScanResult(config, ds.name, measure_name, int(len(ok)), skipped,
                         tuple(scores["true"][l] for l in layers), controls,
                         {l: arch.depth(l) for l in layers},
                         {"extract_s": round(timing_extract, 3), "fit_s": round(fit_s, 3),
                          "world_size": d.world, "devices": devices},
                         {"hits": int(hits), "misses": int(misses),
-                         "result": "miss" if rkey else "off"}, source)
+                         "result": "miss" if rkey else "off"}, source, tests, test_info,
+                        {"per_class": bool(lab is not None), "grouped": bool(grp is not None),
+                         "reason": scoring_reason})
     if rkey is not None:
         with Store(root / "activations") as store:
             store.put_json(rkey, result.to_json())

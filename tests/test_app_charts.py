@@ -27,7 +27,8 @@ def test_mean_band_controls_and_click_payload():
     assert any("control: shuffled labels" in (n or "") for n in names)
     assert not any("random weights" in (n or "") for n in names)  # empty control: no trace
     main = next(t for t in fig.data if t.name == "resnet18 · random · demo-scale")
-    assert [list(c) for c in main.customdata] == [[0, "add_1"], [0, "add_2"], [0, "pre_softmax"]]
+    assert [list(c)[:2] for c in main.customdata] == [[0, "add_1"], [0, "add_2"],
+                                                      [0, "pre_softmax"]]
     assert any(t.fill == "tonexty" for t in fig.data)  # the ± std band
     assert fig.layout.xaxis.type == "category"
     # y clipped at -1 because the control goes to -1.5
@@ -59,3 +60,24 @@ def test_table_columns_and_training_figure():
     html = charts.figure_html(fig)
     assert "<html>" in html and len(html) > 1_000_000  # plotly.js embedded: works offline
     assert '<script src="https://cdn' not in html
+
+
+def test_significant_layers_get_filled_markers_and_table_columns():
+    res = _result()
+    for row, sig in zip(res["layers"], (True, False, False)):
+        row["significance"] = {"alpha": 0.05, "significant": sig,
+                               "vs_shuffled": {"p": 0.01, "p_adjusted": 0.02 if sig else 0.4},
+                               "vs_random_weights": {"p": 0.01, "p_adjusted": 0.03}}
+        row["significant"] = sig
+    fig = charts.r2_figure([{"label": None, "config": {}, "result": res}])
+    main = next(t for t in fig.data if t.name == "resnet18 · random · demo-scale")
+    assert list(main.marker.symbol) == ["circle", "circle-open", "circle-open"]
+    assert "significant (p vs shuffled 0.02" in main.customdata[0][2]
+    assert any(t.name == "significant vs controls" for t in fig.data)
+    table = charts.r2_table(res)
+    assert list(table["significant"]) == [True, False, False]
+    assert list(table["p vs shuffled (BH)"]) == [0.02, 0.4, 0.4]
+    # an old result without tests: plain markers, no legend entries, no columns
+    fig = charts.r2_figure([_rec()])
+    assert not any(t.name == "significant vs controls" for t in fig.data)
+    assert "significant" not in charts.r2_table(_result()).columns

@@ -24,6 +24,8 @@ def _tiny_scan(at):
                                                                   "add_8"])
     _widget(at, "number_input", "scan_n").set_value(24)
     _widget(at, "slider", "scan_repeats").set_value(2)
+    # 24 crops are too few for the default per-photograph classes: the grouped protocol
+    _widget(at, "text_input", "scan_ds_opts_demo-scale").set_value("protocol=across-photos")
     at.run()
     _widget(at, "button", "scan_run").click()
     at.run(timeout=60)
@@ -69,15 +71,20 @@ def test_scan_tiny_config_draws_chart_table_and_cut(app_env):
     table = at.dataframe[0].value
     assert list(table["layer"]) == ["add_2", "add_4", "add_6", "add_8"]
     assert {"R² mean", "R² std", "shuffled labels R²", "random weights R²"} <= set(table.columns)
-    # the suggestion comes from rcvcore with its rule stated
-    assert any("last layer before" in c.value for c in at.caption)
+    assert {"p vs shuffled (BH)", "p vs random weights (BH)", "significant"} <= set(table.columns)
+    # a random network against a random-weights control: no layer is significantly above it,
+    # so rcvcore suggests no cut, the page says why and preselects nothing for the Train page
+    rec = json.loads(next((app_env / "runs" / "_scans").glob("*.json")).read_text())
+    assert rec["result"]["suggested_cut"] is None
+    assert any("No suggested cut" in w.value for w in at.warning)
     cut = next(w for w in at.selectbox if w.key.startswith("scan_cut_"))
-    assert cut.value in {"add_2", "add_4", "add_6", "add_8"}
-    assert any("Parameters (pruned)" in m.label for m in at.metric)
+    assert cut.value is None
+    assert at.session_state["rcv_cut"]["layer"] is None
     cut.set_value("add_4")
     at.run()
     assert at.session_state["rcv_cut"]["layer"] == "add_4"
     assert at.session_state["rcv_cut"]["arch"] == "resnet18"
+    assert any("Parameters (pruned)" in m.label for m in at.metric)
     # the result is saved on disk (survives a reload) and downloadable
     saved = list((app_env / "runs" / "_scans").glob("*.json"))
     assert len(saved) == 1
@@ -177,7 +184,7 @@ def test_dataset_options_and_optional_source_reach_rcvcore(app_env):
     img = app_env / "region.png"
     Image.fromarray(render_tile(3, 0, 896)[0]).save(img)
     at = AppTest.from_file(MAIN, default_timeout=30).run()
-    assert _widget(at, "text_input", "scan_ds_opts_demo-scale").disabled  # takes none
+    assert not _widget(at, "text_input", "scan_ds_opts_demo-scale").disabled  # protocol
     _widget(at, "selectbox", "scan_arch").set_value("resnet18")
     _widget(at, "selectbox", "scan_dataset").set_value("demo-he")
     at.run()
@@ -207,3 +214,28 @@ def test_dataset_options_and_optional_source_reach_rcvcore(app_env):
     assert rec["config"]["dataset"] == f"demo-he:{img}"
     assert rec["config"]["dataset_options"]["tile_size"] == 448
     assert rec["result"]["n_images"] == 16   # 4 tiles x 4 patches at 20x
+
+
+def test_scoring_choice_reaches_rcvcore(app_env):
+    """The Scan page's scoring switch (dataset default / per class / pooled) and grouped
+    splits map onto the CLI's --per-class / --no-per-class / --ungrouped."""
+    at = AppTest.from_file(MAIN, default_timeout=30).run()
+    assert _widget(at, "radio", "scan_scoring").value == "dataset default"
+    _widget(at, "radio", "scan_scoring").set_value("pooled")
+    _widget(at, "checkbox", "scan_grouped").set_value(False)
+    at = _tiny_scan(at)
+    rec = json.loads(next((app_env / "runs" / "_scans").glob("*.json")).read_text())
+    assert rec["result"]["config"]["per_class"] is False
+    assert rec["result"]["config"]["grouped"] is False
+    assert rec["result"]["scoring"]["grouped"] is False
+
+
+def test_train_page_is_not_prefilled_without_a_suggestion(app_env):
+    at = AppTest.from_file(str(Path(MAIN).parent / "pages" / "train.py"), default_timeout=30)
+    at.session_state["rcv_cut"] = {"arch": "resnet18", "weights": "random", "layer": None,
+                                   "dataset": "demo-scale", "scan_id": "x", "suggested": None,
+                                   "reason": "No suggested cut: no layer is significant."}
+    at.run()
+    assert not at.exception, at.exception
+    assert any("Not prefilled from the Scan page" in i.value for i in at.info)
+    assert not any("From the Scan page" in s.value for s in at.success)

@@ -101,3 +101,50 @@ def test_imagenet_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="no WordNet-id class folder.*Expected PATH/<wnid>"):
         load_dataset(f"imagenet:{tmp_path / 'empty'}", cache_dir=tmp_path / "c")
+
+
+def test_visible_box_fraction_with_a_box_half_outside_the_crop(tmp_path):
+    """A 600x200 image resized to 224 px (short side) and centre-cropped to 224: the network sees
+    x in [200, 400). A box over x in [150, 250) is half outside: it covers 1/8 of what the
+    network sees, against 1/12 of the whole image."""
+    import numpy as np
+    from PIL import Image
+
+    from rcvcore.data.boxes import crop_window, visible_box_fraction
+    from rcvcore.models import Preprocess
+    from rcvcore.scan import seen_measures
+
+    box = (150, 0, 250, 100)
+    assert crop_window(600, 200, 224, 224)[:4] == pytest.approx((200, 0, 400, 200))
+    assert visible_box_fraction([box], 600, 200, resize=224, crop=224) == pytest.approx(0.125)
+    assert visible_box_fraction([(0, 0, 100, 100)], 600, 200, resize=224, crop=224) == 0.0
+    assert visible_box_fraction([], 600, 200, resize=224, crop=224) is None
+    # the network's own preprocessing agrees: count the box's pixels in its input
+    root = tmp_path / "in" / "n02058221"
+    root.mkdir(parents=True)
+    arr = np.zeros((200, 600, 3), np.uint8)
+    arr[0:100, 150:250] = 255
+    Image.fromarray(arr).save(root / "n02058221_1.png")
+    (root / "n02058221_1.xml").write_text(voc_xml("n02058221_1.png", 600, 200,
+                                                  [("n02058221", *box)]))
+    pre = Preprocess(224, 224, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "nearest")
+    seen = pre(Image.open(root / "n02058221_1.png").convert("RGB"))[0].numpy()
+    assert (seen > 0.5).mean() == pytest.approx(0.125, abs=0.005)
+    ds = load_dataset(f"imagenet:{tmp_path / 'in'}", cache_dir=tmp_path / "c", workers=1,
+                      classes="n02058221")
+    assert ds.samples[0].measure == pytest.approx(1 / 12)           # the loader's image fraction
+    y, name, unseen = seen_measures(ds, pre)
+    assert y[0] == pytest.approx(0.125) and name == "visible_box_area_fraction" and not unseen
+    # the whole-image measure on request (a pipeline that resizes the whole image)
+    whole = load_dataset(f"imagenet:{tmp_path / 'in'}", cache_dir=tmp_path / "c", workers=1,
+                         classes="n02058221", box_measure="image")
+    assert seen_measures(whole, pre)[0][0] == pytest.approx(1 / 12)
+    with pytest.raises(DatasetError, match="box_measure must be 'visible'"):
+        load_dataset(f"imagenet:{tmp_path / 'in'}", cache_dir=tmp_path / "c", workers=1,
+                     classes="n02058221", box_measure="crop")
+    # a box the crop hides entirely is left out of the scan, with the reason
+    (root / "n02058221_1.xml").write_text(voc_xml("n02058221_1.png", 600, 200,
+                                                  [("n02058221", 0, 0, 100, 100)]))
+    hidden = load_dataset(f"imagenet:{tmp_path / 'in'}", cache_dir=tmp_path / "c2", workers=1,
+                          classes="n02058221")
+    assert "outside the network's 224 px centre crop" in seen_measures(hidden, pre)[2][0]

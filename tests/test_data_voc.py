@@ -71,3 +71,19 @@ def test_voc_errors(tmp_path):
         load_dataset(f"voc:{root}", cache_dir=tmp_path / "c", classes="dgo")
     with pytest.raises(DatasetError, match="image set .*test.txt not found.*train, trainval, val"):
         load_dataset(f"voc:{root}", cache_dir=tmp_path / "c", image_set="test")
+
+
+def test_voc_records_box_geometry_for_the_visible_measure(tmp_path):
+    from rcvcore.data.boxes import visible_box_fraction
+    from rcvcore.models import Preprocess
+    from rcvcore.scan import seen_measures
+
+    root = write_voc_tree(tmp_path / "voc")
+    ds = load_dataset(f"voc:{root}", cache_dir=tmp_path / "c", workers=1)
+    assert ds.info["box_measure"] == "visible"
+    pre = Preprocess(256, 224, (0.5,) * 3, (0.5,) * 3)
+    y, name, unseen = seen_measures(ds, pre)
+    assert name == "visible_box_area_fraction"
+    for i, s in enumerate(ds.samples):
+        w, h, boxes = ds.info["box_geometry"][(s.path, s.label)]
+        assert y[i] == visible_box_fraction(boxes, w, h, resize=256, crop=224) or i in unseen

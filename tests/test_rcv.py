@@ -140,3 +140,145 @@ def test_bad_measures_and_sizes(rng):
         score_layers({"l": rng.normal(size=(4, 3))}, rng.normal(size=4))
     with pytest.raises(UserError, match="non-finite"):
         score_layers(X, np.r_[np.nan, rng.normal(size=19)])
+
+
+# ------------------------------------------------------------------------------------------
+# significance (issue 10)
+
+from rcvcore.rcv import (  # noqa: E402
+    _Fit,
+    bh_adjust,
+    corrected_paired_t,
+    layer_tests,
+    permutation_pvalue,
+    permutation_targets,
+)
+
+
+def test_bh_matches_scipy(rng):
+    from scipy.stats import false_discovery_control
+
+    p = rng.uniform(size=17) ** 3
+    np.testing.assert_allclose(bh_adjust(p), false_discovery_control(p), rtol=1e-12)
+    # a test that could not be run is NaN and does not count among the tests
+    q = bh_adjust(np.r_[p[:5], np.nan])
+    assert np.isnan(q[-1])
+    np.testing.assert_allclose(q[:5], false_discovery_control(p[:5]), rtol=1e-12)
+
+
+def test_corrected_paired_t_reduces_to_scipy_and_is_more_conservative(rng):
+    from scipy.stats import ttest_rel
+
+    a, b = rng.normal(0.3, 0.1, 10), rng.normal(0.2, 0.1, 10)
+    t, p = corrected_paired_t(a, b, 0.0)
+    ref = ttest_rel(a, b, alternative="greater")
+    assert t == pytest.approx(ref.statistic, rel=1e-12) and p == pytest.approx(ref.pvalue,
+                                                                               rel=1e-10)
+    t2, p2 = corrected_paired_t(a, b, 0.3 / 0.7)      # overlapping training sets
+    assert p2 > p and t2 == pytest.approx(t / np.sqrt((1 / 10 + 0.3 / 0.7) / (1 / 10)))
+    assert np.isnan(corrected_paired_t([0.1], [0.0], 0.4)[1])
+
+
+def test_permutation_pvalue_counts_the_observed():
+    assert permutation_pvalue(0.5, [0.1] * 199) == pytest.approx(1 / 200)
+    assert permutation_pvalue(0.5, [0.5] + [0.1] * 99) == pytest.approx(2 / 101)
+    assert np.isnan(permutation_pvalue(np.nan, [0.1]))
+
+
+@pytest.mark.parametrize("p", [8, 200])
+def test_gcv_matches_the_hat_matrix(rng, p):
+    n = 40
+    X = rng.normal(size=(n, p))
+    Y = rng.normal(size=(n, 3))
+    Xc, Yc = X - X.mean(axis=0), Y - Y.mean(axis=0)
+    fit = _Fit(Xc, Yc) if n > p else _Fit(None, Yc, gram=Xc @ Xc.T, n_features=p)
+    alphas = np.array([1e-2, 1.0, 30.0]) * fit.scale
+    ours = fit.gcv(alphas)
+    for i, a in enumerate(alphas):
+        H = Xc @ np.linalg.solve(Xc.T @ Xc + a * np.eye(p), Xc.T) + 1.0 / n
+        resid = Y - Y.mean(axis=0) - (H - 1.0 / n) @ Yc
+        ref = n * (resid ** 2).sum(axis=0) / np.trace(np.eye(n) - H) ** 2
+        np.testing.assert_allclose(ours[i], ref, rtol=1e-8)
+
+
+def test_planted_signal_is_significant_at_its_layer_only(rng):
+    n = 120
+    signal = rng.normal(size=(n, 30))
+    y = signal[:, :3] @ np.array([1.0, -0.5, 0.8]) + 0.3 * rng.normal(size=n)
+    feats = {"signal": signal, "noise": rng.normal(size=(n, 30))}
+    splits = make_splits(n, repeats=5, seed=0)
+    null = permutation_targets(y, permutations=99, seed=0)
+    res = score_targets(feats, {"y": y}, splits, null=null)["y"]
+    p = {k: permutation_pvalue(s.null_observed, s.null) for k, s in res.items()}
+    assert p["signal"] == pytest.approx(1 / 100)
+    assert p["noise"] > 0.2
+    assert res["signal"].mean > 0.8 and len(res["noise"].null) == 99
+    sig = layer_tests(["signal", "noise"], p, None, alpha=0.05)
+    assert sig["signal"]["significant"] and not sig["noise"]["significant"]
+    assert "random_weights" not in sig["signal"]
+    # both controls: a layer must beat both
+    sig = layer_tests(["signal", "noise"], p, {"signal": 0.2, "noise": 0.001}, alpha=0.05)
+    assert not sig["signal"]["significant"] and not sig["noise"]["significant"]
+    assert layer_tests(["signal"], None, None)["signal"]["significant"] is None
+
+
+def test_null_columns_do_not_change_the_scores(rng):
+    X = rng.normal(size=(60, 100))
+    y = X[:, 0] + rng.normal(size=60)
+    splits = make_splits(60, repeats=3)
+    a = score_targets({"l": X}, {"y": y}, splits)["y"]["l"]
+    b = score_targets({"l": X}, {"y": y}, splits, null=permutation_targets(y, permutations=20))
+    np.testing.assert_allclose(b["y"]["l"].r2, a.r2, rtol=1e-10)
+    assert b["y"]["l"].alphas == a.alphas
+
+
+def test_group_wise_permutation_moves_whole_groups(rng):
+    groups = np.repeat([f"g{i}" for i in range(6)], 4)
+    labels = np.repeat(["a", "b"], 12)
+    y = np.arange(24, dtype=float)
+    perms = permutation_targets(y, labels=labels, groups=groups, permutations=30, seed=1)
+    sh = shuffled_targets(y, labels=labels, groups=groups, repeats=30, seed=1)
+    moved = 0
+    for yp in np.r_[perms, sh]:
+        blocks = {frozenset(y[groups == g]) for g in np.unique(groups)}
+        for g in np.unique(groups):
+            assert frozenset(yp[groups == g]) in blocks            # a whole group's values
+            assert set(labels[np.isin(y, yp[groups == g])]) == set(labels[groups == g])
+            moved += frozenset(yp[groups == g]) != frozenset(y[groups == g])
+    assert moved > 0
+    # groups of different sizes are not merged: a group of 3 keeps its own values
+    g2 = np.r_[np.repeat(["x", "y"], 4), ["z"] * 3]
+    p2 = permutation_targets(np.arange(11.0), groups=g2, permutations=10)
+    assert all(set(p[8:]) == {8.0, 9.0, 10.0} for p in p2)
+
+
+def test_each_target_reports_its_own_penalties(rng):
+    X = rng.normal(size=(80, 20))
+    y = X[:, 0] * 3 + 0.1 * rng.normal(size=80)
+    splits = make_splits(80, repeats=3)
+    out = score_targets({"l": X}, {"y": y, "sh": shuffled_targets(y, repeats=3)}, splits)
+    assert len(out["sh"]["l"].alphas) == 3
+    assert max(out["y"]["l"].alphas) < min(out["sh"]["l"].alphas)   # noise is shrunk harder
+
+
+def test_small_test_sets_and_few_distinct_splits_are_rejected(rng):
+    labels = np.r_[["big"] * 30, ["small"] * 6]
+    with pytest.raises(UserError, match=r"class 'small'.*test set would hold 2 images.*"
+                                        r"--no-per-class"):
+        make_splits(36, labels=labels)
+    # 4 groups with 2 in each test set: 6 distinct splits cannot make 10 honest repeats
+    g = np.repeat(np.arange(4), 5)
+    with pytest.raises(UserError, match=r"Only 6 distinct.*--repeats 6"):
+        make_splits(20, groups=g, repeats=10)
+    # 5 groups: exactly 10 distinct splits, all used
+    g = np.repeat(np.arange(5), 4)
+    tests = {tuple(sorted(s.test)) for s in make_splits(20, groups=g, repeats=10)}
+    assert len(tests) == 10
+
+
+def test_r2_per_class_comes_with_its_test_size(rng):
+    labels = np.repeat(["a", "b"], 20)
+    X = rng.normal(size=(40, 5))
+    s = score_layers({"l": X}, X[:, 0] + rng.normal(size=40), labels=labels, repeats=3)["l"]
+    assert s.n_test_by_class == {"a": (6, 6, 6), "b": (6, 6, 6)}
+    assert s.to_json()["n_test_by_class"] == {"a": [6, 6, 6], "b": [6, 6, 6]}

@@ -1,4 +1,5 @@
 """The scan end to end: CLI contract, cache behaviour, bad input."""
+import dataclasses
 import json
 import os
 import sqlite3
@@ -181,8 +182,15 @@ def test_demo_scale_is_deterministic_and_exact(cache_dir):
     b = load_dataset("demo-scale", n=20, seed=1, cache_dir=cache_dir / "other")
     assert np.array_equal(a.measures, b.measures)
     assert a.measures.min() >= 0 and a.measures.max() <= 2   # log2 of zoom 1..4
-    assert len(set(a.groups)) == 16
+    # default protocol: each photograph a class (the paper's per-class protocol), no groups
+    assert len(set(a.labels)) == 16 and a.groups is None and a.label_name == "photo"
     assert Image.open(a.paths[0]).size == (256, 256)
+    # across photographs: no classes, grouped by photograph; the very same crops
+    c = load_dataset("demo-scale", n=20, seed=1, cache_dir=cache_dir, protocol="across-photos")
+    assert c.labels is None and len(set(c.groups)) == 16
+    assert np.array_equal(c.measures, a.measures) and c.paths == a.paths
+    with pytest.raises(Exception, match="across-photos"):
+        load_dataset("demo-scale", n=20, cache_dir=cache_dir, protocol="per-image")
 
 
 def test_no_cache_neither_reads_nor_writes(scale_folder, cache_dir, tmp_path):
@@ -257,3 +265,134 @@ def test_cache_command_reports_and_clears(scale_folder, cache_dir, capsys):
     assert main(["cache", "--cache-dir", str(cache_dir), "--clear", "activations"]) == 0
     assert not (cache_dir / "activations").exists()
     assert run_scan(cfg).cache == {"hits": 0, "misses": 1, "result": "miss"}
+
+
+# ------------------------------------------------------------------------------------------
+# honest statistics (issue 10)
+
+
+def _noise_folder(tmp_path):
+    from conftest import make_scale_folder
+
+    folder = make_scale_folder(tmp_path / "noise", n=30)
+    labels = folder / "labels.csv"
+    rows = labels.read_text().splitlines()
+    rng = np.random.default_rng(42)
+    out = [rows[0]]
+    for r in rows[1:]:
+        parts = r.split(",")
+        parts[1] = f"{rng.uniform(0.1, 0.9):.6f}"    # a measure the images know nothing of
+        out.append(",".join(parts))
+    labels.write_text("\n".join(out) + "\n")
+    return folder
+
+
+def test_pure_noise_gets_no_suggested_cut(tmp_path, cache_dir, capsys):
+    folder = _noise_folder(tmp_path)
+    out = tmp_path / "noise.json"
+    assert main(_args(folder, cache_dir, "--json", str(out), "--permutations", "99")) == 0
+    printed = capsys.readouterr().out
+    assert "suggested cut" not in printed.replace("No suggested cut", "")
+    assert "No suggested cut" in printed and "p shuf" in printed and "p rand" in printed
+    d = json.loads(out.read_text())
+    assert d["suggested_cut"] is None and d["suggested_cut_rule"] == "peak"
+    assert "significantly above its controls" in d["suggested_cut_reason"]
+    assert d["significance"]["vs_shuffled"]["permutations"] == 99
+    assert d["significance"]["not_run"] == []
+    for row in d["layers"]:          # the old keys are all still there, the tests are extra
+        assert set(row) >= {"name", "n_features", "r2", "r2_mean", "r2_std", "r2_logmeanexp",
+                            "r2_by_class", "alphas", "significance", "significant"}
+        sh, rw = row["significance"]["vs_shuffled"], row["significance"]["vs_random_weights"]
+        assert sh["test"] == "permutation" and rw["test"] == "corrected-paired-t"
+        assert 1 / 100 <= sh["p"] <= 1 and 0 <= rw["p"] <= 1
+        assert sh["p_adjusted"] >= sh["p"] and row["significance"]["alpha"] == 0.05
+        assert row["significant"] is False
+    # the shuffled control reports the penalties it used, not the true fit's
+    assert [r["alphas"] for r in d["controls"]["shuffled"]] != [r["alphas"] for r in d["layers"]]
+    # the same numbers after a JSON round trip (the result cache, the dashboard)
+    from rcvcore.scan import ScanResult
+
+    back = ScanResult.from_json(d)
+    assert back.suggest_cut() == (None, d["suggested_cut_reason"])
+    assert back.to_json()["layers"] == d["layers"]
+
+
+def test_controls_none_says_which_tests_were_not_run(scale_folder, cache_dir):
+    cfg = ScanConfig(arch="resnet18", weights="random", dataset=f"folder:{scale_folder}",
+                     layers="add_2,add_6", repeats=3, controls=(), cache_dir=str(cache_dir))
+    r = run_scan(cfg)
+    cut, reason = r.suggest_cut()
+    assert "Not run: the shuffled-measure permutation test" in reason
+    assert "random-weights paired test" in reason
+    d = r.to_json()
+    assert d["significance"]["not_run"] == ["vs_shuffled", "vs_random_weights"]
+    assert all(row["significant"] is None for row in d["layers"])
+    assert d["suggested_cut"] == cut
+    # only the random-weights control: the cut rests on its test alone, and says so
+    r2 = run_scan(dataclasses.replace(cfg, controls=("random-weights",)))
+    reason2 = r2.suggest_cut()[1]
+    assert "Not run: the shuffled-measure permutation test" in reason2
+    assert "random-weights paired test" not in reason2.split("Not run:")[1]
+
+
+def test_cut_rules_on_a_result(scale_folder, cache_dir):
+    from rcvcore.rcv import LayerScore
+    from rcvcore.scan import ScanResult
+
+    def score(name, mean, std=0.01):
+        return LayerScore(name, 8, (mean - std, mean + std))
+
+    layers = (score("add_1", 0.3), score("add_2", 0.8, 0.1), score("add_3", 0.75),
+              score("add_4", 0.5), score("pre_softmax", 0.95))
+    tests = {s.layer: {"p_shuffled": 0.001, "p_random_weights": 0.001} for s in layers}
+    tests["add_3"]["p_random_weights"] = 0.9
+    res = ScanResult(ScanConfig(arch="resnet18"), "x", "m", 10, (), layers, {}, {},
+                     tests=tests, test_info={"permutations": 999})
+    assert res.suggest_cut()[0] == "add_2"                  # the peak, logits excluded
+    res2 = dataclasses.replace(res, config=ScanConfig(arch="resnet18", cut_rule="within-std"))
+    assert res2.suggest_cut()[0] == "add_2"     # add_3: within one std, not significant
+    tests["add_3"]["p_random_weights"] = 0.001
+    assert res2.suggest_cut()[0] == "add_3"
+    assert "within-std" in res2.suggest_cut()[1]
+    strict = dataclasses.replace(res, config=ScanConfig(arch="resnet18", alpha=0.0001))
+    assert strict.suggest_cut()[0] is None
+    with pytest.raises(Exception, match="within-std"):
+        ScanConfig(cut_rule="last").validate()
+
+
+def test_histology_pools_by_default_and_per_class_can_be_forced():
+    from rcvcore.data.base import Dataset, Sample
+    from rcvcore.scan import scoring_mode
+
+    samples = tuple(Sample(f"/x/{i}.png", float(i), ["5x", "10x"][i % 2]) for i in range(10))
+    hist = Dataset("h", "janowczyk", "nuclei_area_px", samples, label_name="magnification",
+                   pooled_by_default=True)
+    other = Dataset("o", "imagenet", "box_area_fraction", samples, label_name="wnid")
+    assert scoring_mode(ScanConfig(), hist)[0] is False
+    assert "proxy of the measure" in scoring_mode(ScanConfig(), hist)[1]
+    assert scoring_mode(ScanConfig(per_class=True), hist)[0] is True
+    assert scoring_mode(ScanConfig(), other)[0] is True
+    assert scoring_mode(ScanConfig(per_class=False), other)[0] is False
+
+
+def test_janowczyk_family_declares_pooled_scoring(tmp_path):
+    from _data_fixtures import write_janowczyk_tree
+
+    from rcvcore.data import load_dataset
+
+    root = write_janowczyk_tree(tmp_path / "j", n_images=1, size=224)
+    ds = load_dataset(f"janowczyk:{root}", cache_dir=tmp_path / "c", workers=1,
+                      magnifications="20,40")
+    assert ds.pooled_by_default and ds.label_name == "magnification"
+
+
+def test_per_class_with_tiny_classes_fails_before_extraction(tmp_path, cache_dir, capsys):
+    from conftest import make_scale_folder
+
+    folder = make_scale_folder(tmp_path / "cls", n=30, classes=["a", "b", "c", "d", "e"],
+                               groups=False)
+    assert main(_args(folder, cache_dir, "--per-class")) == 2
+    err = capsys.readouterr().err
+    assert "class 'a'" in err and "test set would hold 2 images" in err
+    assert "--no-per-class" in err and "Traceback" not in err
+    assert not (cache_dir / "activations").exists()

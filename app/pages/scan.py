@@ -20,6 +20,7 @@ st.caption("Regression Concept Vectors (Graziani et al., iMIMIC 2020): how well 
 SHOW_NEXT = "scan_show_next"
 DEFAULT_ARCH = "efficientnet_lite0"   # ImageNet weights shipped in a package: works offline
 TIMM_CHOICE = "other timm CNN..."
+SCORING = {"dataset default": None, "per class": True, "pooled": False}
 archs = services.arch_catalogue()
 datasets = services.dataset_catalogue()
 
@@ -93,6 +94,16 @@ with st.sidebar:
                               "ols reproduces the paper (R² far below 0 in early layers)")
         controls = st.multiselect("Controls", ["shuffled", "random-weights"],
                                   default=["shuffled", "random-weights"], key="scan_controls")
+        scoring = st.radio("Scoring", list(SCORING), horizontal=True, key="scan_scoring",
+                           help="dataset default: pooled where the classes are a proxy of "
+                                "the measure (histology magnifications), per class otherwise; "
+                                "per class: one fit per class, R² averaged (the paper's "
+                                "ImageNet protocol); pooled: one fit over all classes "
+                                "(--per-class / --no-per-class)")
+        grouped = st.checkbox("Grouped splits", value=True, key="scan_grouped",
+                              help="keep each group (photograph, slide, patient) on one side "
+                                   "of every split; off = --ungrouped (optimistic, for "
+                                   "comparison only)")
         device = st.selectbox("Device", ["auto", "cpu", "cuda", "mps"], key="scan_device")
         batch_size = st.number_input("Batch size", 1, 512, 16, key="scan_batch")
         seed = st.number_input("Seed", 0, 2**31 - 1, 0, key="scan_seed")
@@ -113,7 +124,7 @@ if run:
             arch=arch, weights=weights, dataset=dataset, layers=layers, n=int(n) or None,
             repeats=int(repeats), model=model, controls=tuple(controls), device=device,
             batch_size=int(batch_size), seed=int(seed), use_cache=use_cache,
-            dataset_options=ds_options)
+            dataset_options=ds_options, per_class=SCORING[scoring], grouped=bool(grouped))
     except Exception as e:  # rcvcore validates; show its message
         st.error(str(e))
     else:  # rcvcore returns a scan it has already scored from its cache
@@ -230,9 +241,12 @@ def _on_curve_select() -> None:
 
 if CUT_WIDGET not in st.session_state:
     cut0 = state.get_cut()
-    st.session_state[CUT_WIDGET] = (
-        cut0["layer"] if cut0 and cut0.get("scan_id") == primary and cut0["layer"] in cuttable
-        else suggested if suggested in cuttable else (cuttable[-1] if cuttable else None))
+    # no suggestion (no layer significantly above its controls): no layer is preselected, so
+    # nothing reaches the Train page unless the user picks one
+    start = (cut0["layer"] if cut0 and cut0.get("scan_id") == primary
+             and cut0.get("layer") in cuttable else suggested if suggested in cuttable else None)
+    if start is not None:
+        st.session_state[CUT_WIDGET] = start
 
 shown = [dict(r, label=charts.scan_label(r["result"], r.get("config") or {}))
          for r in [rec] + [saved[s] for s in others]]
@@ -257,14 +271,24 @@ if not cuttable:
 else:
     c1, c2 = st.columns([2, 3])
     with c1:
-        cut = st.selectbox("Cut after layer", cuttable, key=CUT_WIDGET)
-        st.markdown(f"**Suggested:** `{suggested}`" if suggested else "**No suggestion**")
-        st.caption(rule)
+        cut = st.selectbox("Cut after layer", cuttable, key=CUT_WIDGET,
+                           index=None if CUT_WIDGET not in st.session_state else 0,
+                           placeholder="no suggestion: choose a layer")
+        if suggested:
+            st.markdown(f"**Suggested:** `{suggested}`")
+        else:
+            st.warning("**No suggested cut.** " + rule.removeprefix("No suggested cut: "),
+                       icon=":material/block:")
+        if not suggested or rule:
+            st.caption(rule if suggested else "The Train page is not prefilled from this scan "
+                       "unless you choose a layer above.")
         cut_record = {"arch": result.get("arch"), "weights": rec["config"].get("weights"),
-                      "layer": cut, "dataset": result.get("dataset"), "scan_id": primary}
+                      "layer": cut, "dataset": result.get("dataset"), "scan_id": primary,
+                      "suggested": suggested, "reason": rule}
         state.set_cut(cut_record)
-        st.page_link("pages/train.py", label=f"Fine-tune {result.get('arch')} cut at {cut} →",
-                     icon=":material/model_training:")
+        if cut:
+            st.page_link("pages/train.py", label=f"Fine-tune {result.get('arch')} cut at {cut} →",
+                         icon=":material/model_training:")
     with c2:
         try:
             s = services.cut_summary(result.get("arch"), cut)

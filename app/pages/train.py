@@ -21,6 +21,12 @@ st.caption("The paper's transfer protocol (Table 2): network cut at the chosen l
 archs = services.arch_catalogue()
 datasets = services.dataset_catalogue()
 cut0 = state.get_cut() or {}
+no_cut_reason = None
+if cut0 and not cut0.get("layer"):
+    # the scan suggested no cut (no layer significantly above its controls) and none was
+    # chosen: do not prefill the form from noise
+    no_cut_reason = cut0.get("reason") or "The scan suggested no cut."
+    cut0 = {}
 
 # ------------------------------------------------------------------------------------ form
 # open the form when there is nothing to watch, or a new cut arrived from the Scan page
@@ -29,6 +35,9 @@ with st.expander("New training run", expanded=not services.list_groups() or fres
     if cut0:
         st.success(f"From the Scan page: **{cut0['arch']}** ({cut0['weights']}), cut at "
                    f"**{cut0['layer']}**.", icon=":material/content_cut:")
+    elif no_cut_reason:
+        st.info(f"Not prefilled from the Scan page: {no_cut_reason}",
+                icon=":material/block:")
     c = st.columns(3)
     if str(cut0.get("arch", "")).startswith("timm:") and cut0["arch"] not in archs:
         archs = {**archs, cut0["arch"]: services.arch_info(cut0["arch"])}

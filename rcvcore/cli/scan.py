@@ -7,7 +7,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import Notice
-from ..scan import CONTROLS, ScanConfig, run_scan
+from ..scan import CONTROLS, CUT_RULES, ScanConfig, run_scan
 
 
 def add_parser(sub) -> None:
@@ -35,11 +35,24 @@ def add_parser(sub) -> None:
     p.add_argument("--cache-dir", default=None,
                    help="activation and dataset cache (default: the user cache dir)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
-    p.add_argument("--no-per-class", action="store_true",
-                   help="pool all classes in one fit instead of one fit per class")
+    pc = p.add_mutually_exclusive_group()
+    pc.add_argument("--no-per-class", action="store_true",
+                    help="pool all classes in one fit instead of one fit per class")
+    pc.add_argument("--per-class", action="store_true",
+                    help="one fit per class even where the dataset pools by default (its "
+                         "classes are a proxy of the measure, e.g. histology magnifications)")
     p.add_argument("--ungrouped", action="store_true",
                    help="ignore the dataset's groups when splitting (crops of one photograph may "
                    "then sit in train and test: optimistic, for comparison only)")
+    p.add_argument("--permutations", type=int, default=200,
+                   help="permutations of the measure for the test against the shuffled control "
+                        "(default 200; 0: no permutation test)")
+    p.add_argument("--alpha", type=float, default=0.05,
+                   help="significance level after Benjamini-Hochberg over the layers (0.05)")
+    p.add_argument("--cut-rule", default="peak", choices=list(CUT_RULES),
+                   help="peak (default, the paper's): highest mean R² among layers significantly "
+                        "above both controls; within-std: the last such layer within one std of "
+                        "that peak")
     p.add_argument("--opt", action="append", metavar="KEY=VALUE",
                    help="a dataset loader option, repeatable (as for `inspect`), e.g. "
                         "--opt classes=n02058221,n01608432 or --opt group_by=patient")
@@ -75,8 +88,9 @@ def _scan(args) -> int:
         controls=tuple(c.strip() for c in args.controls.split(",") if c.strip()),
         device=args.device, batch_size=args.batch_size, seed=args.seed,
         cache_dir=args.cache_dir, use_cache=not args.no_cache,
-        per_class=not args.no_per_class, grouped=not args.ungrouped,
-        dataset_options=parse_options(args.opt)).validate()
+        per_class=False if args.no_per_class else (True if args.per_class else None),
+        grouped=not args.ungrouped, permutations=args.permutations, alpha=args.alpha,
+        cut_rule=args.cut_rule, dataset_options=parse_options(args.opt)).validate()
     progress, close = _progress_bar(args.quiet)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -97,18 +111,34 @@ def _scan(args) -> int:
     return 0
 
 
+def _p(v) -> str:
+    return "   -  " if v is None else (f"{v:6.3f}" if v >= 0.001 else f"{v:6.0e}")
+
+
 def format_table(result) -> str:
-    """The terminal table: one row per layer, true network next to its controls."""
+    """The terminal table: one row per layer, true network next to its controls, the adjusted
+    p-values of the tests against each control, and the suggested cut (or why there is none)."""
     ctrl = result.controls
+    sig = result.significance()
+    run_sh = any(t.get("shuffled") for t in sig.values())
+    run_rw = any(t.get("random_weights") for t in sig.values())
     head = f"{'layer':<14} {'C':>5}  {'R² mean ± std':>16}  {'logmeanexp':>10}"
     if "shuffled" in ctrl:
         head += f"  {'shuffled':>16}"
     if "random_weights" in ctrl:
         head += f"  {'random weights':>16}"
+    if run_sh:
+        head += f"  {'p shuf':>6}"
+    if run_rw:
+        head += f"  {'p rand':>6}"
+    if run_sh or run_rw:
+        head += "  sig"
+    scoring = result.scoring or {}
     lines = [f"{result.config.arch} ({result.weights_source}) on {result.dataset}: "
              f"{result.n_images} images, measure {result.measure_name}, "
-             f"{result.config.repeats} repeats, {result.config.model}", head, "-" * len(head)]
-    cut, _ = result.suggest_cut()
+             f"{result.config.repeats} repeats, {result.config.model}"
+             + (f", {scoring['reason']}" if scoring.get("reason") else ""), head, "-" * len(head)]
+    cut, reason = result.suggest_cut()
     for i, s in enumerate(result.layers):
         row = (f"{s.layer:<14} {s.n_features:>5}  {s.mean:>8.3f} ± {s.std:<5.3f}  "
                f"{s.logmeanexp:>10.3f}")
@@ -116,9 +146,28 @@ def format_table(result) -> str:
             if key in ctrl:
                 c = ctrl[key][i]
                 row += f"  {c.mean:>8.3f} ± {c.std:<5.3f}"
+        t = sig.get(s.layer, {})
+        if run_sh:
+            row += "  " + _p(t.get("shuffled", {}).get("p_adjusted"))
+        if run_rw:
+            row += "  " + _p(t.get("random_weights", {}).get("p_adjusted"))
+        if run_sh or run_rw:
+            row += "  " + (" * " if t.get("significant") else "   ")
         if s.layer == cut:
             row += "  <- suggested cut"
         lines.append(row)
+    if run_sh or run_rw:
+        tests = []
+        if run_sh:
+            tests.append(f"p shuf: permutation test, {result.test_info.get('permutations')} "
+                         "permutations of the measure")
+        if run_rw:
+            tests.append("p rand: paired t-test vs random weights over the repeats "
+                         "(Nadeau-Bengio corrected, one-sided)")
+        lines.append("; ".join(tests) + f"; Benjamini-Hochberg adjusted over {len(result.layers)}"
+                     f" layers; * = significant against every control tested at alpha="
+                     f"{result.config.alpha:g}")
+    lines.append(("suggested cut: " + cut + ". " if cut else "") + reason)
     lines.append(f"skipped {len(result.skipped)} files; extract {result.timing['extract_s']:.1f} s,"
                  f" fit {result.timing['fit_s']:.1f} s; cache {result.cache['hits']} hits, "
                  f"{result.cache['misses']} misses"

@@ -59,6 +59,9 @@ class Dataset:
         samples: the usable items, in a deterministic order.
         skipped: inputs left out (unreadable image, unparsable annotation, no nuclei ...).
         label_order: the classes in their natural order (``5x`` < ``8x`` ...), when there are any.
+        pooled_by_default: the classes are a proxy of the measure (magnifications in
+            histology): a scan fitted within one class would remove the very signal it
+            measures, so it pools the classes unless asked to fit per class.
     """
 
     name: str
@@ -69,6 +72,7 @@ class Dataset:
     label_name: str | None = None
     label_order: tuple[str, ...] = ()
     info: dict = field(default_factory=dict, compare=False, hash=False)
+    pooled_by_default: bool = False
 
     def __len__(self) -> int:
         return len(self.samples)

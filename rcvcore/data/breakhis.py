@@ -125,4 +125,5 @@ def load(path: str | None, *, n: int | None = None, seed: int = 0, cache_dir: Pa
     return Dataset(name=f"breakhis:{path}", kind="breakhis", measure_name="magnification",
                    samples=tuple(samples), skipped=tuple(skipped), label_name=label_key,
                    label_order=order,
-                   info={"n_patients": len({r[4] for r in good}), "split_seed": int(split_seed)})
+                   info={"n_patients": len({r[4] for r in good}), "split_seed": int(split_seed)},
+                   pooled_by_default=label_key == "magnification")

@@ -7,7 +7,9 @@ under a separate root given with ``annotations=DIR`` (``DIR/<wnid>/<stem>.xml`` 
 ``ILSVRC/Annotations/CLS-LOC/train``) is recognised from its root.
 
 Measure (``box_area_fraction``): the area of the object's bounding box divided by the image area,
-using the **largest** box of the class when the image holds several. Label: the WordNet id.
+using the **largest** box of the class when the image holds several. The scan regresses, by
+default, the box area the network sees (inside the weights' centre crop) over the crop's area
+(``box_measure=visible``; see :mod:`rcvcore.data.boxes`). Label: the WordNet id.
 Images without a box are skipped and counted. No split is fixed (the RCV draws its own).
 """
 from __future__ import annotations
@@ -17,7 +19,7 @@ import warnings
 from pathlib import Path
 
 from .base import Dataset, DatasetError, ProgressFn, Sample, Skipped, closest
-from .boxes import AnnotationError, largest_box_fraction, parse_voc_xml
+from .boxes import AnnotationError, check_box_measure, largest_box_fraction, parse_voc_xml
 from .checks import check_images
 from .options import reject_unknown
 
@@ -58,7 +60,8 @@ def _resolve_roots(root: Path, annotations) -> tuple[Path, list[Path]]:
 
 def load(path: str | None, *, n: int | None = None, seed: int = 0, cache_dir: Path,
          progress: ProgressFn | None = None, classes=PAPER_WNIDS, annotations=None,
-         verify: bool = True, workers: int | None = None, **unknown) -> Dataset:
+         verify: bool = True, workers: int | None = None, box_measure: str = "visible",
+         **unknown) -> Dataset:
     """Load ``imagenet:PATH``.
 
     Args:
@@ -73,8 +76,15 @@ def load(path: str | None, *, n: int | None = None, seed: int = 0, cache_dir: Pa
             ``DIR/<stem>.xml``).
         verify: decode every image once (cached) to skip truncated or broken files.
         workers: processes for the checks (default: all cores).
+        box_measure: what the scan regresses: ``visible`` (default) = the largest box's area
+            inside the network's centre crop / the crop's area, for the scanned weights'
+            resize and crop (what the network sees); ``image`` = box area / image area (the
+            loader's measure, right for a pipeline that resizes the whole image, as the
+            paper's Keras one). The samples' measure is the image fraction either way; the
+            boxes and image size are recorded in ``info["box_geometry"]``.
     """
     reject_unknown("imagenet", load, unknown)
+    box_measure = check_box_measure("imagenet", box_measure)
     if path is None:
         raise DatasetError(f"imagenet needs a path: --dataset imagenet:PATH, with {LAYOUT}.")
     root = Path(path).expanduser()
@@ -142,6 +152,7 @@ def load(path: str | None, *, n: int | None = None, seed: int = 0, cache_dir: Pa
     checks = check_images([r[0] for r in parsed], cache_dir, decode=bool(verify),
                           workers=workers, progress=progress)
     samples = []
+    geometry = {}   # (path, label) -> (width, height, boxes): the scan's visible measure
     for img, wnid, ann, boxes in parsed:
         reason, w, h = checks[img]
         if reason:
@@ -158,6 +169,7 @@ def load(path: str | None, *, n: int | None = None, seed: int = 0, cache_dir: Pa
             skip(img, "its boxes lie outside the image")
             continue
         samples.append(Sample(path=img, measure=frac, label=wnid, group=Path(img).stem))
+        geometry[(img, wnid)] = (aw, ah, tuple((b.xmin, b.ymin, b.xmax, b.ymax) for b in boxes))
     if no_box:
         warnings.warn(f"imagenet: {no_box} image(s) without a bounding box were skipped.",
                       stacklevel=2)
@@ -165,4 +177,4 @@ def load(path: str | None, *, n: int | None = None, seed: int = 0, cache_dir: Pa
                    samples=tuple(samples), skipped=tuple(skipped), label_name="wnid",
                    label_order=tuple(wanted),
                    info={"n_without_box": no_box, "box_rule": "largest box of the class / "
-                         "image area"})
+                         "image area", "box_measure": box_measure, "box_geometry": geometry})

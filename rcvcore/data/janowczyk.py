@@ -100,7 +100,7 @@ def load_pairs(pairs, pre_skipped, *, name: str, kind: str, seed: int, cache_dir
     meta.update(info or {})
     return Dataset(name=name, kind=kind, measure_name=MEASURE_NAME, samples=out.samples,
                    skipped=tuple(pre_skipped) + out.skipped, label_name=LABEL_NAME,
-                   label_order=order, info=meta)
+                   label_order=order, info=meta, pooled_by_default=True)
 
 
 def _as_list(v):

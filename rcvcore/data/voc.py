@@ -5,8 +5,10 @@ also be the ``VOCdevkit`` or the ``VOC<year>`` folder itself). Nothing is ever d
 
 One sample per (image, chosen class present in it): label = class name, measure
 (``box_area_fraction``) = area of the largest non-difficult box of that class / image area
-(corners as written, clipped to the image), group = image id. With ``single_object=True`` only
-images holding exactly one object of that class are kept. Splits follow VOC's own image sets:
+(corners as written, clipped to the image), group = image id; the scan regresses by default the
+box area inside the network's centre crop / the crop's area (``box_measure=visible``, see
+:mod:`rcvcore.data.boxes`). With ``single_object=True`` only images holding exactly one object of
+that class are kept. Splits follow VOC's own image sets:
 with ``image_set=trainval`` (default) ``train.txt`` gives train and ``val.txt`` val; ``test``
 gives test.
 """
@@ -16,7 +18,7 @@ import warnings
 from pathlib import Path
 
 from .base import Dataset, DatasetError, ProgressFn, Sample, Skipped, closest
-from .boxes import AnnotationError, largest_box_fraction, parse_voc_xml
+from .boxes import AnnotationError, check_box_measure, largest_box_fraction, parse_voc_xml
 from .checks import check_images
 from .options import reject_unknown
 
@@ -67,7 +69,8 @@ def _read_ids(path: Path) -> list[str]:
 def load(path: str | None, *, n: int | None = None, seed: int = 0, cache_dir: Path,
          progress: ProgressFn | None = None, year=None, image_set: str = "trainval",
          classes=VOC_CLASSES, single_object: bool = False, include_difficult: bool = False,
-         verify: bool = True, workers: int | None = None, **unknown) -> Dataset:
+         verify: bool = True, workers: int | None = None, box_measure: str = "visible",
+         **unknown) -> Dataset:
     """Load ``voc:PATH``.
 
     Args:
@@ -83,8 +86,15 @@ def load(path: str | None, *, n: int | None = None, seed: int = 0, cache_dir: Pa
         include_difficult: also measure boxes flagged ``difficult`` (default False).
         verify: decode every image once (cached) to skip truncated or broken files.
         workers: processes for the checks (default: all cores).
+        box_measure: what the scan regresses: ``visible`` (default) = the largest box's area
+            inside the network's centre crop / the crop's area, for the scanned weights'
+            resize and crop (what the network sees); ``image`` = box area / image area (the
+            loader's measure, right for a pipeline that resizes the whole image, as the
+            paper's Keras one). The samples' measure is the image fraction either way; the
+            boxes and image size are recorded in ``info["box_geometry"]``.
     """
     reject_unknown("voc", load, unknown)
+    box_measure = check_box_measure("voc", box_measure)
     if path is None:
         raise DatasetError(f"voc needs a path: --dataset voc:PATH, with {LAYOUT}.")
     root = Path(path).expanduser()
@@ -143,6 +153,7 @@ def load(path: str | None, *, n: int | None = None, seed: int = 0, cache_dir: Pa
     checks = check_images(sorted({r[0] for r in rows}), cache_dir, decode=bool(verify),
                           workers=workers, progress=progress)
     samples = []
+    geometry = {}   # (path, label) -> (width, height, boxes): the scan's visible measure
     bad_images = set()
     for img, i, c, ann, boxes in rows:
         reason, w, h = checks[img]
@@ -160,8 +171,10 @@ def load(path: str | None, *, n: int | None = None, seed: int = 0, cache_dir: Pa
         if frac:
             samples.append(Sample(path=img, measure=frac, label=c, group=i,
                                   split=split_of.get(i)))
+            geometry[(img, c)] = (aw, ah, tuple((b.xmin, b.ymin, b.xmax, b.ymax) for b in boxes))
     return Dataset(name=f"voc:{path}", kind="voc", measure_name="box_area_fraction",
                    samples=tuple(samples), skipped=tuple(skipped), label_name="class",
                    label_order=tuple(wanted),
                    info={"year_dir": str(year_dir), "image_set": image_set,
-                         "single_object": bool(single_object)})
+                         "single_object": bool(single_object), "box_measure": box_measure,
+                         "box_geometry": geometry})
