@@ -22,7 +22,7 @@ from pathlib import Path
 import diskcache
 import numpy as np
 
-from .errors import UserError
+from .errors import Notice, UserError
 
 #: Explicit size limit (diskcache's default evicts silently at 1 GiB). ``RCV_CACHE_SIZE_GB``.
 DEFAULT_SIZE_GB = 8.0
@@ -39,8 +39,6 @@ def open_diskcache(directory, **settings):
     import sqlite3
     import time
     import warnings
-
-    from .errors import Notice
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

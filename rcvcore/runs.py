@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 from .comparison import COMPARISON, Comparison, summarise
-from .errors import UserError
+from .errors import Notice, UserError
 from .files import atomic_path, json_safe, read_json, write_json
 from .prune import NONE
 from .train.config import TrainConfig, config_to_argv
@@ -313,8 +313,6 @@ def load_resume_checkpoint(run_dir) -> tuple[dict, Path] | None:
         UserError: neither checkpoint can be read (then ``train --restart`` starts afresh).
     """
     import warnings
-
-    from .errors import Notice
 
     run = Path(run_dir)
     latest, previous = run / CHECKPOINT, run / PREVIOUS_CHECKPOINT

@@ -16,6 +16,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
+from .base import DatasetError
+
 
 class AnnotationError(ValueError):
     """An annotation file that does not parse or makes no sense; the message says why."""
@@ -158,8 +160,6 @@ BOX_MEASURES = ("visible", "image")
 def check_box_measure(kind: str, value) -> str:
     value = str(value).strip().lower()
     if value not in BOX_MEASURES:
-        from .base import DatasetError
-
         raise DatasetError(f"{kind}: box_measure must be 'visible' (default: the box area inside "
                            f"the network's centre crop / the crop's area) or 'image' (box area "
                            f"/ whole image area, for a pipeline that resizes the whole image); "

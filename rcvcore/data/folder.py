@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ..errors import Notice
 from .base import Dataset, DatasetError, Sample, Skipped
+from .checks import check_images
 from .options import reject_unknown
 
 LAYOUT = ("a folder holding labels.csv with a header row and columns path,scale (optional: "
@@ -83,8 +84,6 @@ def load(path, *, n=None, seed=0, cache_dir=None, progress=None, allow_outside: 
         warnings.warn(f"{table}: {len(merged)} duplicate row(s) merged: lines {first} and {line} "
                       f"list the same image {p} with the same labels{more}.", Notice, stacklevel=2)
     if samples:
-        from .checks import check_images
-
         checks = check_images([s.path for s in samples], cache_dir, decode=bool(verify),
                               workers=workers, progress=progress)
         good = []
