@@ -24,6 +24,7 @@ st.set_page_config(page_title="rcvcore: scale-covariant pruning", page_icon="ðŸ”
 security.enforce_server_settings()
 if not security.gate():
     st.stop()
+security.maybe_sweep_uploads()  # uploads unused for RCV_UPLOAD_TTL_HOURS are deleted
 
 PAGES = Path(__file__).resolve().parent / "pages"
 navigation = st.navigation([
@@ -31,4 +32,15 @@ navigation = st.navigation([
     st.Page(PAGES / "train.py", title="Train", icon=":material/model_training:"),
     st.Page(PAGES / "predict.py", title="Predict", icon=":material/biotech:"),
 ])
-navigation.run()
+# the first run of a session says what it waits for (the pages import torch, plotly, pandas)
+loading = None
+if not st.session_state.get("rcv_shell_drawn"):
+    st.session_state["rcv_shell_drawn"] = True
+    loading = st.empty()
+    loading.caption("Loading: the first page of a fresh server imports torch and the "
+                    "architecture registry...")
+try:
+    navigation.run()
+finally:
+    if loading is not None:
+        loading.empty()

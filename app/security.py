@@ -475,6 +475,23 @@ def sweep_uploads(now: float | None = None) -> list[Path]:
     return gone
 
 
+@st.cache_resource(show_spinner=False)
+def _last_sweep() -> list[float]:
+    return [0.0]
+
+
+def maybe_sweep_uploads(every_s: float = 600.0) -> None:
+    """:func:`sweep_uploads` at most every ``every_s`` per server (called on page runs)."""
+    last = _last_sweep()
+    if time.monotonic() - last[0] < every_s:
+        return
+    last[0] = time.monotonic()
+    try:
+        sweep_uploads()
+    except OSError:  # a racing delete or a read-only folder must not break the page
+        pass
+
+
 def discard_upload(weights) -> bool:
     """Delete the stored upload ``weights`` (a rejected checkpoint) unless something else still
     reads it. Returns True when deleted."""

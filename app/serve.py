@@ -30,11 +30,21 @@ if str(ROOT) not in sys.path:
 
 
 def _prewarm() -> None:
-    """Import what the Scan page needs first (torch, torchvision, the registry)."""
+    """Import what the Scan page needs (pandas, plotly, torch, the registry) once the server
+    listens: started earlier, it would hold the GIL while the server itself starts."""
+    import time
+
+    from streamlit import runtime
+
+    while not runtime.exists() or runtime.get_instance().state.name == "INITIAL":
+        time.sleep(0.05)
     try:
-        import rcvcore.models  # noqa: F401
+        import app.charts  # noqa: F401
+        import rcvcore.models
         import rcvcore.scan  # noqa: F401
-    except Exception:  # the page imports them again and shows any error itself
+
+        rcvcore.models.ARCHS  # noqa: B018  (the registry, as the Scan page reads it)
+    except Exception:  # noqa: BLE001  the page imports them again and shows any error itself
         pass
 
 

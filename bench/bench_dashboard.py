@@ -94,7 +94,9 @@ def bench_start(work: Path, prewarm: bool) -> tuple[float, float, float]:
         health = srv.start()
         with h.browser() as page:
             page.goto(srv.url)
-            page.get_by_text("Scale-covariance scan").first.wait_for()
+            page.wait_for_function(  # the first app content: the shell's note or the page
+                "() => /Loading: the first page|Scale-covariance scan/"
+                ".test(document.body.innerText)", polling=20)
             paint = time.perf_counter() - srv.started_at
             h.open_app(page, srv.url)  # already there: returns when Run is enabled
             interactive = time.perf_counter() - srv.started_at
@@ -211,21 +213,16 @@ def bench_predict(work: Path, k: int, side: int, reps: int) -> dict:
     dash = []
     try:
         with h.browser() as page:
-            page.goto(srv.url + "predict")
-            page.get_by_text("Trained run").first.wait_for()
-            h.wait_idle(page)
             for files in sets:
+                page.goto(srv.url + "predict")  # a new session: an empty uploader
+                page.get_by_text("Trained run").first.wait_for()
+                h.wait_idle(page)
                 t0 = time.perf_counter()
                 page.locator('input[type="file"]').set_input_files([str(p) for p in files])
                 page.get_by_text(f"{k} of {k} predicted").first.wait_for(timeout=600_000)
                 page.get_by_role("button", name="Download CSV").wait_for()
                 dash.append(time.perf_counter() - t0)
                 h.wait_idle(page)
-                page.locator('[data-testid="stFileUploaderDeleteBtn"] button').first.click()
-                h.wait_idle(page)
-                while page.locator('[data-testid="stFileUploaderDeleteBtn"] button').count():
-                    page.locator('[data-testid="stFileUploaderDeleteBtn"] button').first.click()
-                    h.wait_idle(page)
     finally:
         srv.stop()
     return {"cli": clis, "dash": dash}
@@ -243,62 +240,64 @@ def main() -> int:
     ap.add_argument("--full", action="store_true",
                     help="also the README's scan: resnet50, 160 demo images")
     ap.add_argument("--predict", action="store_true", help="also Predict page vs CLI")
+    ap.add_argument("--no-scans", action="store_true", help="skip the scans")
     ap.add_argument("--predict-files", type=int, default=8)
     ap.add_argument("--predict-side", type=int, default=896,
                     help="side of each file (tiled into 224 px patches: 16 per 896 px file)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="rcv-bench-dash-"))
     med = statistics.median
-    lines = []
+
+    def out(*lines: str) -> None:  # each table as soon as it is measured
+        print("\n".join(lines), flush=True)
+
+    out(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, headless Chromium on the same machine; load average "
+        f"at the start: {os.getloadavg()[0]:.1f}")
     try:
-        starts = {True: [], False: []}
-        for i in range(args.starts):
-            for prewarm in (True, False):
-                starts[prewarm].append(bench_start(work / f"start-{i}-{prewarm}", prewarm))
-        scans = {}
-        configs = [(args.arch, args.n)] + ([("resnet50", 160)] if args.full else [])
+        if args.starts:
+            starts = {True: [], False: []}
+            for i in range(args.starts):
+                for prewarm in (True, False):
+                    starts[prewarm].append(bench_start(work / f"start-{i}-{prewarm}", prewarm))
+            out("", "| start (fresh server) | prewarm | median | runs (s) |", "|---|---|---:|---|")
+            for prewarm, runs in starts.items():
+                for j, what in enumerate(("server health", "first page drawn",
+                                          "Scan page interactive")):
+                    vals = [r[j] for r in runs]
+                    out(f"| `python -m app.serve` -> {what} | {'on' if prewarm else 'off'} | "
+                        f"{med(vals):.2f} s | " + ", ".join(f"{v:.2f}" for v in vals) + " |")
+        configs = [] if args.no_scans else (
+            [(args.arch, args.n)] + ([("resnet50", 160)] if args.full else []))
+        names = {"cold": "cold (nothing cached)", "refit": "activations cached, R² refitted",
+                 "saved": "result cached"}
+        if configs:
+            out("", "| scan | CLI wall | CLI command | dashboard press -> chart | "
+                "ratio vs command | ratio vs wall | progress updates / websocket messages seen |",
+                "|---|---:|---:|---:|---:|---:|---:|")
         for arch, n in configs:
-            rows = []
             for r in range(args.reps):
                 c = cli_scans(work / f"cli-{arch}-{n}-{r}", arch, n)
                 d = dashboard_scans(work / f"dash-{arch}-{n}-{r}", arch, n)
-                rows.append((c, d))
-            scans[(arch, n)] = rows
-        pred = (bench_predict(work / "predict", args.predict_files, args.predict_side, 2)
-                if args.predict else None)
+                for kind in ("cold", "refit", "saved"):
+                    (wall, cmd), (dash, polls, msgs) = c[kind], d[kind]
+                    out(f"| {arch}, {n} demo images, random weights, paper layers, 10 repeats, "
+                        f"2 controls: {names[kind]} | {wall:.2f} s | {cmd:.2f} s | "
+                        f"{dash:.2f} s | {dash / cmd:.2f} | {dash / wall:.2f} | "
+                        f"{polls} / {msgs} |")
+        if args.predict:
+            pred = bench_predict(work / "predict", args.predict_files, args.predict_side, 2)
+            out("", f"| predict ({args.predict_files} files of {args.predict_side} px, "
+                "resnet18 cut at add_4) | CLI wall | CLI command | Predict page | "
+                "ratio vs command | ratio vs wall |", "|---|---:|---:|---:|---:|---:|")
+            for i, ((wall, cmd), dash) in enumerate(zip(pred["cli"], pred["dash"])):
+                what = ("first (page loads the model)" if i == 0
+                        else "again, new files (model cached)")
+                out(f"| {what} | {wall:.2f} s | {cmd:.2f} s | {dash:.2f} s | "
+                    f"{dash / cmd:.2f} | {dash / wall:.2f} |")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-    lines.append(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
-                 f"{platform.python_version()}, headless Chromium on the same machine; load "
-                 f"average at the end: {os.getloadavg()[0]:.1f}")
-    lines += ["", "| start (fresh server) | prewarm | median | runs (s) |", "|---|---|---:|---|"]
-    for prewarm, runs in (starts.items() if args.starts else ()):
-        for j, what in enumerate(("server health", "first page drawn", "Scan page interactive")):
-            vals = [r[j] for r in runs]
-            lines.append(f"| `python -m app.serve` -> {what} | {'on' if prewarm else 'off'} | "
-                         f"{med(vals):.2f} s | " + ", ".join(f"{v:.2f}" for v in vals) + " |")
-    lines += ["", "| scan | CLI wall | CLI command | dashboard press -> chart | "
-                  "ratio vs command | ratio vs wall | progress updates / websocket messages "
-                  "seen |", "|---|---:|---:|---:|---:|---:|---:|"]
-    names = {"cold": "cold (nothing cached)", "refit": "activations cached, R² refitted",
-             "saved": "result cached"}
-    for (arch, n), rows in scans.items():
-        for kind in ("cold", "refit", "saved"):
-            for c, d in rows:
-                (wall, cmd), (dash, polls, msgs) = c[kind], d[kind]
-                lines.append(f"| {arch}, {n} demo images, random weights, paper layers, 10 "
-                             f"repeats, 2 controls: {names[kind]} | {wall:.2f} s | {cmd:.2f} s | "
-                             f"{dash:.2f} s | {dash / cmd:.2f} | {dash / wall:.2f} | {polls} / {msgs} |")
-    if pred:
-        lines += ["", f"| predict ({args.predict_files} files of {args.predict_side} px, "
-                      "resnet18 cut at add_4) | CLI wall | CLI command | Predict page | "
-                      "ratio vs command | ratio vs wall |", "|---|---:|---:|---:|---:|---:|"]
-        for i, ((wall, cmd), dash) in enumerate(zip(pred["cli"], pred["dash"])):
-            what = "first (page loads the model)" if i == 0 else "again, new files (model cached)"
-            lines.append(f"| {what} | {wall:.2f} s | {cmd:.2f} s | {dash:.2f} s | "
-                         f"{dash / cmd:.2f} | {dash / wall:.2f} |")
-    print("\n".join(lines))
+    out("", f"load average at the end: {os.getloadavg()[0]:.1f}")
     return 0
 
 
