@@ -415,7 +415,7 @@ UPLOAD_TTL_ENV = "RCV_UPLOAD_TTL_HOURS"
 
 def _upload_ttl_s() -> float:
     try:
-        return float(os.environ.get(UPLOAD_TTL_ENV, 24)) * 3600
+        return float(os.environ.get(UPLOAD_TTL_ENV, "24")) * 3600
     except ValueError:
         return 24 * 3600.0
 

@@ -44,7 +44,7 @@ def _prewarm() -> None:
         import rcvcore.scan  # noqa: F401
 
         rcvcore.models.ARCHS  # noqa: B018  (the registry, as the Scan page reads it)
-    except Exception:  # noqa: BLE001  the page imports them again and shows any error itself
+    except Exception:  # noqa: BLE001, S110  the page imports them again and shows any error itself
         pass
 
 

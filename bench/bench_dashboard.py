@@ -88,11 +88,14 @@ def clear_results(work: Path) -> None:
 # ------------------------------------------------------------------------------------ start
 
 
-def bench_start(work: Path, prewarm: bool) -> tuple[float, float, float]:
+def bench_start(work: Path, prewarm: bool, delay: float = 0.0) -> tuple[float, float, float]:
+    """(server health, first app content, Scan page interactive) in s after the server's start;
+    the browser is already running (as a user's), and opens the page ``delay`` s after health."""
     srv = h.Server(work, env={"RCV_PREWARM": "1" if prewarm else "0"})
     try:
-        health = srv.start()
         with h.browser() as page:
+            health = srv.start()
+            time.sleep(delay)
             page.goto(srv.url)
             page.wait_for_function(  # the first app content: the shell's note or the page
                 "() => /Loading: the first page|Scale-covariance scan/"
@@ -256,16 +259,21 @@ def main() -> int:
         f"at the start: {os.getloadavg()[0]:.1f}")
     try:
         if args.starts:
-            starts = {True: [], False: []}
+            variants = {("on", 0.0): [], ("off", 0.0): [], ("on", 10.0): []}
             for i in range(args.starts):
-                for prewarm in (True, False):
-                    starts[prewarm].append(bench_start(work / f"start-{i}-{prewarm}", prewarm))
-            out("", "| start (fresh server) | prewarm | median | runs (s) |", "|---|---|---:|---|")
-            for prewarm, runs in starts.items():
-                for j, what in enumerate(("server health", "first page drawn",
+                for (prewarm, delay), runs in variants.items():
+                    runs.append(bench_start(work / f"start-{i}-{prewarm}-{delay}",
+                                            prewarm == "on", delay))
+            out("", "| start (fresh server, browser already open) | prewarm | page opened | "
+                "median | runs (s) |", "|---|---|---|---:|---|")
+            for (prewarm, delay), runs in variants.items():
+                for j, what in enumerate(("server health", "first app content drawn",
                                           "Scan page interactive")):
+                    if delay and j < 2:
+                        continue
                     vals = [r[j] for r in runs]
-                    out(f"| `python -m app.serve` -> {what} | {'on' if prewarm else 'off'} | "
+                    out(f"| `python -m app.serve` -> {what} | {prewarm} | "
+                        f"{'at health' if not delay else f'{delay:.0f} s after health'} | "
                         f"{med(vals):.2f} s | " + ", ".join(f"{v:.2f}" for v in vals) + " |")
         configs = [] if args.no_scans else (
             [(args.arch, args.n)] + ([("resnet50", 160)] if args.full else []))
