@@ -9,8 +9,10 @@ It is ``streamlit run app/main.py [options]`` plus three things:
    README "Serving the dashboard").
 2. It passes the settings that must hold however the config files were found
    (``--runner.postScriptGC false``, issue 15; in served mode ``--client.showErrorDetails none``).
-3. While the server starts, a background thread imports torch and the architecture registry, so
-   the first page a browser opens does not wait for them (time to interactive).
+3. With ``RCV_PREWARM=1``, a background thread imports torch and the architecture registry once
+   the server listens, so a page opened a little later does not wait for them. Off by default:
+   in one process it competes for the GIL with the server and the first page run, and measured
+   on 2 loaded cores it delayed the first page drawn (BENCHMARKS.md "Dashboard").
 
     python -m app.serve                                   # http://127.0.0.1:8501
     RCV_DASHBOARD_PASSWORD=... RCV_DATA_ROOT=/srv/data \\
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         if not security.data_root():
             print(f"rcvcore dashboard: served mode without {security.DATA_ROOT_ENV}: path fields "
                   "are turned off (embedded demos and uploads only).", file=sys.stderr)
-    if os.environ.get("RCV_PREWARM", "1") != "0":
+    if os.environ.get("RCV_PREWARM", "0") == "1":
         threading.Thread(target=_prewarm, name="rcv-prewarm", daemon=True).start()
     return cli.main_run.main([str(MAIN), *argv, *enforced], prog_name="streamlit run",
                              standalone_mode=False) or 0
