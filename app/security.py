@@ -543,8 +543,9 @@ def redact(text: str) -> str:
     if not served() or not text:
         return text
     subs = []
-    for name, folder in (("<data>", data_root()), ("<runs>", state.runs_root(create=False)),
-                         ("<home>", Path.home()), ("<app>", Path(__file__).resolve().parent.parent)):
+    folders = (("<data>", data_root()), ("<runs>", state.runs_root(create=False)),
+               ("<home>", Path.home()), ("<app>", Path(__file__).resolve().parent.parent))
+    for name, folder in folders:
         if folder is not None:
             subs.append((str(Path(os.path.realpath(folder))), name))
             subs.append((str(Path(folder).absolute()), name))
