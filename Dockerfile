@@ -3,12 +3,18 @@
 #   docker build -t rcvcore .                                   # CPU wheels of torch (small)
 #   docker build -t rcvcore:cuda \
 #       --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 .   # CUDA 12.8 wheels
-#   docker run --rm -p 127.0.0.1:8501:8501 -v rcv-data:/data rcvcore        # http://127.0.0.1:8501
-#   docker run --rm --gpus all -p 127.0.0.1:8501:8501 -v rcv-data:/data rcvcore:cuda
+#   docker run --rm -p 127.0.0.1:8501:8501 -v rcv-data:/data \
+#       -e RCV_DASHBOARD_PASSWORD='a long passphrase' rcvcore                 # http://127.0.0.1:8501
+#   docker run --rm --gpus all -p 127.0.0.1:8501:8501 -v rcv-data:/data \
+#       -e RCV_DASHBOARD_PASSWORD='a long passphrase' -e RCV_DATA_ROOT=/data/datasets rcvcore:cuda
 #
-# Inside the container the server listens on 0.0.0.0 (that is how a published port reaches it);
-# the -p 127.0.0.1:... above keeps it reachable from this machine only. ImageNet weights: mount
-# or copy them into /data/torch/hub/checkpoints/ (TORCH_HOME=/data/torch); without them the
+# Inside the container the server listens on 0.0.0.0 (that is how a published port reaches it),
+# so it runs in served mode (README "Serving the dashboard"): it refuses to start without a
+# password (RCV_DASHBOARD_PASSWORD, 12+ characters, or a secrets.toml mounted at
+# /opt/rcvcore/.streamlit/secrets.toml), shows no error details, limits runs and uploads, and its
+# path fields only reach RCV_DATA_ROOT (unset: embedded demos and uploads only). The -p
+# 127.0.0.1:... above also keeps it reachable from this machine only. ImageNet weights: mount or
+# copy them into /data/torch/hub/checkpoints/ (TORCH_HOME=/data/torch); without them the
 # dashboard works on the embedded demo data with random weights.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}
@@ -41,4 +47,5 @@ VOLUME ["/data"]
 EXPOSE 8501
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s \
     CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8501/_stcore/health', timeout=4)"
-CMD ["streamlit", "run", "app/main.py", "--server.address=0.0.0.0", "--server.port=8501"]
+# app.serve = streamlit run app/main.py + the start checks and enforced settings (app/serve.py)
+CMD ["python", "-m", "app.serve", "--server.address=0.0.0.0", "--server.port=8501"]

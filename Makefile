@@ -21,8 +21,9 @@ browser-deps:
 	  (apt-get update -qq || true) && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
+# app.serve = `streamlit run app/main.py` + the start checks (README "Serving the dashboard")
 app: setup
-	$(BIN)/streamlit run app/main.py --server.address $(HOST) --server.port $(PORT)
+	$(BIN)/python -m app.serve --server.address $(HOST) --server.port $(PORT)
 
 demo-scan: setup
 	$(BIN)/python -m rcvcore scan --arch efficientnet_lite0 --weights imagenet --dataset demo-scale

@@ -47,7 +47,7 @@ class Server:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.started_at = time.perf_counter()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py"),
+            [sys.executable, "-m", "app.serve",  # as `make app` starts it
              "--server.port", str(self.port), "--server.address", "127.0.0.1",
              "--server.headless", "true"],
             cwd=ROOT, env=self.env, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,

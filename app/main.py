@@ -1,9 +1,13 @@
-"""Entry script of the dashboard: page setup and routing only.
+"""Entry script of the dashboard: page setup, the served-mode gate, routing.
 
-    streamlit run app/main.py                              # http://127.0.0.1:8501 (local only)
-    streamlit run app/main.py --server.address 0.0.0.0     # serve on every interface, on purpose
+    python -m app.serve                                    # http://127.0.0.1:8501 (local only)
+    streamlit run app/main.py                              # the same, without the start checks
 
+Serving beyond this machine needs authentication (README "Serving the dashboard"; app/security.py).
 Server settings (bind address, upload limit, no telemetry) are in .streamlit/config.toml.
+
+Nothing here imports torch or rcvcore: the shell (title, navigation) draws at once and each page
+imports what it needs.
 """
 import sys
 from pathlib import Path
@@ -14,7 +18,13 @@ if str(ROOT) not in sys.path:  # `streamlit run app/main.py` puts only app/ on t
 
 import streamlit as st  # noqa: E402
 
+from app import security  # noqa: E402
+
 st.set_page_config(page_title="rcvcore: scale-covariant pruning", page_icon="🔬", layout="wide")
+security.enforce_server_settings()
+if not security.gate():
+    st.stop()
+security.maybe_sweep_uploads()  # uploads unused for RCV_UPLOAD_TTL_HOURS are deleted
 
 PAGES = Path(__file__).resolve().parent / "pages"
 navigation = st.navigation([
@@ -22,4 +32,15 @@ navigation = st.navigation([
     st.Page(PAGES / "train.py", title="Train", icon=":material/model_training:"),
     st.Page(PAGES / "predict.py", title="Predict", icon=":material/biotech:"),
 ])
-navigation.run()
+# the first run of a session says what it waits for (the pages import torch, plotly, pandas)
+loading = None
+if not st.session_state.get("rcv_shell_drawn"):
+    st.session_state["rcv_shell_drawn"] = True
+    loading = st.empty()
+    loading.caption("Loading: the first page of a fresh server imports torch and the "
+                    "architecture registry...")
+try:
+    navigation.run()
+finally:
+    if loading is not None:
+        loading.empty()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import charts, state
+from app import charts, security, state
 from rcvcore import runs
 from rcvcore.prune import NONE
 from rcvcore.train.config import TrainConfig
@@ -149,6 +149,8 @@ def make_config(**kwargs):
     from rcvcore.scan import ScanConfig
 
     names = {f.name for f in dataclasses.fields(ScanConfig)}
+    kwargs = security.vet_config_kwargs(kwargs)  # served mode: paths under the data root
+    security.check_scan_queue()
     return ScanConfig(**{k: v for k, v in kwargs.items() if k in names})
 
 
@@ -162,6 +164,10 @@ def _run_job(job: ScanJob, config) -> str:
 
     try:
         result = run_scan(config, progress=progress)
+    except Exception as e:
+        if not isinstance(e, ScanCancelled):
+            security.discard_upload(config.weights)  # a rejected upload is not kept
+        raise
     finally:
         _free_gpu()
     record = {"label": None, "config": job.config, "result": result.to_json(),
@@ -210,7 +216,9 @@ def job_error(job: ScanJob) -> str | None:
     from rcvcore.errors import UserError
 
     if isinstance(exc, UserError):
-        return str(exc)
+        return security.redact(str(exc))
+    if security.served():  # no traceback, no server path in the browser
+        return security.failure_message("The scan", exc)
     return (f"The scan failed: {type(exc).__name__}: {exc}\n\n"
             + "".join(traceback.format_exception(exc))[-3000:])
 
@@ -261,6 +269,7 @@ def _scheduler() -> runs.Scheduler:
 def train_config(**kwargs):
     """A validated :class:`rcvcore.train.TrainConfig` (rcvcore raises UserError on bad input)."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
+    kwargs = security.vet_config_kwargs(kwargs)  # served mode: paths under the data root
     return TrainConfig(**{k: v for k, v in kwargs.items() if k in names}).validate()
 
 
@@ -304,7 +313,10 @@ def run_state(rs) -> str:
 
 def start_failure(rs) -> str | None:
     """Why a run never started (its process ended before writing status), with its log tail."""
-    return _scheduler().start_failure(rs)
+    why = _scheduler().start_failure(rs)
+    if why and security.served():  # the log tail holds a traceback with server paths
+        return why.split("\n\n", 1)[0]
+    return why
 
 
 def list_groups() -> dict[str, list[Path]]:

@@ -1,7 +1,14 @@
 """Widgets shared by several pages (no science: the values go to rcvcore as they are)."""
 from __future__ import annotations
 
-from app import services
+from app import security, services
+
+
+def _PATH_HELP() -> str | None:
+    if not security.served():
+        return None
+    return ("On this server, paths are read from its data folder (relative paths start there)."
+            if security.data_root() else "Paths are turned off on this server.")
 
 
 def dataset_picker(where, datasets: list[dict], prefix: str, *, default: str | None = None,
@@ -30,7 +37,8 @@ def dataset_picker(where, datasets: list[dict], prefix: str, *, default: str | N
         where.caption(ds["description"])
     spec: str | None = name
     if ds["needs_path"]:
-        path = where.text_input(f"Path of the {name} dataset", key=f"{prefix}_ds_path_{name}")
+        path = where.text_input(f"Path of the {name} dataset", key=f"{prefix}_ds_path_{name}",
+                                help=_PATH_HELP())
         spec = f"{name}:{path.strip()}" if path.strip() else None
     elif ds["path_optional"]:
         path = where.text_input(f"Source file for {name} (optional)",
@@ -45,7 +53,9 @@ def dataset_picker(where, datasets: list[dict], prefix: str, *, default: str | N
                 or "This dataset takes none."))
     try:
         options = services.dataset_options(text)
+        # served mode: the path under the data root, no option that widens what is read
+        spec, options = security.vet_dataset(spec, options)
     except Exception as e:  # rcvcore's message names the bad item
-        where.error(str(e))
+        where.error(security.redact(str(e)))
         return None, {}
     return spec, options

@@ -1,18 +1,27 @@
-"""Dashboard latency, measured in a real browser (headless Chromium driven by playwright).
+"""Dashboard vs CLI, measured as a user sees it: a real browser (headless Chromium driven by
+playwright) keeps the page open, and polling, for the whole job.
 
-1. ``streamlit run`` -> Scan page interactive (the Run button enabled), on a fresh server each
-   time: server start (health endpoint answers) and the first page (which imports torch).
-2. Press Run on a cached scan -> chart drawn (plotly has laid out its points), two ways:
-   a. activations cached, scores not (the app's saved scans and rcvcore's saved results
-      deleted, the page reloaded before each press): rcvcore reads every layer from its
-      activation cache and refits R² for every layer, repeat and control.
-   b. the same press again: rcvcore returns the result of this exact scan from its cache
-      (nothing recomputed), measured until the toast says so and the chart is on the page.
+1. Start: ``python -m app.serve`` (what ``make app`` runs) -> health endpoint -> first page drawn
+   (the Scan page's title) -> Scan page interactive (*Run scan* enabled); a fresh server each
+   time, with and without the start-up import of torch and the registry (``RCV_PREWARM=0``).
+2. Scans of the same configuration, the CLI (``python -m rcvcore scan``) and the dashboard
+   alternately, each on its own fresh cache, three ways:
+   - **cold**: nothing cached (the demo images are generated, every layer extracted);
+   - **activations cached**: rcvcore's saved results cleared, R² refitted for every layer,
+     repeat and control (the page reloaded first, as after changing a scoring setting);
+   - **result cached**: the same scan again (rcvcore returns its saved result).
+   Dashboard time: press *Run scan* -> the R² chart drawn (plotly has laid out its points). The
+   page counts the progress updates it received (proof it was polling). CLI time: the whole
+   process (``wall``) and the command itself after the imports (``cmd``: ``rcvcore.cli.main``
+   timed in a process that imported torch and rcvcore first), the fairer reference since the
+   dashboard has imported everything before the press.
+3. Prediction (``--predict``): a tiny trained run; ``python -m rcvcore predict`` vs the Predict
+   page (files set on the uploader -> every result and the CSV button drawn), same files.
 
-    .venv/bin/python bench/bench_dashboard.py [--starts 3] [--presses 5] [--full]
+    .venv/bin/python bench/bench_dashboard.py                      # resnet18, 48 demo images
+    .venv/bin/python bench/bench_dashboard.py --full --predict     # + resnet50 160 (README scan)
 
-``--full`` adds the README's default demo scan (resnet50, 160 demo images, paper layers,
-10 repeats, both controls). Prints a Markdown table for BENCHMARKS.md.
+Prints Markdown tables for BENCHMARKS.md (section "Dashboard").
 """
 from __future__ import annotations
 
@@ -21,16 +30,85 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 from app import browser_harness as h  # noqa: E402
-from rcvcore.cache import Store  # noqa: E402
-from rcvcore.scan import RESULT_PREFIX  # noqa: E402
+
+CHART_DRAWN = ("() => [...document.querySelectorAll('.js-plotly-plot')].some(gd => "
+               "(gd.calcdata || []).some(cd => cd && cd.length))")
+# counts every change of the progress bar's text: each one is a poll that reached the page
+COUNT_PROGRESS = """() => {
+  window.__rcvPolls = 0; let last = '';
+  new MutationObserver(() => {
+    const p = document.querySelector('[data-testid="stProgress"]');
+    const t = p ? p.innerText : '';
+    if (t && t !== last) { window.__rcvPolls += 1; last = t; }
+  }).observe(document.body, {subtree: true, childList: true, characterData: true});
+}"""
+PRE_IMPORT = ("import time, torch, torchvision, rcvcore.models, rcvcore.scan, rcvcore.extract, "
+              "rcvcore.predict, rcvcore.cli as c; t = time.perf_counter(); "
+              "rc = c.main({argv!r}); print('RCV_CMD_S', time.perf_counter() - t); "
+              "raise SystemExit(rc)")
+
+
+def _env(work: Path) -> dict:
+    return {**os.environ, "RCV_NO_DOWNLOAD": "1", "HF_HUB_OFFLINE": "1",
+            "RCV_CACHE_DIR": str(work / "cache"), "RCV_RUNS_DIR": str(work / "runs"),
+            "TORCH_HOME": str(work / "torch"), "PYTHONPATH": str(ROOT)}
+
+
+def cli_once(argv: list[str], work: Path, *, wall: bool) -> float:
+    env = _env(work)
+    if wall:
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "rcvcore", *argv], env=env, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return time.perf_counter() - t0
+    out = subprocess.run([sys.executable, "-c", PRE_IMPORT.format(argv=argv)], env=env,
+                         check=True, capture_output=True, text=True).stdout
+    return float(out.split("RCV_CMD_S")[-1].split()[0])
+
+
+def clear_results(work: Path) -> None:
+    """Forget rcvcore's saved scan results (the activations stay)."""
+    from rcvcore.cache import Store
+    from rcvcore.scan import RESULT_PREFIX
+
+    with Store(work / "cache" / "activations") as store:
+        store.clear(RESULT_PREFIX)
+
+
+# ------------------------------------------------------------------------------------ start
+
+
+def bench_start(work: Path, prewarm: bool, delay: float = 0.0) -> tuple[float, float, float]:
+    """(server health, first app content, Scan page interactive) in s after the server's start;
+    the browser is already running (as a user's), and opens the page ``delay`` s after health."""
+    srv = h.Server(work, env={"RCV_PREWARM": "1" if prewarm else "0"})
+    try:
+        with h.browser() as page:
+            health = srv.start()
+            time.sleep(delay)
+            page.goto(srv.url)
+            page.wait_for_function(  # the first app content: the shell's note or the page
+                "() => /Loading: the first page|Scale-covariance scan/"
+                ".test(document.body.innerText)", polling=20)
+            paint = time.perf_counter() - srv.started_at
+            h.open_app(page, srv.url)  # already there: returns when Run is enabled
+            interactive = time.perf_counter() - srv.started_at
+        return health, paint, interactive
+    finally:
+        srv.stop()
+
+
+# ------------------------------------------------------------------------------------- scan
 
 
 def _configure(page, arch: str, n: int) -> None:
@@ -40,95 +118,194 @@ def _configure(page, arch: str, n: int) -> None:
     h.fill_number(page, "Images (0 = all)", n)
 
 
-def _press_and_wait_chart(page) -> float:
+def _press(page, frames: list) -> tuple[float, int, int]:
+    """(press -> chart s, progress-bar changes seen, websocket messages received)."""
+    page.evaluate(COUNT_PROGRESS)
+    n0 = len(frames)
     t0 = time.perf_counter()
     page.get_by_role("button", name="Run scan").click()
-    page.wait_for_function(
-        "() => [...document.querySelectorAll('.js-plotly-plot')].some(gd => "
-        "(gd.calcdata || []).some(cd => cd && cd.length))", timeout=600_000, polling=20)
-    return time.perf_counter() - t0
+    page.wait_for_function(CHART_DRAWN, timeout=1_800_000, polling=50)
+    dt = time.perf_counter() - t0
+    return dt, int(page.evaluate("() => window.__rcvPolls")), len(frames) - n0
 
 
-def bench_start(work: Path, repeats: int) -> list[tuple[float, float]]:
-    out = []
-    for i in range(repeats):
-        srv = h.Server(work / f"start{i}")
-        try:
-            t0 = time.perf_counter()
-            health = srv.start()
-            with h.browser() as page:
-                h.open_app(page, srv.url)
-                out.append((health, time.perf_counter() - t0))
-        finally:
-            srv.stop()
-    return out
-
-
-def bench_cached_scan(work: Path, arch: str, n: int, presses: int
-                      ) -> tuple[float, list[float], list[float]]:
-    srv = h.Server(work / f"scan-{arch}-{n}")
+def dashboard_scans(work: Path, arch: str, n: int) -> dict[str, tuple[float, int, int]]:
+    """cold, activations cached (refit), result cached: :func:`_press`'s figures."""
+    srv = h.Server(work)
     srv.start()
+    frames: list = []
     try:
         with h.browser() as page:
+            # every fragment rerun (a poll) sends messages over the page's websocket
+            page.on("websocket", lambda ws: ws.on("framereceived", lambda f: frames.append(1)))
             h.open_app(page, srv.url)
             _configure(page, arch, n)
-            first = _press_and_wait_chart(page)  # fills the activation cache
-            refit, saved = [], []
-            for _ in range(presses):
-                shutil.rmtree(srv.workdir / "runs" / "_scans", ignore_errors=True)
-                with Store(srv.workdir / "cache" / "activations") as store:
-                    assert store.clear(RESULT_PREFIX) >= 1
-                page.reload()
-                h.open_app(page, srv.url)
-                page.get_by_text("No scan yet").first.wait_for()
-                _configure(page, arch, n)
-                refit.append(_press_and_wait_chart(page))
-                h.wait_idle(page)
-                t0 = time.perf_counter()
-                page.get_by_role("button", name="Run scan").click()
-                page.get_by_text("nothing recomputed", exact=False).first.wait_for()
-                page.wait_for_function(
-                    "() => [...document.querySelectorAll('.js-plotly-plot')].some(gd => "
-                    "(gd.calcdata || []).some(cd => cd && cd.length))", polling=20)
-                saved.append(time.perf_counter() - t0)
-                page.wait_for_timeout(300)
-            return first, refit, saved
+            out = {"cold": _press(page, frames)}
+            h.wait_idle(page)
+            shutil.rmtree(srv.workdir / "runs" / "_scans", ignore_errors=True)
+            clear_results(srv.workdir)
+            page.reload()
+            h.open_app(page, srv.url)
+            page.get_by_text("No scan yet").first.wait_for()
+            _configure(page, arch, n)
+            out["refit"] = _press(page, frames)
+            h.wait_idle(page)
+            page.evaluate(COUNT_PROGRESS)
+            t0 = time.perf_counter()
+            page.get_by_role("button", name="Run scan").click()
+            page.get_by_text("nothing recomputed", exact=False).first.wait_for()
+            page.wait_for_function(CHART_DRAWN, polling=20)
+            out["saved"] = (time.perf_counter() - t0, 0, 0)
+            return out
     finally:
         srv.stop()
 
 
+def cli_scans(work: Path, arch: str, n: int) -> dict[str, tuple[float, float]]:
+    """cold, refit, saved: (wall s, command s). Cold and refit each run twice (wall, then the
+    command timed after the imports) on a cache prepared the same way."""
+    argv = ["scan", "--arch", arch, "--weights", "random", "--dataset", "demo-scale",
+            "--n", str(n), "--quiet", "--json", str(work / "scan.json")]
+    out = {}
+    cold_wall = cli_once(argv, work, wall=True)
+    shutil.rmtree(work / "cache")
+    cold_cmd = cli_once(argv, work, wall=False)
+    out["cold"] = (cold_wall, cold_cmd)
+    clear_results(work)
+    refit_wall = cli_once(argv, work, wall=True)
+    clear_results(work)
+    refit_cmd = cli_once(argv, work, wall=False)
+    out["refit"] = (refit_wall, refit_cmd)
+    out["saved"] = (cli_once(argv, work, wall=True), cli_once(argv, work, wall=False))
+    return out
+
+
+# ---------------------------------------------------------------------------------- predict
+
+
+def _patches(folder: Path, k: int, side: int, seed: int) -> list[Path]:
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(k):
+        arr = rng.integers(0, 255, (side, side, 3), dtype=np.uint8)
+        p = folder / f"patch{seed}_{i}.png"
+        Image.fromarray(arr).save(p)
+        out.append(p)
+    return out
+
+
+def bench_predict(work: Path, k: int, side: int, reps: int) -> dict:
+    run = work / "runs" / "bench" / "add_4_seed1"
+    subprocess.run([sys.executable, "-m", "rcvcore", "train", "--run-dir", str(run),
+                    "--arch", "resnet18", "--weights", "random", "--cut", "add_4",
+                    "--dataset", "demo-histology", "--n", "32", "--epochs", "1",
+                    "--batch-size", "8", "--device", "cpu", "--quiet"],
+                   env=_env(work), check=True, stdout=subprocess.DEVNULL)
+    sets = [_patches(work / "patches", k, side, seed) for seed in range(reps)]
+    clis = []
+    for files in sets:
+        argv = ["predict", "--run", str(run), "--json", str(work / "p.json"),
+                *map(str, files)]
+        clis.append((cli_once(argv, work, wall=True), cli_once(argv, work, wall=False)))
+    srv = h.Server(work)
+    srv.start()
+    dash = []
+    try:
+        with h.browser() as page:
+            for files in sets:
+                page.goto(srv.url + "predict")  # a new session: an empty uploader
+                page.get_by_text("Trained run").first.wait_for()
+                h.wait_idle(page)
+                t0 = time.perf_counter()
+                page.locator('input[type="file"]').set_input_files([str(p) for p in files])
+                page.get_by_text(f"{k} of {k} predicted").first.wait_for(timeout=600_000)
+                page.get_by_role("button", name="Download CSV").wait_for()
+                dash.append(time.perf_counter() - t0)
+                h.wait_idle(page)
+    finally:
+        srv.stop()
+    return {"cli": clis, "dash": dash}
+
+
+# ------------------------------------------------------------------------------------- main
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--starts", type=int, default=3)
-    ap.add_argument("--presses", type=int, default=5)
-    ap.add_argument("--full", action="store_true", help="also the resnet50 160-image demo scan")
+    ap.add_argument("--starts", type=int, default=2, help="server starts per variant")
+    ap.add_argument("--arch", default="resnet18")
+    ap.add_argument("--n", type=int, default=48)
+    ap.add_argument("--reps", type=int, default=1, help="CLI/dashboard scan pairs")
+    ap.add_argument("--full", action="store_true",
+                    help="also the README's scan: resnet50, 160 demo images")
+    ap.add_argument("--predict", action="store_true", help="also Predict page vs CLI")
+    ap.add_argument("--no-scans", action="store_true", help="skip the scans")
+    ap.add_argument("--predict-files", type=int, default=8)
+    ap.add_argument("--predict-side", type=int, default=896,
+                    help="side of each file (tiled into 224 px patches: 16 per 896 px file)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="rcv-bench-dash-"))
+    med = statistics.median
+
+    def out(*lines: str) -> None:  # each table as soon as it is measured
+        print("\n".join(lines), flush=True)
+
+    out(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, headless Chromium on the same machine; load average "
+        f"at the start: {os.getloadavg()[0]:.1f}")
     try:
-        starts = bench_start(work, args.starts)
-        configs = [("resnet18", 48)] + ([("resnet50", 160)] if args.full else [])
-        scans = {c: bench_cached_scan(work, *c, args.presses) for c in configs}
+        if args.starts:
+            variants = {("on", 0.0): [], ("off", 0.0): [], ("on", 10.0): []}
+            for i in range(args.starts):
+                for (prewarm, delay), runs in variants.items():
+                    runs.append(bench_start(work / f"start-{i}-{prewarm}-{delay}",
+                                            prewarm == "on", delay))
+            out("", "| start (fresh server, browser already open) | prewarm | page opened | "
+                "median | runs (s) |", "|---|---|---|---:|---|")
+            for (prewarm, delay), runs in variants.items():
+                for j, what in enumerate(("server health", "first app content drawn",
+                                          "Scan page interactive")):
+                    if delay and j < 2:
+                        continue
+                    vals = [r[j] for r in runs]
+                    out(f"| `python -m app.serve` -> {what} | {prewarm} | "
+                        f"{'at health' if not delay else f'{delay:.0f} s after health'} | "
+                        f"{med(vals):.2f} s | " + ", ".join(f"{v:.2f}" for v in vals) + " |")
+        configs = [] if args.no_scans else (
+            [(args.arch, args.n)] + ([("resnet50", 160)] if args.full else []))
+        names = {"cold": "cold (nothing cached)", "refit": "activations cached, R² refitted",
+                 "saved": "result cached"}
+        if configs:
+            out("", "| scan | CLI wall | CLI command | dashboard press -> chart | "
+                "ratio vs command | ratio vs wall | progress updates / websocket messages seen |",
+                "|---|---:|---:|---:|---:|---:|---:|")
+        for arch, n in configs:
+            for r in range(args.reps):
+                c = cli_scans(work / f"cli-{arch}-{n}-{r}", arch, n)
+                d = dashboard_scans(work / f"dash-{arch}-{n}-{r}", arch, n)
+                for kind in ("cold", "refit", "saved"):
+                    (wall, cmd), (dash, polls, msgs) = c[kind], d[kind]
+                    out(f"| {arch}, {n} demo images, random weights, paper layers, 10 repeats, "
+                        f"2 controls: {names[kind]} | {wall:.2f} s | {cmd:.2f} s | "
+                        f"{dash:.2f} s | {dash / cmd:.2f} | {dash / wall:.2f} | "
+                        f"{polls} / {msgs} |")
+        if args.predict:
+            pred = bench_predict(work / "predict", args.predict_files, args.predict_side, 2)
+            out("", f"| predict ({args.predict_files} files of {args.predict_side} px, "
+                "resnet18 cut at add_4) | CLI wall | CLI command | Predict page | "
+                "ratio vs command | ratio vs wall |", "|---|---:|---:|---:|---:|---:|")
+            for i, ((wall, cmd), dash) in enumerate(zip(pred["cli"], pred["dash"])):
+                what = ("first (page loads the model)" if i == 0
+                        else "again, new files (model cached)")
+                out(f"| {what} | {wall:.2f} s | {cmd:.2f} s | {dash:.2f} s | "
+                    f"{dash / cmd:.2f} | {dash / wall:.2f} |")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-    med = statistics.median
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
-          f"{platform.python_version()}, headless Chromium; load average at the end: "
-          f"{os.getloadavg()[0]:.1f}")
-    print()
-    print("| measure | median | all runs (s) |")
-    print("|---|---|---|")
-    print(f"| `streamlit run` -> server health | {med(s for s, _ in starts):.2f} s | "
-          + ", ".join(f"{s:.2f}" for s, _ in starts) + " |")
-    print(f"| `streamlit run` -> Scan page interactive | {med(t for _, t in starts):.2f} s | "
-          + ", ".join(f"{t:.2f}" for _, t in starts) + " |")
-    for (arch, n), (first, refit, saved) in scans.items():
-        print(f"| {arch}, {n} demo images, paper layers, 10 repeats, 2 controls: first scan "
-              f"(cold cache) | {first:.2f} s | {first:.2f} |")
-        print(f"| same scan, activations cached (R² refitted): press Run -> chart drawn | "
-              f"{med(refit):.2f} s | " + ", ".join(f"{t:.2f}" for t in refit) + " |")
-        print(f"| same scan, result cached: press Run -> chart drawn | {med(saved):.2f} s | "
-              + ", ".join(f"{t:.2f}" for t in saved) + " |")
+    out("", f"load average at the end: {os.getloadavg()[0]:.1f}")
     return 0
 
 

@@ -7,7 +7,7 @@ import io
 import pandas as pd
 import streamlit as st
 
-from app import services
+from app import security, services
 
 st.title("Predict on patches")
 st.caption("Upload H&E patches (drag and drop, one or many). Each gets the predicted mean nuclei "
@@ -40,7 +40,7 @@ if not files:
 try:  # loaded on first use, then shared read-only by every session
     run = services.load_run(run_dir)
 except Exception as e:  # rcvcore's message names the file and the fix
-    st.error(f"Cannot load this run: {e}")
+    st.error(f"Cannot load this run: {security.redact(str(e))}")
     st.stop()
 if run.task.classes:
     st.caption(f"Device {run.device}. Classes: {', '.join(run.task.classes)}.")

@@ -5,11 +5,10 @@ Widgets in, one call into rcvcore (``run_scan`` on the background worker), chart
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import streamlit as st
 
-from app import charts, services, state, widgets
+from app import charts, security, services, state, widgets
 from rcvcore.errors import UserError
 
 st.title("Scale-covariance scan")
@@ -63,11 +62,8 @@ with st.sidebar:
         up = st.file_uploader("Upload a state-dict checkpoint (.pt/.pth)", type=["pt", "pth"],
                               key="scan_ckpt_upload")
         path = st.text_input("...or the path of one on this machine", key="scan_ckpt_path")
-        if up is not None:  # hash and store once per upload, not on every rerun
-            stored = st.session_state.setdefault("scan_ckpt_stored", {})
-            if up.file_id not in stored:
-                stored[up.file_id] = str(state.store_upload(up.getvalue(), Path(up.name).suffix))
-            weights = stored[up.file_id]
+        if up is not None:  # hashed and stored once per upload (again if deleted meanwhile)
+            weights = security.keep_upload(up, st.session_state.setdefault("scan_ckpt_stored", {}))
         elif path.strip():
             weights = path.strip()
         else:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app import charts, services, state, widgets
+from app import charts, security, services, state, widgets
 
 st.title("Fine-tune the pruned network")
 st.caption("The paper's transfer protocol (Table 2): network cut at the chosen layer + global "
@@ -27,6 +27,7 @@ if cut0 and not cut0.get("layer"):
     # chosen: do not prefill the form from noise
     no_cut_reason = cut0.get("reason") or "The scan suggested no cut."
     cut0 = {}
+limits = security.limits()  # served mode: at most these (None: the whole machine)
 
 # ------------------------------------------------------------------------------------ form
 # open the form when there is nothing to watch, or a new cut arrived from the Scan page
@@ -82,7 +83,8 @@ with st.expander("New training run", expanded=not services.list_groups() or fres
     baseline = c[2].checkbox("Also train the unpruned baseline (full network)", value=True,
                              key="train_baseline")
     c = st.columns(5)
-    epochs = c[0].number_input("Epochs", 1, 500, 5, key="train_epochs")
+    epochs = c[0].number_input("Epochs", 1, limits.max_epochs if limits else 500, 5,
+                               key="train_epochs")
     batch = c[1].number_input("Batch size", 1, 1024, 32, key="train_batch")
     lr = c[2].number_input("Learning rate", 1e-7, 1.0, 1e-4, format="%.1e", key="train_lr")
     n = c[3].number_input("Images (0 = all)", 0, 10**7, 0, step=10, key="train_n")
@@ -91,7 +93,8 @@ with st.expander("New training run", expanded=not services.list_groups() or fres
     c = st.columns(3)
     device = c[0].selectbox("Device", ["auto", "cpu", "cuda", "mps"], key="train_device")
     trainable = c[1].radio("Trainable", ["all", "head"], horizontal=True, key="train_trainable")
-    parallel = c[2].number_input("Runs at a time", 1, 16, 1, key="train_parallel",
+    parallel = c[2].number_input("Runs at a time", 1, limits.max_parallel if limits else 16, 1,
+                                 key="train_parallel",
                                  help="the others wait their turn (a CPU run already uses every "
                                       "core; on a GPU, runs share its memory)")
 
@@ -107,6 +110,7 @@ with st.expander("New training run", expanded=not services.list_groups() or fres
     if st.button(f"Launch {n_runs} run{'s' * (n_runs != 1)}", type="primary",
                  disabled=not ready, key="train_launch"):
         try:
+            security.check_training(len(seeds), int(epochs), int(parallel), n_runs)
             config = services.train_config(
                 arch=arch, weights=weights, cut=cut, dataset=dataset, target=target,
                 epochs=int(epochs), batch_size=int(batch), lr=float(lr), n=int(n) or None,

@@ -1,0 +1,251 @@
+"""Serving the dashboard beyond localhost (app/security.py, app/serve.py): the start refusal,
+the password gate, the data root, the limits, uploads and error details."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import Future
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from app import browser_harness, security, services, state
+
+ROOT = Path(__file__).resolve().parents[1]
+MAIN = str(ROOT / "app" / "main.py")
+PASSWORD = "correct horse battery staple"
+ENV_KEYS = ("RCV_DASHBOARD_PASSWORD", "RCV_DASHBOARD_SERVED", "RCV_DATA_ROOT",
+            "RCV_MAX_EPOCHS", "RCV_MAX_SEEDS", "RCV_MAX_PARALLEL", "RCV_MAX_ACTIVE_RUNS",
+            "RCV_UPLOADS_MB", "RCV_UPLOAD_TTL_HOURS", "STREAMLIT_SERVER_ADDRESS")
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(tmp_path, monkeypatch):
+    for k in ENV_KEYS:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("RCV_NO_DOWNLOAD", "1")
+    monkeypatch.setenv("RCV_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("RCV_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+
+@pytest.fixture
+def served(monkeypatch, tmp_path):
+    """Served mode with a data root holding one folder."""
+    root = tmp_path / "data"
+    (root / "set1").mkdir(parents=True)
+    monkeypatch.setenv("RCV_DASHBOARD_PASSWORD", PASSWORD)
+    monkeypatch.setenv("RCV_DATA_ROOT", str(root))
+    return root
+
+
+# ------------------------------------------------------------------------------ the mode
+
+
+@pytest.mark.parametrize("address, loopback", [
+    ("127.0.0.1", True), ("127.8.9.10", True), ("::1", True), ("[::1]", True),
+    ("localhost", True), ("0.0.0.0", False), ("::", False), ("", False), (None, False),
+    ("192.168.1.20", False), ("example.org", False)])
+def test_is_loopback(address, loopback):
+    assert security.is_loopback(address) is loopback
+
+
+def test_mode_follows_address_and_credentials(monkeypatch):
+    assert not security.served("127.0.0.1")
+    assert security.served("0.0.0.0") and security.served(None)
+    monkeypatch.setenv("RCV_DASHBOARD_PASSWORD", PASSWORD)  # a password means others come
+    assert security.served("127.0.0.1") and security.auth_configured()
+    monkeypatch.setenv("RCV_DASHBOARD_PASSWORD", "short")
+    assert "too short" in security.auth_problem()
+
+
+def _serve(args, env_extra=None, timeout=300):  # seconds on an idle machine; minutes under load
+    env = {k: v for k, v in os.environ.items() if k not in ENV_KEYS}
+    env.update({"PYTHONPATH": str(ROOT), **(env_extra or {})})
+    return subprocess.run([sys.executable, "-m", "app.serve", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("address_args", [["--server.address", "0.0.0.0"],
+                                          ["--server.address=::"]])
+def test_server_refuses_to_start_beyond_loopback_without_credentials(address_args):
+    port = browser_harness.free_port()
+    proc = _serve([*address_args, "--server.port", str(port)])
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    msg = proc.stderr.strip()
+    assert "refusing to serve" in msg and "RCV_DASHBOARD_PASSWORD" in msg
+    assert len(msg.splitlines()) == 1 and "Traceback" not in msg
+    assert "You can now view" not in proc.stdout  # it never listened
+
+
+def test_server_refuses_an_unset_address_and_a_short_password():
+    # STREAMLIT_SERVER_ADDRESS="" overrides config.toml: Streamlit would listen everywhere
+    proc = _serve(["--server.port", str(browser_harness.free_port())],
+                  {"STREAMLIT_SERVER_ADDRESS": "", "RCV_DASHBOARD_PASSWORD": "tooshort"})
+    assert proc.returncode == 2 and "too short" in proc.stderr, proc.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------------ the gate
+
+
+def _titles(at) -> list[str]:
+    return [t.value for t in at.title]
+
+
+def test_served_without_credentials_draws_no_page(monkeypatch):
+    monkeypatch.setenv("RCV_DASHBOARD_SERVED", "1")
+    at = AppTest.from_file(MAIN, default_timeout=30).run()
+    assert not at.exception
+    assert any("draws no page" in e.value for e in at.error)
+    assert "Scale-covariance scan" not in _titles(at)
+
+
+def test_password_gate(served):
+    at = AppTest.from_file(MAIN, default_timeout=60).run()
+    assert not at.exception
+    assert "Scale-covariance scan" not in _titles(at) and not at.sidebar.selectbox
+    at.text_input(key="rcv_password").input("wrong password, long enough")
+    at.button[0].click().run()
+    assert any(e.value == "Wrong password." for e in at.error)
+    assert "Scale-covariance scan" not in _titles(at)
+    at.text_input(key="rcv_password").input(PASSWORD)
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    assert "Scale-covariance scan" in _titles(at)
+    assert "rcv_password" not in at.session_state  # not kept in the session
+
+
+def test_local_mode_has_no_gate():
+    at = AppTest.from_file(MAIN, default_timeout=60).run()
+    assert "Scale-covariance scan" in _titles(at)
+
+
+def test_the_app_turns_off_streamlits_post_run_gc():
+    """Issue 15: however the server was started (a config.toml not found, say), the first page
+    run turns off the gc.collect(2) that starved scans."""
+    from streamlit import config
+
+    config.set_option("runner.postScriptGC", True)
+    try:
+        AppTest.from_file(MAIN, default_timeout=60).run()
+        assert config.get_option("runner.postScriptGC") is False
+    finally:
+        config.set_option("runner.postScriptGC", False)
+
+
+# -------------------------------------------------------------------------- the data root
+
+
+def test_paths_stay_under_the_data_root(served, tmp_path):
+    inside = served / "set1"
+    assert security.vet_path("set1", "Path") == str(inside)
+    assert security.vet_path(str(inside), "Path") == str(inside)
+    for outside in ("/etc", "../", "set1/../../", str(tmp_path)):
+        with pytest.raises(security.Refused, match="outside this server's data folder"):
+            security.vet_path(outside, "Path")
+    (served / "link").symlink_to(tmp_path)  # a link inside pointing out
+    with pytest.raises(security.Refused, match="outside"):
+        security.vet_path("link/runs", "Path")
+    with pytest.raises(security.Refused) as e:
+        security.vet_path("/etc/shadow", "Path")
+    assert str(served) not in str(e.value)  # the refusal does not reveal the root
+
+
+def test_without_a_data_root_paths_are_off(served, monkeypatch):
+    monkeypatch.delenv("RCV_DATA_ROOT")
+    with pytest.raises(security.Refused, match="paths are turned off"):
+        security.vet_path(str(served / "set1"), "Path")
+
+
+def test_local_mode_leaves_paths_alone():
+    assert security.vet_path("/etc", "Path") == "/etc"
+    assert security.vet_dataset("folder:/x", {"allow_outside": True})[1] == {"allow_outside": True}
+
+
+def test_dataset_spec_options_and_checkpoints(served, tmp_path):
+    spec, _ = security.vet_dataset("folder:set1", {})
+    assert spec == f"folder:{served / 'set1'}"
+    with pytest.raises(security.Refused, match="allow_outside"):
+        security.vet_dataset("folder:set1", {"allow_outside": True})
+    with pytest.raises(security.Refused, match="outside"):
+        security.vet_dataset("imagenet:set1", {"annotations": "/etc"})
+    with pytest.raises(security.Refused, match="Checkpoint"):
+        security.vet_config_kwargs({"dataset": "demo-scale", "weights": "/etc/passwd"})
+    upload = state.store_upload(b"checkpoint bytes", ".pt")
+    out = security.vet_config_kwargs({"dataset": "demo-scale", "weights": str(upload)})
+    assert Path(out["weights"]) == upload.resolve()
+    assert security.vet_config_kwargs({"weights": "imagenet"})["weights"] == "imagenet"
+
+
+def test_scan_page_refuses_a_path_outside_the_data_root(served):
+    at = AppTest.from_file(MAIN, default_timeout=90).run()
+    at.text_input(key="rcv_password").input(PASSWORD)
+    at.button[0].click().run()
+    at.sidebar.selectbox(key="scan_dataset").select("folder").run()
+    at.sidebar.text_input(key="scan_ds_path_folder").input("/etc").run()
+    assert not at.exception, at.exception
+    assert any("outside this server's data folder" in e.value for e in at.sidebar.error)
+    assert at.sidebar.button(key="scan_run").disabled
+    at.sidebar.text_input(key="scan_ds_path_folder").input("set1").run()
+    assert not any("outside" in e.value for e in at.sidebar.error)
+    assert not at.sidebar.button(key="scan_run").disabled
+
+
+# ------------------------------------------------------------------------------ limits
+
+
+def test_training_limits(served, monkeypatch):
+    monkeypatch.setenv("RCV_MAX_EPOCHS", "5")
+    security.check_training(2, 5, 1, 4)
+    with pytest.raises(security.Refused, match="at most 5"):
+        security.check_training(1, 6, 1, 1)
+    with pytest.raises(security.Refused, match="seeds"):
+        security.check_training(11, 1, 1, 11)
+    with pytest.raises(security.Refused, match="at a time"):
+        security.check_training(1, 1, 3, 1)
+    with pytest.raises(security.Refused, match="running or waiting"):
+        security.check_training(5, 1, 1, 5)   # 5 runs > 4 active at most
+
+
+def test_no_limits_locally():
+    assert security.limits() is None
+    security.check_training(100, 500, 16, 200)
+
+
+# ------------------------------------------------------------------------------ uploads
+
+
+def test_old_uploads_are_swept_unless_in_use(monkeypatch):
+    old = state.store_upload(b"old", ".pt")
+    new = state.store_upload(b"new", ".pt")
+    used = state.store_upload(b"used", ".pt")
+    part = state.uploads_dir() / "x.pt.part"
+    part.write_bytes(b"half")
+    day_ago = time.time() - 2 * 24 * 3600
+    for p in (old, used, part):
+        os.utime(p, (day_ago, day_ago))
+    monkeypatch.setattr(security, "uploads_in_use", lambda: {used.resolve()})
+    gone = security.sweep_uploads()
+    assert sorted(gone) == sorted([old, part])
+    assert new.exists() and used.exists() and not old.exists()
+
+
+def test_a_rejected_checkpoint_is_deleted():
+    up = state.store_upload(b"not a checkpoint", ".pt")
+    assert security.discard_upload(str(up)) and not up.exists()
+    assert not security.discard_upload("imagenet")
+    assert not security.discard_upload("/etc/passwd")  # never outside the upload folder
+
+
+def test_scan_job_error_has_no_traceback_when_served(served):
+    fut: Future = Future()
+    try:
+        raise RuntimeError(f"boom in {served}/secret")
+    except RuntimeError as e:
+        fut.set_exception(e)
+    job = services.ScanJob(job_id="x", config={}, future=fut)
+    msg = services.job_error(job)
+    assert "RuntimeError" in msg and "Traceback" not in msg and str(served) not in msg
