@@ -147,9 +147,10 @@ def plot_points(page) -> int:
 
 
 def tiny_scan_settings(page, n: int = 24) -> None:
-    """resnet18, random weights, 4 layers, ``n`` demo images (weights default to random
-    offline)."""
+    """resnet18, random weights, ``n`` demo-scale crops scored across photographs (``n`` is too
+    few crops for the default per-photograph classes)."""
     select(page, "Architecture", "resnet18")
     click_text(page, "random (control)")
+    fill_text(page, "Dataset options", "protocol=across-photos")
     page.get_by_text("Options", exact=True).click()
     fill_number(page, "Images (0 = all)", n)

@@ -378,13 +378,13 @@ def test_bad_rows_scan_completes(tmp_path, capsys):
     for case, (make, _) in SKIP_ROWS.items():
         if "scale" not in case:
             rows += make(tmp_path)
-    root = _folder(tmp_path / "data", rows, n=12)
+    root = _folder(tmp_path / "data", rows, n=16)   # a 30 % test set of at least 5 images
     out = tmp_path / "scan.json"
     rc, _, err = run(capsys, "scan", *TINY_SCAN, "--dataset", f"folder:{root}", "--cache-dir",
                      tmp_path / "c", "--json", out)
     assert rc == 0, err
     d = json.loads(out.read_text())
-    assert d["n_images"] == 12 and len(d["skipped"]) == len(rows)
+    assert d["n_images"] == 16 and len(d["skipped"]) == len(rows)
     assert err.count("warning: skipped") == len(rows)
 
 
