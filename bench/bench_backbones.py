@@ -21,22 +21,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import torch  # noqa: E402
+from bench_scan import _interleaved  # noqa: E402  (one interleaving helper for the benches)
 
 from rcvcore.extract import FeatureExtractor, trunk  # noqa: E402
 from rcvcore.models import get_arch, resolve_backbone  # noqa: E402
-
-
-def _interleaved(fa, fb, rounds):
-    fa(), fb()
-    ta, tb = [], []
-    for _ in range(rounds):
-        for f, ts in ((fa, ta), (fb, tb)):
-            t = time.perf_counter()
-            f()
-            ts.append(time.perf_counter() - t)
-    return min(ta), min(tb)
 
 
 def bench_forward(n: int, rounds: int) -> None:
