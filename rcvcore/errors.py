@@ -13,3 +13,8 @@ class Notice(UserWarning):
     """Something the user should know, that did not stop the job (a damaged cache healed, a
     table read in another encoding, duplicate rows merged). The CLI prints it as one line,
     ``warning: <message>``."""
+
+
+class SkippedFile(Notice):
+    """A file of a dataset was left out (unreadable, outside the folder, hidden by the crop);
+    the message is ``skipped PATH: reason``."""

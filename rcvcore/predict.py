@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from .data.base import ProgressFn
-from .data.images import MAX_PIXELS, ImageReadError, _convert, _to_uint8, read_rgb
+from .data.images import MAX_PIXELS, ImageReadError, read_rgb, to_rgb, to_uint8
 from .errors import UserError
 from .extract import resolve_device
 from .metrics import nearest_class
@@ -302,13 +302,13 @@ def predict_images(run: LoadedRun, images: Sequence[tuple[str, object]], *,
                 if arr.dtype not in (np.uint8,) and arr.ndim == 2 and arr.dtype.kind in "ui":
                     data = Image.fromarray(arr.astype(np.int32), mode="I")
                 else:
-                    data = Image.fromarray(_to_uint8(arr))
+                    data = Image.fromarray(to_uint8(arr))
             if isinstance(data, Image.Image):
                 w, h = data.size
                 if w * h > max_pixels:
                     raise ImageReadError(name, f"image is {w}x{h} pixels, above the limit of "
                                                f"{max_pixels:,} pixels")
-                items.append((str(name), _convert(data)))
+                items.append((str(name), to_rgb(data)))
                 continue
             items.append((str(name), f"unsupported input type {type(data).__name__}; give "
                                      "bytes, a PIL image or a numpy array"))

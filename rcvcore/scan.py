@@ -8,7 +8,6 @@ import io
 import json
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from .data import Dataset, load_dataset
 from .data.base import closest, default_cache_dir, fingerprint
 from .data.boxes import visible_box_fraction
 from .dist import Dist, barrier, broadcast, gather, init_distributed
-from .errors import UserError
+from .errors import SkippedFile, UserError
 from .extract import Extraction, FeatureExtractor, extract, resolve_device
 from .models import PRE_SOFTMAX, SOFTMAX, ArchSpec, Backbone, get_arch, resolve_backbone
 from .rcv import (
@@ -37,6 +36,7 @@ from .rcv import (
     score_targets,
     shuffled_targets,
 )
+from .utils import ProgressFn
 
 CONTROLS = ("shuffled", "random-weights")
 #: How the suggested cut is chosen: ``peak`` (the paper's: the peak of mean R² among layers
@@ -44,7 +44,6 @@ CONTROLS = ("shuffled", "random-weights")
 #: stays within one std of that peak: cuts deeper).
 CUT_RULES = ("peak", "within-std")
 LOGITS = (PRE_SOFTMAX, SOFTMAX)
-Progress = Callable[[float, str], None]
 
 
 @dataclass(frozen=True)
@@ -73,6 +72,10 @@ class ScanConfig:
     permutations: int = 200               # permutation test vs shuffled measures (0: none)
     alpha: float = 0.05                   # significance level, after Benjamini-Hochberg
     cut_rule: str = "peak"                # see CUT_RULES
+
+    def __hash__(self) -> int:
+        # frozen, but dataset_options is a dict: hash the JSON form (equal configs, equal hash)
+        return hash(json.dumps(dataclasses.asdict(self), sort_keys=True, default=repr))
 
     def validate(self) -> ScanConfig:
         """Return a normalised copy or raise :class:`UserError` naming the bad parameter."""
@@ -365,7 +368,7 @@ def saved_result(store, key: str) -> ScanResult | None:
 
 def activations(backbone: Backbone, layers: list[str], ds: Dataset, *,
                 device: str = "auto", batch_size: int = 16,
-                cache: ActivationCache | None = None, progress: Progress | None = None,
+                cache: ActivationCache | None = None, progress: ProgressFn | None = None,
                 images_fp: str | None = None, dist: Dist | None = None
                 ) -> tuple[CachedActivations | None, dict[str, np.ndarray], float]:
     """Pooled activations of ``layers`` of ``backbone`` for every image of ``ds``; cached layers
@@ -482,7 +485,7 @@ def seen_measures(ds: Dataset, pre) -> tuple[np.ndarray, str, dict[int, str]]:
     return y, f"visible_{ds.measure_name}", unseen
 
 
-def run_scan(config: ScanConfig, progress: Progress | None = None) -> ScanResult | None:
+def run_scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResult | None:
     """Run a scan end to end (see the module docstring); ``progress(fraction, message)``.
 
     Launched by ``torchrun``, the images are sharded over the processes (one device each) and
@@ -539,7 +542,7 @@ def run_scan(config: ScanConfig, progress: Progress | None = None) -> ScanResult
             listed = {s.path for s in ds.skipped}   # the loader warned about these already
             for s in saved.skipped:
                 if s["path"] not in listed:
-                    warnings.warn(f"skipped {s['path']}: {s['reason']}", stacklevel=2)
+                    warnings.warn(f"skipped {s['path']}: {s['reason']}", SkippedFile, stacklevel=2)
             if progress:
                 progress(1.0, "result from cache")
             return dataclasses.replace(
@@ -565,14 +568,14 @@ def run_scan(config: ScanConfig, progress: Progress | None = None) -> ScanResult
 
     failed = dict(records["true"].failed)
     for f in failed:
-        warnings.warn(f"skipped {ds.samples[f].path}: {failed[f]}", stacklevel=2)
+        warnings.warn(f"skipped {ds.samples[f].path}: {failed[f]}", SkippedFile, stacklevel=2)
     ok = records["true"].ok
     measures, measure_name, unseen = seen_measures(ds, backbone.preprocess)
     ok = np.asarray(ok)
     if unseen:
         hidden = [int(i) for i in ok if int(i) in unseen]
         for i in hidden:
-            warnings.warn(f"skipped {ds.samples[i].path}: {unseen[i]}", stacklevel=2)
+            warnings.warn(f"skipped {ds.samples[i].path}: {unseen[i]}", SkippedFile, stacklevel=2)
         ok = np.asarray([int(i) for i in ok if int(i) not in unseen], dtype=int)
     y = measures[ok]
     lab = labels[ok] if labels is not None else None

