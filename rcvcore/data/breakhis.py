@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import SkippedFile
+from ..utils import as_list
 from .base import Dataset, DatasetError, ProgressFn, Sample, Skipped, closest
 from .checks import check_images
 from .histology import split_groups
@@ -34,12 +35,6 @@ LABELS = {"magnification": "magnification", "tumour_type": "tumour_type",
           "tumor_type": "tumour_type", "type": "tumour_type", "class": "class"}
 _MAG_DIR = re.compile(r"^(\d+)[xX]$")
 _SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
-
-
-def _as_list(v):
-    if isinstance(v, str):
-        return [x.strip() for x in v.split(",") if x.strip()]
-    return list(v) if isinstance(v, (list, tuple)) else [v]
 
 
 def load(path: str | None, *, n: int | None = None, seed: int = 0, cache_dir: Path,
@@ -73,7 +68,7 @@ def load(path: str | None, *, n: int | None = None, seed: int = 0, cache_dir: Pa
         raise DatasetError(f"breakhis: unknown label {label!r}.{closest(str(label), LABELS)} "
                            "Choose magnification, tumour_type or class (--opt label=...).")
     try:
-        mags = {int(str(m).lower().rstrip("x")) for m in _as_list(magnifications)}
+        mags = {int(str(m).lower().rstrip("x")) for m in as_list(magnifications)}
     except ValueError:
         raise DatasetError(f"breakhis: magnifications must be numbers among 40, 100, 200, 400; "
                            f"got {magnifications!r}.") from None
@@ -115,7 +110,7 @@ def load(path: str | None, *, n: int | None = None, seed: int = 0, cache_dir: Pa
     for tclass in ("benign", "malignant"):
         patients = sorted({r[4] for r in good if r[2] == tclass} - set(splits))
         splits.update(split_groups(patients, int(split_seed),
-                                   tuple(float(f) for f in _as_list(split_fractions))))
+                                   tuple(float(f) for f in as_list(split_fractions))))
     samples = []
     for p, mag, tclass, ttype, patient in good:
         lab = {"magnification": f"{mag}x", "tumour_type": ttype, "class": tclass}[label_key]

@@ -13,21 +13,13 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from .base import ProgressFn, atomic_write_text, clean_temp_files
-from .histology import parallel_map
+from ..utils import parallel_map
+from .base import ProgressFn, atomic_write_text, clean_temp_files, file_stamp
 from .images import FORMATS, ImageReadError, describe_error, read_rgb
 
 CHUNK = 64
 # Bumped when the verdicts change (v2: reasons never quote a file's content).
 _VERSION = 2
-
-
-def _stamp(path: str) -> str | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def _check_chunk(paths: Sequence[str], decode: bool) -> list[list]:
@@ -80,9 +72,9 @@ def check_images(paths: Sequence[str], cache_dir: Path | None, *, decode: bool =
     todo = []
     stamps = {}
     for p in paths:
-        stamps[p] = _stamp(p)
+        stamps[p] = file_stamp(p)
         hit = cached.get(p)
-        if hit and stamps[p] is not None and hit[0] == stamps[p]:
+        if hit and stamps[p] != "missing" and hit[0] == stamps[p]:
             result[p] = (hit[1], int(hit[2]), int(hit[3]))
         else:
             todo.append(p)
@@ -93,7 +85,7 @@ def check_images(paths: Sequence[str], cache_dir: Path | None, *, decode: bool =
         for chunk, out in zip(chunks, outs):
             for p, (reason, w, h) in zip(chunk, out):
                 result[p] = (reason, w, h)
-                if stamps[p] is not None:
+                if stamps[p] != "missing":
                     cached[p] = [stamps[p], reason, w, h]
         if cache_file is not None:
             try:

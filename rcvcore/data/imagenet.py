@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import Notice
+from ..utils import as_list
 from .base import Dataset, DatasetError, ProgressFn, Sample, Skipped, closest
 from .boxes import AnnotationError, check_box_measure, largest_box_fraction, parse_voc_xml
 from .checks import check_images
@@ -30,12 +31,6 @@ LAYOUT = ("PATH/<wnid>/*.JPEG class folders (e.g. n02058221/n02058221_1234.JPEG)
           "a root given with --opt annotations=DIR")
 _WNID = re.compile(r"^n\d{8}$")
 _SUFFIXES = {".jpeg", ".jpg", ".png"}
-
-
-def _as_list(v):
-    if isinstance(v, str):
-        return [x.strip() for x in v.split(",") if x.strip()]
-    return list(v)
 
 
 def _resolve_roots(root: Path, annotations) -> tuple[Path, list[Path]]:
@@ -99,7 +94,7 @@ def load(path: str | None, *, n: int | None = None, seed: int = 0, cache_dir: Pa
         raise DatasetError(f"imagenet: no WordNet-id class folder (like n02058221) in {img_root}."
                            f" Expected {LAYOUT}.")
     wanted = present if (isinstance(classes, str) and classes.strip().lower() == "all") \
-        else _as_list(classes)
+        else as_list(classes)
     bad = [w for w in wanted if not _WNID.match(w)]
     if bad:
         raise DatasetError(f"imagenet: {bad[0]!r} is not a WordNet id (like n02058221); "

@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import SkippedFile
+from ..utils import as_list
 from .base import Dataset, DatasetError, ProgressFn, Skipped
 from .histology import (
     LABEL_NAME,
@@ -80,7 +81,7 @@ def load_pairs(pairs, pre_skipped, *, name: str, kind: str, seed: int, cache_dir
     """Shared by ``janowczyk``, ``demo-histology`` and ``demo-he``: patches of ``pairs`` as a
     Dataset (``source_magnification``: that of the source images; none above it is made)."""
     src = float(source_magnification)
-    mags = tuple(sorted({int(m) for m in _as_list(magnifications)}))
+    mags = tuple(sorted({int(m) for m in as_list(magnifications)}))
     bad = [m for m in mags if not 0 < m <= src]
     if bad or not mags:
         ok = [m for m in MAGNIFICATIONS if m <= src]
@@ -91,7 +92,7 @@ def load_pairs(pairs, pre_skipped, *, name: str, kind: str, seed: int, cache_dir
                          max_per_level=None if max_per_level is None else int(max_per_level),
                          seed=int(seed), source_magnification=src)
     out = generate_patches(pairs, cache_dir, params, split_seed=int(split_seed),
-                           split_fractions=tuple(float(f) for f in _as_list(split_fractions)),
+                           split_fractions=tuple(float(f) for f in as_list(split_fractions)),
                            workers=workers, progress=progress)
     order = tuple(lab for lab in LABEL_ORDER if int(lab[:-1]) in mags) + tuple(
         f"{m}x" for m in mags if m not in MAGNIFICATIONS)
@@ -102,12 +103,6 @@ def load_pairs(pairs, pre_skipped, *, name: str, kind: str, seed: int, cache_dir
     return Dataset(name=name, kind=kind, measure_name=MEASURE_NAME, samples=out.samples,
                    skipped=tuple(pre_skipped) + out.skipped, label_name=LABEL_NAME,
                    label_order=order, info=meta, pooled_by_default=True)
-
-
-def _as_list(v):
-    if isinstance(v, str):
-        return [x for x in v.replace(";", ",").split(",") if x.strip()]
-    return list(v) if isinstance(v, (list, tuple)) else [v]
 
 
 def load(path: str | None, *, n: int | None = None, seed: int = 0, cache_dir: Path,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+from ..utils import as_list
 from .base import Dataset, DatasetError, ProgressFn, Sample, Skipped, closest
 from .boxes import AnnotationError, check_box_measure, largest_box_fraction, parse_voc_xml
 from .checks import check_images
@@ -27,12 +28,6 @@ VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "
                "sheep", "sofa", "train", "tvmonitor")
 LAYOUT = ("PATH/VOCdevkit/VOC2007 or VOC2012 with JPEGImages/, Annotations/ and "
           "ImageSets/Main/<image_set>.txt, as torchvision's VOCDetection lays it out")
-
-
-def _as_list(v):
-    if isinstance(v, str):
-        return [x.strip() for x in v.split(",") if x.strip()]
-    return list(v)
 
 
 def find_year_dir(root: Path, year=None) -> Path:
@@ -101,7 +96,7 @@ def load(path: str | None, *, n: int | None = None, seed: int = 0, cache_dir: Pa
     if not root.is_dir():
         raise DatasetError(f"voc: {root} is not a folder. Expected {LAYOUT}.")
     year_dir = find_year_dir(root, year)
-    wanted = _as_list(classes)
+    wanted = as_list(classes)
     for c in wanted:
         if c not in VOC_CLASSES:
             raise DatasetError(f"voc: unknown class {c!r}.{closest(c, VOC_CLASSES)} Valid: "
