@@ -13,18 +13,20 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_path", "write_json", "read_json", "json_safe"]
+__all__ = ["atomic_write", "atomic_path", "temp_name", "write_json", "read_json", "json_safe"]
 
 
-def _tmp_name(path: Path) -> Path:
-    # per process: two processes finishing the same file never share a temporary file
+def temp_name(path) -> Path:
+    """The temporary file :func:`atomic_write` writes before renaming it to ``path``: per
+    process, so two processes finishing the same file never share one."""
+    path = Path(path)
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
 def atomic_write(path, data: bytes | str) -> Path:
     """Write ``data`` (text is UTF-8 encoded) to ``path`` atomically; returns ``path``."""
     path = Path(path)
-    tmp = _tmp_name(path)
+    tmp = temp_name(path)
     try:
         tmp.write_bytes(data.encode() if isinstance(data, str) else bytes(data))
         os.replace(tmp, path)

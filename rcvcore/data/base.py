@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..files import atomic_write, temp_name  # noqa: F401  (temp_name: for the demo writers)
 
 # moved to rcvcore.utils, re-exported here for the loaders and models
 from ..utils import ProgressFn, closest  # noqa: F401
@@ -175,25 +176,10 @@ def file_fingerprint(paths: list[str]) -> str:
     return h.hexdigest()[:32]
 
 
-def temp_name(path) -> Path:
-    """The temporary file that :func:`atomic_write_text` writes before renaming it to ``path``."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
 def atomic_write_text(path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``: a killed write
+    """Write ``text`` to ``path`` atomically (:func:`rcvcore.files.atomic_write`): a killed write
     leaves the old file (or none), never half a file."""
-    tmp = temp_name(path)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
+    atomic_write(path, text)
 
 
 _TEMP_PID = re.compile(r"^\.(?:.*[.-](\d+)\.tmp(?:\.\w+)?|(\d+)-.+)$")
