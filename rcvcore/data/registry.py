@@ -33,8 +33,8 @@ def register(kind: DatasetKind) -> DatasetKind:
 
 register(DatasetKind(
     "demo-scale", "Embedded, offline: crops of scikit-image's photographs at known zoom 1-4x; "
-    "measure = log2 zoom, grouped by photograph.", "rcvcore.data.demo_scale:load", False,
-    "log2_zoom"))
+    "measure = log2 zoom, each photograph a class (--opt protocol=across-photos: grouped).",
+    "rcvcore.data.demo_scale:load", False, "log2_zoom"))
 register(DatasetKind(
     "folder", "Any folder of images with labels.csv (columns path,scale and optional class,group).",
     "rcvcore.data.folder:load", True, "scale"))
