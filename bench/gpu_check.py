@@ -146,7 +146,8 @@ def main() -> int:
     report["ddp_train"] = {"rc": rc, "seconds": secs}
     say(f"  DDP training, 1 process: rc {rc}, {secs:.1f} s" + ("" if rc == 0 else "\n" + tail))
     scan = ["-m", "rcvcore", "scan", "--arch", "resnet18", "--weights", "random", "--dataset",
-            "demo-scale", "--n-images", "48", "--layers", "add_2,add_8,pre_softmax", "--repeats",
+            "demo-scale", "--opt", "protocol=across-photos", "--n-images", "48",
+            "--layers", "add_2,add_8,pre_softmax", "--repeats",
             "2", "--no-cache", "--quiet", "--cache-dir", str(tmp / "cache"), *devflag]
     procs = str(max(ngpu, 1) if ngpu else 2)
     rc1, s1, t1 = run([sys.executable, *scan, "--json", str(tmp / "single.json")], 300)
@@ -168,8 +169,9 @@ def main() -> int:
     say("(d) the whole demo scan (efficientnet_lite0, ImageNet, demo-scale, both controls)")
     demo = ["-m", "rcvcore", "scan", "--arch", "efficientnet_lite0", "--weights", "imagenet",
             "--dataset", "demo-scale", "--no-cache", "--quiet", "--cache-dir", str(tmp / "cache"),
-            "--json", str(tmp / "demo.json"), *devflag] + (["--n-images", "32", "--repeats", "2"]
-                                                          if smoke else [])
+            "--json", str(tmp / "demo.json"), *devflag] + (
+                ["--opt", "protocol=across-photos", "--n-images", "32", "--repeats", "2"]
+                if smoke else [])
     rc, secs, tail = run([sys.executable, *demo], 420)
     report["demo_scan"] = {"rc": rc, "seconds": secs}
     if rc == 0:
