@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import threading
 import time
 import traceback
@@ -53,25 +52,13 @@ def arch_info(name: str) -> dict:
 
 def imagenet_status(arch: str) -> tuple[bool, str]:
     """(available, how to supply the weights) for ``arch``'s ImageNet weights; never downloads."""
-    from rcvcore.errors import WeightsUnavailable
-    from rcvcore.models import resolve_backbone, weights_available
+    from rcvcore.models import missing_weights_message, weights_available
 
     ok, where = weights_available(arch)
     if ok:
         return True, where
-    old = os.environ.get("RCV_NO_DOWNLOAD")
-    os.environ["RCV_NO_DOWNLOAD"] = "1"       # only ask what is on this machine
-    try:
-        resolve_backbone(arch, "imagenet")
-        return True, where
-    except WeightsUnavailable as e:
-        why = str(e)
-    finally:
-        if old is None:
-            os.environ.pop("RCV_NO_DOWNLOAD", None)
-        else:
-            os.environ["RCV_NO_DOWNLOAD"] = old
-    return False, (f"ImageNet weights for **{arch}** are not on this machine. {why} "
+    return False, (f"ImageNet weights for **{arch}** are not on this machine. "
+                   f"{missing_weights_message(arch)} "
                    "**efficientnet_lite0** has ImageNet weights that need no download.")
 
 

@@ -18,6 +18,7 @@ from .backbone import (
     get_arch,
     list_layers,
     list_models,
+    missing_weights_message,
     resolve_backbone,
     weights_available,
 )
@@ -31,7 +32,8 @@ __all__ = [
     "WEIGHT_KINDS", "WeightsInfo", "build_model", "check_weights", "count_parameters",
     "downloads_disabled", "expected_weights_file", "file_digest", "get_arch",
     "imagenet_weights_available", "is_timm_model", "list_layers", "list_models",
-    "load_state_dict_file", "preprocess_for", "resolve_backbone", "weights_available",
+    "load_state_dict_file", "missing_weights_message", "preprocess_for", "resolve_backbone",
+    "weights_available",
 ]
 
 

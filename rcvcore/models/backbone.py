@@ -192,6 +192,20 @@ def resolve_backbone(arch: ArchSpec | str, weights: str = "imagenet", seed: int 
     return _resolve(spec, str(weights), int(seed), stamp)
 
 
+def missing_weights_message(arch: ArchSpec | str) -> str:
+    """What to do when ``arch``'s ImageNet weights are not on this machine (never downloads)."""
+    spec = get_arch(arch)
+    why = "not cached on this machine"
+    if spec.packaged_weights:
+        try:
+            timmnets.lite0_file()
+        except WeightsUnavailable as e:
+            return str(e)
+    if spec.source == "timm":
+        return str(timmnets._offline(spec, why))
+    return tv.tv_offline_message(spec, why)
+
+
 def weights_available(arch: ArchSpec | str) -> tuple[bool, str]:
     """Whether ``imagenet`` weights of ``arch`` can be had without a download, and where from
     (or which file is expected)."""
