@@ -1,7 +1,10 @@
 """The paper's Table 2 over a group of runs (``comparison.json``): pure statistics.
 
-Rows are mean and sample std (ddof=1) over seeds of each cut's test metrics; tests are paired by
-seed against the first cut (the baseline): a paired t-test and a Wilcoxon signed-rank test.
+Rows are mean and std over seeds of each cut's test metrics (the sample std, ddof=1, under the
+recommended protocol; the paper's ``np.std``, ddof=0, under ``--protocol paper``); tests are
+paired by seed against the first cut (the baseline): a paired t-test and a Wilcoxon signed-rank
+test. :data:`PAPER_TABLE2` holds the paper's published numbers, shown beside the measured ones
+and always labelled as the paper's (their data and networks, not this run's).
 Nothing here trains or reads a run directory (see :mod:`rcvcore.runs` and
 :mod:`rcvcore.compare`).
 """
@@ -23,7 +26,26 @@ from .prune import NONE
 COMPARISON = "comparison.json"
 METRIC_LABELS = {"mae": "MAE (px)", "r2": "R2", "kappa": "kappa", "kappa_quadratic": "QWK",
                  "accuracy": "accuracy"}
-ARCH_LABELS = {"resnet50": "ResNet50", "inception_v3": "InceptionV3", "resnet18": "ResNet18"}
+ARCH_LABELS = {"resnet50": "ResNet50", "inception_v3": "InceptionV3", "resnet18": "ResNet18",
+               "efficientnet_lite0": "EfficientNet-Lite0"}
+#: Graziani et al., iMIMIC 2020, Table 2: test MAE of the mean nuclei area (px) and Cohen's kappa
+#: of the magnification, mean (std, np.std) over 10 seeds; 224-px patches of the Janowczyk breast
+#: nuclei set at 7 simulated magnifications (5x-40x); ImageNet InceptionV3 / ResNet50, all layers
+#: fine-tuned, MSE on raw areas, Adam 1e-4, batch 32, 5 epochs.
+PAPER_TABLE2 = {
+    "source": "Graziani et al., iMIMIC 2020, Table 2 (Janowczyk breast H&E, 7 magnifications "
+              "5x-40x, 10 seeds): the paper's data and networks, not this run's",
+    "rows": (
+        {"label": "InceptionV3", "arch": "inception_v3", "cut": "none",
+         "mae": (81.85, 11.08), "kappa": (0.435, 0.02)},
+        {"label": "InceptionV3 pruned at mixed8", "arch": "inception_v3", "cut": "mixed8",
+         "mae": (54.93, 4.32), "kappa": (0.571, 0.05)},
+        {"label": "ResNet50", "arch": "resnet50", "cut": "none",
+         "mae": (70.08, 12.49), "kappa": (0.610, 0.03)},
+        {"label": "ResNet50 pruned at add_15", "arch": "resnet50", "cut": "add_15",
+         "mae": (54.76, 3.10), "kappa": (0.623, 0.04)},
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -32,9 +54,13 @@ class Comparison:
 
     Attributes:
         rows: one per cut: ``{"cut", "label", "n", "metrics": {metric: {"mean", "std",
-            "values"}}, "seeds", "states"}``; std is the sample std (ddof=1) over seeds.
+            "values"}}, "seeds", "states"}``; std over seeds with ``std_ddof``.
         tests: one per cut after the first (the baseline): ``{"cut", "baseline",
             "metrics": {metric: {"n", "t_stat", "t_p", "wilcoxon_p"}}}``, paired by seed.
+        std_ddof: 1 (sample std; recommended protocol) or 0 (``np.std``; the paper protocol).
+        protocol: the runs' protocol.
+
+    ``to_dict()`` adds ``"table"`` (the text table) and ``"paper"`` (:data:`PAPER_TABLE2`).
     """
 
     run_dir: str
@@ -45,10 +71,14 @@ class Comparison:
     rows: tuple[dict, ...]
     tests: tuple[dict, ...]
     state: str = "done"
+    std_ddof: int = 1
+    protocol: str = "recommended"
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["table"] = self.table()
+        d["paper"] = {"source": PAPER_TABLE2["source"],
+                      "rows": [dict(r) for r in PAPER_TABLE2["rows"]]}
         return d
 
     def save(self) -> Path:
@@ -80,10 +110,23 @@ class Comparison:
                 cells.append("-" if tp is None and wp is None else
                              f"{_fmt_p(tp)} / {_fmt_p(wp)}")
             lines.append(cells)
-        widths = [max(len(x[i]) for x in [heads] + lines) for i in range(len(heads))]
+        paper = []
+        for r in PAPER_TABLE2["rows"]:
+            cells = [f"paper: {r['label']}"]
+            for m in self.metrics:
+                v = r.get(m)
+                cells.append("-" if v is None else
+                             f"{v[0]:.2f} ({v[1]:.2f})" if m == "mae" else
+                             f"{v[0]:.3f} ({v[1]:.2f})")
+            paper.append(cells)
+        widths = [max(len(x[i]) for x in [heads] + lines + paper) for i in range(len(heads))]
         fmt = lambda row: "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()  # noqa
         rule = "-" * len(fmt(heads))
-        return "\n".join([fmt(heads), rule] + [fmt(x) for x in lines])
+        std = "sample std, ddof=1" if self.std_ddof == 1 else "np.std, ddof=0 (as the paper)"
+        return "\n".join(
+            [fmt(heads), rule] + [fmt(x) for x in lines]
+            + [f"mean (std) over {len(self.seeds)} seeds, {std}; {self.protocol} protocol", "",
+               PAPER_TABLE2["source"] + ":"] + [fmt(x) for x in paper])
 
 
 def _fmt_p(p):
@@ -96,10 +139,10 @@ def model_label(arch: str, cut: str) -> str:
     return name if cut == NONE else f"{name} pruned at {cut}"
 
 
-def _stats(values: list[float]) -> dict:
+def _stats(values: list[float], ddof: int = 1) -> dict:
     v = [x for x in values if x is not None and math.isfinite(x)]
     return {"mean": float(np.mean(v)) if v else None,
-            "std": float(np.std(v, ddof=1)) if len(v) > 1 else None,
+            "std": float(np.std(v, ddof=ddof)) if len(v) > 1 else None,
             "values": values}
 
 
@@ -136,6 +179,7 @@ def summarise(base, cuts, seeds, results: dict, states: dict, root,
         states: ``{(cut, seed): run state}``.
         root: the comparison's folder (where :meth:`Comparison.save` writes).
     """
+    protocol, ddof = base.protocol, base.protocol_spec.std_ddof
     first = next((r for r in results.values() if r), None)
     if first is not None and first["task"]["kind"] == "classification":
         metrics = ["kappa", "kappa_quadratic", "accuracy"]
@@ -153,9 +197,9 @@ def summarise(base, cuts, seeds, results: dict, states: dict, root,
                      "n": sum(1 for s in seeds if results.get((cut, s))),
                      "seeds": list(seeds),
                      "states": [states.get((cut, s), "missing") for s in seeds],
-                     "metrics": {m: _stats(values(cut, m)) for m in metrics}})
+                     "metrics": {m: _stats(values(cut, m), ddof) for m in metrics}})
     tests = [{"cut": cut, "baseline": cuts[0],
               "metrics": {m: paired_tests(values(cuts[0], m), values(cut, m)) for m in metrics}}
              for cut in cuts[1:]]
     return Comparison(str(root), base.to_dict(), tuple(cuts), tuple(seeds), tuple(metrics),
-                      tuple(rows), tuple(tests), state)
+                      tuple(rows), tuple(tests), state, ddof, protocol)

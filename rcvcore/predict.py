@@ -34,7 +34,7 @@ from .metrics import nearest_class
 from .runs import CHECKPOINT, CONFIG, load_checkpoint, read_run
 from .train.config import TrainConfig
 from .train.data import Task
-from .train.model import build_run_model, train_transform
+from .train.model import build_run_model, run_transform
 from .utils import callable_module
 
 
@@ -80,8 +80,7 @@ def load_run_model(run_dir, device: str = "auto", *, allow_unfinished: bool = Fa
     model.load_state_dict(ck["model"])
     dev = resolve_device(device)
     model = model.to(dev).to(memory_format=torch.channels_last).eval()
-    return LoadedRun(str(run), config, task, model, dev, train_transform(config.arch,
-                                                                          config.image_size))
+    return LoadedRun(str(run), config, task, model, dev, run_transform(config))
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,16 @@ os.environ.setdefault("RCV_NO_DOWNLOAD", "1")   # tests never touch the network
 os.environ.setdefault("HF_HUB_OFFLINE", "1")    # nor does timm's Hugging Face hub client
 
 
+@pytest.fixture(scope="session")
+def _session_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("rcv_cache")
+
+
 @pytest.fixture(autouse=True)
-def _offline(monkeypatch, tmp_path_factory):
-    """No downloads, and a private TORCH_HOME and Hugging Face cache so a user's cached weights
-    never leak in."""
+def _offline(monkeypatch, tmp_path_factory, _session_cache):
+    """No downloads, and a private TORCH_HOME, Hugging Face cache and rcvcore cache so a user's
+    cached weights never leak in and no test writes into the user's cache."""
+    monkeypatch.setenv("RCV_CACHE_DIR", str(_session_cache))
     monkeypatch.setenv("RCV_NO_DOWNLOAD", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))

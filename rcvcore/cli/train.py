@@ -48,7 +48,17 @@ def _add_config_flags(p: argparse.ArgumentParser, with_cut: bool = True) -> None
                         "--opt group_by=patient")
     g.add_argument("--dataset-cache-dir", "--cache-dir", dest="dataset_cache_dir",
                    help="where generated datasets are cached (default: the user cache dir)")
-    o = p.add_argument_group("optimisation (defaults follow the paper)")
+    o = p.add_argument_group("protocol and optimisation (optimisation defaults are the paper's)")
+    o.add_argument("--protocol", choices=["recommended", "paper"],
+                   help="recommended (default: the weights' input normalisation, standardised "
+                        "area target, head started at its closed-form fit, sample std in "
+                        "Table 2) or paper (raw 0-255 input, MSE on raw areas, random Dense(1) "
+                        "head, Adam 1e-4, batch 32, 5 epochs, np.std in Table 2); README lists "
+                        "each difference")
+    o.add_argument("--head-init", choices=["rcv", "random"],
+                   help="rcv: the head starts at the ridge fit of the pooled features at the "
+                        "cut on the run's training split (the scan's RCV; with --epochs 0 that "
+                        "fit is the model); random: PyTorch's init (default: the protocol's)")
     o.add_argument("--epochs", type=int, help=f"default {d.epochs}")
     o.add_argument("--batch-size", type=int, help=f"global batch size (default {d.batch_size})")
     o.add_argument("--lr", type=float, help=f"learning rate (default {d.lr})")

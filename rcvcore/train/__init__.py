@@ -24,6 +24,8 @@ _EXPORTS = {
     "Task": ".data", "make_task": ".data", "split_dataset": ".data", "ImageSet": ".data",
     "image_set": ".data",
     "build_run_model": ".model", "train_transform": ".model",
+    "run_transform": ".model", "PROTOCOLS": ".config", "Protocol": ".config",
+    "HEAD_INITS": ".config",
     "train": ".loop", "evaluate": ".loop",
     # the run concept (rcvcore.runs)
     "RunFailed": "rcvcore.runs", "RunCancelled": "rcvcore.runs", "RunResult": "rcvcore.runs",

@@ -15,6 +15,41 @@ from ..prune import NONE, cut_node
 TARGETS = {"nuclei-area": "regression", "magnification": "classification"}
 OPTIMIZERS = ("adam", "adamw", "sgd")
 TRAINABLE = ("all", "head")
+HEAD_INITS = ("rcv", "random")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a run feeds and scores its network, apart from the optimisation flags.
+
+    Attributes:
+        name: ``recommended`` or ``paper``.
+        input: ``weights`` (the weights' own mean/std normalisation) or ``raw255`` (pixel values
+            0-255 as they are, as the paper's Keras code fed them).
+        target: ``standardised`` (the head predicts ``mean + std * z`` and the loss is MSE on
+            ``z``) or ``raw`` (the head predicts the area in px, MSE on raw areas).
+        head_init: the default head initialisation (``rcv``: the scan's closed-form fit on the
+            run's training split; ``random``: PyTorch's default init).
+        std_ddof: the delta degrees of freedom of Table 2's std over seeds (the paper's
+            ``np.std`` is 0; the sample std is 1).
+    """
+
+    name: str
+    input: str
+    target: str
+    head_init: str
+    std_ddof: int
+
+
+PROTOCOLS = {
+    "recommended": Protocol("recommended", "weights", "standardised", "rcv", 1),
+    "paper": Protocol("paper", "raw255", "raw", "random", 0),
+}
+#: The paper's transfer optimisation (workshop Table 2): what ``--protocol paper`` means besides
+#: its :class:`Protocol`. A paper run that changes one of them says so (:meth:`deviations`).
+PAPER_SETTINGS = {"target": "nuclei-area", "epochs": 5, "batch_size": 32, "lr": 1e-4,
+                  "optimizer": "adam", "weight_decay": 0.0, "trainable": "all",
+                  "head_init": "random"}
 
 
 @dataclass(frozen=True)
@@ -45,6 +80,11 @@ class TrainConfig:
         dataset_cache_dir: where generated datasets are written (default: the user cache).
         dataset_options: the dataset loader's options (``--opt KEY=VALUE``), e.g.
             ``{"group_by": "patient"}`` for janowczyk or ``{"classes": "n02058221"}``.
+        protocol: ``recommended`` (default) or ``paper`` (see :data:`PROTOCOLS`: input scaling,
+            regression target, head initialisation, Table 2's std).
+        head_init: ``rcv`` (the head starts at the closed-form ridge fit of the pooled features
+            at the cut on the run's training split, as the scan fits its RCV) or ``random``;
+            default: the protocol's (``rcv`` recommended, ``random`` paper).
     """
 
     arch: str = "resnet50"
@@ -72,12 +112,29 @@ class TrainConfig:
     workers: int | None = None
     dataset_cache_dir: str | None = None
     dataset_options: dict = field(default_factory=dict)
+    protocol: str = "recommended"
+    head_init: str | None = None
 
     def __post_init__(self):
         # one spelling of the full network inside rcvcore (prune.NONE); "full" and "" are
         # accepted on input
         if self.cut in (None, "", "full"):
             object.__setattr__(self, "cut", NONE)
+        # config.json always says which head initialisation the run used
+        if self.head_init is None and self.protocol in PROTOCOLS:
+            object.__setattr__(self, "head_init", PROTOCOLS[self.protocol].head_init)
+
+    @property
+    def protocol_spec(self) -> Protocol:
+        return PROTOCOLS[self.protocol]
+
+    def deviations(self) -> list[str]:
+        """What a ``--protocol paper`` run changes of the paper's optimisation (``epochs=2
+        (paper 5)``); empty for a faithful paper run and for the recommended protocol."""
+        if self.protocol != "paper":
+            return []
+        return [f"{k}={getattr(self, k)} (paper {v})" for k, v in PAPER_SETTINGS.items()
+                if getattr(self, k) != v]
 
     def __hash__(self) -> int:
         # frozen, but dataset_options is a dict: hash the JSON form (equal configs, equal hash)
@@ -86,6 +143,16 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Check every field; raise :class:`UserError` naming the flag and the valid values."""
         check_options(self.dataset_options)
+        if self.protocol not in PROTOCOLS:
+            raise UserError(f"--protocol {self.protocol!r} is unknown; use "
+                            f"{' or '.join(PROTOCOLS)}.")
+        if self.head_init not in HEAD_INITS:
+            raise UserError(f"--head-init {self.head_init!r} is unknown; use "
+                            f"{' or '.join(HEAD_INITS)}.")
+        if self.protocol == "paper" and self.target != "nuclei-area":
+            raise UserError("--protocol paper regresses the nuclei area (and maps it to the "
+                            "nearest magnification); use --target nuclei-area, or the "
+                            "recommended protocol for --target magnification.")
         arch = get_arch(self.arch)
         cut_node(arch, self.cut)
         if self.target not in TARGETS:
@@ -96,7 +163,9 @@ class TrainConfig:
                             f"{', '.join(OPTIMIZERS)}.")
         if self.trainable not in TRAINABLE:
             raise UserError(f"--trainable {self.trainable!r}: use 'all' or 'head'.")
-        for name, lo in (("epochs", 1), ("batch_size", 1), ("log_every", 1)):
+        # a head that starts at its closed-form fit is a model without any epoch
+        min_epochs = 0 if self.head_init == "rcv" else 1
+        for name, lo in (("epochs", min_epochs), ("batch_size", 1), ("log_every", 1)):
             if int(getattr(self, name)) < lo:
                 raise UserError(f"--{name.replace('_', '-')} must be >= {lo}, "
                                 f"got {getattr(self, name)}.")
@@ -126,7 +195,10 @@ class TrainConfig:
         if unknown:
             raise UserError(f"{source}: unknown configuration keys {unknown}; valid keys: "
                             f"{', '.join(sorted(known))}.")
-        return cls(**{k: v for k, v in d.items() if k in known})
+        d = {k: v for k, v in d.items() if k in known}
+        if "head_init" not in d:   # a run of an rcvcore before head_init: its head was random
+            d["head_init"] = "random"
+        return cls(**d)
 
 
 def config_to_argv(config: TrainConfig) -> list[str]:

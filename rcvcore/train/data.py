@@ -65,7 +65,8 @@ class Task:
         kind: ``regression`` or ``classification``.
         classes: the dataset's classes in their natural order (may be empty for regression).
         class_means: mean training-set measure per class (regression: the nearest-class map).
-        target_mean, target_std: training-set measure statistics (the head's scale).
+        target_mean, target_std: the head's output scale: the training-set measure's mean and
+            std (``standardised`` target) or 0 and 1 (the paper's MSE on raw areas).
         measure_name: what the measure is (``nuclei_area_px``).
         patch_size: side of the training images (pixels); larger images are tiled by predict.
         image_size: network input side.
@@ -120,8 +121,12 @@ def make_task(config: TrainConfig, ds: Dataset, train_idx: np.ndarray) -> Task:
             patch = int(min(im.size))
     except Exception:  # an unreadable first image fails later, with its name, in ImageSet
         patch = int(config.image_size or arch.input_size)
-    std = float(y.std()) if len(y) > 1 and y.std() > 0 else 1.0
-    return Task(config.target, kind, classes, tuple(means.items()), float(y.mean()), std,
+    if config.protocol_spec.target == "raw":
+        mean, std = 0.0, 1.0        # the head predicts px, the loss is MSE on raw areas
+    else:
+        mean = float(y.mean())
+        std = float(y.std()) if len(y) > 1 and y.std() > 0 else 1.0
+    return Task(config.target, kind, classes, tuple(means.items()), mean, std,
                 ds.measure_name, patch, int(config.image_size or arch.input_size))
 
 

@@ -1,9 +1,13 @@
 """The training loop of a run: optimisation, validation each epoch, test, checkpoints.
 
-Defaults follow the paper: Adam, lr 1e-4, batch 32, 5 epochs, all layers trainable, MSE on the
-nuclei area. Under ``torchrun`` the loop runs data-parallel (:mod:`.distributed`) and rank 0
-alone writes the run directory (:class:`rcvcore.runs.RunWriter`). SIGTERM / SIGINT finish the
-current step, checkpoint, and mark the run ``cancelled`` (resumable).
+The optimisation defaults are the paper's (Adam, lr 1e-4, batch 32, 5 epochs, all layers
+trainable); the protocol (:data:`rcvcore.train.config.PROTOCOLS`) sets the input scaling, the
+regression target (standardised, or the paper's raw areas) and the head's start (its closed-form
+fit, :mod:`.head`, or random). A head-only run (``--trainable head``, one process) trains its
+head on the cached pooled features at the cut (:class:`.head.FeatureSet`). Under ``torchrun``
+the loop runs data-parallel (:mod:`.distributed`) and rank 0 alone writes the run directory
+(:class:`rcvcore.runs.RunWriter`). SIGTERM / SIGINT finish the current step, checkpoint, and
+mark the run ``cancelled`` (resumable).
 """
 from __future__ import annotations
 
@@ -23,14 +27,14 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import __version__
-from ..data.base import Dataset, ProgressFn, clean_temp_files, limit
+from ..data.base import Dataset, ProgressFn, clean_temp_files, default_cache_dir, limit
 from ..data.registry import load_dataset
 from ..errors import UserError
 from ..extract import default_workers
 from ..files import read_json
 from ..metrics import classification_metrics, nearest_class, regression_metrics
-from ..models import get_arch
-from ..prune import cut_summary
+from ..models import get_arch, resolve_backbone
+from ..prune import cut_node, cut_summary
 from ..runs import (
     CHECKPOINT,
     CHECKPOINT_FORMAT,
@@ -48,11 +52,13 @@ from ..runs import (
 from .config import TrainConfig
 from .data import ImageSet, Task, image_set, make_task, split_dataset
 from .distributed import Dist, allreduce, barrier, epoch_batches, init_distributed
-from .model import build_run_model, train_transform
+from .head import FeatureSet, cached_features, features_key, fit_head, head_store
+from .model import build_run_model, run_transform
 
 
 def _objective(out: torch.Tensor, y: torch.Tensor, task: Task) -> torch.Tensor:
-    """MSE on the standardised measure (regression) or cross-entropy (classification)."""
+    """MSE on the measure in the head's scale (standardised, or raw under the paper protocol;
+    see :class:`Task`) for regression, cross-entropy for classification."""
     if task.kind == "regression":
         z = (y.float() - task.target_mean) / task.target_std
         return nn.functional.mse_loss(out.squeeze(-1).float(), z)
@@ -121,7 +127,7 @@ def evaluate(model: nn.Module, images: ImageSet, task: Task, *, batch_size: int 
             if stop and stop():
                 raise RunCancelled("cancelled during evaluation")
             x = x.to(device)
-            if channels_last:
+            if channels_last and x.ndim == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = torch.as_tensor(y).to(device)
             with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
@@ -264,7 +270,7 @@ def _train(config: TrainConfig, run: Path, writer: RunWriter, d: Dist, device, r
         dataset = limit(dataset, config.n, config.split_seed)
     splits = split_dataset(dataset, config.val_fraction, config.test_fraction, config.split_seed)
     task = make_task(config, dataset, splits["train"])
-    transform = train_transform(arch, config.image_size)
+    transform = run_transform(config)
     sets = {k: image_set(dataset, v, task, transform) for k, v in splits.items()}
     amp = (device.type == "cuda") if config.amp is None else bool(config.amp and
                                                                  device.type == "cuda")
@@ -272,7 +278,8 @@ def _train(config: TrainConfig, run: Path, writer: RunWriter, d: Dist, device, r
     per_rank = max(1, math.ceil(config.batch_size / d.world))
 
     say(0.02, f"building {config.arch} ({config.weights}) cut at {config.cut}")
-    model = build_run_model(config, task)
+    backbone = resolve_backbone(config.arch, config.weights, config.seed)
+    model = build_run_model(config, task, backbone=backbone)
     if config.trainable == "head":
         for p in model.body.parameters():
             p.requires_grad_(False)
@@ -303,6 +310,20 @@ def _train(config: TrainConfig, run: Path, writer: RunWriter, d: Dist, device, r
     elif resume:
         writer.truncate_metrics(0, 0)
 
+    # a frozen trunk in one process: the head trains on the pooled features at the cut
+    feature_mode = config.trainable == "head" and not d.enabled
+    head_info = None
+    if feature_mode or (config.head_init == "rcv" and found is None):
+        head_info, feature_sets = _prepare_head(config, model, sets, splits, dataset, task,
+                                                backbone, transform, device, per_rank, amp,
+                                                workers, fit=found is None, flag=flag, say=say,
+                                                parts=("train", "val", "test") if feature_mode
+                                                else ("train",))
+        if feature_mode:
+            sets = feature_sets
+        if d.main:
+            writer.write_status(head_init=head_info)
+    scorer = model.head if feature_mode else model   # what evaluate() runs on sets
     summary = None
     if d.main:
         try:
@@ -312,7 +333,7 @@ def _train(config: TrainConfig, run: Path, writer: RunWriter, d: Dist, device, r
         writer.write_status(summary=summary, n_train=len(splits["train"]),
                             n_val=len(splits["val"]), n_test=len(splits["test"]))
 
-    net = model
+    net = scorer
     if d.enabled:
         net = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -353,7 +374,7 @@ def _train(config: TrainConfig, run: Path, writer: RunWriter, d: Dist, device, r
         for b, (x, y) in enumerate(_loader(sets["train"], batches[first:], workers, device),
                                    start=first):
             x = x.to(device, non_blocking=True)
-            if config.channels_last:
+            if config.channels_last and x.ndim == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = torch.as_tensor(y).to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
@@ -405,7 +426,7 @@ def _train(config: TrainConfig, run: Path, writer: RunWriter, d: Dist, device, r
         if d.main:
             say(0.05 + 0.85 * global_step / total_steps, f"epoch {epoch + 1}: validating")
             try:
-                val = evaluate(model, sets["val"], task, batch_size=per_rank, device=device,
+                val = evaluate(scorer, sets["val"], task, batch_size=per_rank, device=device,
                                channels_last=config.channels_last, amp=amp, workers=workers,
                                stop=lambda: flag.set)
                 cancelled = False
@@ -428,14 +449,17 @@ def _train(config: TrainConfig, run: Path, writer: RunWriter, d: Dist, device, r
         writer.write_status(epoch=epoch + 1, global_step=global_step,
                             message=f"epoch {epoch + 1}/{config.epochs} done")
 
+    if config.epochs == 0:   # the head's closed-form fit is the model: keep it for predict
+        checkpoint(0, 0)
+
     # test
     result = None
     if d.main:
         say(0.93, "testing")
-        test = evaluate(model, sets["test"], task, batch_size=per_rank, device=device,
+        test = evaluate(scorer, sets["test"], task, batch_size=per_rank, device=device,
                         channels_last=config.channels_last, amp=amp, workers=workers)
         if not last_val and len(sets["val"]):
-            last_val = evaluate(model, sets["val"], task, batch_size=per_rank, device=device,
+            last_val = evaluate(scorer, sets["val"], task, batch_size=per_rank, device=device,
                                 channels_last=config.channels_last, amp=amp, workers=workers)
         result = {"config": config.to_dict(), "task": task.to_dict(),
                   "test": {k: v for k, v in test.items() if k != "predictions"},
@@ -443,6 +467,9 @@ def _train(config: TrainConfig, run: Path, writer: RunWriter, d: Dist, device, r
                   "n_train": len(splits["train"]), "n_val": len(splits["val"]),
                   "n_test": len(splits["test"]), "epochs": config.epochs,
                   "global_step": global_step, "world_size": d.world, "model": summary,
+                  "head_init": head_info or (read_json(run / STATUS) or {}).get("head_init")
+                  or {"method": config.head_init},
+                  "protocol": config.protocol, "protocol_deviations": config.deviations(),
                   "test_predictions": [
                       {"path": p, "target": t, "prediction": q} for p, t, q in zip(
                           sets["test"].paths, sets["test"].targets,
@@ -452,6 +479,34 @@ def _train(config: TrainConfig, run: Path, writer: RunWriter, d: Dist, device, r
         say(1.0, "done")
     barrier(d)
     return RunResult(str(run), "done", result)
+
+
+def _prepare_head(config, model, sets, splits, dataset, task, backbone, transform, device,
+                  batch_size, amp, workers, *, fit: bool, flag, say, parts) -> tuple[dict, dict]:
+    """Pooled features at the cut of ``parts`` (cached), and the head's closed-form fit on the
+    training part when ``fit`` and ``config.head_init == "rcv"``. Returns ``(head_info,
+    {part: FeatureSet})``; ``head_info`` says what was done (written to status/result)."""
+    root = Path(config.dataset_cache_dir).expanduser() if config.dataset_cache_dir \
+        else default_cache_dir()
+    node = cut_node(backbone.spec, config.cut)
+    feats, hits, t0 = {}, 0, time.perf_counter()
+    with head_store(root) as store:
+        for i, part in enumerate(parts):
+            say(0.03 + 0.02 * i / len(parts), f"pooled features at {config.cut} ({part})")
+            key = features_key(backbone.fingerprint, node, transform, sets[part].paths)
+            feats[part], hit = cached_features(
+                model, sets[part], key, store, device=device, batch_size=batch_size,
+                channels_last=config.channels_last, amp=amp, workers=workers,
+                stop=lambda: flag.set)
+            hits += int(hit)
+    info = {"method": config.head_init, "features_s": round(time.perf_counter() - t0, 3),
+            "feature_cache": f"{hits}/{len(parts)} hit"}
+    if fit and config.head_init == "rcv":
+        t1 = time.perf_counter()
+        groups = None if dataset.groups is None else dataset.groups[splits["train"]]
+        info.update(fit_head(model, feats["train"], sets["train"], task, groups))
+        info["fit_s"] = round(time.perf_counter() - t1, 3)
+    return info, {p: FeatureSet(feats[p], sets[p]) for p in parts}
 
 
 @functools.lru_cache(maxsize=32)
