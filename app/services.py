@@ -22,7 +22,7 @@ import streamlit as st
 from app import charts, security, state
 from rcvcore import runs
 from rcvcore.prune import NONE
-from rcvcore.train.config import TrainConfig
+from rcvcore.train.config import PROTOCOLS, TrainConfig
 
 # --------------------------------------------------------------------------------------------
 # catalogue (cheap, cached per server)
@@ -282,11 +282,16 @@ def cancel_group(group: Path) -> None:
     _scheduler().cancel_group(group, wait=None)
 
 
-def group_table(group: Path) -> tuple[str | None, list[dict]]:
-    """rcvcore's Table 2 summary of the finished runs of ``group`` (text, rows), or (None, []).
-    Reads only: the group's completion writes comparison.json."""
+def table2_view(group: Path) -> dict | None:
+    """The group's Table 2 as display rows (measured, paired tests, the paper's numbers, and
+    ``"text"``), or None before any run finished. Reads only."""
     comp = runs.group_comparison(group)
-    return (None, []) if comp is None else (comp.table(), list(comp.rows))
+    return None if comp is None or not comp.rows else {**comp.view(), "text": comp.table()}
+
+
+def protocol_head_init(protocol: str) -> str:
+    """The head initialisation a protocol starts with (``rcv`` or ``random``)."""
+    return PROTOCOLS[protocol].head_init
 
 
 def reap_children() -> None:

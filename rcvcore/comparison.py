@@ -129,6 +129,61 @@ class Comparison:
                PAPER_TABLE2["source"] + ":"] + [fmt(x) for x in paper])
 
 
+    def verdict(self) -> str:
+        """One sentence per pruned cut: did it beat the full network (the baseline) on each
+        metric, in how many seeds, and is the paired difference significant (paired t-test,
+        alpha 0.05)? Said plainly either way."""
+        out = []
+        base = self.rows[0] if self.rows else None
+        for t in self.tests:
+            row = next(r for r in self.rows if r["cut"] == t["cut"])
+            parts = []
+            for m in self.metrics:
+                a = base["metrics"].get(m, {}).get("values") or []
+                b = row["metrics"].get(m, {}).get("values") or []
+                pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
+                if not pairs:
+                    continue
+                lower_better = m == "mae"
+                wins = sum(1 for x, y in pairs if (y < x if lower_better else y > x))
+                p = t["metrics"].get(m, {}).get("t_p")
+                sig = ("significant" if p is not None and p < 0.05 else "not significant")
+                parts.append(f"{METRIC_LABELS.get(m, m)} better in {wins}/{len(pairs)} seeds "
+                             f"(paired t p={_fmt_p(p)}, {sig})")
+            if parts:
+                out.append(f"{row['label']} vs {base['label']}: " + "; ".join(parts) + ".")
+        return " ".join(out)
+
+    def view(self) -> dict:
+        """Table 2 as display rows: ``{"measured", "tests", "paper", "paper_source",
+        "caption", "verdict"}`` (what the dashboard shows; the text form is :meth:`table`)."""
+        def cell(m, s):
+            if not s or s.get("mean") is None:
+                return None
+            f = 2 if m == "mae" else 3
+            return f"{s['mean']:.{f}f}" + ("" if s["std"] is None else f" ({s['std']:.{f}f})")
+
+        measured = [{"Model": r["label"], "runs": r["n"],
+                     **{METRIC_LABELS.get(m, m): cell(m, r["metrics"].get(m))
+                        for m in self.metrics}} for r in self.rows]
+        tests = [{"Model": f"{t['cut']} vs {t['baseline']}",
+                  **{METRIC_LABELS.get(m, m): f"t p={_fmt_p(v.get('t_p'))}, "
+                     f"Wilcoxon p={_fmt_p(v.get('wilcoxon_p'))} (n={v.get('n')})"
+                     for m, v in t["metrics"].items()}} for t in self.tests]
+        paper = [{"Model": f"{r['label']} (paper)",
+                  "MAE (px)": f"{r['mae'][0]:.2f} ({r['mae'][1]:.2f})",
+                  "kappa": f"{r['kappa'][0]:.3f} ({r['kappa'][1]:.2f})"}
+                 for r in PAPER_TABLE2["rows"]]
+        std = "sample std (ddof=1)" if self.std_ddof == 1 else "np.std (ddof=0, as the paper)"
+        caption = (f"Mean ({std}) over {len(self.seeds)} seed(s) of the test metrics, "
+                   f"{self.protocol} protocol; std needs two or more seeds, paired tests two "
+                   "or more pairs. kappa: Cohen's kappa of the magnification (QWK: quadratic "
+                   "weights), each predicted area mapped to the nearest training class mean.")
+        return {"measured": measured, "tests": tests, "paper": paper,
+                "paper_source": PAPER_TABLE2["source"], "caption": caption,
+                "verdict": self.verdict()}
+
+
 def _fmt_p(p):
     return "-" if p is None else (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}")
 

@@ -82,8 +82,13 @@ def test_train_tiny_runs_to_table2(app_env):
                                          for g in groups[0].iterdir() if g.is_dir()])
     assert at.get("plotly_chart")  # loss curves
     assert any(s.value.startswith("Pruned vs full") for s in at.subheader)
-    models = list(at.dataframe[-1].value["Model"])
-    assert models == ["ResNet18", "ResNet18 pruned at add_6"]
+    tables = [list(d.value["Model"]) for d in at.dataframe if "Model" in d.value]
+    assert ["ResNet18", "ResNet18 pruned at add_6"] in tables          # measured
+    assert ["add_6 vs none"] in tables                                   # paired tests
+    paper = next(t for t in tables if t and t[0].endswith("(paper)"))   # labelled as the paper's
+    assert paper == ["InceptionV3 (paper)", "InceptionV3 pruned at mixed8 (paper)",
+                     "ResNet50 (paper)", "ResNet50 pruned at add_15 (paper)"]
+    assert any("not these runs" in m.value for m in at.markdown)
     cfg = json.loads((groups[0] / "add_6_seed1" / "config.json").read_text())
     assert cfg["dataset_options"] == {"max_per_level": 4}   # through the launch argv
     # the finished group has the same comparison.json as `python -m rcvcore compare`, written

@@ -17,6 +17,7 @@ import pytest
 import torch
 from _train_fixtures import cli, dataset, tiny_flags, write_folder
 from PIL import Image
+from scipy import stats
 from sklearn.linear_model import Ridge
 
 from rcvcore.comparison import summarise
@@ -164,3 +165,23 @@ def test_cli_protocol_flags_reach_config_json(tmp_path):
     bad = cli("train", "--run-dir", tmp_path / "r2", "--dataset", f"folder:{folder}",
               "--quiet", *tiny_flags(epochs="0"), "--head-init", "random")
     assert bad.returncode == 2 and "--epochs must be >= 1" in bad.stderr
+
+
+def test_table2_view_states_the_verdict_and_the_papers_numbers(tmp_path):
+    def res(mae, kappa):
+        return {"task": {"kind": "regression"}, "test": {"mae": mae, "kappa": kappa}}
+
+    results = {("none", 1): res(50.0, 0.40), ("none", 2): res(55.0, 0.42),
+               ("none", 3): res(53.0, 0.41), ("b3", 1): res(40.0, 0.39),
+               ("b3", 2): res(43.0, 0.45), ("b3", 3): res(41.0, 0.44)}
+    comp = summarise(TINY, ["none", "b3"], [1, 2, 3], results, {k: "done" for k in results},
+                     tmp_path)
+    view = comp.view()
+    assert [r["Model"] for r in view["measured"]] == ["ResNet18", "ResNet18 pruned at b3"]
+    assert view["measured"][0]["MAE (px)"] == f"52.67 ({np.std([50, 55, 53], ddof=1):.2f})"
+    t = stats.ttest_rel([40, 43, 41], [50, 55, 53])
+    assert f"p={t.pvalue:.3f}" in view["tests"][0]["MAE (px)"]
+    assert "MAE (px) better in 3/3 seeds" in view["verdict"]
+    assert "kappa better in 2/3 seeds" in view["verdict"]
+    assert len(view["paper"]) == 4 and "not this run's" in view["paper_source"]
+    assert comp.to_dict()["paper"]["rows"][1]["mae"] == (54.93, 4.32)

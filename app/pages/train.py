@@ -14,9 +14,13 @@ import streamlit as st
 from app import charts, security, services, state, widgets
 
 st.title("Fine-tune the pruned network")
-st.caption("The paper's transfer protocol (Table 2): network cut at the chosen layer + global "
-           "average pooling + a new head, all layers trainable, MSE on the nuclei area, Adam "
-           "lr 1e-4, batch 32, 5 epochs; compared with the full network over several seeds.")
+st.caption("The paper's transfer experiment (Table 2): the network cut at the chosen layer + "
+           "global average pooling + a new head, all layers trainable, Adam lr 1e-4, batch 32, "
+           "5 epochs, compared with the full network over several seeds. *Protocol*: "
+           "**recommended** (the weights' input normalisation, standardised area target, the "
+           "head started at its closed-form fit, batch-norm statistics kept) or **paper** (raw "
+           "0-255 input, MSE on raw areas, random head, as the paper's Keras code); README lists "
+           "each difference.")
 
 archs = services.arch_catalogue()
 datasets = services.dataset_catalogue()
@@ -82,9 +86,23 @@ with st.expander("New training run", expanded=not services.list_groups() or fres
                                  help="comma-separated; the paper used 10 seeds")
     baseline = c[2].checkbox("Also train the unpruned baseline (full network)", value=True,
                              key="train_baseline")
+    c = st.columns(2)
+    protocol = c[0].radio("Protocol", ["recommended", "paper"], horizontal=True,
+                          key="train_protocol",
+                          help="paper: raw 0-255 input, MSE on raw areas, random Dense(1) head, "
+                               "np.std in Table 2; recommended: normalised input, standardised "
+                               "target, head started at its ridge fit, batch-norm statistics "
+                               "kept, sample std")
+    head_options = ["rcv", "random"]
+    head_init = c[1].radio("Head start", head_options, horizontal=True,
+                           index=head_options.index(services.protocol_head_init(protocol)),
+                           key=f"train_head_init_{protocol}",
+                           help="rcv: the head starts at the ridge fit of the pooled features "
+                                "at the cut on the training split (the scan's RCV); with 0 "
+                                "epochs that fit is the model. random: PyTorch's init.")
     c = st.columns(5)
-    epochs = c[0].number_input("Epochs", 1, limits.max_epochs if limits else 500, 5,
-                               key="train_epochs")
+    epochs = c[0].number_input("Epochs", 0 if head_init == "rcv" else 1,
+                               limits.max_epochs if limits else 500, 5, key="train_epochs")
     batch = c[1].number_input("Batch size", 1, 1024, 32, key="train_batch")
     lr = c[2].number_input("Learning rate", 1e-7, 1.0, 1e-4, format="%.1e", key="train_lr")
     n = c[3].number_input("Images (0 = all)", 0, 10**7, 0, step=10, key="train_n")
@@ -115,7 +133,8 @@ with st.expander("New training run", expanded=not services.list_groups() or fres
                 arch=arch, weights=weights, cut=cut, dataset=dataset, target=target,
                 epochs=int(epochs), batch_size=int(batch), lr=float(lr), n=int(n) or None,
                 image_size=int(image_size) or None, device=device, trainable=trainable,
-                seed=seeds[0], log_every=1, dataset_options=ds_options)
+                seed=seeds[0], log_every=1, dataset_options=ds_options, protocol=protocol,
+                head_init=head_init)
             group = services.launch_group(config, seeds, baseline, int(parallel))
         except Exception as e:  # rcvcore's UserError names the field and the fix
             st.error(str(e))
@@ -227,24 +246,26 @@ def _render_group() -> None:
 
 def _render_comparison(group_dir: Path, runs) -> None:
     try:
-        text, rows = services.group_table(group_dir)
+        view = services.table2_view(group_dir)
     except Exception as e:
         st.warning(f"Cannot compare these runs: {e}")
         return
-    if not rows:
+    if not view:
         return
     st.subheader("Pruned vs full (layout of the paper's Table 2)")
-    table = pd.DataFrame([{
-        "Model": r["label"], "runs": r["n"],
-        **{m: (None if s["mean"] is None else
-               f"{s['mean']:.{2 if m == 'mae' else 3}f}"
-               + ("" if s["std"] is None else f" ({s['std']:.{2 if m == 'mae' else 3}f})"))
-           for m, s in r["metrics"].items()}} for r in rows])
-    st.dataframe(table, hide_index=True, width="stretch")
-    st.caption("mean (std) over seeds of the test metrics; std needs two or more seeds.")
-    with st.expander("As text (with paired tests)"):
-        st.code(text, language=None)
-    st.download_button("Table (text)", text, f"table2-{group_name}.txt", "text/plain",
+    st.dataframe(pd.DataFrame(view["measured"]), hide_index=True, width="stretch")
+    st.caption(view["caption"])
+    if view["verdict"]:
+        st.markdown(view["verdict"])
+    if view["tests"]:
+        st.markdown("**Paired tests** (by seed, against the full network)")
+        st.dataframe(pd.DataFrame(view["tests"]), hide_index=True, width="stretch")
+    st.markdown("**The paper's numbers** (their data and networks, not these runs)")
+    st.dataframe(pd.DataFrame(view["paper"]), hide_index=True, width="stretch")
+    st.caption(view["paper_source"])
+    with st.expander("As text"):
+        st.code(view["text"], language=None)
+    st.download_button("Table (text)", view["text"], f"table2-{group_name}.txt", "text/plain",
                        key="dl_table2", on_click="ignore")
 
 

@@ -32,6 +32,10 @@ class Protocol:
             run's training split; ``random``: PyTorch's default init).
         std_ddof: the delta degrees of freedom of Table 2's std over seeds (the paper's
             ``np.std`` is 0; the sample std is 1).
+        batch_norm: ``frozen`` (batch-norm layers keep the pretrained running statistics while
+            their scale and shift train, so the features the head was fitted on do not shift
+            at the first step) or ``train`` (batch statistics in training mode, as Keras
+            fine-tuning did).
     """
 
     name: str
@@ -39,11 +43,12 @@ class Protocol:
     target: str
     head_init: str
     std_ddof: int
+    batch_norm: str
 
 
 PROTOCOLS = {
-    "recommended": Protocol("recommended", "weights", "standardised", "rcv", 1),
-    "paper": Protocol("paper", "raw255", "raw", "random", 0),
+    "recommended": Protocol("recommended", "weights", "standardised", "rcv", 1, "frozen"),
+    "paper": Protocol("paper", "raw255", "raw", "random", 0, "train"),
 }
 #: The paper's transfer optimisation (workshop Table 2): what ``--protocol paper`` means besides
 #: its :class:`Protocol`. A paper run that changes one of them says so (:meth:`deviations`).

@@ -318,7 +318,7 @@ def _train(config: TrainConfig, run: Path, writer: RunWriter, d: Dist, device, r
                                                 backbone, transform, device, per_rank, amp,
                                                 workers, fit=found is None, flag=flag, say=say,
                                                 parts=("train", "val", "test") if feature_mode
-                                                else ("train",))
+                                                else ("train", "val"))
         if feature_mode:
             sets = feature_sets
         if d.main:
@@ -362,6 +362,8 @@ def _train(config: TrainConfig, run: Path, writer: RunWriter, d: Dist, device, r
         net.train()
         if config.trainable == "head":
             model.body.eval()
+        elif config.protocol_spec.batch_norm == "frozen":
+            _freeze_batch_norm(model.body)
         ep_loss, ep_n, ep_time = 0.0, 0, 0.0
         partial = False
         if epoch == start_epoch and first:
@@ -481,6 +483,14 @@ def _train(config: TrainConfig, run: Path, writer: RunWriter, d: Dist, device, r
     return RunResult(str(run), "done", result)
 
 
+def _freeze_batch_norm(module: nn.Module) -> None:
+    """Batch-norm layers to eval mode (running statistics; their affine parameters still
+    train)."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
 def _prepare_head(config, model, sets, splits, dataset, task, backbone, transform, device,
                   batch_size, amp, workers, *, fit: bool, flag, say, parts) -> tuple[dict, dict]:
     """Pooled features at the cut of ``parts`` (cached), and the head's closed-form fit on the
@@ -506,6 +516,11 @@ def _prepare_head(config, model, sets, splits, dataset, task, backbone, transfor
         groups = None if dataset.groups is None else dataset.groups[splits["train"]]
         info.update(fit_head(model, feats["train"], sets["train"], task, groups))
         info["fit_s"] = round(time.perf_counter() - t1, 3)
+        if "val" in feats and len(feats["val"]):
+            # where the model starts: the fit's validation metrics before any step
+            val = evaluate(model.head, FeatureSet(feats["val"], sets["val"]), task,
+                           batch_size=batch_size, device=device)
+            info["val_before_training"] = _metric_view(val, "val")
     return info, {p: FeatureSet(feats[p], sets[p]) for p in parts}
 
 
