@@ -20,7 +20,7 @@ from pathlib import Path
 import streamlit as st
 
 from app import charts, security, state
-from rcvcore import runs
+from rcvcore import demo, runs
 from rcvcore.prune import NONE
 from rcvcore.train.config import PROTOCOLS, TrainConfig
 
@@ -292,6 +292,42 @@ def table2_view(group: Path) -> dict | None:
 def protocol_head_init(protocol: str) -> str:
     """The head initialisation a protocol starts with (``rcv`` or ``random``)."""
     return PROTOCOLS[protocol].head_init
+
+
+def launch_demo_model() -> None:
+    """Start training the demo model (:func:`rcvcore.demo.launch_demo_model`) as a run
+    process reaped by the server's scheduler."""
+    security.check_training(1, demo.DEMO_SETTINGS["epochs"], 1, 1)
+    proc = demo.launch_demo_model(state.runs_root())
+    if proc is not None:
+        _scheduler().adopt(demo.demo_model_dir(state.runs_root()), proc)
+
+
+def demo_model_status() -> dict:
+    """Where the demo model stands: ``{"state", "run_dir", "message", "fraction", "test",
+    "n_test", "cut", "error"}`` (state ``missing`` before the first launch)."""
+    run = demo.demo_model_dir(state.runs_root(create=False))
+    if not run.is_dir():
+        return {"state": "missing", "run_dir": str(run), "cut": demo.DEMO_CUT}
+    rs = runs.read_run(run)
+    st, cfg = rs.status, rs.config or {}
+    epochs = cfg.get("epochs") or 1
+    frac = 1.0 if rs.state == "done" else min(0.99, (st.get("epoch") or 0) / max(epochs, 1))
+    return {"state": run_state(rs), "run_dir": str(run), "message": st.get("message") or "",
+            "fraction": frac, "test": (rs.result or {}).get("test") or {},
+            "n_test": (rs.result or {}).get("n_test"), "cut": cfg.get("cut") or demo.DEMO_CUT,
+            "error": st.get("error") or start_failure(rs)}
+
+
+def demo_held_out(limit: int = 8) -> list[tuple[str, bytes, str | None]]:
+    """Up to ``limit`` test patches of the demo model (never seen in its training), spread over
+    the magnifications: ``(file name, bytes, true magnification)``."""
+    out = []
+    for h in demo.held_out_patches(demo.demo_model_dir(state.runs_root()), limit):
+        p = Path(h.path)
+        if p.is_file():
+            out.append((f"{p.parent.name}/{p.name}", p.read_bytes(), h.label))
+    return out
 
 
 def reap_children() -> None:

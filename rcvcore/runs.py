@@ -542,6 +542,12 @@ class Scheduler:
                     self.exited[key] = code
                     self.children.pop(key, None)
 
+    def adopt(self, run_dir, proc: subprocess.Popen) -> None:
+        """Reap ``proc`` (a run launched outside a group, e.g. the demo model) like the
+        group's runs."""
+        with self._lock:
+            self.children[str(Path(run_dir))] = proc
+
     def run_state(self, rs: RunState) -> str:
         """``rs.state``, except a run whose process ended before writing any status:
         ``failed``."""

@@ -14,10 +14,53 @@ st.caption("Upload H&E patches (drag and drop, one or many). Each gets the predi
            "area (in training-image pixels) and magnification. Patches larger than the training "
            "size are tiled at their native resolution; smaller ones are resized (noted).")
 
+
+
+def _demo_panel() -> None:
+    """The demo model: train it from here, watch it, then try it on patches it never saw."""
+    d = services.demo_model_status()
+    with st.container(border=True):
+        st.markdown("**Demo model** · efficientnet_lite0 (ImageNet) cut at "
+                    f"`{d['cut']}`, classifying the magnification of "
+                    "real H&E patches (`demo-he`)")
+        if d["state"] in ("missing", "failed", "cancelled", "interrupted"):
+            if d["state"] == "failed" and d.get("error"):
+                st.error(f"The last demo training failed: {security.redact(d['error'])}")
+            label = ("Train the demo model" if d["state"] == "missing" else
+                     "Train it again" if d["state"] == "failed" else "Finish training it")
+            st.caption("A few minutes on a laptop CPU: the patches are cut and segmented, the "
+                       "head starts at its closed-form fit, then 3 epochs of fine-tuning.")
+            if st.button(label, type="primary", key="demo_train",
+                         icon=":material/model_training:"):
+                try:
+                    services.launch_demo_model()
+                except Exception as e:  # served-mode limits, a run already going
+                    st.error(security.redact(str(e)))
+                else:
+                    st.rerun()
+        elif d["state"] in ("running", "launching"):
+            st.progress(d["fraction"], text=d["message"] or "starting")
+        elif d["state"] == "done":
+            t = d["test"]
+            score = ", ".join(f"{k} {t[k]:.2f}" for k in ("accuracy", "kappa",
+                                                          "kappa_quadratic")
+                              if isinstance(t.get(k), (int, float)))
+            st.caption(f"Run `{d['run_dir']}` · on its {d.get('n_test')} test patches "
+                       f"(never seen in training): {score}.")
+            if st.button("Try it on held-out demo patches", key="demo_try",
+                         icon=":material/science:"):
+                st.session_state["predict_run"] = d["run_dir"]
+                st.session_state["demo_samples"] = services.demo_held_out(8)
+                st.rerun()
+
+
+st.fragment(run_every=2.0 if services.demo_model_status()["state"] in (
+    "running", "launching") else None)(_demo_panel)()
+
 runs = services.finished_runs()
 if not runs:
-    st.info("No finished training run yet. Launch one on the **Train** page; it appears here "
-            "when it is done.")
+    st.info("No finished training run yet: train the demo model above, or launch a run on the "
+            "**Train** page; it appears here when it is done.")
     st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
     st.stop()
 
@@ -34,8 +77,12 @@ if st.button("Release cached models", key="predict_release",
 
 files = st.file_uploader("Patches", accept_multiple_files=True, key="predict_files",
                          type=["png", "jpg", "jpeg", "tif", "tiff", "bmp", "webp", "gif"])
-if not files:
+samples = st.session_state.get("demo_samples") if not files else None
+if not files and not samples:
     st.stop()
+truth = {name: label for name, _, label in samples} if samples else {}
+if samples:
+    st.caption("Held-out demo patches: the true magnification is shown on each card.")
 
 try:  # loaded on first use, then shared read-only by every session
     run = services.load_run(run_dir)
@@ -45,7 +92,8 @@ except Exception as e:  # rcvcore's message names the file and the fix
 if run.task.classes:
     st.caption(f"Device {run.device}. Classes: {', '.join(run.task.classes)}.")
 
-items = [(f.name, f.getvalue()) for f in files]
+items = [(f.name, f.getvalue()) for f in files] if files else \
+    [(name, data) for name, data, _ in samples]
 digest = hashlib.sha256(run_dir.encode() + b"".join(
     hashlib.sha256(b).digest() for _, b in items)).hexdigest()
 cache = st.session_state.setdefault("predict_cache", {})
@@ -87,7 +135,11 @@ for (name, data), p in zip(items, preds):
         if p["nuclei_area"] is not None:
             c2.metric("Nuclei area (px)", f"{p['nuclei_area']:.1f}")
         if p["magnification"]:
-            c2.metric("Magnification", p["magnification"])
+            true = truth.get(name)
+            c2.metric("Magnification", p["magnification"],
+                      delta=None if true is None else
+                      ("right" if true == p["magnification"] else f"true {true}"),
+                      delta_color="normal" if true == p["magnification"] else "inverse")
         if p["note"]:
             c2.caption(p["note"])
         if p["probabilities"]:

@@ -15,7 +15,7 @@ from ..errors import Notice, UserError
 
 _default_showwarning = warnings.showwarning
 
-COMMAND_MODULES = ["models", "data", "scan", "train", "runs"]
+COMMAND_MODULES = ["models", "data", "scan", "train", "runs", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

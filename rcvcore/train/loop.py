@@ -473,9 +473,11 @@ def _train(config: TrainConfig, run: Path, writer: RunWriter, d: Dist, device, r
                   or {"method": config.head_init},
                   "protocol": config.protocol, "protocol_deviations": config.deviations(),
                   "test_predictions": [
-                      {"path": p, "target": t, "prediction": q} for p, t, q in zip(
+                      {"path": p, "target": t, "prediction": q,
+                       **({} if lab is None else {"label": lab})} for p, t, q, lab in zip(
                           sets["test"].paths, sets["test"].targets,
-                          test.get("predictions", []))]}
+                          test.get("predictions", []),
+                          sets["test"].labels or [None] * len(sets["test"]))]}
         writer.write_result(result)
         writer.write_status(state="done", message="done", error=None)
         say(1.0, "done")

@@ -1,0 +1,105 @@
+"""``python -m rcvcore demo model | transfer``: the transfer demo on real H&E (:mod:`rcvcore.demo`).
+
+``demo model`` trains the Predict page's demo model (the same run as its button) in the
+foreground; ``demo transfer`` runs scan -> cut -> compare -> Table 2 on ``demo-he``.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from ..demo import (
+    DEMO_CUT,
+    DEMO_SETTINGS,
+    demo_model_config,
+    demo_model_dir,
+    held_out_patches,
+    transfer_demo,
+)
+from ..predict import load_run_model, predict_files
+from ..runs import RunFailed, read_run
+from ..train.loop import train
+from .train import EXIT_CANCELLED, EXIT_FAILED, _print_result, _progress
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("demo", help="the transfer demo on real H&E (demo model; scan -> cut -> "
+                                    "compare)",
+                       description="The transfer demo on demo-he with efficientnet_lite0 "
+                                   "(ImageNet weights from its pip package).")
+    dsub = p.add_subparsers(dest="demo_command", metavar="WHAT", required=True)
+    m = dsub.add_parser("model", help="train the Predict page's demo model",
+                        description=f"Train efficientnet_lite0 cut at {DEMO_CUT} to classify "
+                                    "the magnification of demo-he patches (the Predict page's "
+                                    "'Train the demo model'), then predict held-out patches.")
+    m.add_argument("--runs-dir", help="runs root (default $RCV_RUNS_DIR or ./runs); the run "
+                                      "goes to RUNS_DIR/demo-model")
+    m.add_argument("--restart", action="store_true", help="train it afresh")
+    m.add_argument("--epochs", type=int, help=f"default {DEMO_SETTINGS['epochs']}")
+    m.add_argument("--device", help="auto | cpu | cuda | mps (default auto)")
+    m.add_argument("--quiet", action="store_true")
+    m.set_defaults(func=_model)
+    t = dsub.add_parser("transfer", help="scan -> cut -> compare full vs cut -> Table 2",
+                        description="Scan efficientnet_lite0 on demo-he (both controls), cut "
+                                    "where the scan suggests (its peak when nothing is "
+                                    "significant, said so), compare the full and the cut "
+                                    "network over seeds on identical splits, print Table 2 "
+                                    "with paired tests and the paper's numbers.")
+    t.add_argument("--runs-dir", help="runs root; the comparison goes to "
+                                      "RUNS_DIR/demo-transfer")
+    t.add_argument("--seeds", default="3", help="count or list (default 3)")
+    t.add_argument("--cut", help="cut here instead of the scan's choice")
+    t.add_argument("--epochs", type=int, help=f"default {DEMO_SETTINGS['epochs']}")
+    t.add_argument("--image-size", type=int, help=f"default {DEMO_SETTINGS['image_size']}")
+    t.add_argument("--protocol", choices=["recommended", "paper"], help="default recommended")
+    t.add_argument("--device", help="auto | cpu | cuda | mps (default auto)")
+    t.add_argument("--parallel", type=int, metavar="N",
+                   help="train N runs at a time in subprocesses (default: one after the other)")
+    t.add_argument("--json", metavar="FILE", help="also write comparison.json's content here")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=_transfer)
+
+
+def _over(args, names) -> dict:
+    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+
+
+def _model(args) -> int:
+    run = demo_model_dir(args.runs_dir)
+    config = demo_model_config(**_over(args, ("epochs", "device")))
+    st = read_run(run) if run.is_dir() else None
+    resume = bool(st and st.config and not args.restart and st.state != "failed")
+    try:
+        res = train(None if resume else config, run, resume=resume,
+                    restart=args.restart or (st is not None and st.state == "failed"),
+                    progress=_progress(args))
+    except RunFailed as e:
+        print(f"error: run failed: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    if res.state == "cancelled":
+        print(f"cancelled: {res.error}", file=sys.stderr)
+        return EXIT_CANCELLED
+    _print_result(res.result)
+    held = held_out_patches(run, limit=8)
+    model = load_run_model(run)
+    preds = predict_files(model, [h.path for h in held])
+    right = sum(1 for h, p in zip(held, preds) if p.magnification == h.label)
+    print(f"demo model: {run}; {right} of {len(held)} held-out patches predicted right:")
+    for h, p in zip(held, preds):
+        print(f"  {h.label} -> {p.magnification or p.error}\t{h.path}")
+    return 0
+
+
+def _transfer(args) -> int:
+    comp, info = transfer_demo(args.runs_dir, seeds=args.seeds, cut=args.cut,
+                               parallel=args.parallel, progress=_progress(args),
+                               **_over(args, ("epochs", "image_size", "protocol", "device")))
+    print(f"cut: {info['cut']} ({info['how']})")
+    print(comp.table())
+    print(comp.verdict())
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({**comp.to_dict(), "cut_choice": info}, f, indent=2)
+    if comp.state == "cancelled":
+        return EXIT_CANCELLED
+    return EXIT_FAILED if any(s != "done" for r in comp.rows for s in r["states"]) else 0

@@ -1,0 +1,151 @@
+"""The transfer demo on real H&E, on a fresh machine: EfficientNet-Lite0 with the ImageNet weights
+of its pip package, on ``demo-he`` (real H&E patches at four magnifications, see
+:mod:`rcvcore.data.demo_he`).
+
+- :func:`demo_model_config` / :func:`launch_demo_model`: the run behind the Predict page's
+  *Train the demo model* button (and ``python -m rcvcore demo model``): the network cut at
+  :data:`DEMO_CUT`, a magnification head started at its closed-form fit, a few epochs.
+- :func:`held_out_patches`: the test-split patches of a finished run, which it never saw.
+- :func:`transfer_demo` (``python -m rcvcore demo transfer``): the paper's three steps at demo
+  size: scan the network on ``demo-he`` (both controls, significance), cut where the scan
+  suggests (its peak layer when nothing is significant, said so), compare the full and the cut
+  network over seeds on identical splits, Table 2 with paired tests.
+
+The settings (:data:`DEMO_SETTINGS`) are chosen so that the comparison of 3 seeds finishes in
+about 15 minutes on a 2-core CPU; BENCHMARKS.md records what they measured.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from .compare import compare
+from .comparison import Comparison
+from .data.base import ProgressFn
+from .errors import UserError
+from .files import read_json
+from .runs import RESULT, clear_run_dir, launch, read_run, runs_root
+from .scan import ScanConfig, run_scan
+from .train.config import TrainConfig
+
+DEMO_ARCH = "efficientnet_lite0"
+DEMO_DATASET = "demo-he"
+#: where the Predict page's demo model is cut: the peak of the demo-he scan of
+#: efficientnet_lite0 (BENCHMARKS.md, "Transfer demo")
+DEMO_CUT = "block3.2"
+DEMO_MODEL_DIR = "demo-model"
+DEMO_TRANSFER_DIR = "demo-transfer"
+#: the demo's training settings (the rest are the recommended protocol's defaults)
+DEMO_SETTINGS = {"epochs": 3, "batch_size": 32, "lr": 1e-4, "image_size": 224}
+
+
+def demo_model_config(**over) -> TrainConfig:
+    """The demo model's run: efficientnet_lite0 (ImageNet) cut at :data:`DEMO_CUT`, classifying
+    the magnification of ``demo-he`` patches (recommended protocol: the head starts at its
+    closed-form fit)."""
+    base = TrainConfig(arch=DEMO_ARCH, weights="imagenet", cut=DEMO_CUT, dataset=DEMO_DATASET,
+                       target="magnification", log_every=1, **DEMO_SETTINGS)
+    return dataclasses.replace(base, **over) if over else base
+
+
+def demo_model_dir(root=None) -> Path:
+    """``<runs root>/demo-model``."""
+    return runs_root(root) / DEMO_MODEL_DIR
+
+
+def launch_demo_model(root=None, *, env: dict | None = None):
+    """Start the demo model's run as a run process (``python -m rcvcore train``) in
+    :func:`demo_model_dir`; an unfinished one is resumed, a finished one is left as it is
+    (returns None then), a failed one restarted."""
+    run = demo_model_dir(root)
+    st = read_run(run) if run.is_dir() else None
+    if st is not None and st.state == "done":
+        return None
+    if st is not None and st.state == "running":
+        raise UserError(f"The demo model is already training in {run}.")
+    if st is not None and st.state in ("cancelled", "interrupted") and st.config:
+        return launch(None, run, resume=True, env=env)
+    if run.is_dir():
+        clear_run_dir(run)
+    return launch(demo_model_config().validate(), run, env=env)
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """A test-split patch of a run (never seen in its training or validation)."""
+
+    path: str
+    label: str | None
+    measure: float | None
+
+
+def held_out_patches(run_dir, limit: int | None = None) -> list[HeldOut]:
+    """The test patches of a finished run (``result.json``), at most ``limit``, spread over the
+    classes (one of each class in turn)."""
+    res = read_json(Path(run_dir) / RESULT) or {}
+    task = res.get("task") or {}
+    classes = task.get("classes") or []
+    out = []
+    for p in res.get("test_predictions", []):
+        label = p.get("label")
+        if label is None and task.get("kind") == "classification" and classes:
+            label = classes[int(p["target"])]
+        measure = p.get("measure", p["target"] if task.get("kind") == "regression" else None)
+        out.append(HeldOut(p["path"], label, measure))
+    if limit is None or len(out) <= limit:
+        return out
+    by_class: dict = {}
+    for h in out:
+        by_class.setdefault(h.label, []).append(h)
+    picked = []
+    while len(picked) < limit:
+        for items in by_class.values():
+            if items and len(picked) < limit:
+                picked.append(items.pop(0))
+    return picked
+
+
+def transfer_demo(root=None, *, seeds=3, cut: str | None = None, parallel: int | None = None,
+                  progress: ProgressFn | None = None, **over) -> tuple[Comparison, dict]:
+    """Scan -> cut -> compare on ``demo-he`` (see the module docstring).
+
+    Args:
+        root: runs root; the comparison goes to ``<root>/demo-transfer``.
+        seeds: count or list of seeds.
+        cut: skip the choice and cut here.
+        parallel: runs at a time in subprocesses (None: one after the other here).
+        over: overrides of the comparison's :class:`TrainConfig` (e.g. ``epochs=1``).
+
+    Returns:
+        ``(comparison, info)``, ``info`` saying how the cut was chosen: ``{"cut", "how",
+        "scan": {layer: mean R²}}``.
+    """
+    def say(frac, msg):
+        if progress:
+            progress(frac, msg)
+
+    info: dict = {}
+    if cut is None:
+        say(0.0, f"scanning {DEMO_ARCH} on {DEMO_DATASET}")
+        result = run_scan(ScanConfig(arch=DEMO_ARCH, weights="imagenet", dataset=DEMO_DATASET,
+                                     layers="all"),
+                          progress=lambda f, m: say(0.1 * f, f"scan: {m}"))
+        cut, why = result.suggest_cut()
+        info["scan"] = {s.layer: s.mean for s in result.layers}
+        if cut is None:
+            feature = [s for s in result.layers if s.layer not in ("pre_softmax", "softmax")]
+            cut = max(feature, key=lambda s: s.mean).layer
+            info["how"] = (f"no layer is significant against the controls ({why}); cut at the "
+                           f"peak of the mean R², {cut}")
+        else:
+            info["how"] = f"the scan's suggested cut: {why}"
+    else:
+        info["how"] = "given"
+    info["cut"] = cut
+    base = TrainConfig(arch=DEMO_ARCH, weights="imagenet", dataset=DEMO_DATASET,
+                       target="nuclei-area", log_every=5, **{**DEMO_SETTINGS, **over})
+    comp = compare(base, ["none", cut], seeds, runs_root(root) / DEMO_TRANSFER_DIR,
+                   parallel=parallel,
+                   progress=lambda f, m: say(0.1 + 0.9 * f, m))
+    return comp, info
