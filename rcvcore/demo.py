@@ -143,8 +143,8 @@ def transfer_demo(root=None, *, seeds=3, cut: str | None = None, parallel: int |
     else:
         info["how"] = "given"
     info["cut"] = cut
-    base = TrainConfig(arch=DEMO_ARCH, weights="imagenet", dataset=DEMO_DATASET,
-                       target="nuclei-area", log_every=5, **{**DEMO_SETTINGS, **over})
+    base = TrainConfig(**{"arch": DEMO_ARCH, "weights": "imagenet", "dataset": DEMO_DATASET,
+                          "target": "nuclei-area", "log_every": 5, **DEMO_SETTINGS, **over})
     comp = compare(base, ["none", cut], seeds, runs_root(root) / DEMO_TRANSFER_DIR,
                    parallel=parallel,
                    progress=lambda f, m: say(0.1 + 0.9 * f, m))

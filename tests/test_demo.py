@@ -1,0 +1,111 @@
+"""The transfer demo: the Predict page trains the demo model and tries it on held-out patches;
+``demo transfer`` runs scan -> cut -> compare.
+
+The demo's own settings (efficientnet_lite0 on demo-he) need the demo-he source, which tests never
+download; these tests give the same code paths a tiny configuration (resnet18, random weights,
+demo-histology), so the button, the run process, the held-out patches and the comparison are
+all real.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+import rcvcore.demo as demo
+from rcvcore.train import TrainConfig
+
+MAIN = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
+TINY = TrainConfig(arch="resnet18", weights="random", cut="add_2", dataset="demo-histology",
+                   target="magnification", n=36, epochs=1, batch_size=8, image_size=64,
+                   device="cpu", log_every=1)
+
+
+def test_demo_settings_are_the_documented_ones():
+    cfg = demo.demo_model_config()
+    assert (cfg.arch, cfg.weights, cfg.cut, cfg.dataset) == (
+        "efficientnet_lite0", "imagenet", demo.DEMO_CUT, "demo-he")
+    assert cfg.protocol == "recommended" and cfg.head_init == "rcv"
+    assert cfg.target == "magnification"
+    cfg.validate()      # the cut is a layer of efficientnet_lite0
+
+
+def test_predict_page_trains_the_demo_model_and_tries_held_out_patches(tmp_path, monkeypatch):
+    monkeypatch.setenv("RCV_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setattr(demo, "demo_model_config", lambda **over: TINY)
+    at = AppTest.from_file(MAIN, default_timeout=60)
+    at.run()
+    at.switch_page("pages/predict.py").run()
+    assert not at.exception, at.exception
+    assert any("No finished training run" in i.value for i in at.info)
+    button = next(b for b in at.button if b.key == "demo_train")
+    assert button.label == "Train the demo model"
+    button.click()
+    at.run()
+    assert not at.exception, at.exception
+    run = tmp_path / "runs" / demo.DEMO_MODEL_DIR
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        time.sleep(2)
+        at.run()   # AppTest does not tick st.fragment(run_every=...)
+        assert not at.exception, at.exception
+        if any(b.key == "demo_try" for b in at.button):
+            break
+    log = (run / "train.log").read_text()[-2000:] if (run / "train.log").exists() else ""
+    assert any(b.key == "demo_try" for b in at.button), log
+    # the page says which run and how good it was on its test split
+    assert any(str(run) in c.value and "test patches" in c.value for c in at.caption)
+    next(b for b in at.button if b.key == "demo_try").click()
+    at.run(timeout=60)
+    assert not at.exception, at.exception
+    table = at.dataframe[-1].value
+    held = demo.held_out_patches(run, 8)
+    assert len(table) == len(held) > 0
+    assert {h.label for h in held} == _test_classes(run)   # spread over the classes
+    # every card shows the prediction against the truth
+    mags = [m for m in at.metric if m.label == "Magnification"]
+    assert len(mags) == len(held) and all(m.delta for m in mags)
+
+
+def _test_classes(run) -> set:
+    """The classes present in the run's test split."""
+    import json
+
+    res = json.loads((Path(run) / "result.json").read_text())
+    return {p["label"] for p in res["test_predictions"]}
+
+
+def test_held_out_patches_are_the_test_split_spread_over_classes(tmp_path):
+    from rcvcore.train import train
+
+    res = train(dataclasses.replace(TINY, epochs=0), tmp_path / "run", handle_signals=False)
+    preds = res.result["test_predictions"]
+    held = demo.held_out_patches(tmp_path / "run", 4)
+    assert {h.path for h in held} <= {p["path"] for p in preds}
+    labels = [h.label for h in held]
+    n_classes = len({p["label"] for p in preds})
+    assert len(set(labels[:n_classes])) == min(n_classes, 4)   # one of each class first
+
+
+@pytest.mark.slow
+def test_cli_demo_transfer_scans_cuts_and_compares(tmp_path, monkeypatch):
+    """``demo transfer`` with a tiny network: the scan picks the cut, both networks train on
+    the same splits over 2 seeds, Table 2 with its paired tests and the paper's numbers."""
+    monkeypatch.setattr(demo, "DEMO_ARCH", "resnet18")
+    monkeypatch.setattr(demo, "DEMO_DATASET", "demo-histology")
+    real_scan = demo.run_scan
+    # the real scan, on a small configuration
+    monkeypatch.setattr(demo, "run_scan", lambda cfg, progress=None: real_scan(
+        dataclasses.replace(cfg, weights="random", n=36, layers="paper", repeats=3,
+                            permutations=20), progress))
+    comp, info = demo.transfer_demo(tmp_path / "runs", seeds=2, weights="random", n=36,
+                                    epochs=1, image_size=64, device="cpu", batch_size=8)
+    assert info["cut"] in {"add_1", "add_2", "add_3", "add_4", "add_5", "add_6", "add_7",
+                           "add_8"}
+    assert info["how"]
+    assert [r["cut"] for r in comp.rows] == ["none", info["cut"]]
+    assert all(s == "done" for r in comp.rows for s in r["states"])
+    assert comp.tests and "paper:" in comp.table()
