@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8501
 
-.PHONY: app demo-scan lint test test-fast browser-deps setup
+.PHONY: app demo-scan demo-model demo-transfer lint test test-fast browser-deps setup
 
 setup: $(VENV)/.installed
 
@@ -27,6 +27,13 @@ app: setup
 
 demo-scan: setup
 	$(BIN)/python -m rcvcore scan --arch efficientnet_lite0 --weights imagenet --dataset demo-scale
+
+# the Predict page's demo model, and scan -> cut -> compare on real H&E (demo-he; README)
+demo-model: setup
+	$(BIN)/python -m rcvcore demo model
+
+demo-transfer: setup
+	$(BIN)/python -m rcvcore demo transfer --seeds 3
 
 # ruff (pinned in requirements.txt, configured in pyproject.toml) before any test
 lint: setup
