@@ -319,11 +319,11 @@ def demo_model_status() -> dict:
             "error": st.get("error") or start_failure(rs)}
 
 
-def demo_held_out(limit: int = 8) -> list[tuple[str, bytes, str | None]]:
-    """Up to ``limit`` test patches of the demo model (never seen in its training), spread over
-    the magnifications: ``(file name, bytes, true magnification)``."""
+def held_out_samples(run_dir: str, limit: int = 8) -> list[tuple[str, bytes, str | None]]:
+    """Up to ``limit`` test patches of a finished run (never seen in its training), spread over
+    the classes: ``(file name, bytes, true class)``."""
     out = []
-    for h in demo.held_out_patches(demo.demo_model_dir(state.runs_root()), limit):
+    for h in demo.held_out_patches(run_dir, limit):
         p = Path(h.path)
         if p.is_file():
             out.append((f"{p.parent.name}/{p.name}", p.read_bytes(), h.label))

@@ -50,7 +50,8 @@ def _demo_panel() -> None:
             if st.button("Try it on held-out demo patches", key="demo_try",
                          icon=":material/science:"):
                 st.session_state["predict_run"] = d["run_dir"]
-                st.session_state["demo_samples"] = services.demo_held_out(8)
+                st.session_state["held_out"] = (d["run_dir"],
+                                                services.held_out_samples(d["run_dir"]))
                 st.rerun()
 
 
@@ -77,12 +78,17 @@ if st.button("Release cached models", key="predict_release",
 
 files = st.file_uploader("Patches", accept_multiple_files=True, key="predict_files",
                          type=["png", "jpg", "jpeg", "tif", "tiff", "bmp", "webp", "gif"])
-samples = st.session_state.get("demo_samples") if not files else None
+if st.button("Try this run's held-out test patches", key="predict_held_out",
+             help="up to 8 patches of the run's own test split (never seen in its training), "
+                  "spread over the classes, each shown with its true class"):
+    st.session_state["held_out"] = (run_dir, services.held_out_samples(run_dir))
+held = st.session_state.get("held_out")
+samples = held[1] if held and held[0] == run_dir and not files else None
 if not files and not samples:
     st.stop()
 truth = {name: label for name, _, label in samples} if samples else {}
 if samples:
-    st.caption("Held-out demo patches: the true magnification is shown on each card.")
+    st.caption("Held-out test patches of this run: the true class is shown on each card.")
 
 try:  # loaded on first use, then shared read-only by every session
     run = services.load_run(run_dir)
