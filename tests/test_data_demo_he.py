@@ -129,6 +129,8 @@ def test_fields_of_view_must_fit_a_tile(he_image, cache_dir):
         load_dataset("demo-he", cache_dir=cache_dir, patch_size=224)
     with pytest.raises(DatasetError, match="tile_size must be at least the patch size"):
         load_dataset("demo-he", cache_dir=cache_dir, tile_size=100)
+    with pytest.raises(DatasetError, match="whole numbers of pixels"):
+        load_dataset("demo-he", cache_dir=cache_dir, tile_size="big")
     with pytest.raises(DatasetError, match="magnifications must be numbers"):
         load_dataset("demo-he", cache_dir=cache_dir, magnifications="8,ten")
     # a tile exactly at the limit holds its patch

@@ -316,7 +316,11 @@ def load(path: str | None = None, *, n: int | None = None, seed: int = 0, cache_
         stride, max_per_level, split_seed, split_fractions, workers: as for ``janowczyk``.
     """
     reject_unknown("demo-he", load, unknown)
-    tile_size, patch_size = int(tile_size), int(patch_size)
+    try:
+        tile_size, patch_size = int(tile_size), int(patch_size)
+    except (TypeError, ValueError):
+        raise DatasetError(f"demo-he: tile_size and patch_size must be whole numbers of pixels, "
+                           f"got {tile_size!r} and {patch_size!r}.") from None
     if patch_size < MIN_PATCH_SIZE:
         raise DatasetError(f"demo-he: patch_size must be at least {MIN_PATCH_SIZE} px, got "
                            f"{patch_size}.")
