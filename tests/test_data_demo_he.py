@@ -232,14 +232,12 @@ def test_scan_and_train_take_dataset_options(he_image, tmp_path, capsys):
 
 
 def _real_region():
-    """A SHA-checked copy of the CMU region already in the user's cache, or None (never fetched)."""
-    from rcvcore.data.base import default_cache_dir
+    """A SHA-checked copy of the CMU region already in the user's rcvcore cache (the tests' own
+    cache is a private one), or None; only read, never fetched nor written."""
+    from platformdirs import user_cache_dir
 
-    for base in {default_cache_dir(), Path.home() / ".cache" / "rcvcore"}:
-        f = Path(base) / "demo-he" / dhe.SOURCE_NAME
-        if f.is_file() and dhe._sha256(f) == dhe.SOURCE_SHA256:
-            return f
-    return None
+    f = Path(user_cache_dir("rcvcore")) / "demo-he" / dhe.SOURCE_NAME
+    return f if f.is_file() and dhe._sha256(f) == dhe.SOURCE_SHA256 else None
 
 
 @pytest.mark.slow
