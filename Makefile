@@ -33,7 +33,7 @@ demo-model: setup
 	$(BIN)/python -m rcvcore demo model
 
 demo-transfer: setup
-	$(BIN)/python -m rcvcore demo transfer --seeds 3
+	$(BIN)/python -m rcvcore demo transfer
 
 # ruff (pinned in requirements.txt, configured in pyproject.toml) before any test
 lint: setup

@@ -28,8 +28,9 @@ def _demo_panel() -> None:
                 st.error(f"The last demo training failed: {security.redact(d['error'])}")
             label = ("Train the demo model" if d["state"] == "missing" else
                      "Train it again" if d["state"] == "failed" else "Finish training it")
-            st.caption("A few minutes on a laptop CPU: the patches are cut and segmented, the "
-                       "head starts at its closed-form fit, then 3 epochs of fine-tuning.")
+            st.caption("A few minutes on a laptop CPU: the real H&E patches are cut and "
+                       "segmented, the head starts at its logistic-probe fit, then "
+                       f"{d['epochs']} epochs of fine-tuning.")
             if st.button(label, type="primary", key="demo_train",
                          icon=":material/model_training:"):
                 try:

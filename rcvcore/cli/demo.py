@@ -47,11 +47,12 @@ def add_parser(sub) -> None:
                                     "with paired tests and the paper's numbers.")
     t.add_argument("--runs-dir", help="runs root; the comparison goes to "
                                       "RUNS_DIR/demo-transfer")
-    t.add_argument("--seeds", default="3", help="count or list (default 3)")
+    t.add_argument("--seeds", default="10", help="count or list (default 10, as the paper)")
     t.add_argument("--cut", help="cut here instead of the scan's choice")
     t.add_argument("--epochs", type=int, help=f"default {DEMO_SETTINGS['epochs']}")
     t.add_argument("--image-size", type=int, help=f"default {DEMO_SETTINGS['image_size']}")
     t.add_argument("--protocol", choices=["recommended", "paper"], help="default recommended")
+    t.add_argument("--head-init", choices=["rcv", "random"], help="default: the protocol's")
     t.add_argument("--device", help="auto | cpu | cuda | mps (default auto)")
     t.add_argument("--parallel", type=int, metavar="N",
                    help="train N runs at a time in subprocesses (default: one after the other)")
@@ -93,7 +94,8 @@ def _model(args) -> int:
 def _transfer(args) -> int:
     comp, info = transfer_demo(args.runs_dir, seeds=args.seeds, cut=args.cut,
                                parallel=args.parallel, progress=_progress(args),
-                               **_over(args, ("epochs", "image_size", "protocol", "device")))
+                               **_over(args, ("epochs", "image_size", "protocol", "head_init",
+                                              "device")))
     print(f"cut: {info['cut']} ({info['how']})")
     print(comp.table())
     print(comp.verdict())
