@@ -2,7 +2,8 @@
 
 :class:`Store` is a diskcache-backed store with an explicit size limit; it knows nothing of what
 it holds. Each user owns its key prefix and its value format: pooled activations are
-:class:`ActivationCache` entries (``act:``, keyed by content fingerprints), scan results are the
+:class:`ActivationCache` entries (``act:``, keyed by content fingerprints; the record is
+:class:`Extraction`, which :mod:`rcvcore.extract` returns), scan results are the
 scan's JSON under its own prefix (:data:`rcvcore.scan.RESULT_PREFIX`).
 
 One activation entry per (architecture, weights fingerprint, layer, pooling, preprocessing,
@@ -199,17 +200,38 @@ ACTIVATION_PREFIX = "act:"
 
 
 @dataclass(frozen=True)
-class CachedActivations:
-    """The pooled activations of one layer, as stored (one entry per layer)."""
+class Extraction:
+    """Pooled activations of a list of images, per layer, and which images could be read.
 
-    features: np.ndarray                   # (n_ok, n_channels) float32
-    ok: np.ndarray                         # indices of readable images
-    failed: tuple[tuple[int, str], ...]    # (index, reason)
+    The one record of extracted activations: :func:`rcvcore.extract.extract` returns it, the
+    :class:`ActivationCache` stores it (one entry per layer, each with the ok / failed record)
+    and the scan scores it. Row ``j`` of every ``features[layer]`` is image ``ok[j]``.
+    """
+
+    features: dict[str, np.ndarray]        # layer -> (n_ok, n_channels) float32
+    ok: np.ndarray                         # indices (into the input paths) of readable images
+    failed: tuple[tuple[int, str], ...]    # (index, reason) of unreadable images
+
+    def same_images(self, other: Extraction) -> bool:
+        """Whether ``other`` has the same readable and failed images (so their rows align)."""
+        return (np.array_equal(np.asarray(self.ok, dtype=int), np.asarray(other.ok, dtype=int))
+                and sorted(i for i, _ in self.failed) == sorted(i for i, _ in other.failed))
+
+    def merged(self, other: Extraction) -> Extraction:
+        """The layers of both (``other``'s win on a name clash); they must be of the same
+        images (:meth:`same_images`)."""
+        if not self.same_images(other):
+            raise ValueError("cannot merge activations of different readable images")
+        return Extraction({**self.features, **other.features}, self.ok, self.failed)
 
 
 class ActivationCache:
     """Pooled activations kept in a :class:`Store` (``store``, which other users share under
-    their own key prefixes); ``hits`` and ``misses`` count layer lookups."""
+    their own key prefixes); ``hits`` and ``misses`` count layer lookups.
+
+    On disk, one entry per :class:`ActivationKey` (one layer):
+    ``{"features": (n_ok, C) float32, "ok": [int], "failed": [[int, str]]}``.
+    """
 
     def __init__(self, directory, size_limit_gb: float | None = None):
         self.store = Store(directory, size_limit_gb)
@@ -217,9 +239,12 @@ class ActivationCache:
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: ActivationKey, n_images: int) -> CachedActivations | None:
+    def get(self, key: ActivationKey, n_images: int) -> Extraction | None:
+        """The cached activations of layer ``key.layer`` (an :class:`Extraction` with that one
+        layer) for a dataset of ``n_images``, or None: missing, unreadable or inconsistent
+        entries are misses (and dropped)."""
         value = self.store.get(key.digest())
-        entry = self._validate(value, n_images)
+        entry = self._validate(value, n_images, key.layer)
         if entry is None:
             if value is not None:
                 self.store.delete(key.digest())
@@ -229,24 +254,26 @@ class ActivationCache:
         return entry
 
     @staticmethod
-    def _validate(value, n_images: int) -> CachedActivations | None:
+    def _validate(value, n_images: int, layer: str) -> Extraction | None:
         try:
             feats = np.asarray(value["features"], dtype=np.float32)
             ok = np.asarray(value["ok"], dtype=int)
             failed = tuple((int(i), str(r)) for i, r in value["failed"])
         except Exception:  # any malformed entry is a miss
             return None
-        if feats.ndim != 2 or feats.shape[0] != len(ok) or len(ok) + len(failed) != n_images:
+        if feats.ndim != 2 or ok.ndim != 1 or feats.shape[0] != len(ok) or \
+                len(ok) + len(failed) != n_images:
             return None
         if not np.all(np.isfinite(feats)):
             return None
-        return CachedActivations(feats, ok, failed)
+        return Extraction({layer: feats}, ok, failed)
 
-    def put(self, key: ActivationKey, entry: CachedActivations) -> None:
-        self.store.put(key.digest(), {"features": np.ascontiguousarray(entry.features,
-                                                                       dtype=np.float32),
-                                      "ok": entry.ok.tolist(),
-                                      "failed": [list(f) for f in entry.failed]})
+    def put(self, key: ActivationKey, extraction: Extraction) -> None:
+        """Store layer ``key.layer`` of ``extraction`` with its ok / failed record."""
+        self.store.put(key.digest(), {
+            "features": np.ascontiguousarray(extraction.features[key.layer], dtype=np.float32),
+            "ok": np.asarray(extraction.ok, dtype=int).tolist(),
+            "failed": [[int(i), str(r)] for i, r in extraction.failed]})
 
     def close(self) -> None:
         self.store.close()
