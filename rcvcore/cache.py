@@ -13,6 +13,7 @@ that cannot be read or has the wrong shape is treated as a miss and recomputed.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -36,6 +37,12 @@ def open_diskcache(directory, **settings):
     up, a copy cut short) is moved aside to ``<directory>/corrupt-<time>/`` with a warning and a
     new, empty cache is opened: cached values are lost, nothing else. A database that is only
     busy (locked by another process) is left alone.
+
+    Processes may open one directory at once (concurrent scans): opening takes a shared lock on
+    ``<directory>/open.lock`` and healing an exclusive one, so one process moves the database
+    aside and creates the new one while no other is half-way through opening either, and the
+    others then find the healed database (without the lock, a process could open the new
+    database just as another moved it aside: "disk I/O error", "readonly database").
     """
     import sqlite3
     import time
@@ -44,29 +51,48 @@ def open_diskcache(directory, **settings):
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     db = directory / "cache.db"
-    problem = _db_problem(db)
-    if problem is None:
-        try:
-            return diskcache.Cache(str(directory), **settings)
-        except sqlite3.OperationalError:
-            raise
-        except sqlite3.DatabaseError as e:
-            problem = str(e)
-    # check again just before moving: another process may have healed it meanwhile, and its
-    # fresh database must not be moved aside
-    if _db_problem(db) is not None or (db.is_file() and not _db_healthy(db)):
-        aside = directory / f"corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-        aside.mkdir(parents=True, exist_ok=True)
-        for name in ("cache.db", "cache.db-wal", "cache.db-shm"):
+    with _open_lock(directory, exclusive=False):
+        problem = _db_problem(db)
+        if problem is None:
             try:
-                os.replace(directory / name, aside / name)
-            except FileNotFoundError:
-                pass                # another process moved it first
-        warnings.warn(f"The cache database {db} was corrupt ({problem}); moved it to {aside} "
-                      "and started an empty cache (cached activations and results are "
-                      f"recomputed). Delete {aside} when you no longer need it.", Notice,
-                      stacklevel=3)
-    return diskcache.Cache(str(directory), **settings)
+                return diskcache.Cache(str(directory), **settings)
+            except sqlite3.OperationalError:
+                raise
+            except sqlite3.DatabaseError as e:
+                problem = str(e)
+    with _open_lock(directory, exclusive=True):
+        # check again under the lock: another process may have healed it meanwhile, and its
+        # fresh database must not be moved aside
+        if _db_problem(db) is not None or (db.is_file() and not _db_healthy(db)):
+            aside = directory / f"corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+            aside.mkdir(parents=True, exist_ok=True)
+            for name in ("cache.db", "cache.db-wal", "cache.db-shm"):
+                try:
+                    os.replace(directory / name, aside / name)
+                except FileNotFoundError:
+                    pass
+            warnings.warn(f"The cache database {db} was corrupt ({problem}); moved it to "
+                          f"{aside} and started an empty cache (cached activations and results "
+                          f"are recomputed). Delete {aside} when you no longer need it.", Notice,
+                          stacklevel=3)
+        return diskcache.Cache(str(directory), **settings)
+
+
+@contextlib.contextmanager
+def _open_lock(directory: Path, exclusive: bool):
+    """An advisory lock on ``directory/open.lock`` (shared or exclusive) while opening; none
+    where the platform has no ``fcntl`` (Windows)."""
+    try:
+        import fcntl  # POSIX only
+    except ImportError:
+        yield
+        return
+    with open(directory / "open.lock", "a+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _db_problem(db: Path) -> str | None:
