@@ -15,23 +15,28 @@ import json
 import os
 import pickle
 import sqlite3
-import struct
 import subprocess
 import sys
 import time
 import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from _train_fixtures import REPO, disc_image, write_folder
+from _bad_files import (
+    BAD_IMAGES,
+    IMAGE_CASES,
+    SECRET,
+    good_image,
+    header_png,
+    write_bad_images,
+)
+from _train_fixtures import REPO, write_folder
 from PIL import Image
 
 from rcvcore.cli import main
 
-SECRET = "root:$6$s3cr3t-hash-line"
 TINY_SCAN = ["--arch", "resnet18", "--weights", "random", "--layers", "add_1,add_2",
              "--repeats", "2", "--controls", "none", "--no-per-class", "--quiet"]
 TINY_TRAIN = ["--arch", "resnet18", "--weights", "random", "--cut", "add_2", "--epochs", "1",
@@ -70,121 +75,9 @@ def assert_one_line_error(rc: int, err: str, *names: str) -> str:
     return errors[0]
 
 
-# --------------------------------------------------------------------------------------------
-# bad image files: name -> (writer, expected reason or None when the file must be used)
-# --------------------------------------------------------------------------------------------
-
-def _png_chunk(kind_: bytes, data: bytes) -> bytes:
-    return (struct.pack(">I", len(data)) + kind_ + data
-            + struct.pack(">I", zlib.crc32(kind_ + data) & 0xFFFFFFFF))
-
-
-def _header_png(path: Path, w: int, h: int) -> None:
-    """A tiny PNG whose header claims ``w`` x ``h`` pixels."""
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr)
-                     + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64)) + _png_chunk(b"IEND", b""))
-
-
-def _good(seed: int) -> Image.Image:
-    return Image.fromarray(disc_image(6.0, seed))
-
-
-def _truncated_png(p):
-    _good(1).save(p)
-    p.write_bytes(p.read_bytes()[:300])
-
-
-def _truncated_jpeg(p):
-    _good(2).save(p, quality=95)
-    p.write_bytes(p.read_bytes()[:200])
-
-
-def _text(p):
-    p.write_text(f"{SECRET}\nthis is a text file, not an image\n")
-
-
-def _random(p):
-    p.write_bytes(np.random.default_rng(0).bytes(2000) + SECRET.encode())
-
-
-def _eps(p):
-    p.write_text(f"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n% {SECRET}\nshowpage\n")
-
-
-def _ppm_token(p):
-    p.write_bytes(b"P6\n" + SECRET.encode() * 3 + b"\n")
-
-
-def _bomb_over(p):
-    _header_png(p, 40_000, 40_000)         # 1.6 Gpx: above twice the limit, Pillow refuses
-
-
-def _bomb_limit(p):
-    _header_png(p, 22_000, 22_000)         # 484 Mpx: above the 400 Mpx limit the code states
-
-
-def _sixteen_bit(p):
-    Image.fromarray(disc_image(6.0, 3)[..., 0].astype(np.uint16) * 257).save(p)
-
-
-def _rgba(p):
-    rgb = disc_image(6.0, 4)
-    Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 128, np.uint8)])).save(p)
-
-
-def _one_pixel(p):
-    Image.new("RGB", (1, 1), (90, 60, 150)).save(p)
-
-
-def _cmyk(p):
-    _good(5).convert("CMYK").save(p, quality=90)
-
-
-def _float_tiff(p):
-    import tifffile
-
-    tifffile.imwrite(p, disc_image(6.0, 6).astype(np.float32) / 255.0, photometric="rgb")
-
-
-def _directory(p):
-    p.mkdir()
-
-
-def _dangling(p):
-    p.symlink_to(p.parent / "does-not-exist.png")
-
-
-def _empty(p):
-    p.write_bytes(b"")
-
-
-IMAGE_CASES = {
-    kind("truncated.png"): (_truncated_png, "truncated|corrupt"),
-    kind("truncated.jpg"): (_truncated_jpeg, "truncated|corrupt"),
-    kind("empty.png"): (_empty, "empty"),
-    kind("text.png"): (_text, "not a readable image"),
-    kind("random.jpg"): (_random, "not a readable image"),
-    kind("postscript.png"): (_eps, "not a readable image"),
-    kind("ppm-token.ppm"): (_ppm_token, "not a readable image|truncated|corrupt"),
-    kind("text.tif"): (_text, "not a readable image"),
-    kind("bomb.png"): (_bomb_over, "decompression bomb"),
-    kind("bomb-400mpx.png"): (_bomb_limit, "above the limit of 400,000,000 pixels"),
-    kind("folder.png"): (_directory, "not a file"),
-    kind("dangling.png"): (_dangling, "symlink to a missing file"),
-    kind("gray16.png"): (_sixteen_bit, None),
-    kind("rgba.png"): (_rgba, None),
-    kind("one-pixel.png"): (_one_pixel, None),
-    kind("cmyk.jpg"): (_cmyk, None),
-    kind("float.tif"): (_float_tiff, None),
-}
-BAD_IMAGES = [n for n, (_, why) in IMAGE_CASES.items() if why]
-
-
-def write_bad_images(folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, (writer, _) in IMAGE_CASES.items():
-        writer(folder / name)
+# bad image files (tests/_bad_files.py): name -> (writer, expected reason or None when used)
+for _name in IMAGE_CASES:
+    kind(_name)
 
 
 def add_rows(folder: Path, rows) -> None:
@@ -297,7 +190,7 @@ def _folder(root: Path, rows, header=("path", "scale", "class"), n: int = 8,
     root.mkdir(parents=True, exist_ok=True)
     good = []
     for i in range(n):
-        _good(i).save(root / f"ok{i}.png")
+        good_image(i).save(root / f"ok{i}.png")
         good.append((f"ok{i}.png", f"{10 + 3 * i}", "a" if i % 2 else "b"))
     with open(root / "labels.csv", "w", newline="", encoding=encoding) as f:
         w = csv.writer(f)
@@ -308,13 +201,13 @@ def _folder(root: Path, rows, header=("path", "scale", "class"), n: int = 8,
 
 def _outside(tmp: Path) -> list:
     (tmp / "elsewhere").mkdir(exist_ok=True)
-    _good(9).save(tmp / "elsewhere" / "out.png")
+    good_image(9).save(tmp / "elsewhere" / "out.png")
     return [("../elsewhere/out.png", "5", "a")]
 
 
 def _absolute(tmp: Path) -> list:
     (tmp / "elsewhere").mkdir(exist_ok=True)
-    _good(9).save(tmp / "elsewhere" / "abs.png")
+    good_image(9).save(tmp / "elsewhere" / "abs.png")
     return [(str(tmp / "elsewhere" / "abs.png"), "5", "a")]
 
 
@@ -419,7 +312,7 @@ def _secret_file(t):
 
 
 def _binary_file(t):
-    _good(0).save(t / "x.png")
+    good_image(0).save(t / "x.png")
     return t / "x.png"
 
 
@@ -609,7 +502,7 @@ def test_pillow_limit_is_the_stated_limit(tmp_path):
 
     assert Image.MAX_IMAGE_PIXELS == MAX_PIXELS == 400_000_000
     kind("header of 100 Mpx (above Pillow's default 89 Mpx, below the stated limit)")
-    _header_png(tmp_path / "big.png", 10_000, 10_000)
+    header_png(tmp_path / "big.png", 10_000, 10_000)
     with warnings.catch_warnings():
         warnings.simplefilter("error")                    # no DecompressionBombWarning either
         res = check_images([str(tmp_path / "big.png")], None, decode=False, workers=1)
