@@ -35,7 +35,9 @@ from _bad_files import (
 from _train_fixtures import REPO, write_folder
 from PIL import Image
 
+from rcvcore.cache import ACTIVATION_PREFIX, Store
 from rcvcore.cli import main
+from rcvcore.scan import RESULT_PREFIX
 
 TINY_SCAN = ["--arch", "resnet18", "--weights", "random", "--layers", "add_1,add_2",
              "--repeats", "2", "--controls", "none", "--no-per-class", "--quiet"]
@@ -667,6 +669,80 @@ def test_processes_opening_one_corrupt_cache_at_once_all_heal(tmp_path):
         finally:
             con.close()
         assert len(list(d.glob("corrupt-*/cache.db"))) == 1     # moved aside once, not twice
+
+
+def _truncate_cache_values(activations: Path) -> int:
+    """Cut every value of the store in half (inline in SQLite, or in its own file); returns how
+    many were cut."""
+    cut = 0
+    for f in activations.rglob("*.val"):
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+        cut += 1
+    con = sqlite3.connect(activations / "cache.db")
+    try:
+        with con:
+            cut += con.execute("UPDATE Cache SET value = substr(value, 1, length(value) / 2) "
+                               "WHERE filename IS NULL AND value IS NOT NULL").rowcount
+    finally:
+        con.close()
+    return cut
+
+
+def test_truncated_cache_values_are_recomputed(scale_folder, tmp_path, capsys):
+    kind("cache values (activations and a saved result) truncated")
+    cache = tmp_path / "c"
+    args = ["scan", *TINY_SCAN, "--dataset", f"folder:{scale_folder}", "--cache-dir", cache,
+            "--json", tmp_path / "s.json"]
+    assert run(capsys, *args)[0] == 0
+    ref = json.loads((tmp_path / "s.json").read_text())
+    assert _truncate_cache_values(cache / "activations") == 3      # 2 layers + the result
+    rc, _, err = run(capsys, *args)
+    assert rc == 0, err
+    again = json.loads((tmp_path / "s.json").read_text())
+    assert again["cache"] == {"hits": 0, "misses": 2, "result": "miss"}
+    assert [x["r2"] for x in again["layers"]] == [x["r2"] for x in ref["layers"]]
+    rc, _, _ = run(capsys, *args)                                   # rewritten whole
+    assert json.loads((tmp_path / "s.json").read_text())["cache"]["result"] == "hit"
+
+
+@pytest.mark.slow
+def test_concurrent_scans_on_one_cache_agree_with_a_sequential_one(scale_folder, tmp_path):
+    """3 scans started together on one empty cache directory, each its own process: all
+    complete, and their R² equal a scan run alone (on its own cache); the cache then holds one
+    entry per layer and one result, and a fourth scan is a hit."""
+    kind("3 concurrent scans on one cache directory")
+
+    def scan(cache: Path, out: Path) -> subprocess.Popen:
+        env = {**os.environ, "RCV_NO_DOWNLOAD": "1", "HF_HUB_OFFLINE": "1",
+               "OMP_NUM_THREADS": "1"}
+        return subprocess.Popen(
+            [sys.executable, "-m", "rcvcore", "scan", *TINY_SCAN, "--dataset",
+             f"folder:{scale_folder}", "--cache-dir", str(cache), "--json", str(out)],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def r2(out: Path):
+        d = json.loads(out.read_text())
+        return {x["name"]: x["r2"] for x in d["layers"]}, d["cache"]
+
+    alone = scan(tmp_path / "alone", tmp_path / "alone.json")
+    assert alone.wait(300) == 0, alone.stderr.read()
+    ref, _ = r2(tmp_path / "alone.json")
+    shared = tmp_path / "shared"
+    procs = [scan(shared, tmp_path / f"p{i}.json") for i in range(3)]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        assert "Traceback" not in err and "corrupt" not in err, err
+    for i in range(3):
+        got, counts = r2(tmp_path / f"p{i}.json")
+        assert got == ref, i                  # the same images, weights and splits: equal
+        assert counts["result"] in ("miss", "hit")
+    with Store(shared / "activations") as store:
+        assert store.count(ACTIVATION_PREFIX) == 2 and store.count(RESULT_PREFIX) == 1
+    fourth = scan(shared, tmp_path / "p3.json")
+    assert fourth.wait(300) == 0
+    got, counts = r2(tmp_path / "p3.json")
+    assert got == ref and counts == {"hits": 2, "misses": 0, "result": "hit"}
 
 
 def test_orphaned_temporary_files_are_cleaned(tmp_path, capsys):
