@@ -776,7 +776,7 @@ def test_an_output_path_that_cannot_be_written_is_one_line(command, scale_folder
 
 
 def test_the_corpus_is_large_enough():
-    """README states the number of kinds tried (62 when the whole file runs; this test runs
+    """README states the number of kinds tried (64 when the whole file runs; this test runs
     last); at least the 20 of the issue."""
     print(f"{len(KINDS)} kinds of bad input tried")
     assert len(KINDS) >= 20 and len(set(KINDS)) == len(KINDS)
