@@ -29,6 +29,7 @@ import ipaddress
 import os
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import streamlit as st
@@ -99,19 +100,78 @@ def password() -> str | None:
     return None if value is None else str(value)
 
 
-def streamlit_auth_configured() -> bool:
-    """Streamlit's own OIDC login (``st.login``) is configured in secrets.toml (``[auth]``)."""
-    auth = _secret("auth")
+#: keys Streamlit's login needs under ``[auth]``, and for each identity provider (its keys
+#: directly under ``[auth]`` for the default provider, or an ``[auth.NAME]`` table per provider)
+AUTH_KEYS = ("redirect_uri", "cookie_secret")
+PROVIDER_KEYS = ("client_id", "client_secret", "server_metadata_url")
+AUTHLIB_MIN = (1, 3, 2)   # what st.login requires
+
+
+def _authlib_ok() -> bool:
+    """Authlib (which ``st.login`` needs, at least :data:`AUTHLIB_MIN`) is installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
-        return bool(auth) and bool(auth.get("redirect_uri")) and bool(auth.get("cookie_secret"))
-    except AttributeError:
+        found = version("authlib")
+    except PackageNotFoundError:
         return False
+    parts = []
+    for p in found.split(".")[:3]:
+        digits = "".join(c for c in p if c.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts) >= AUTHLIB_MIN
+
+
+def _auth_section():
+    """The ``[auth]`` table of secrets.toml (a mapping), or None when there is none."""
+    auth = _secret("auth")
+    return auth if isinstance(auth, Mapping) else None
+
+
+def login_providers() -> list[str | None]:
+    """The identity providers of ``[auth]`` that ``st.login`` can use: None for the default one
+    (its keys directly under ``[auth]``), then the name of each complete ``[auth.NAME]``."""
+    auth = _auth_section() or {}
+    out: list[str | None] = [None] if all(auth.get(k) for k in PROVIDER_KEYS) else []
+    out += [name for name, v in auth.items() if isinstance(v, Mapping) and "_" not in name
+            and all(v.get(k) for k in PROVIDER_KEYS)]
+    return out
+
+
+def streamlit_auth_problem() -> str | None:
+    """Why the ``[auth]`` table of secrets.toml cannot give a working login, or None when it
+    can (or when there is none)."""
+    auth = _auth_section()
+    if auth is None:
+        return None
+    missing = [k for k in AUTH_KEYS if not auth.get(k)]
+    if missing:
+        return (f"[auth] in .streamlit/secrets.toml lacks {' and '.join(missing)} (Streamlit's "
+                "login needs redirect_uri, ending in /oauth2callback, and a random "
+                "cookie_secret)")
+    if not login_providers():
+        return ("[auth] in .streamlit/secrets.toml names no identity provider: give "
+                f"{', '.join(PROVIDER_KEYS)} under [auth] (one provider) or under [auth.NAME] "
+                "(one table per provider, no underscore in NAME)")
+    if not _authlib_ok():
+        return ("Streamlit's login ([auth] in .streamlit/secrets.toml) needs Authlib "
+                f">= {'.'.join(map(str, AUTHLIB_MIN))}, which is not installed: pip install "
+                "'Authlib>=1.3.2' (or use RCV_DASHBOARD_PASSWORD instead)")
+    return None
+
+
+def streamlit_auth_configured() -> bool:
+    """Streamlit's own OIDC login (``st.login``) is configured in secrets.toml (``[auth]``) and
+    can work: its keys, at least one provider, and Authlib installed."""
+    return _auth_section() is not None and streamlit_auth_problem() is None
 
 
 def auth_problem() -> str | None:
-    """Why authentication is not (properly) configured, or None when it is."""
-    if streamlit_auth_configured():
-        return None
+    """Why authentication is not (properly) configured, or None when it is. An ``[auth]``
+    table that cannot work is a problem even when a password is set: whoever wrote it expects
+    that login, not the password."""
+    if _auth_section() is not None:
+        return streamlit_auth_problem()
     pw = password()
     if pw is None:
         return (f"no authentication is configured: set {PASSWORD_ENV} (at least "
@@ -136,7 +196,7 @@ def served(address: str | None = ...) -> bool:
     """Served mode (see the module docstring); ``address`` defaults to the server's."""
     address = bind_address() if address is ... else address
     return (not is_loopback(address) or _flag(SERVED_ENV) or password() is not None
-            or streamlit_auth_configured())
+            or _auth_section() is not None)
 
 
 def startup_problem(address: str | None) -> str | None:
@@ -221,7 +281,12 @@ def gate() -> bool:
             st.sidebar.button("Log out", on_click=st.logout, key="rcv_logout")
             return True
         st.title("rcvcore dashboard")
-        st.button("Log in", on_click=st.login, type="primary", key="rcv_login")
+        for provider in login_providers():
+            if provider is None:
+                st.button("Log in", on_click=st.login, type="primary", key="rcv_login")
+            else:
+                st.button(f"Log in with {provider}", on_click=st.login, args=(provider,),
+                          type="primary", key=f"rcv_login_{provider}")
         return False
     if st.session_state.get(AUTH_KEY):
         if st.sidebar.button("Sign out", key="rcv_signout"):

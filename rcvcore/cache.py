@@ -2,7 +2,8 @@
 
 :class:`Store` is a diskcache-backed store with an explicit size limit; it knows nothing of what
 it holds. Each user owns its key prefix and its value format: pooled activations are
-:class:`ActivationCache` entries (``act:``, keyed by content fingerprints), scan results are the
+:class:`ActivationCache` entries (``act:``, keyed by content fingerprints; the record is
+:class:`Extraction`, which :mod:`rcvcore.extract` returns), scan results are the
 scan's JSON under its own prefix (:data:`rcvcore.scan.RESULT_PREFIX`).
 
 One activation entry per (architecture, weights fingerprint, layer, pooling, preprocessing,
@@ -12,6 +13,7 @@ that cannot be read or has the wrong shape is treated as a miss and recomputed.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -35,6 +37,12 @@ def open_diskcache(directory, **settings):
     up, a copy cut short) is moved aside to ``<directory>/corrupt-<time>/`` with a warning and a
     new, empty cache is opened: cached values are lost, nothing else. A database that is only
     busy (locked by another process) is left alone.
+
+    Processes may open one directory at once (concurrent scans): opening takes a shared lock on
+    ``<directory>/open.lock`` and healing an exclusive one, so one process moves the database
+    aside and creates the new one while no other is half-way through opening either, and the
+    others then find the healed database (without the lock, a process could open the new
+    database just as another moved it aside: "disk I/O error", "readonly database").
     """
     import sqlite3
     import time
@@ -43,29 +51,48 @@ def open_diskcache(directory, **settings):
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     db = directory / "cache.db"
-    problem = _db_problem(db)
-    if problem is None:
-        try:
-            return diskcache.Cache(str(directory), **settings)
-        except sqlite3.OperationalError:
-            raise
-        except sqlite3.DatabaseError as e:
-            problem = str(e)
-    # check again just before moving: another process may have healed it meanwhile, and its
-    # fresh database must not be moved aside
-    if _db_problem(db) is not None or (db.is_file() and not _db_healthy(db)):
-        aside = directory / f"corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-        aside.mkdir(parents=True, exist_ok=True)
-        for name in ("cache.db", "cache.db-wal", "cache.db-shm"):
+    with _open_lock(directory, exclusive=False):
+        problem = _db_problem(db)
+        if problem is None:
             try:
-                os.replace(directory / name, aside / name)
-            except FileNotFoundError:
-                pass                # another process moved it first
-        warnings.warn(f"The cache database {db} was corrupt ({problem}); moved it to {aside} "
-                      "and started an empty cache (cached activations and results are "
-                      f"recomputed). Delete {aside} when you no longer need it.", Notice,
-                      stacklevel=3)
-    return diskcache.Cache(str(directory), **settings)
+                return diskcache.Cache(str(directory), **settings)
+            except sqlite3.OperationalError:
+                raise
+            except sqlite3.DatabaseError as e:
+                problem = str(e)
+    with _open_lock(directory, exclusive=True):
+        # check again under the lock: another process may have healed it meanwhile, and its
+        # fresh database must not be moved aside
+        if _db_problem(db) is not None or (db.is_file() and not _db_healthy(db)):
+            aside = directory / f"corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+            aside.mkdir(parents=True, exist_ok=True)
+            for name in ("cache.db", "cache.db-wal", "cache.db-shm"):
+                try:
+                    os.replace(directory / name, aside / name)
+                except FileNotFoundError:
+                    pass
+            warnings.warn(f"The cache database {db} was corrupt ({problem}); moved it to "
+                          f"{aside} and started an empty cache (cached activations and results "
+                          f"are recomputed). Delete {aside} when you no longer need it.", Notice,
+                          stacklevel=3)
+        return diskcache.Cache(str(directory), **settings)
+
+
+@contextlib.contextmanager
+def _open_lock(directory: Path, exclusive: bool):
+    """An advisory lock on ``directory/open.lock`` (shared or exclusive) while opening; none
+    where the platform has no ``fcntl`` (Windows)."""
+    try:
+        import fcntl  # POSIX only
+    except ImportError:
+        yield
+        return
+    with open(directory / "open.lock", "a+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _db_problem(db: Path) -> str | None:
@@ -199,17 +226,38 @@ ACTIVATION_PREFIX = "act:"
 
 
 @dataclass(frozen=True)
-class CachedActivations:
-    """The pooled activations of one layer, as stored (one entry per layer)."""
+class Extraction:
+    """Pooled activations of a list of images, per layer, and which images could be read.
 
-    features: np.ndarray                   # (n_ok, n_channels) float32
-    ok: np.ndarray                         # indices of readable images
-    failed: tuple[tuple[int, str], ...]    # (index, reason)
+    The one record of extracted activations: :func:`rcvcore.extract.extract` returns it, the
+    :class:`ActivationCache` stores it (one entry per layer, each with the ok / failed record)
+    and the scan scores it. Row ``j`` of every ``features[layer]`` is image ``ok[j]``.
+    """
+
+    features: dict[str, np.ndarray]        # layer -> (n_ok, n_channels) float32
+    ok: np.ndarray                         # indices (into the input paths) of readable images
+    failed: tuple[tuple[int, str], ...]    # (index, reason) of unreadable images
+
+    def same_images(self, other: Extraction) -> bool:
+        """Whether ``other`` has the same readable and failed images (so their rows align)."""
+        return (np.array_equal(np.asarray(self.ok, dtype=int), np.asarray(other.ok, dtype=int))
+                and sorted(i for i, _ in self.failed) == sorted(i for i, _ in other.failed))
+
+    def merged(self, other: Extraction) -> Extraction:
+        """The layers of both (``other``'s win on a name clash); they must be of the same
+        images (:meth:`same_images`)."""
+        if not self.same_images(other):
+            raise ValueError("cannot merge activations of different readable images")
+        return Extraction({**self.features, **other.features}, self.ok, self.failed)
 
 
 class ActivationCache:
     """Pooled activations kept in a :class:`Store` (``store``, which other users share under
-    their own key prefixes); ``hits`` and ``misses`` count layer lookups."""
+    their own key prefixes); ``hits`` and ``misses`` count layer lookups.
+
+    On disk, one entry per :class:`ActivationKey` (one layer):
+    ``{"features": (n_ok, C) float32, "ok": [int], "failed": [[int, str]]}``.
+    """
 
     def __init__(self, directory, size_limit_gb: float | None = None):
         self.store = Store(directory, size_limit_gb)
@@ -217,9 +265,12 @@ class ActivationCache:
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: ActivationKey, n_images: int) -> CachedActivations | None:
+    def get(self, key: ActivationKey, n_images: int) -> Extraction | None:
+        """The cached activations of layer ``key.layer`` (an :class:`Extraction` with that one
+        layer) for a dataset of ``n_images``, or None: missing, unreadable or inconsistent
+        entries are misses (and dropped)."""
         value = self.store.get(key.digest())
-        entry = self._validate(value, n_images)
+        entry = self._validate(value, n_images, key.layer)
         if entry is None:
             if value is not None:
                 self.store.delete(key.digest())
@@ -229,24 +280,26 @@ class ActivationCache:
         return entry
 
     @staticmethod
-    def _validate(value, n_images: int) -> CachedActivations | None:
+    def _validate(value, n_images: int, layer: str) -> Extraction | None:
         try:
             feats = np.asarray(value["features"], dtype=np.float32)
             ok = np.asarray(value["ok"], dtype=int)
             failed = tuple((int(i), str(r)) for i, r in value["failed"])
         except Exception:  # any malformed entry is a miss
             return None
-        if feats.ndim != 2 or feats.shape[0] != len(ok) or len(ok) + len(failed) != n_images:
+        if feats.ndim != 2 or ok.ndim != 1 or feats.shape[0] != len(ok) or \
+                len(ok) + len(failed) != n_images:
             return None
         if not np.all(np.isfinite(feats)):
             return None
-        return CachedActivations(feats, ok, failed)
+        return Extraction({layer: feats}, ok, failed)
 
-    def put(self, key: ActivationKey, entry: CachedActivations) -> None:
-        self.store.put(key.digest(), {"features": np.ascontiguousarray(entry.features,
-                                                                       dtype=np.float32),
-                                      "ok": entry.ok.tolist(),
-                                      "failed": [list(f) for f in entry.failed]})
+    def put(self, key: ActivationKey, extraction: Extraction) -> None:
+        """Store layer ``key.layer`` of ``extraction`` with its ok / failed record."""
+        self.store.put(key.digest(), {
+            "features": np.ascontiguousarray(extraction.features[key.layer], dtype=np.float32),
+            "ok": np.asarray(extraction.ok, dtype=int).tolist(),
+            "failed": [[int(i), str(r)] for i, r in extraction.failed]})
 
     def close(self) -> None:
         self.store.close()

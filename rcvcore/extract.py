@@ -9,13 +9,13 @@ import copy
 import functools
 import os
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
+from .cache import Extraction
 from .errors import UserError
 from .models import SOFTMAX, ArchSpec, get_arch, is_timm_model, resolve_backbone
 
@@ -170,18 +170,14 @@ def default_workers(device: torch.device) -> int:
     return min(8, max(1, n // 2))
 
 
-@dataclass(frozen=True)
-class Extraction:
-    """Pooled activations of the images that could be read."""
-
-    features: dict[str, np.ndarray]       # layer -> (n_ok, n_channels) float32
-    ok: np.ndarray                        # indices (into the input paths) of readable images
-    failed: tuple[tuple[int, str], ...]   # (index, reason) of unreadable images
-
-
 def extract(extractor: FeatureExtractor, paths: list[str], transform, batch_size: int = 16,
             workers: int | None = None, progress=None) -> Extraction:
-    """Stream ``paths`` through ``extractor``; unreadable files are reported, not fatal."""
+    """Stream ``paths`` through ``extractor``; unreadable files are reported, not fatal.
+
+    Returns:
+        An :class:`~rcvcore.cache.Extraction` (the record the activation cache stores): every
+        layer of ``extractor`` for the readable images, and the unreadable ones with reasons.
+    """
     loader = torch.utils.data.DataLoader(
         _ImageFiles(paths, transform), batch_size=batch_size, shuffle=False,
         num_workers=default_workers(extractor.device) if workers is None else workers,

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import ActivationCache, ActivationKey, CachedActivations, Store
+from .cache import ActivationCache, ActivationKey, Extraction, Store
 from .data import Dataset, load_dataset
 from .data.base import closest, default_cache_dir, fingerprint
 from .data.boxes import visible_box_fraction
 from .dist import Dist, barrier, broadcast, gather, init_distributed
 from .errors import SkippedFile, UserError
-from .extract import Extraction, FeatureExtractor, extract, resolve_device
+from .extract import FeatureExtractor, extract, resolve_device
 from .models import PRE_SOFTMAX, SOFTMAX, ArchSpec, Backbone, get_arch, resolve_backbone
 from .rcv import (
     CORRECTION,
@@ -370,16 +370,16 @@ def activations(backbone: Backbone, layers: list[str], ds: Dataset, *,
                 device: str = "auto", batch_size: int = 16,
                 cache: ActivationCache | None = None, progress: ProgressFn | None = None,
                 images_fp: str | None = None, dist: Dist | None = None
-                ) -> tuple[CachedActivations | None, dict[str, np.ndarray], float]:
+                ) -> tuple[Extraction | None, float]:
     """Pooled activations of ``layers`` of ``backbone`` for every image of ``ds``; cached layers
     are not recomputed, and all missing layers come from ONE forward pass.
 
     Under torchrun (``dist`` enabled) rank 0 decides from its cache which layers are missing,
     every rank extracts its shard of the images (every ``world``-th image), and rank 0 gathers
-    the pooled activations back in image order; the other ranks get ``(None, {}, seconds)``.
+    the pooled activations back in image order; the other ranks get ``(None, seconds)``.
 
     Returns:
-        (ok/failed record, {layer: (n_ok, C)}, seconds spent extracting).
+        (every layer of ``layers`` with its ok / failed record, seconds spent extracting).
     """
     pre = backbone.preprocess
     images_fp = images_fp or fingerprint(ds)
@@ -388,39 +388,46 @@ def activations(backbone: Backbone, layers: list[str], ds: Dataset, *,
         return ActivationKey(backbone.arch, backbone.fingerprint, layer, "gap", pre.fingerprint,
                              images_fp)
 
-    feats: dict[str, np.ndarray] = {}
-    record = None
+    hit: Extraction | None = None
     missing = []
     for layer in layers:
         entry = cache.get(key(layer), len(ds)) if cache is not None else None
-        if entry is None:
-            missing.append(layer)
+        if entry is not None and (hit is None or hit.same_images(entry)):
+            hit = entry if hit is None else hit.merged(entry)
         else:
-            feats[layer] = entry.features
-            record = entry
+            missing.append(layer)   # not cached, or cached for other readable images: redo
     sharded = dist is not None and dist.enabled
     if sharded:
         missing = broadcast(dist, missing)   # cache hits are rank 0's, decided before extraction
     seconds = 0.0
-    if missing:
-        t0 = time.perf_counter()
-        dev = resolve_device(device)
-        ex = FeatureExtractor(backbone.build(), backbone.spec, missing, device=dev)
-        if sharded:
-            out = _extract_sharded(ex, ds, pre, batch_size, progress, dist)
-            if out is None:
-                return None, {}, time.perf_counter() - t0
-        else:
-            out = extract(ex, ds.paths, pre, batch_size=batch_size, progress=progress)
-        seconds = time.perf_counter() - t0
-        record = CachedActivations(np.zeros((0, 0)), out.ok, out.failed)
+    if not missing:
+        if progress:
+            progress(1.0, "all layers from cache")
+        return hit, seconds
+    t0 = time.perf_counter()
+    dev = resolve_device(device)
+    ex = FeatureExtractor(backbone.build(), backbone.spec, missing, device=dev)
+    if sharded:
+        out = _extract_sharded(ex, ds, pre, batch_size, progress, dist)
+        if out is None:
+            return None, time.perf_counter() - t0
+    else:
+        out = extract(ex, ds.paths, pre, batch_size=batch_size, progress=progress)
+    seconds = time.perf_counter() - t0
+    if cache is not None:
         for layer in missing:
-            feats[layer] = out.features[layer]
-            if cache is not None:
-                cache.put(key(layer), CachedActivations(out.features[layer], out.ok, out.failed))
-    elif progress:
-        progress(1.0, "all layers from cache")
-    return record, feats, seconds
+            cache.put(key(layer), out)
+    if hit is not None and not hit.same_images(out):
+        # an image read in the cached pass fails now (or the reverse): the cached rows would
+        # not align with the fresh ones, so every layer is redone in one pass (here alone:
+        # under torchrun only rank 0 has a cache, and it gets here after the gather)
+        out, more = activations(backbone, layers, ds, device=device, batch_size=batch_size,
+                                images_fp=images_fp)
+        if cache is not None:
+            for layer in layers:
+                cache.put(key(layer), out)
+        return out, seconds + more
+    return (out if hit is None else hit.merged(out)), seconds
 
 
 def _extract_sharded(ex: FeatureExtractor, ds: Dataset, pre, batch_size: int, progress,
@@ -550,14 +557,14 @@ def run_scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResu
                                               "world_size": d.world, "devices": devices},
                 cache={"hits": len(layers) * len(runs), "misses": 0, "result": "hit"})
     try:
-        feats, records, timing_extract, source = {}, {}, 0.0, backbone.source
+        acts: dict[str, Extraction | None] = {}
+        timing_extract, source = 0.0, backbone.source
         span = 0.85 / len(runs)
         for k, (name, bb) in enumerate(runs):
-            rec, f, secs = activations(
+            acts[name], secs = activations(
                 bb, layers, ds, device=dev,
                 batch_size=config.batch_size, cache=cache, images_fp=images_fp,
                 progress=stage(0.05 + k * span, 0.05 + (k + 1) * span), dist=d)
-            feats[name], records[name] = f, rec
             timing_extract += secs
         hits, misses = (cache.hits, cache.misses) if cache else (0, len(layers) * len(runs))
     finally:
@@ -566,10 +573,10 @@ def run_scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResu
     if not d.main:
         return None
 
-    failed = dict(records["true"].failed)
+    failed = dict(acts["true"].failed)
     for f in failed:
         warnings.warn(f"skipped {ds.samples[f].path}: {failed[f]}", SkippedFile, stacklevel=2)
-    ok = records["true"].ok
+    ok = acts["true"].ok
     measures, measure_name, unseen = seen_measures(ds, backbone.preprocess)
     ok = np.asarray(ok)
     if unseen:
@@ -593,20 +600,20 @@ def run_scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResu
         if config.permutations:
             null = permutation_targets(y, labels=lab, groups=grp,
                                        permutations=config.permutations, seed=config.seed)
-    true_feats = feats["true"]
-    if len(ok) != len(records["true"].ok):
-        pos = {int(i): j for j, i in enumerate(records["true"].ok)}
+    true_feats = acts["true"].features
+    if len(ok) != len(acts["true"].ok):
+        pos = {int(i): j for j, i in enumerate(acts["true"].ok)}
         true_feats = {l: v[[pos[int(i)] for i in ok]] for l, v in true_feats.items()}
     scores = score_targets(true_feats, targets, splits, model=config.model,
                            progress=stage(0.9, 0.97), null=null, null_target="true")
     controls = {}
     if "shuffled" in scores:
         controls["shuffled"] = tuple(scores["shuffled"][l] for l in layers)
-    if "random_weights" in feats:
-        rw = feats["random_weights"]
+    if "random_weights" in acts:
+        rw = acts["random_weights"].features
         # the same images: align rows (the random pass reads the same files, but a file could
         # fail in one pass only, and images whose box the crop hides are left out above)
-        rw_ok = records["random_weights"].ok
+        rw_ok = acts["random_weights"].ok
         if not np.array_equal(rw_ok, ok):
             pos = {int(i): j for j, i in enumerate(rw_ok)}
             rw = {l: v[[pos[int(i)] for i in ok]] for l, v in rw.items()}
@@ -640,9 +647,9 @@ def run_scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResu
     if progress:
         progress(1.0, "done")
     skipped = tuple({"path": s.path, "reason": s.reason} for s in ds.skipped) + tuple(
-        {"path": ds.samples[i].path, "reason": r} for i, r in records["true"].failed) + tuple(
+        {"path": ds.samples[i].path, "reason": r} for i, r in acts["true"].failed) + tuple(
         {"path": ds.samples[i].path, "reason": unseen[i]} for i in sorted(unseen)
-        if i in set(int(j) for j in records["true"].ok))
+        if i in set(int(j) for j in acts["true"].ok))
     result = ScanResult(config, ds.name, measure_name, int(len(ok)), skipped,
                         tuple(scores["true"][l] for l in layers), controls,
                         {l: arch.depth(l) for l in layers},

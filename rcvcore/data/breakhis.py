@@ -20,8 +20,8 @@ from ..errors import SkippedFile
 from ..utils import as_list
 from .base import Dataset, DatasetError, ProgressFn, Sample, Skipped, closest
 from .checks import check_images
-from .histology import split_groups
 from .options import reject_unknown
+from .splits import split_groups
 
 LAYOUT = (".../benign|malignant/SOB/<tumour type>/<patient>/<mag>X/*.png, e.g. "
           "benign/SOB/adenosis/SOB_B_A_14-22549AB/40X/SOB_B_A-14-22549AB-40-001.png "

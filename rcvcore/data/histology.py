@@ -21,7 +21,7 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,6 +40,7 @@ from .base import (
     file_fingerprint,
 )
 from .images import ImageReadError, png_complete, read_rgb
+from .splits import split_groups  # the loaders' fixed split of groups (histology sources)
 
 MAGNIFICATIONS: tuple[int, ...] = (5, 8, 10, 15, 20, 30, 40)
 """Simulated magnifications of the paper; the source images are 40x."""
@@ -315,37 +316,6 @@ def _process_source(pair: SourcePair, params: PatchParams, out_root: str) -> dic
 # --------------------------------------------------------------------------------------------
 # Many sources -> a list of samples
 # --------------------------------------------------------------------------------------------
-
-def split_groups(groups: Iterable[str], seed: int = 0,
-                 fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)) -> dict[str, str]:
-    """Assign each group to ``train``, ``val`` or ``test`` at random with a fixed ``seed``.
-
-    Every split gets at least one group whenever there are at least 3 groups; with fewer, the
-    groups go to train, then test, then val. The assignment depends only on the set of groups and
-    ``seed``, never on their order.
-    """
-    ids = sorted(set(groups))
-    if len(fractions) != 3 or min(fractions) < 0 or sum(fractions) <= 0:
-        raise DatasetError(f"split fractions must be three non-negative numbers, got {fractions}.")
-    perm = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
-    n = len(ids)
-    if n < 3:
-        names = ["train", "test", "val"][:n]
-        return dict(zip(perm, names))
-    f = np.asarray(fractions, float) / sum(fractions)
-    n_val = max(1, int(round(f[1] * n)))
-    n_test = max(1, int(round(f[2] * n)))
-    while n - n_val - n_test < 1:  # keep at least one training group
-        if n_val >= n_test:
-            n_val -= 1
-        else:
-            n_test -= 1
-    n_train = n - n_val - n_test
-    out = {}
-    for i, g in enumerate(perm):
-        out[g] = "train" if i < n_train else ("val" if i < n_train + n_val else "test")
-    return out
-
 
 @dataclass(frozen=True)
 class PatchSet:
