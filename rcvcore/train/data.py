@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from ..data.base import Dataset
+from ..data.splits import split_groups
 from ..data.images import ImageReadError, read_rgb
 from ..errors import UserError
 from ..metrics import class_means
@@ -46,13 +47,10 @@ def split_dataset(ds: Dataset, val_fraction: float = 0.15, test_fraction: float 
         raise UserError(f"Dataset {ds.name!r} has {len(uniq)} "
                         f"{'groups' if ds.groups is not None else 'images'}; a run needs at "
                         "least 3 to split into train, val and test (use a larger --n).")
-    rng = np.random.default_rng(seed)
-    order = [uniq[i] for i in rng.permutation(len(uniq))]
-    n_test = max(1, round(test_fraction * len(uniq)))
-    n_val = max(1, round(val_fraction * len(uniq)))
-    part = {g: "test" for g in order[:n_test]}
-    part.update({g: "val" for g in order[n_test:n_test + n_val]})
-    names = np.asarray([part.get(g, "train") for g in groups.tolist()])
+    # test groups first, then val, train the rest (at least one group each)
+    part = split_groups(uniq, seed, (None, val_fraction, test_fraction),
+                        order=("test", "val", "train"))
+    names = np.asarray([part[g] for g in groups.tolist()])
     return {k: np.flatnonzero(names == k) for k in ("train", "val", "test")}
 
 
