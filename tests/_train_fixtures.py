@@ -16,11 +16,16 @@ import numpy as np
 from PIL import Image
 
 from rcvcore.data.base import Dataset, Sample
+from rcvcore.train.config import TrainConfig
 
 CLASSES = ("5x", "10x", "20x")
 RADII = (3.0, 6.0, 10.0)
 SIZE = 32
 REPO = Path(__file__).resolve().parents[1]
+#: a tiny run of a random resnet18 on 32-px images
+TINY = TrainConfig(arch="resnet18", weights="random", cut="add_4", dataset="unused",
+                   target="nuclei-area", epochs=1, batch_size=8, lr=1e-3, image_size=32,
+                   log_every=1)
 
 
 def disc_image(radius: float, seed: int, size: int = SIZE) -> np.ndarray:

@@ -17,19 +17,12 @@ from app import browser_harness, security, services, state
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = str(ROOT / "app" / "main.py")
 PASSWORD = "correct horse battery staple"
-ENV_KEYS = ("RCV_DASHBOARD_PASSWORD", "RCV_DASHBOARD_SERVED", "RCV_DATA_ROOT",
-            "RCV_MAX_EPOCHS", "RCV_MAX_SEEDS", "RCV_MAX_PARALLEL", "RCV_MAX_ACTIVE_RUNS",
-            "RCV_UPLOADS_MB", "RCV_UPLOAD_TTL_HOURS", "STREAMLIT_SERVER_ADDRESS")
+from _app_env import ENV_KEYS, clean_app_env  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
 def _clean_env(tmp_path, monkeypatch):
-    for k in ENV_KEYS:
-        monkeypatch.delenv(k, raising=False)
-    monkeypatch.setenv("RCV_NO_DOWNLOAD", "1")
-    monkeypatch.setenv("RCV_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.setenv("RCV_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    clean_app_env(tmp_path, monkeypatch)
 
 
 @pytest.fixture

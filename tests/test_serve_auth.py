@@ -24,8 +24,8 @@ from app import browser_harness, security
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = str(ROOT / "app" / "main.py")
-ENV_KEYS = ("RCV_DASHBOARD_PASSWORD", "RCV_DASHBOARD_SERVED", "RCV_DATA_ROOT",
-            "STREAMLIT_SERVER_ADDRESS")
+from _app_env import ENV_KEYS, clean_app_env  # noqa: E402
+
 PROVIDER = {"client_id": "rcv-test", "client_secret": "not-a-real-secret",
             "server_metadata_url": "https://id.invalid/.well-known/openid-configuration"}
 AUTH = {"redirect_uri": "http://127.0.0.1:8501/oauth2callback",
@@ -43,12 +43,7 @@ def _toml(auth: dict) -> str:
 
 @pytest.fixture(autouse=True)
 def _clean_env(tmp_path, monkeypatch):
-    for k in ENV_KEYS:
-        monkeypatch.delenv(k, raising=False)
-    monkeypatch.setenv("RCV_NO_DOWNLOAD", "1")
-    monkeypatch.setenv("RCV_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.setenv("RCV_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    clean_app_env(tmp_path, monkeypatch)
 
 
 @pytest.fixture

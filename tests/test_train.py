@@ -11,17 +11,13 @@ import time
 import numpy as np
 import pytest
 import torch
-from _train_fixtures import CLASSES, cli, dataset, tiny_flags, write_folder
+from _train_fixtures import CLASSES, TINY, cli, dataset, tiny_flags, write_folder
 from sklearn.metrics import cohen_kappa_score, mean_absolute_error, r2_score
 
 import rcvcore.train.loop as loop
 from rcvcore.errors import UserError
 from rcvcore.runs import RunFailed, cancel, launch, read_run
 from rcvcore.train import TrainConfig, split_dataset, train
-
-TINY = TrainConfig(arch="resnet18", weights="random", cut="add_4", dataset="unused",
-                   target="nuclei-area", epochs=1, batch_size=8, lr=1e-3, image_size=32,
-                   log_every=1)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from _train_fixtures import cli, dataset, tiny_flags, write_folder
+from _train_fixtures import TINY, cli, dataset, tiny_flags, write_folder
 from PIL import Image
 from scipy import stats
 from sklearn.linear_model import LogisticRegression, Ridge
@@ -26,10 +26,6 @@ from rcvcore.runs import read_run
 from rcvcore.train import TrainConfig, image_set, make_task, split_dataset, train
 from rcvcore.train.head import pooled_features
 from rcvcore.train.model import build_run_model, run_transform
-
-TINY = TrainConfig(arch="resnet18", weights="random", cut="add_4", dataset="unused",
-                   target="nuclei-area", epochs=1, batch_size=8, lr=1e-3, image_size=32,
-                   log_every=1)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ foreground; ``demo transfer`` runs scan -> cut -> compare -> Table 2 on ``demo-h
 from __future__ import annotations
 
 import json
-import sys
 
 from ..demo import (
     DEMO_CUT,
@@ -17,9 +16,8 @@ from ..demo import (
     transfer_demo,
 )
 from ..predict import load_run_model, predict_files
-from ..runs import RunFailed, read_run
-from ..train.loop import train
-from .train import EXIT_CANCELLED, EXIT_FAILED, _print_result, _progress
+from ..runs import read_run
+from .train import EXIT_CANCELLED, EXIT_FAILED, _progress, run_training
 
 
 def add_parser(sub) -> None:
@@ -70,17 +68,11 @@ def _model(args) -> int:
     config = demo_model_config(**_over(args, ("epochs", "device")))
     st = read_run(run) if run.is_dir() else None
     resume = bool(st and st.config and not args.restart and st.state != "failed")
-    try:
-        res = train(None if resume else config, run, resume=resume,
-                    restart=args.restart or (st is not None and st.state == "failed"),
-                    progress=_progress(args))
-    except RunFailed as e:
-        print(f"error: run failed: {e}", file=sys.stderr)
-        return EXIT_FAILED
-    if res.state == "cancelled":
-        print(f"cancelled: {res.error}", file=sys.stderr)
-        return EXIT_CANCELLED
-    _print_result(res.result)
+    code, _ = run_training(None if resume else config, run, resume=resume,
+                           restart=args.restart or (st is not None and st.state == "failed"),
+                           progress=_progress(args))
+    if code:
+        return code
     held = held_out_patches(run, limit=8)
     model = load_run_model(run)
     preds = predict_files(model, [h.path for h in held])

@@ -161,19 +161,25 @@ def _train(args) -> int:
         config = None
     else:
         config = _config_from(args)
+    code, _ = run_training(config, args.run_dir, resume=args.resume, restart=args.restart,
+                           progress=_progress(args))
+    return code
+
+
+def run_training(config, run_dir, *, resume: bool, restart: bool, progress):
+    """Train, print the result; ``(exit status, RunResult or None)`` (failed: 1, cancelled:
+    143; a DDP worker other than rank 0 prints nothing)."""
     try:
-        res = train(config, args.run_dir, resume=args.resume, restart=args.restart,
-                    progress=_progress(args))
+        res = train(config, run_dir, resume=resume, restart=restart, progress=progress)
     except RunFailed as e:
         print(f"error: run failed: {e}", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_FAILED, None
     if res.state == "cancelled":
         print(f"cancelled: {res.error}", file=sys.stderr)
-        return EXIT_CANCELLED
-    if res.result is None:  # DDP worker other than rank 0
-        return 0
-    _print_result(res.result)
-    return 0
+        return EXIT_CANCELLED, res
+    if res.result is not None:
+        _print_result(res.result)
+    return 0, res
 
 
 def _print_result(r: dict) -> None:

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from ..data.base import Dataset
-from ..data.splits import split_groups
 from ..data.images import ImageReadError, read_rgb
+from ..data.splits import split_groups
 from ..errors import UserError
 from ..metrics import class_means
 from ..models import get_arch
