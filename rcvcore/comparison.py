@@ -130,9 +130,10 @@ class Comparison:
 
 
     def verdict(self) -> str:
-        """One sentence per pruned cut: did it beat the full network (the baseline) on each
-        metric, in how many seeds, and is the paired difference significant (paired t-test,
-        alpha 0.05)? Said plainly either way."""
+        """One sentence per pruned cut against the full network (the baseline), per metric:
+        significantly better, significantly worse, or no significant difference (paired t-test
+        by seed, alpha 0.05), with the mean paired difference and in how many seeds the pruned
+        model was better. Said plainly either way."""
         out = []
         base = self.rows[0] if self.rows else None
         for t in self.tests:
@@ -144,12 +145,20 @@ class Comparison:
                 pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
                 if not pairs:
                     continue
-                lower_better = m == "mae"
-                wins = sum(1 for x, y in pairs if (y < x if lower_better else y > x))
+                sign = -1.0 if m == "mae" else 1.0          # lower MAE is better
+                diff = float(np.mean([y - x for x, y in pairs]))
+                wins = sum(1 for x, y in pairs if sign * (y - x) > 0)
                 p = t["metrics"].get(m, {}).get("t_p")
-                sig = ("significant" if p is not None and p < 0.05 else "not significant")
-                parts.append(f"{METRIC_LABELS.get(m, m)} better in {wins}/{len(pairs)} seeds "
-                             f"(paired t p={_fmt_p(p)}, {sig})")
+                if p is None:
+                    how = "no difference to test" if np.allclose(*zip(*pairs)) else \
+                        "too few seeds to test"
+                elif p < 0.05:
+                    how = "significantly better" if sign * diff > 0 else "significantly worse"
+                else:
+                    how = "no significant difference"
+                f = ".2f" if m == "mae" else ".3f"
+                parts.append(f"{METRIC_LABELS.get(m, m)} {how} ({diff:+{f}}, better in "
+                             f"{wins}/{len(pairs)} seeds, paired t p={_fmt_p(p)})")
             if parts:
                 out.append(f"{row['label']} vs {base['label']}: " + "; ".join(parts) + ".")
         return " ".join(out)

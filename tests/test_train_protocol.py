@@ -187,7 +187,10 @@ def test_table2_view_states_the_verdict_and_the_papers_numbers(tmp_path):
     assert view["measured"][0]["MAE (px)"] == f"52.67 ({np.std([50, 55, 53], ddof=1):.2f})"
     t = stats.ttest_rel([40, 43, 41], [50, 55, 53])
     assert f"p={t.pvalue:.3f}" in view["tests"][0]["MAE (px)"]
-    assert "MAE (px) better in 3/3 seeds" in view["verdict"]
-    assert "kappa better in 2/3 seeds" in view["verdict"]
+    assert "MAE (px) significantly better (-11.33, better in 3/3 seeds" in view["verdict"]
+    assert "kappa no significant difference (+0.017, better in 2/3 seeds" in view["verdict"]
+    worse = summarise(TINY, ["b3", "none"], [1, 2, 3], results, {k: "done" for k in results},
+                      tmp_path)
+    assert "MAE (px) significantly worse (+11.33, better in 0/3 seeds" in worse.verdict()
     assert len(view["paper"]) == 4 and "not this run's" in view["paper_source"]
     assert comp.to_dict()["paper"]["rows"][1]["mae"] == (54.93, 4.32)
