@@ -18,7 +18,7 @@ playwright) keeps the page open, and polling, for the whole job.
 3. Prediction (``--predict``): a tiny trained run; ``python -m rcvcore predict`` vs the Predict
    page (files set on the uploader -> every result and the CSV button drawn), same files.
 
-    .venv/bin/python bench/bench_dashboard.py                      # resnet18, 48 demo images
+    .venv/bin/python bench/bench_dashboard.py                      # resnet18, all 320 demo images
     .venv/bin/python bench/bench_dashboard.py --full --predict     # + resnet50 160 (README scan)
 
 Prints Markdown tables for BENCHMARKS.md (section "Dashboard").
@@ -238,7 +238,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--starts", type=int, default=2, help="server starts per variant")
     ap.add_argument("--arch", default="resnet18")
-    ap.add_argument("--n", type=int, default=48)
+    ap.add_argument("--n", type=int, default=320,
+                    help="demo-scale images (default all 320: per-photograph classes need them)")
     ap.add_argument("--reps", type=int, default=1, help="CLI/dashboard scan pairs")
     ap.add_argument("--full", action="store_true",
                     help="also the README's scan: resnet50, 160 demo images")
