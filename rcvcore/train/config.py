@@ -170,6 +170,10 @@ class TrainConfig:
             raise UserError(f"--trainable {self.trainable!r}: use 'all' or 'head'.")
         # a head that starts at its closed-form fit is a model without any epoch
         min_epochs = 0 if self.head_init == "rcv" else 1
+        if int(self.epochs) < min_epochs:
+            raise UserError(f"--epochs must be >= 1, got {self.epochs}: a random head needs "
+                            "training (--epochs 0 is for --head-init rcv, whose closed-form fit "
+                            "is the model).")
         for name, lo in (("epochs", min_epochs), ("batch_size", 1), ("log_every", 1)):
             if int(getattr(self, name)) < lo:
                 raise UserError(f"--{name.replace('_', '-')} must be >= {lo}, "
