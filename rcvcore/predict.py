@@ -273,49 +273,62 @@ def predict_images(run: LoadedRun, images: Sequence[tuple[str, object]], *,
                    progress: ProgressFn | None = None) -> list[Prediction]:
     """Predict in-memory images, e.g. dashboard uploads.
 
+    Images are decoded ``batch_size`` at a time and predicted before the next ones are decoded
+    (as :func:`predict_files` does), so many large uploads never sit decoded in memory at once.
+
     Args:
         images: ``(name, data)`` pairs; ``data`` is the file's bytes (any format read_rgb reads;
             the name's suffix helps TIFF detection), a PIL image, or a numpy array
             ``(H, W)`` / ``(H, W, 3|4)`` of any integer or float depth.
     """
-    items = []
-    for name, data in images:
-        try:
-            if isinstance(data, (bytes, bytearray, memoryview)):
-                suffix = Path(str(name)).suffix or ".img"
-                fd, tmp = tempfile.mkstemp(suffix=suffix)
-                try:
-                    with os.fdopen(fd, "wb") as f:
-                        f.write(bytes(data))
-                    items.append((str(name), read_rgb(tmp, max_pixels=max_pixels)))
-                except ImageReadError as e:  # name the upload, not its temporary copy
-                    raise ImageReadError(name, e.reason.replace(tmp, str(name)).replace(
-                        Path(tmp).name, Path(str(name)).name)) from None
-                finally:
-                    os.unlink(tmp)
-                continue
-            if isinstance(data, np.ndarray):
-                arr = data
-                if arr.ndim == 3 and arr.shape[-1] == 1:
-                    arr = arr[..., 0]
-                if arr.dtype not in (np.uint8,) and arr.ndim == 2 and arr.dtype.kind in "ui":
-                    data = Image.fromarray(arr.astype(np.int32), mode="I")
-                else:
-                    data = Image.fromarray(to_uint8(arr))
-            if isinstance(data, Image.Image):
-                w, h = data.size
-                if w * h > max_pixels:
-                    raise ImageReadError(name, f"image is {w}x{h} pixels, above the limit of "
-                                               f"{max_pixels:,} pixels")
-                items.append((str(name), to_rgb(data)))
-                continue
-            items.append((str(name), f"unsupported input type {type(data).__name__}; give "
-                                     "bytes, a PIL image or a numpy array"))
-        except ImageReadError as e:
-            items.append((str(name), e.reason.replace(tempfile.gettempdir(), "")))
-        except Exception as e:
-            items.append((str(name), f"{type(e).__name__}: {e}"))
-    return _predict_pil(run, items, batch_size, max_tiles, progress)
+    results: list[Prediction] = []
+    chunk: list = []
+    for k, (name, data) in enumerate(images):
+        chunk.append((str(name), _decode(name, data, max_pixels)))
+        if len(chunk) >= batch_size:
+            results.extend(_predict_pil(run, chunk, batch_size, max_tiles, None))
+            chunk.clear()
+        if progress:
+            progress((k + 1) / max(len(images), 1), f"predicted {k + 1}/{len(images)} images")
+    results.extend(_predict_pil(run, chunk, batch_size, max_tiles, None))
+    return results
+
+
+def _decode(name, data, max_pixels: int):
+    """One in-memory image as RGB, or the reason it cannot be used (a string)."""
+    try:
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            suffix = Path(str(name)).suffix or ".img"
+            fd, tmp = tempfile.mkstemp(suffix=suffix)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(bytes(data))
+                return read_rgb(tmp, max_pixels=max_pixels)
+            except ImageReadError as e:  # name the upload, not its temporary copy
+                raise ImageReadError(name, e.reason.replace(tmp, str(name)).replace(
+                    Path(tmp).name, Path(str(name)).name)) from None
+            finally:
+                os.unlink(tmp)
+        if isinstance(data, np.ndarray):
+            arr = data
+            if arr.ndim == 3 and arr.shape[-1] == 1:
+                arr = arr[..., 0]
+            if arr.dtype not in (np.uint8,) and arr.ndim == 2 and arr.dtype.kind in "ui":
+                data = Image.fromarray(arr.astype(np.int32), mode="I")
+            else:
+                data = Image.fromarray(to_uint8(arr))
+        if isinstance(data, Image.Image):
+            w, h = data.size
+            if w * h > max_pixels:
+                raise ImageReadError(name, f"image is {w}x{h} pixels, above the limit of "
+                                           f"{max_pixels:,} pixels")
+            return to_rgb(data)
+        return (f"unsupported input type {type(data).__name__}; give bytes, a PIL image or a "
+                "numpy array")
+    except ImageReadError as e:
+        return e.reason.replace(tempfile.gettempdir(), "")
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
 
 
 def predict(run_dir, paths: Sequence, *, device: str = "auto", batch_size: int = 16,

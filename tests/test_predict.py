@@ -107,6 +107,21 @@ def test_predict_images_on_uploaded_bytes(loaded, files):
     assert "notes.png" in up[2].error and "tmp" not in up[2].error, up[2].error
     assert up[4].nuclei_area == pytest.approx(ref.nuclei_area, rel=1e-6)
     assert [p.path for p in up] == names + ["array"]
+    # decoded and predicted two at a time (never all uploads in memory): the same results,
+    # in order, with the decoder never ahead of the predictions by more than one chunk
+    import rcvcore.predict as pr
+    decoded, predicted = [], []
+    real_decode, real_predict = pr._decode, pr._predict_pil
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pr, "_decode", lambda *a: decoded.append(a[0]) or real_decode(*a))
+        mp.setattr(pr, "_predict_pil", lambda run, items, *a: (
+            predicted.append((len(decoded), [n for n, _ in items])) or
+            real_predict(run, items, *a)))
+        chunked = predict_images(loaded, [(n, (files / n).read_bytes()) for n in names]
+                                 + [("array", disc_image(6.0, seed=7))], batch_size=2)
+    assert [(p.path, p.nuclei_area, p.error) for p in chunked] == \
+        [(p.path, p.nuclei_area, p.error) for p in up]
+    assert predicted[:2] == [(2, names[:2]), (4, names[2:])]
 
 
 def test_cli_predict_json_and_exit_status(run_dir, files, tmp_path):
