@@ -95,12 +95,8 @@ class Comparison:
             cells = [r["label"] + ("" if r["n"] == len(self.seeds) else f" [{r['n']} runs]")]
             for m in self.metrics:
                 s = r["metrics"].get(m)
-                if not s or s["mean"] is None:
-                    cells.append("-")
-                else:
-                    f = ".2f" if m == "mae" else ".3f"
-                    std = "-" if s["std"] is None else format(s["std"], f)
-                    cells.append(f"{format(s['mean'], f)} ({std})")
+                cells.append("-" if not s or s["mean"] is None else
+                             _mean_std(m, s["mean"], s["std"], missing_std="-"))
             lines.append(cells)
         for t in self.tests:
             cells = [f"paired t / Wilcoxon p, {t['cut']} vs {t['baseline']}"]
@@ -115,9 +111,7 @@ class Comparison:
             cells = [f"paper: {r['label']}"]
             for m in self.metrics:
                 v = r.get(m)
-                cells.append("-" if v is None else
-                             f"{v[0]:.2f} ({v[1]:.2f})" if m == "mae" else
-                             f"{v[0]:.3f} ({v[1]:.2f})")
+                cells.append("-" if v is None else _mean_std(m, *v, std_format=".2f"))
             paper.append(cells)
         widths = [max(len(x[i]) for x in [heads] + lines + paper) for i in range(len(heads))]
         fmt = lambda row: "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()  # noqa
@@ -167,10 +161,7 @@ class Comparison:
         """Table 2 as display rows: ``{"measured", "tests", "paper", "paper_source",
         "caption", "verdict"}`` (what the dashboard shows; the text form is :meth:`table`)."""
         def cell(m, s):
-            if not s or s.get("mean") is None:
-                return None
-            f = 2 if m == "mae" else 3
-            return f"{s['mean']:.{f}f}" + ("" if s["std"] is None else f" ({s['std']:.{f}f})")
+            return None if not s or s.get("mean") is None else _mean_std(m, s["mean"], s["std"])
 
         measured = [{"Model": r["label"], "runs": r["n"],
                      **{METRIC_LABELS.get(m, m): cell(m, r["metrics"].get(m))
@@ -180,8 +171,8 @@ class Comparison:
                      f"Wilcoxon p={_fmt_p(v.get('wilcoxon_p'))} (n={v.get('n')})"
                      for m, v in t["metrics"].items()}} for t in self.tests]
         paper = [{"Model": f"{r['label']} (paper)",
-                  "MAE (px)": f"{r['mae'][0]:.2f} ({r['mae'][1]:.2f})",
-                  "kappa": f"{r['kappa'][0]:.3f} ({r['kappa'][1]:.2f})"}
+                  "MAE (px)": _mean_std("mae", *r["mae"], std_format=".2f"),
+                  "kappa": _mean_std("kappa", *r["kappa"], std_format=".2f")}
                  for r in PAPER_TABLE2["rows"]]
         std = "sample std (ddof=1)" if self.std_ddof == 1 else "np.std (ddof=0, as the paper)"
         caption = (f"Mean ({std}) over {len(self.seeds)} seed(s) of the test metrics, "
@@ -191,6 +182,16 @@ class Comparison:
         return {"measured": measured, "tests": tests, "paper": paper,
                 "paper_source": PAPER_TABLE2["source"], "caption": caption,
                 "verdict": self.verdict()}
+
+
+def _mean_std(metric: str, mean: float, std: float | None, *, missing_std: str | None = None,
+              std_format: str | None = None) -> str:
+    """``mean (std)``: 2 decimals for MAE (px), 3 for the scores; the std in ``std_format``
+    (default the mean's); with no std, ``missing_std`` in the brackets, or no brackets."""
+    f = ".2f" if metric == "mae" else ".3f"
+    if std is None:
+        return format(mean, f) + ("" if missing_std is None else f" ({missing_std})")
+    return f"{format(mean, f)} ({format(std, std_format or f)})"
 
 
 def _fmt_p(p):

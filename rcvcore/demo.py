@@ -56,17 +56,32 @@ def demo_model_dir(root=None) -> Path:
     return runs_root(root) / DEMO_MODEL_DIR
 
 
+def demo_model_next(run) -> str:
+    """What training the demo model in ``run`` means now: ``done`` (leave it), ``resume`` (a
+    cancelled or interrupted run with its configuration) or ``fresh`` (none yet, or a failed
+    one: start afresh).
+
+    Raises:
+        UserError: it is training now.
+    """
+    st = read_run(run) if Path(run).is_dir() else None
+    if st is None:
+        return "fresh"
+    if st.state == "done":
+        return "done"
+    if st.state == "running":
+        raise UserError(f"The demo model is already training in {run}.")
+    return "resume" if st.state in ("cancelled", "interrupted") and st.config else "fresh"
+
+
 def launch_demo_model(root=None, *, env: dict | None = None):
     """Start the demo model's run as a run process (``python -m rcvcore train``) in
-    :func:`demo_model_dir`; an unfinished one is resumed, a finished one is left as it is
-    (returns None then), a failed one restarted."""
+    :func:`demo_model_dir` as :func:`demo_model_next` says (returns None when it is done)."""
     run = demo_model_dir(root)
-    st = read_run(run) if run.is_dir() else None
-    if st is not None and st.state == "done":
+    step = demo_model_next(run)
+    if step == "done":
         return None
-    if st is not None and st.state == "running":
-        raise UserError(f"The demo model is already training in {run}.")
-    if st is not None and st.state in ("cancelled", "interrupted") and st.config:
+    if step == "resume":
         return launch(None, run, resume=True, env=env)
     if run.is_dir():
         clear_run_dir(run)

@@ -12,11 +12,11 @@ from ..demo import (
     DEMO_SETTINGS,
     demo_model_config,
     demo_model_dir,
+    demo_model_next,
     held_out_patches,
     transfer_demo,
 )
 from ..predict import load_run_model, predict_files
-from ..runs import read_run
 from .train import EXIT_CANCELLED, EXIT_FAILED, _progress, run_training
 
 
@@ -66,11 +66,11 @@ def _over(args, names) -> dict:
 def _model(args) -> int:
     run = demo_model_dir(args.runs_dir)
     config = demo_model_config(**_over(args, ("epochs", "device")))
-    st = read_run(run) if run.is_dir() else None
-    resume = bool(st and st.config and not args.restart and st.state != "failed")
+    step = "fresh" if args.restart else demo_model_next(run)
+    # done: train() returns the finished run as it is
+    resume = step in ("resume", "done")
     code, _ = run_training(None if resume else config, run, resume=resume,
-                           restart=args.restart or (st is not None and st.state == "failed"),
-                           progress=_progress(args))
+                           restart=not resume and run.is_dir(), progress=_progress(args))
     if code:
         return code
     held = held_out_patches(run, limit=8)

@@ -227,7 +227,10 @@ def train(config: TrainConfig | None, run_dir, *, resume: bool = False, restart:
         writer.status = {"state": "running", "pid": os.getpid(), "host": socket.gethostname(),
                          "started_at": prev.get("started_at", time.time()),
                          "resumed": resume, "world_size": d.world, "epoch": 0,
-                         "global_step": 0, "error": None, "message": "starting"}
+                         "global_step": 0, "error": None, "message": "starting",
+                         # a resumed run keeps what its head was started from
+                         **({"head_init": prev["head_init"]}
+                            if resume and prev.get("head_init") else {})}
         writer.write_status()
     flag = _Flag().install() if handle_signals else _Flag()
     try:
@@ -469,7 +472,7 @@ def _train(config: TrainConfig, run: Path, writer: RunWriter, d: Dist, device, r
                   "n_train": len(splits["train"]), "n_val": len(splits["val"]),
                   "n_test": len(splits["test"]), "epochs": config.epochs,
                   "global_step": global_step, "world_size": d.world, "model": summary,
-                  "head_init": head_info or (read_json(run / STATUS) or {}).get("head_init")
+                  "head_init": head_info or writer.status.get("head_init")
                   or {"method": config.head_init},
                   "protocol": config.protocol, "protocol_deviations": config.deviations(),
                   "test_predictions": [
