@@ -136,6 +136,16 @@ def open_app(page, url: str) -> float:
     return time.perf_counter() - t0
 
 
+# some plotly chart on the page has laid out points (the Scan page's empty R² chart has none)
+CHART_DRAWN = ("() => [...document.querySelectorAll('.js-plotly-plot')].some(gd => "
+               "(gd.calcdata || []).some(cd => cd && cd.length))")
+
+
+def wait_chart_drawn(page, timeout: float = 180_000, polling: int = 50) -> None:
+    """Wait until a plotly chart with points is drawn (not merely an empty chart's axes)."""
+    page.wait_for_function(CHART_DRAWN, timeout=timeout, polling=polling)
+
+
 def plot_points(page) -> int:
     """Number of points drawn over every trace of every plotly chart on the page.
 

@@ -163,6 +163,25 @@ def r2_figure(scans: list[dict], *, convention: str = MEAN, show_controls: bool 
     return fig
 
 
+def empty_r2_figure(layers: list[str]) -> go.Figure:
+    """The R² chart's axes before any scan: the layers to be probed, no points.
+
+    Drawn in the "no scan yet" state so that the browser loads plotly with the page, not
+    after the first scan has finished (it is fetched lazily with the first chart: ~1.3 s here).
+    """
+    fig = go.Figure()
+    fig.update_layout(
+        xaxis={"title": "layer", "type": "category", "categoryorder": "array",
+               "categoryarray": list(layers), "range": [-0.5, max(len(layers), 1) - 0.5]},
+        yaxis={"title": "R² (held-out)", "range": [-1.05, 1.05], "zeroline": True,
+               "zerolinecolor": "#999"},
+        height=460, margin={"l": 60, "r": 20, "t": 40, "b": 60}, dragmode=False,
+        annotations=[{"text": "R² per layer appears here after a scan", "showarrow": False,
+                      "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5,
+                      "font": {"color": "#777", "size": 14}}])
+    return fig
+
+
 def r2_table(result: dict) -> pd.DataFrame:
     """One row per layer: depth, features, R² mean/std/paper convention and the controls."""
     rows = []

@@ -81,3 +81,12 @@ def test_significant_layers_get_filled_markers_and_table_columns():
     fig = charts.r2_figure([_rec()])
     assert not any(t.name == "significant vs controls" for t in fig.data)
     assert "significant" not in charts.r2_table(_result()).columns
+
+
+def test_empty_r2_figure_has_the_layer_axis_and_no_points():
+    fig = charts.empty_r2_figure(["add_1", "add_2", "pre_softmax"])
+    assert len(fig.data) == 0
+    assert list(fig.layout.xaxis.categoryarray) == ["add_1", "add_2", "pre_softmax"]
+    assert list(fig.layout.xaxis.range) == [-0.5, 2.5]
+    assert fig.layout.yaxis.title.text == "R² (held-out)"
+    assert len(charts.empty_r2_figure([]).data) == 0  # no layer chosen yet: still an axis

@@ -14,6 +14,12 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 MAIN = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
 
 
+def _curves(at) -> list[dict]:
+    """The plotly charts on the page that draw data (the empty R² chart before a scan has none)."""
+    specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    return [sp for sp in specs if sp.get("data")]
+
+
 def _tiny_scan(at):
     _widget(at, "selectbox", "scan_arch").set_value("resnet18")
     at.run()
@@ -30,12 +36,12 @@ def _tiny_scan(at):
     _widget(at, "button", "scan_run").click()
     at.run(timeout=60)
     deadline = time.time() + 120
-    while not at.get("plotly_chart") and time.time() < deadline:
+    while not _curves(at) and time.time() < deadline:
         assert not at.exception, at.exception
         time.sleep(0.5)
         at.run(timeout=30)  # AppTest does not tick st.fragment(run_every=...): poll by rerun
     assert not at.exception, at.exception
-    assert at.get("plotly_chart"), [e.value for e in at.error]
+    assert _curves(at), [e.value for e in at.error]
     return at
 
 
@@ -64,6 +70,50 @@ def test_offline_notice_only_for_a_network_whose_weights_are_missing(app_env):
     assert "efficientnet_lite0" in msg  # and the network that works offline
     assert _widget(at, "button", "scan_run").disabled
     assert any("No scan yet" in i.value for i in at.info)
+
+
+def test_no_scan_yet_draws_the_empty_chart_of_the_layers_to_probe(app_env):
+    """Before any scan the page draws the R² chart's axes (so the browser loads plotly with
+    the page, not after the first scan): the chosen network's probe layers, no data."""
+    from rcvcore.models import get_arch
+
+    at = AppTest.from_file(MAIN, default_timeout=30).run()
+    _widget(at, "selectbox", "scan_arch").set_value("resnet18")
+    at.run()
+    assert any("No scan yet" in i.value for i in at.info)
+    (spec,) = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    assert not spec.get("data") and not _curves(at)
+    assert spec["layout"]["xaxis"]["categoryarray"] == list(get_arch("resnet18").layer_names)
+    _widget(at, "radio", "scan_layer_mode").set_value("choose")
+    at.run()
+    _widget(at, "multiselect", "scan_layers_resnet18").set_value(["add_2", "add_6"])
+    at.run()
+    (spec,) = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    assert spec["layout"]["xaxis"]["categoryarray"] == ["add_2", "add_6"]
+
+
+def test_cancel_stops_a_running_scan(app_env):
+    """The Cancel button (outside the polled progress bar) stops the scan at its next step:
+    the page says so and nothing is saved."""
+    at = AppTest.from_file(MAIN, default_timeout=30).run()
+    _widget(at, "selectbox", "scan_arch").set_value("resnet18")
+    at.run()
+    _widget(at, "radio", "scan_weights_resnet18").set_value("random (control)")
+    at.run()
+    _widget(at, "button", "scan_run").click()   # all 320 demo images: long enough to cancel
+    at.run(timeout=60)
+    cancel = [b for b in at.button if b.key == "scan_cancel"]
+    assert cancel, "no Cancel button while the scan runs"
+    cancel[0].click()
+    at.run(timeout=30)
+    deadline = time.time() + 120
+    while "scan_job" in at.session_state and time.time() < deadline:
+        time.sleep(0.3)
+        at.run(timeout=30)
+    assert any(e.value == "Scan cancelled." for e in at.error), [e.value for e in at.error]
+    assert not any(b.key == "scan_cancel" for b in at.button)
+    assert not list((app_env / "runs" / "_scans").glob("*.json"))
+    assert not _curves(at)
 
 
 def test_scan_tiny_config_draws_chart_table_and_cut(app_env):
@@ -128,7 +178,7 @@ def test_scan_rerun_is_cached_and_overlay_and_paper_convention(app_env):
     _widget(at, "toggle", "scan_depth").set_value(True)
     at.run()
     assert not at.exception
-    assert at.get("plotly_chart")
+    assert _curves(at)
 
 
 def test_bad_dataset_path_shows_error_not_traceback(app_env):
@@ -172,7 +222,7 @@ def test_new_scan_is_shown_and_can_be_overlaid(app_env):
     at.run()
     assert not at.exception, at.exception
     assert _widget(at, "toggle", "scan_depth").value is False  # same arch: layer names on x
-    assert at.get("plotly_chart")
+    assert _curves(at)
 
 
 def test_dataset_options_and_optional_source_reach_rcvcore(app_env):
@@ -205,11 +255,11 @@ def test_dataset_options_and_optional_source_reach_rcvcore(app_env):
     _widget(at, "button", "scan_run").click()
     at.run(timeout=60)
     deadline = time.time() + 120
-    while not at.get("plotly_chart") and not at.error and time.time() < deadline:
+    while not _curves(at) and not at.error and time.time() < deadline:
         assert not at.exception, at.exception
         time.sleep(0.5)
         at.run(timeout=30)
-    assert at.get("plotly_chart"), [e.value for e in at.error]
+    assert _curves(at), [e.value for e in at.error]
     rec = json.loads(next((app_env / "runs" / "_scans").glob("*.json")).read_text())
     assert rec["config"]["dataset"] == f"demo-he:{img}"
     assert rec["config"]["dataset_options"]["tile_size"] == 448

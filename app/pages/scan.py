@@ -157,13 +157,10 @@ def scan_progress() -> None:
     job = services.get_job(st.session_state.get("scan_job"))
     if job is None:
         return
-    if not job.done:
-        c1, c2 = st.columns([5, 1])
-        c1.progress(min(max(job.fraction, 0.0), 1.0),
+    if not job.done:  # one element: each poll re-renders only this bar in the browser
+        st.progress(min(max(job.fraction, 0.0), 1.0),
                     text=f"Scanning {job.config['arch']} on {job.config['dataset']}: "
                          f"{job.message}")
-        if c2.button("Cancel", key="scan_cancel"):
-            job.cancel_requested = True
         return
     finish(job)
     st.rerun()  # redraw the whole page with the new result
@@ -175,6 +172,8 @@ if "scan_job" not in st.session_state and services.running_jobs():
 _job_now = services.get_job(st.session_state.get("scan_job"))
 # poll only while a scan runs; a finished one triggers a full rerun from inside the fragment
 st.fragment(run_every=0.5 if _job_now is not None else None)(scan_progress)()
+if _job_now is not None and not _job_now.done and st.button("Cancel scan", key="scan_cancel"):
+    _job_now.cancel_requested = True  # the job stops at its next step; the poll then reports it
 if st.session_state.get("scan_error"):
     st.error(st.session_state["scan_error"])
 
@@ -186,6 +185,11 @@ saved = services.state.load_scans()
 if not saved:
     st.info("No scan yet. Choose the settings in the sidebar and press **Run scan**. "
             "The embedded `demo-scale` data with random weights works offline.")
+    # the chart's empty axes: the browser loads plotly now, not after the first scan
+    probed = {"paper": archs[arch]["layers"], "all": archs[arch]["all_layers"]}.get(
+        layer_mode, layers.split(",") if layers else [])
+    st.plotly_chart(charts.empty_r2_figure(probed), key="scan_curve_empty",
+                    config=charts.PLOTLY_CONFIG)
     st.stop()
 
 labels = {sid: f"{rec.get('label')} · n={rec['result'].get('n_images')} · "
