@@ -11,7 +11,10 @@ playwright) keeps the page open, and polling, for the whole job.
      repeat and control (the page reloaded first, as after changing a scoring setting);
    - **result cached**: the same scan again (rcvcore returns its saved result).
    Dashboard time: press *Run scan* -> the R² chart drawn (plotly has laid out its points). The
-   page counts the progress updates it received (proof it was polling). CLI time: the whole
+   page counts the progress updates it received (proof it was polling); the CPU time the server
+   and the browser (every Chromium process) spent during the press is read from /proc, since on
+   a small machine the browser's work competes with the scan. ``--reps N`` runs N pairs and
+   prints the median ratios. CLI time: the whole
    process (``wall``) and the command itself after the imports (``cmd``: ``rcvcore.cli.main``
    timed in a process that imported torch and rcvcore first), the fairer reference since the
    dashboard has imported everything before the press.
@@ -41,8 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from app import browser_harness as h  # noqa: E402
 
-CHART_DRAWN = ("() => [...document.querySelectorAll('.js-plotly-plot')].some(gd => "
-               "(gd.calcdata || []).some(cd => cd && cd.length))")
+CHART_DRAWN = h.CHART_DRAWN
 # counts every change of the progress bar's text: each one is a poll that reached the page
 COUNT_PROGRESS = """() => {
   window.__rcvPolls = 0; let last = '';
@@ -118,18 +120,42 @@ def _configure(page, arch: str, n: int) -> None:
     h.fill_number(page, "Images (0 = all)", n)
 
 
-def _press(page, frames: list) -> tuple[float, int, int]:
-    """(press -> chart s, progress-bar changes seen, websocket messages received)."""
+def cpu_seconds(server_pid: int) -> tuple[float, float]:
+    """(the server's, every Chromium process's) CPU time so far, in s, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    server = browser = 0.0
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{d}/stat").read_text()
+        except OSError:
+            continue
+        comm, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:]
+        t = sum(int(v) for v in fields.split()[11:13]) / tick  # utime + stime
+        if int(d) == server_pid:
+            server += t
+        elif comm.startswith("chrom"):
+            browser += t
+    return server, browser
+
+
+def _press(page, frames: list, server_pid: int) -> tuple[float, int, int, float, float]:
+    """(press -> chart s, progress-bar changes seen, websocket messages received, server and
+    browser CPU s during it)."""
     page.evaluate(COUNT_PROGRESS)
     n0 = len(frames)
+    c0 = cpu_seconds(server_pid)
     t0 = time.perf_counter()
     page.get_by_role("button", name="Run scan").click()
-    page.wait_for_function(CHART_DRAWN, timeout=1_800_000, polling=50)
+    h.wait_chart_drawn(page, timeout=1_800_000)
     dt = time.perf_counter() - t0
-    return dt, int(page.evaluate("() => window.__rcvPolls")), len(frames) - n0
+    c1 = cpu_seconds(server_pid)
+    return (dt, int(page.evaluate("() => window.__rcvPolls")), len(frames) - n0,
+            c1[0] - c0[0], c1[1] - c0[1])
 
 
-def dashboard_scans(work: Path, arch: str, n: int) -> dict[str, tuple[float, int, int]]:
+def dashboard_scans(work: Path, arch: str, n: int) -> dict[str, tuple]:
     """cold, activations cached (refit), result cached: :func:`_press`'s figures."""
     srv = h.Server(work)
     srv.start()
@@ -140,7 +166,7 @@ def dashboard_scans(work: Path, arch: str, n: int) -> dict[str, tuple[float, int
             page.on("websocket", lambda ws: ws.on("framereceived", lambda f: frames.append(1)))
             h.open_app(page, srv.url)
             _configure(page, arch, n)
-            out = {"cold": _press(page, frames)}
+            out = {"cold": _press(page, frames, srv.proc.pid)}
             h.wait_idle(page)
             shutil.rmtree(srv.workdir / "runs" / "_scans", ignore_errors=True)
             clear_results(srv.workdir)
@@ -148,14 +174,16 @@ def dashboard_scans(work: Path, arch: str, n: int) -> dict[str, tuple[float, int
             h.open_app(page, srv.url)
             page.get_by_text("No scan yet").first.wait_for()
             _configure(page, arch, n)
-            out["refit"] = _press(page, frames)
+            out["refit"] = _press(page, frames, srv.proc.pid)
             h.wait_idle(page)
             page.evaluate(COUNT_PROGRESS)
+            c0 = cpu_seconds(srv.proc.pid)
             t0 = time.perf_counter()
             page.get_by_role("button", name="Run scan").click()
             page.get_by_text("nothing recomputed", exact=False).first.wait_for()
-            page.wait_for_function(CHART_DRAWN, polling=20)
-            out["saved"] = (time.perf_counter() - t0, 0, 0)
+            h.wait_chart_drawn(page, polling=20)
+            c1 = cpu_seconds(srv.proc.pid)
+            out["saved"] = (time.perf_counter() - t0, 0, 0, c1[0] - c0[0], c1[1] - c0[1])
             return out
     finally:
         srv.stop()
@@ -282,18 +310,25 @@ def main() -> int:
                  "saved": "result cached"}
         if configs:
             out("", "| scan | CLI wall | CLI command | dashboard press -> chart | "
-                "ratio vs command | ratio vs wall | progress updates / websocket messages seen |",
-                "|---|---:|---:|---:|---:|---:|---:|")
+                "ratio vs command | ratio vs wall | progress updates / websocket messages seen | "
+                "CPU during the press: server / browser |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|")
         for arch, n in configs:
+            ratios: dict[str, list[tuple[float, float]]] = {k: [] for k in names}
             for r in range(args.reps):
                 c = cli_scans(work / f"cli-{arch}-{n}-{r}", arch, n)
                 d = dashboard_scans(work / f"dash-{arch}-{n}-{r}", arch, n)
                 for kind in ("cold", "refit", "saved"):
-                    (wall, cmd), (dash, polls, msgs) = c[kind], d[kind]
+                    (wall, cmd), (dash, polls, msgs, cpu_srv, cpu_br) = c[kind], d[kind]
+                    ratios[kind].append((dash / cmd, dash / wall))
                     out(f"| {arch}, {n} demo images, random weights, paper layers, 10 repeats, "
                         f"2 controls: {names[kind]} | {wall:.2f} s | {cmd:.2f} s | "
                         f"{dash:.2f} s | {dash / cmd:.2f} | {dash / wall:.2f} | "
-                        f"{polls} / {msgs} |")
+                        f"{polls} / {msgs} | {cpu_srv:.1f} s / {cpu_br:.1f} s |")
+            if args.reps > 1:
+                for kind, rs in ratios.items():
+                    out(f"| **median of {args.reps} pairs**: {names[kind]} | | | | "
+                        f"**{med(x for x, _ in rs):.2f}** | {med(y for _, y in rs):.2f} | | |")
         if args.predict:
             pred = bench_predict(work / "predict", args.predict_files, args.predict_side, 2)
             out("", f"| predict ({args.predict_files} files of {args.predict_side} px, "
