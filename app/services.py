@@ -402,8 +402,13 @@ def release_models() -> None:
     _free_gpu()
 
 
+THUMBNAIL_PX = 160  # the longer side of each Predict card's image
+
+
 def predict_uploads(run, items: list[tuple[str, bytes]]) -> list[dict]:
-    """Predict uploaded files (name, bytes); each bad file gets its own ``error``."""
+    """Predict uploaded files (name, bytes); each bad file gets its own ``error``. Each dict
+    also holds the image's ``thumbnail`` (160 px, None for a bad file) from the same decode."""
     from rcvcore.predict import predict_images
 
-    return [p.to_dict() for p in predict_images(run, items)]
+    return [{**p.to_dict(), "thumbnail": p.thumbnail}
+            for p in predict_images(run, items, thumbnail=THUMBNAIL_PX)]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +96,8 @@ class Prediction:
         tiles: number of patches averaged (0 when the image was resized).
         note: how the image was adapted, when it was not a training-size patch.
         error: why the file could not be predicted (None on success).
+        thumbnail: a small RGB copy of the image when asked for (``predict_images(...,
+            thumbnail=N)``), else None; not part of :meth:`to_dict`.
     """
 
     path: str
@@ -106,6 +108,7 @@ class Prediction:
     tiles: int = 0
     note: str | None = None
     error: str | None = None
+    thumbnail: Image.Image | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -270,6 +273,7 @@ def predict_files(run: LoadedRun, paths: Sequence, *, batch_size: int = 16,
 
 def predict_images(run: LoadedRun, images: Sequence[tuple[str, object]], *,
                    batch_size: int = 16, max_tiles: int = 64, max_pixels: int = MAX_PIXELS,
+                   thumbnail: int = 0,
                    progress: ProgressFn | None = None) -> list[Prediction]:
     """Predict in-memory images, e.g. dashboard uploads.
 
@@ -280,18 +284,35 @@ def predict_images(run: LoadedRun, images: Sequence[tuple[str, object]], *,
         images: ``(name, data)`` pairs; ``data`` is the file's bytes (any format read_rgb reads;
             the name's suffix helps TIFF detection), a PIL image, or a numpy array
             ``(H, W)`` / ``(H, W, 3|4)`` of any integer or float depth.
+        thumbnail: if > 0, each readable image's prediction keeps an RGB copy whose longer
+            side is at most this many pixels (``Prediction.thumbnail``), made from the decode
+            the prediction does anyway (a caller showing the images need not decode them again).
     """
     results: list[Prediction] = []
     chunk: list = []
+
+    def predict_chunk() -> None:
+        preds = _predict_pil(run, chunk, batch_size, max_tiles, None)
+        if thumbnail > 0:
+            preds = [p if isinstance(img, str) else replace(p, thumbnail=_thumb(img, thumbnail))
+                     for p, (_, img) in zip(preds, chunk)]
+        results.extend(preds)
+        chunk.clear()
+
     for k, (name, data) in enumerate(images):
         chunk.append((str(name), _decode(name, data, max_pixels)))
         if len(chunk) >= batch_size:
-            results.extend(_predict_pil(run, chunk, batch_size, max_tiles, None))
-            chunk.clear()
+            predict_chunk()
         if progress:
             progress((k + 1) / max(len(images), 1), f"predicted {k + 1}/{len(images)} images")
-    results.extend(_predict_pil(run, chunk, batch_size, max_tiles, None))
+    predict_chunk()
     return results
+
+
+def _thumb(img: Image.Image, side: int) -> Image.Image:
+    out = img.copy()
+    out.thumbnail((side, side))
+    return out
 
 
 def _decode(name, data, max_pixels: int):

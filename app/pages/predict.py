@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 
 import pandas as pd
 import streamlit as st
@@ -111,27 +110,13 @@ if digest not in cache:
 preds = cache[digest]
 
 
-def _thumbnail(data: bytes):
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            if im.width * im.height > 50_000_000:
-                return None
-            im = im.convert("RGB")
-            im.thumbnail((160, 160))
-            return im.copy()
-    except Exception:
-        return None
-
-
 n_bad = sum(1 for p in preds if p["error"])
 st.markdown(f"**{len(preds) - n_bad} of {len(preds)} predicted**"
             + (f" · {n_bad} could not be read" if n_bad else ""))
-for (name, data), p in zip(items, preds):
+for (name, _), p in zip(items, preds):
     with st.container(border=True):
         c1, c2, c3 = st.columns([1, 2, 3])
-        thumb = _thumbnail(data) if not p["error"] else None
+        thumb = p["thumbnail"]  # from the prediction's own decode of the file
         if thumb is not None:
             c1.image(thumb, caption=name)
         else:
