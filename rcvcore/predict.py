@@ -284,7 +284,7 @@ def predict_images(run: LoadedRun, images: Sequence[tuple[str, object]], *,
         images: ``(name, data)`` pairs; ``data`` is the file's bytes (any format read_rgb reads;
             the name's suffix helps TIFF detection), a PIL image, or a numpy array
             ``(H, W)`` / ``(H, W, 3|4)`` of any integer or float depth.
-        thumbnail: if > 0, each readable image's prediction keeps an RGB copy whose longer
+        thumbnail: if > 0, each successful prediction keeps an RGB copy of its image whose longer
             side is at most this many pixels (``Prediction.thumbnail``), made from the decode
             the prediction does anyway (a caller showing the images need not decode them again).
     """
@@ -294,7 +294,7 @@ def predict_images(run: LoadedRun, images: Sequence[tuple[str, object]], *,
     def predict_chunk() -> None:
         preds = _predict_pil(run, chunk, batch_size, max_tiles, None)
         if thumbnail > 0:
-            preds = [p if isinstance(img, str) else replace(p, thumbnail=_thumb(img, thumbnail))
+            preds = [replace(p, thumbnail=_thumb(img, thumbnail)) if p.ok else p
                      for p, (_, img) in zip(preds, chunk)]
         results.extend(preds)
         chunk.clear()
