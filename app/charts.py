@@ -22,6 +22,10 @@ PAPER = "paper: ln(mean(exp R²))"
 CONVENTIONS = (MEAN, PAPER)
 
 # Plotly's modebar camera saves a PNG in the browser (no server-side renderer needed)
+# the R² chart's frame, shared by the empty chart drawn before any scan
+R2_FRAME = {"height": 460, "margin": {"l": 60, "r": 20, "t": 40, "b": 60}}
+R2_YTITLE = "R² (held-out)"
+
 PLOTLY_CONFIG = {
     "displaylogo": False,
     "toImageButtonOptions": {"format": "png", "filename": "rcv-scan", "scale": 2},
@@ -149,15 +153,14 @@ def r2_figure(scans: list[dict], *, convention: str = MEAN, show_controls: bool 
                               line_color=colour, annotation_text=f"{text}: {layer}",
                               annotation_position="top left" if text == "cut" else "bottom left")
     finite = [y for y in all_y if y is not None and math.isfinite(y)]
-    yaxis = {"title": "R² (held-out)" if convention == MEAN else "ln(mean(exp R²))",
+    yaxis = {"title": R2_YTITLE if convention == MEAN else "ln(mean(exp R²))",
              "zeroline": True, "zerolinecolor": "#999"}
     if finite and clip_at is not None and min(finite) < clip_at:
         yaxis["range"] = [clip_at - 0.05, max(1.0, max(finite)) + 0.05]
     fig.update_layout(
         xaxis={"title": "normalised depth" if depth_axis else "layer",
                **({"range": [-0.03, 1.03]} if depth_axis else {"type": "category"})},
-        yaxis=yaxis, hovermode="closest", height=460,
-        margin={"l": 60, "r": 20, "t": 40, "b": 60},
+        yaxis=yaxis, hovermode="closest", **R2_FRAME,
         legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0},
         clickmode="event+select", dragmode=False)
     return fig
@@ -173,9 +176,9 @@ def empty_r2_figure(layers: list[str]) -> go.Figure:
     fig.update_layout(
         xaxis={"title": "layer", "type": "category", "categoryorder": "array",
                "categoryarray": list(layers), "range": [-0.5, max(len(layers), 1) - 0.5]},
-        yaxis={"title": "R² (held-out)", "range": [-1.05, 1.05], "zeroline": True,
+        yaxis={"title": R2_YTITLE, "range": [-1.05, 1.05], "zeroline": True,
                "zerolinecolor": "#999"},
-        height=460, margin={"l": 60, "r": 20, "t": 40, "b": 60}, dragmode=False,
+        **R2_FRAME, dragmode=False,
         annotations=[{"text": "R² per layer appears here after a scan", "showarrow": False,
                       "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5,
                       "font": {"color": "#777", "size": 14}}])

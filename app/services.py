@@ -407,7 +407,8 @@ THUMBNAIL_PX = 160  # the longer side of each Predict card's image
 
 def predict_uploads(run, items: list[tuple[str, bytes]]) -> list[dict]:
     """Predict uploaded files (name, bytes); each bad file gets its own ``error``. Each dict
-    also holds the image's ``thumbnail`` (160 px, None for a bad file) from the same decode."""
+    also holds the image's ``thumbnail`` (:data:`THUMBNAIL_PX`, None for a bad file) from the
+    same decode."""
     from rcvcore.predict import predict_images
 
     return [{**p.to_dict(), "thumbnail": p.thumbnail}

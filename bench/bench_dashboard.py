@@ -44,7 +44,6 @@ sys.path.insert(0, str(ROOT))
 
 from app import browser_harness as h  # noqa: E402
 
-CHART_DRAWN = h.CHART_DRAWN
 # counts every change of the progress bar's text: each one is a poll that reached the page
 COUNT_PROGRESS = """() => {
   window.__rcvPolls = 0; let last = '';
