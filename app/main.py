@@ -3,7 +3,9 @@
     python -m app.serve                                    # http://127.0.0.1:8501 (local only)
     streamlit run app/main.py                              # the same, without the start checks
 
-Serving beyond this machine needs authentication (README "Serving the dashboard"; app/security.py).
+Serving beyond this machine needs authentication (README "Serving the dashboard"; app/auth.py:
+`python -m app.serve` puts an HTTP gate in front of Streamlit, the page gate below is the second
+line, and the only one for a bare `streamlit run`).
 Server settings (bind address, upload limit, no telemetry) are in .streamlit/config.toml.
 
 Nothing here imports torch or rcvcore: the shell (title, navigation) draws at once and each page
@@ -18,17 +20,16 @@ if str(ROOT) not in sys.path:  # `streamlit run app/main.py` puts only app/ on t
 
 import streamlit as st  # noqa: E402
 
-from app import security  # noqa: E402
+from app import auth  # noqa: E402
 
 st.set_page_config(page_title="rcvcore: scale-covariant pruning", page_icon="🔬", layout="wide")
-security.enforce_server_settings()
+auth.enforce_server_settings()
 # Streamlit animates every change of a progress bar with a CSS transition: in a software-
 # rendered page that is ~30 ms of the browser's CPU per update, taken from the job the bar
 # reports on when the browser shares the machine (issue 15). The bars jump instead.
 st.html("<style>[data-testid='stProgress'] * {transition: none !important;}</style>")
-if not security.gate():
+if not auth.gate():
     st.stop()
-security.maybe_sweep_uploads()  # uploads unused for RCV_UPLOAD_TTL_HOURS are deleted
 
 PAGES = Path(__file__).resolve().parent / "pages"
 navigation = st.navigation([
@@ -48,3 +49,5 @@ try:
 finally:
     if loading is not None:
         loading.empty()
+if "app.services" in sys.modules:  # loaded by the page: the shell itself never imports torch
+    sys.modules["app.services"].maybe_sweep_uploads()  # uploads unused for their TTL go

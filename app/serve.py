@@ -1,11 +1,12 @@
 """Start the dashboard: ``python -m app.serve [streamlit options]`` (what ``make app``, the Docker
 image and the browser harness run).
 
-It is ``streamlit run app/main.py [options]`` plus three things:
+It is ``streamlit run app/gateway.py [options]`` (app/main.py behind Streamlit's ``st.App`` with
+the HTTP gate of app/auth.py in front) plus three things:
 
 1. It checks the address before listening: on anything but a loopback address (or with
    ``server.address`` unset, which listens on every interface) it refuses to start, exit status 2
-   and one line saying what to configure, unless authentication is configured (app/security.py,
+   and one line saying what to configure, unless authentication is configured (app/auth.py,
    README "Serving the dashboard").
 2. It passes the settings that must hold however the config files were found
    (``--runner.postScriptGC false``, issue 15; in served mode ``--client.showErrorDetails none``).
@@ -26,7 +27,7 @@ import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MAIN = ROOT / "app" / "main.py"
+MAIN = ROOT / "app" / "gateway.py"   # st.App(app/main.py) behind the HTTP gate
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     from streamlit import config
     from streamlit.web import bootstrap, cli
 
-    from app import security
+    from app import auth
 
     # Streamlit's own parsing: config.toml files, STREAMLIT_* variables, then the flags
     enforced = ["--runner.postScriptGC", "false"]
@@ -63,14 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     flags = {k: v for k, v in ctx.params.items() if k not in ("target", "args")}
     bootstrap.load_config_options(flag_options=flags)
     address = config.get_option("server.address")
-    problem = security.startup_problem(address)
+    problem = auth.startup_problem(address)
     if problem:
         print(problem, file=sys.stderr)
         return 2
-    if security.served(address):
+    if auth.served(address):
         enforced += ["--client.showErrorDetails", "none"]
-        if not security.data_root():
-            print(f"rcvcore dashboard: served mode without {security.DATA_ROOT_ENV}: path fields "
+        if not os.environ.get(auth.DATA_ROOT_ENV):
+            print(f"rcvcore dashboard: served mode without {auth.DATA_ROOT_ENV}: path fields "
                   "are turned off (embedded demos and uploads only).", file=sys.stderr)
     if os.environ.get("RCV_PREWARM", "0") == "1":
         threading.Thread(target=_prewarm, name="rcv-prewarm", daemon=True).start()

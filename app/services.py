@@ -3,6 +3,13 @@
 Scans run in one background worker thread of the server process (so a click elsewhere on the page
 never aborts them and a reload finds them still running); fine-tuning runs are separate processes
 that write their run directory, started and scheduled by rcvcore.runs, polled by the Train page.
+
+Each scan job belongs to the user who submitted it (:func:`app.auth.session_user`): only that
+user sees its progress, can cancel it and counts it against their quota. The worker, its jobs
+and the run scheduler are server objects (:func:`app.state.server_object`), which a client's
+``clear_cache`` cannot drop.
+
+Layers: pages -> services -> {auth, guard, uploads, state} -> rcvcore.
 """
 from __future__ import annotations
 
@@ -19,7 +26,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import charts, security, state
+from app import auth, charts, guard, state, uploads
 from rcvcore import demo, runs
 from rcvcore.prune import NONE
 from rcvcore.train.config import PROTOCOLS, TrainConfig
@@ -107,6 +114,7 @@ class ScanJob:
     record_id: str | None = None      # saved scan id once finished
     error: str | None = None
     from_cache: bool = False          # rcvcore returned the saved scores: nothing recomputed
+    owner: str = "local"              # the user who submitted it (auth.session_user)
 
     @property
     def done(self) -> bool:
@@ -117,10 +125,10 @@ class ScanCancelled(Exception):
     pass
 
 
-@st.cache_resource(show_spinner=False)
 def _scan_worker() -> tuple[ThreadPoolExecutor, dict[str, ScanJob], threading.Lock]:
     # one scan at a time: a scan already uses every core (and the GPU)
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="rcv-scan"), {}, threading.Lock()
+    return state.server_object("scan_worker", lambda: (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="rcv-scan"), {}, threading.Lock()))
 
 
 def scan_id_for(config: dict) -> str:
@@ -136,8 +144,8 @@ def make_config(**kwargs):
     from rcvcore.scan import ScanConfig
 
     names = {f.name for f in dataclasses.fields(ScanConfig)}
-    kwargs = security.vet_config_kwargs(kwargs)  # served mode: paths under the data root
-    security.check_scan_queue()
+    kwargs = guard.vet_config_kwargs(kwargs)  # served mode: paths under the data root
+    guard.check_scan_queue(len(running_jobs()), len(running_jobs(auth.session_user())))
     return ScanConfig(**{k: v for k, v in kwargs.items() if k in names})
 
 
@@ -152,8 +160,9 @@ def _run_job(job: ScanJob, config) -> str:
     try:
         result = run_scan(config, progress=progress)
     except Exception as e:
-        if not isinstance(e, ScanCancelled):
-            security.discard_upload(config.weights)  # a rejected upload is not kept
+        if not isinstance(e, ScanCancelled):  # a rejected upload is not kept
+            readers = [j for j in running_jobs() if j.config.get("weights") == config.weights]
+            uploads.discard(config.weights, users=len(readers))
         raise
     finally:
         _free_gpu()
@@ -167,28 +176,53 @@ def _run_job(job: ScanJob, config) -> str:
     return rid
 
 
-def submit_scan(config) -> ScanJob:
-    """Queue ``config`` on the scan worker; an identical scan already running is reused."""
+def submit_scan(config, owner: str | None = None) -> ScanJob:
+    """Queue ``config`` on the scan worker for ``owner`` (default: this page's user); an
+    identical scan of the same owner already running is reused."""
+    owner = auth.session_user() if owner is None else owner
     executor, jobs, lock = _scan_worker()
     cfg = dataclasses.asdict(config)
     with lock:
         for job in jobs.values():
-            if job.config == cfg and not job.done:
+            if job.config == cfg and not job.done and job.owner == owner:
                 return job
-        job = ScanJob(job_id=uuid.uuid4().hex[:12], config=cfg)
+        job = ScanJob(job_id=uuid.uuid4().hex[:12], config=cfg, owner=owner)
         job.future = executor.submit(_run_job, job, config)
         jobs[job.job_id] = job
     return job
 
 
-def get_job(job_id: str | None) -> ScanJob | None:
-    if not job_id:
-        return None
-    return _scan_worker()[1].get(job_id)
+_ANY = "\0any"
 
 
-def running_jobs() -> list[ScanJob]:
-    return [j for j in _scan_worker()[1].values() if not j.done]
+def get_job(job_id: str | None, owner: str | None = None) -> ScanJob | None:
+    """The job ``job_id`` if it belongs to ``owner`` (default: this page's user), else None."""
+    job = _scan_worker()[1].get(job_id) if job_id else None
+    owner = auth.session_user() if owner is None else owner
+    return job if job is not None and job.owner == owner else None
+
+
+def running_jobs(owner: str | None = _ANY) -> list[ScanJob]:
+    """Jobs running or queued: every user's (the default, for the server's limits), or
+    ``owner``'s only (None: this page's user)."""
+    owner = auth.session_user() if owner is None else owner
+    return [j for j in _scan_worker()[1].values()
+            if not j.done and owner in (_ANY, j.owner)]
+
+
+def cancel_job(job_id: str | None, owner: str | None = None) -> bool:
+    """Ask ``owner``'s job to stop at its next step; False when it is not theirs or done."""
+    job = get_job(job_id, owner)
+    if job is None or job.done:
+        return False
+    job.cancel_requested = True
+    return True
+
+
+def job_progress(job: ScanJob) -> str:
+    """The progress line of ``job`` as the browser may see it (no server folder)."""
+    return guard.redact(f"Scanning {job.config['arch']} on {job.config['dataset']}: "
+                        f"{job.message}")
 
 
 def job_error(job: ScanJob) -> str | None:
@@ -203,9 +237,9 @@ def job_error(job: ScanJob) -> str | None:
     from rcvcore.errors import UserError
 
     if isinstance(exc, UserError):
-        return security.redact(str(exc))
-    if security.served():  # no traceback, no server path in the browser
-        return security.failure_message("The scan", exc)
+        return guard.redact(str(exc))
+    if auth.served():  # no traceback, no server path in the browser
+        return guard.failure_message("The scan", exc)
     return (f"The scan failed: {type(exc).__name__}: {exc}\n\n"
             + "".join(traceback.format_exception(exc))[-3000:])
 
@@ -243,20 +277,23 @@ def result_csv(result: dict) -> str:
 RUN_STATES_ACTIVE = runs.ACTIVE
 
 
-@st.cache_resource(show_spinner=False)
-def _scheduler() -> runs.Scheduler:
-    """One run scheduler per server (rcvcore's): its daemon thread starts queued runs of every
-    group under the runs root, reaps finished children and finishes groups (comparison.json),
-    so a group keeps going without an open page."""
+def _new_scheduler() -> runs.Scheduler:
     sched = runs.Scheduler()   # the root is $RCV_RUNS_DIR, resolved at each step
     sched.start()
     return sched
 
 
+def _scheduler() -> runs.Scheduler:
+    """One run scheduler per server (rcvcore's): its daemon thread starts queued runs of every
+    group under the runs root, reaps finished children and finishes groups (comparison.json),
+    so a group keeps going without an open page."""
+    return state.server_object("run_scheduler", _new_scheduler)
+
+
 def train_config(**kwargs):
     """A validated :class:`rcvcore.train.TrainConfig` (rcvcore raises UserError on bad input)."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    kwargs = security.vet_config_kwargs(kwargs)  # served mode: paths under the data root
+    kwargs = guard.vet_config_kwargs(kwargs)  # served mode: paths under the data root
     return TrainConfig(**{k: v for k, v in kwargs.items() if k in names}).validate()
 
 
@@ -297,7 +334,7 @@ def protocol_head_init(protocol: str) -> str:
 def launch_demo_model() -> None:
     """Start training the demo model (:func:`rcvcore.demo.launch_demo_model`) as a run
     process reaped by the server's scheduler."""
-    security.check_training(1, demo.DEMO_SETTINGS["epochs"], 1, 1)
+    check_training(1, demo.DEMO_SETTINGS["epochs"], 1, 1)
     proc = demo.launch_demo_model(state.runs_root())
     if proc is not None:
         _scheduler().adopt(demo.demo_model_dir(state.runs_root()), proc)
@@ -344,7 +381,7 @@ def run_state(rs) -> str:
 def start_failure(rs) -> str | None:
     """Why a run never started (its process ended before writing status), with its log tail."""
     why = _scheduler().start_failure(rs)
-    if why and security.served():  # the log tail holds a traceback with server paths
+    if why and auth.served():  # the log tail holds a traceback with server paths
         return why.split("\n\n", 1)[0]
     return why
 
@@ -360,6 +397,68 @@ def read_runs(run_dirs: list[Path]) -> list:
 
 def cancel_run(run_dir: Path) -> str:
     return runs.cancel(run_dir, wait=None)  # a run still launching is cancelled by the scheduler
+
+
+def active_or_waiting_runs() -> int:
+    """Runs running, or planned and not started, in every group under the runs root."""
+    n = 0
+    for group, dirs in list_groups().items():
+        n += sum(run_state(r) in RUN_STATES_ACTIVE for r in read_runs(dirs))
+        plan = read_group(state.runs_root() / group)
+        if plan and not plan.get("cancelled"):
+            n += max(0, len(plan["seeds"]) * len(plan["cuts"]) - len(dirs))
+    return n
+
+
+def check_training(n_seeds: int, epochs: int, parallel: int, n_runs: int) -> None:
+    """Refuse a launch beyond the served dashboard's limits (:func:`app.guard.check_training`)."""
+    if guard.limits() is not None:
+        guard.check_training(n_seeds, epochs, parallel, n_runs, active_or_waiting_runs())
+
+
+# --------------------------------------------------------------------------------------------
+# uploads (app/uploads.py stores and deletes; here: which are in use)
+
+
+def uploads_in_use() -> set[Path]:
+    """Stored uploads a running or queued scan, or an active or waiting run, still reads."""
+    used = {uploads.stored(job.config.get("weights")) for job in running_jobs()}
+    try:
+        for group, dirs in list_groups().items():
+            plan = read_group(state.runs_root() / group) or {}
+            if plan and not plan.get("cancelled"):
+                used.add(uploads.stored((plan.get("base") or {}).get("weights")))
+            used |= {uploads.stored((r.config or {}).get("weights")) for r in read_runs(dirs)
+                     if run_state(r) in RUN_STATES_ACTIVE}
+    except OSError:
+        pass
+    return used - {None}
+
+
+def sweep_uploads(now: float | None = None) -> list[Path]:
+    """Delete stored uploads unused for ``RCV_UPLOAD_TTL_HOURS`` (app/uploads.py)."""
+    return uploads.sweep(uploads_in_use(), now)
+
+
+def maybe_sweep_uploads(every_s: float = 600.0) -> None:
+    """:func:`sweep_uploads` at most every ``every_s`` per server (called after page runs)."""
+    if uploads.sweep_due(every_s):
+        try:
+            sweep_uploads()
+        except OSError:  # a racing delete or a read-only folder must not break the page
+            pass
+
+
+def keep_upload(uploaded, kept: dict) -> str | None:
+    """Store an uploaded checkpoint (:func:`app.uploads.keep`) and return its path, or draw why
+    it was refused and return None."""
+    try:
+        if uploaded.file_id not in kept:
+            sweep_uploads()
+        return uploads.keep(uploaded, kept)
+    except guard.Refused as e:
+        st.error(str(e))
+        return None
 
 
 # --------------------------------------------------------------------------------------------

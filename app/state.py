@@ -7,25 +7,46 @@ Everything the app writes lives under one root (``$RCV_RUNS_DIR``, default ``./r
 - ``<root>/_uploads/``      uploaded checkpoints, stored under their SHA-256, never a user's name
 
 Session state holds only what a single browser tab is looking at (which scans are overlaid, the
-chosen cut); anything that must outlive a reload is on disk.
+chosen cut); anything that must outlive a reload is on disk. What the server itself keeps (the
+scan worker and its jobs, the run scheduler) is held by :func:`server_object`, never in
+Streamlit's caches, which any client can clear.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import re
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import streamlit as st
 
 from rcvcore.files import atomic_write
-from rcvcore.runs import runs_root as _rcv_runs_root
 
 CUT_KEY = "rcv_cut"            # {"arch", "weights", "layer", "dataset", "scan_id"}
+T = TypeVar("T")
+_SERVER: dict[str, object] = {}
+_SERVER_LOCK = threading.Lock()
+
+
+def server_object(key: str, factory: Callable[[], T]) -> T:
+    """The one object ``key`` of this server process, made by ``factory`` on first use.
+
+    Unlike ``st.cache_resource``, a client's ``clear_cache`` message cannot drop it (which
+    once reset the scan queue, lost running scans and another user's progress: issue 25).
+    """
+    with _SERVER_LOCK:
+        if key not in _SERVER:
+            _SERVER[key] = factory()
+        return _SERVER[key]  # type: ignore[return-value]
 
 
 def runs_root(create: bool = True) -> Path:
     """Root folder of everything the app writes (``$RCV_RUNS_DIR`` or ``./runs``)."""
+    from rcvcore.runs import runs_root as _rcv_runs_root
+
     return _rcv_runs_root(create=create)
 
 

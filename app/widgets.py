@@ -1,14 +1,14 @@
 """Widgets shared by several pages (no science: the values go to rcvcore as they are)."""
 from __future__ import annotations
 
-from app import security, services
+from app import guard, services
 
 
 def _PATH_HELP() -> str | None:
-    if not security.served():
+    if not guard.served():
         return None
     return ("On this server, paths are read from its data folder (relative paths start there)."
-            if security.data_root() else "Paths are turned off on this server.")
+            if guard.data_root() else "Paths are turned off on this server.")
 
 
 def dataset_picker(where, datasets: list[dict], prefix: str, *, default: str | None = None,
@@ -54,8 +54,8 @@ def dataset_picker(where, datasets: list[dict], prefix: str, *, default: str | N
     try:
         options = services.dataset_options(text)
         # served mode: the path under the data root, no option that widens what is read
-        spec, options = security.vet_dataset(spec, options)
+        spec, options = guard.vet_dataset(spec, options)
     except Exception as e:  # rcvcore's message names the bad item
-        where.error(security.redact(str(e)))
+        where.error(guard.redact(str(e)))
         return None, {}
     return spec, options

@@ -1,5 +1,6 @@
-"""Serving the dashboard beyond localhost (app/security.py, app/serve.py): the start refusal,
-the password gate, the data root, the limits, uploads and error details."""
+"""Serving the dashboard beyond localhost (app/auth.py, app/guard.py, app/uploads.py,
+app/serve.py): the start refusal, the password gate, the data root, the limits, uploads and
+error details."""
 from __future__ import annotations
 
 import os
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app import browser_harness, security, services, state
+from app import auth, browser_harness, guard, services, state, uploads
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = str(ROOT / "app" / "main.py")
@@ -43,16 +44,16 @@ def served(monkeypatch, tmp_path):
     ("localhost", True), ("0.0.0.0", False), ("::", False), ("", False), (None, False),
     ("192.168.1.20", False), ("example.org", False)])
 def test_is_loopback(address, loopback):
-    assert security.is_loopback(address) is loopback
+    assert auth.is_loopback(address) is loopback
 
 
 def test_mode_follows_address_and_credentials(monkeypatch):
-    assert not security.served("127.0.0.1")
-    assert security.served("0.0.0.0") and security.served(None)
+    assert not auth.served("127.0.0.1")
+    assert auth.served("0.0.0.0") and auth.served(None)
     monkeypatch.setenv("RCV_DASHBOARD_PASSWORD", PASSWORD)  # a password means others come
-    assert security.served("127.0.0.1") and security.auth_configured()
+    assert auth.served("127.0.0.1") and auth.auth_configured()
     monkeypatch.setenv("RCV_DASHBOARD_PASSWORD", "short")
-    assert "too short" in security.auth_problem()
+    assert "too short" in auth.auth_problem()
 
 
 def _serve(args, env_extra=None, timeout=300):  # seconds on an idle machine; minutes under load
@@ -134,43 +135,43 @@ def test_the_app_turns_off_streamlits_post_run_gc():
 
 def test_paths_stay_under_the_data_root(served, tmp_path):
     inside = served / "set1"
-    assert security.vet_path("set1", "Path") == str(inside)
-    assert security.vet_path(str(inside), "Path") == str(inside)
+    assert guard.vet_path("set1", "Path") == str(inside)
+    assert guard.vet_path(str(inside), "Path") == str(inside)
     for outside in ("/etc", "../", "set1/../../", str(tmp_path)):
-        with pytest.raises(security.Refused, match="outside this server's data folder"):
-            security.vet_path(outside, "Path")
+        with pytest.raises(guard.Refused, match="outside this server's data folder"):
+            guard.vet_path(outside, "Path")
     (served / "link").symlink_to(tmp_path)  # a link inside pointing out
-    with pytest.raises(security.Refused, match="outside"):
-        security.vet_path("link/runs", "Path")
-    with pytest.raises(security.Refused) as e:
-        security.vet_path("/etc/shadow", "Path")
+    with pytest.raises(guard.Refused, match="outside"):
+        guard.vet_path("link/runs", "Path")
+    with pytest.raises(guard.Refused) as e:
+        guard.vet_path("/etc/shadow", "Path")
     assert str(served) not in str(e.value)  # the refusal does not reveal the root
 
 
 def test_without_a_data_root_paths_are_off(served, monkeypatch):
     monkeypatch.delenv("RCV_DATA_ROOT")
-    with pytest.raises(security.Refused, match="paths are turned off"):
-        security.vet_path(str(served / "set1"), "Path")
+    with pytest.raises(guard.Refused, match="paths are turned off"):
+        guard.vet_path(str(served / "set1"), "Path")
 
 
 def test_local_mode_leaves_paths_alone():
-    assert security.vet_path("/etc", "Path") == "/etc"
-    assert security.vet_dataset("folder:/x", {"allow_outside": True})[1] == {"allow_outside": True}
+    assert guard.vet_path("/etc", "Path") == "/etc"
+    assert guard.vet_dataset("folder:/x", {"allow_outside": True})[1] == {"allow_outside": True}
 
 
 def test_dataset_spec_options_and_checkpoints(served, tmp_path):
-    spec, _ = security.vet_dataset("folder:set1", {})
+    spec, _ = guard.vet_dataset("folder:set1", {})
     assert spec == f"folder:{served / 'set1'}"
-    with pytest.raises(security.Refused, match="allow_outside"):
-        security.vet_dataset("folder:set1", {"allow_outside": True})
-    with pytest.raises(security.Refused, match="outside"):
-        security.vet_dataset("imagenet:set1", {"annotations": "/etc"})
-    with pytest.raises(security.Refused, match="Checkpoint"):
-        security.vet_config_kwargs({"dataset": "demo-scale", "weights": "/etc/passwd"})
+    with pytest.raises(guard.Refused, match="allow_outside"):
+        guard.vet_dataset("folder:set1", {"allow_outside": True})
+    with pytest.raises(guard.Refused, match="outside"):
+        guard.vet_dataset("imagenet:set1", {"annotations": "/etc"})
+    with pytest.raises(guard.Refused, match="Checkpoint"):
+        guard.vet_config_kwargs({"dataset": "demo-scale", "weights": "/etc/passwd"})
     upload = state.store_upload(b"checkpoint bytes", ".pt")
-    out = security.vet_config_kwargs({"dataset": "demo-scale", "weights": str(upload)})
+    out = guard.vet_config_kwargs({"dataset": "demo-scale", "weights": str(upload)})
     assert Path(out["weights"]) == upload.resolve()
-    assert security.vet_config_kwargs({"weights": "imagenet"})["weights"] == "imagenet"
+    assert guard.vet_config_kwargs({"weights": "imagenet"})["weights"] == "imagenet"
 
 
 def test_scan_page_refuses_a_path_outside_the_data_root(served):
@@ -192,20 +193,23 @@ def test_scan_page_refuses_a_path_outside_the_data_root(served):
 
 def test_training_limits(served, monkeypatch):
     monkeypatch.setenv("RCV_MAX_EPOCHS", "5")
-    security.check_training(2, 5, 1, 4)
-    with pytest.raises(security.Refused, match="at most 5"):
-        security.check_training(1, 6, 1, 1)
-    with pytest.raises(security.Refused, match="seeds"):
-        security.check_training(11, 1, 1, 11)
-    with pytest.raises(security.Refused, match="at a time"):
-        security.check_training(1, 1, 3, 1)
-    with pytest.raises(security.Refused, match="running or waiting"):
-        security.check_training(5, 1, 1, 5)   # 5 runs > 4 active at most
+    services.check_training(2, 5, 1, 4)
+    guard.check_training(2, 5, 1, 2, busy=2)
+    with pytest.raises(guard.Refused, match="2 run.s. are running or waiting"):
+        guard.check_training(2, 5, 1, 3, busy=2)
+    with pytest.raises(guard.Refused, match="at most 5"):
+        services.check_training(1, 6, 1, 1)
+    with pytest.raises(guard.Refused, match="seeds"):
+        services.check_training(11, 1, 1, 11)
+    with pytest.raises(guard.Refused, match="at a time"):
+        services.check_training(1, 1, 3, 1)
+    with pytest.raises(guard.Refused, match="running or waiting"):
+        services.check_training(5, 1, 1, 5)   # 5 runs > 4 active at most
 
 
 def test_no_limits_locally():
-    assert security.limits() is None
-    security.check_training(100, 500, 16, 200)
+    assert guard.limits() is None
+    services.check_training(100, 500, 16, 200)
 
 
 # ------------------------------------------------------------------------------ uploads
@@ -220,17 +224,18 @@ def test_old_uploads_are_swept_unless_in_use(monkeypatch):
     day_ago = time.time() - 2 * 24 * 3600
     for p in (old, used, part):
         os.utime(p, (day_ago, day_ago))
-    monkeypatch.setattr(security, "uploads_in_use", lambda: {used.resolve()})
-    gone = security.sweep_uploads()
+    monkeypatch.setattr(services, "uploads_in_use", lambda: {used.resolve()})
+    gone = services.sweep_uploads()
     assert sorted(gone) == sorted([old, part])
     assert new.exists() and used.exists() and not old.exists()
 
 
 def test_a_rejected_checkpoint_is_deleted():
     up = state.store_upload(b"not a checkpoint", ".pt")
-    assert security.discard_upload(str(up)) and not up.exists()
-    assert not security.discard_upload("imagenet")
-    assert not security.discard_upload("/etc/passwd")  # never outside the upload folder
+    assert not uploads.discard(str(up), users=2) and up.exists()  # another scan reads it
+    assert uploads.discard(str(up), users=1) and not up.exists()
+    assert not uploads.discard("imagenet", users=1)
+    assert not uploads.discard("/etc/passwd", users=1)  # never outside the upload folder
 
 
 def test_scan_job_error_has_no_traceback_when_served(served):

@@ -1,11 +1,11 @@
-"""Served mode with Streamlit's own login (``[auth]`` in .streamlit/secrets.toml; app/security.py,
+"""Served mode with Streamlit's own login (``[auth]`` in .streamlit/secrets.toml; app/auth.py,
 app/serve.py, README "Serving the dashboard"), as far as it can be checked without an identity
 provider: when ``[auth]`` lets the server start beyond loopback, when it refuses (an ``[auth]``
 that cannot work, and its absence), and what the gate draws for a logged-out and a logged-in
 user. Servers started here bind 127.0.0.1 only; a refused start binds nothing.
 
 Authlib (which ``st.login`` needs) is not installed here: where a test needs the login to be
-usable it says Authlib is present (``security._authlib_ok``), and one test checks the refusal
+usable it says Authlib is present (``auth._authlib_ok``), and one test checks the refusal
 that its absence now gives.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import streamlit as st
 from streamlit import config
 from streamlit.testing.v1 import AppTest
 
-from app import browser_harness, security
+from app import auth, browser_harness
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = str(ROOT / "app" / "main.py")
@@ -66,27 +66,27 @@ def secrets(tmp_path):
 
 @pytest.fixture
 def authlib(monkeypatch):
-    monkeypatch.setattr(security, "_authlib_ok", lambda: True)
+    monkeypatch.setattr(auth, "_authlib_ok", lambda: True)
 
 
 # ------------------------------------------------------------------------------ the start check
 
 
 def test_auth_lets_the_server_start_beyond_loopback(secrets, authlib):
-    assert security.startup_problem("0.0.0.0") is not None        # nothing configured: refused
+    assert auth.startup_problem("0.0.0.0") is not None        # nothing configured: refused
     secrets(AUTH)
-    assert security.streamlit_auth_configured() and security.login_providers() == [None]
+    assert auth.streamlit_auth_configured() and auth.login_providers() == [None]
     for address in ("0.0.0.0", "::", None, "192.168.1.20"):
-        assert security.startup_problem(address) is None, address
-    assert security.served("127.0.0.1")       # a login means other people reach this server
+        assert auth.startup_problem(address) is None, address
+    assert auth.served("127.0.0.1")       # a login means other people reach this server
 
 
 def test_named_providers_are_login_providers(secrets, authlib):
-    secrets({k: AUTH[k] for k in security.AUTH_KEYS} | {"google": PROVIDER, "okta": PROVIDER,
+    secrets({k: AUTH[k] for k in auth.AUTH_KEYS} | {"google": PROVIDER, "okta": PROVIDER,
                                                          "bad_name": PROVIDER,
                                                          "partial": {"client_id": "x"}})
-    assert security.login_providers() == ["google", "okta"]
-    assert security.startup_problem("0.0.0.0") is None
+    assert auth.login_providers() == ["google", "okta"]
+    assert auth.startup_problem("0.0.0.0") is None
 
 
 @pytest.mark.parametrize("drop, message", [
@@ -98,15 +98,15 @@ def test_an_auth_table_that_cannot_work_refuses_even_with_a_password(secrets, au
     secrets({k: v for k, v in AUTH.items() if k != drop})
     monkeypatch.setenv("RCV_DASHBOARD_PASSWORD", "a long enough password")
     for address in ("0.0.0.0", "127.0.0.1"):     # [auth] present: served even on loopback
-        problem = security.startup_problem(address)
+        problem = auth.startup_problem(address)
         assert problem and "refusing to serve" in problem and message in problem, problem
         assert AUTH["cookie_secret"] not in problem and PROVIDER["client_secret"] not in problem
 
 
 def test_auth_without_authlib_refuses_and_names_it(secrets, monkeypatch):
-    monkeypatch.setattr(security, "_authlib_ok", lambda: False)
+    monkeypatch.setattr(auth, "_authlib_ok", lambda: False)
     secrets(AUTH)
-    problem = security.startup_problem("0.0.0.0")
+    problem = auth.startup_problem("0.0.0.0")
     assert problem and "Authlib >= 1.3.2" in problem and "pip install" in problem
 
 
@@ -114,12 +114,12 @@ def test_authlib_check_reads_the_installed_version():
     from importlib.util import find_spec
 
     if find_spec("authlib") is None:
-        assert security._authlib_ok() is False
+        assert auth._authlib_ok() is False
     else:
         import authlib
 
         parts = tuple(int(p) for p in authlib.__version__.split(".")[:3] if p.isdigit())
-        assert security._authlib_ok() is (parts >= security.AUTHLIB_MIN)
+        assert auth._authlib_ok() is (parts >= auth.AUTHLIB_MIN)
 
 
 def _serve(args, timeout=300):
@@ -167,7 +167,7 @@ def test_gate_shows_login_until_logged_in(secrets, authlib):
 
 
 def test_gate_offers_one_login_per_named_provider(secrets, authlib):
-    secrets({k: AUTH[k] for k in security.AUTH_KEYS} | {"google": PROVIDER, "okta": PROVIDER})
+    secrets({k: AUTH[k] for k in auth.AUTH_KEYS} | {"google": PROVIDER, "okta": PROVIDER})
     at = AppTest.from_file(MAIN, default_timeout=60)
     at.user = {"is_logged_in": False}
     at.run()

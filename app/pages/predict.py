@@ -6,7 +6,7 @@ import hashlib
 import pandas as pd
 import streamlit as st
 
-from app import security, services
+from app import guard, services
 
 st.title("Predict on patches")
 st.caption("Upload H&E patches (drag and drop, one or many). Each gets the predicted mean nuclei "
@@ -24,7 +24,7 @@ def _demo_panel() -> None:
                     "real H&E patches (`demo-he`)")
         if d["state"] in ("missing", "failed", "cancelled", "interrupted"):
             if d["state"] == "failed" and d.get("error"):
-                st.error(f"The last demo training failed: {security.redact(d['error'])}")
+                st.error(f"The last demo training failed: {guard.redact(d['error'])}")
             label = ("Train the demo model" if d["state"] == "missing" else
                      "Train it again" if d["state"] == "failed" else "Finish training it")
             st.caption("A few minutes on a laptop CPU: the real H&E patches are cut and "
@@ -35,7 +35,7 @@ def _demo_panel() -> None:
                 try:
                     services.launch_demo_model()
                 except Exception as e:  # served-mode limits, a run already going
-                    st.error(security.redact(str(e)))
+                    st.error(guard.redact(str(e)))
                 else:
                     st.rerun()
         elif d["state"] in ("running", "launching"):
@@ -93,7 +93,7 @@ if samples:
 try:  # loaded on first use, then shared read-only by every session
     run = services.load_run(run_dir)
 except Exception as e:  # rcvcore's message names the file and the fix
-    st.error(f"Cannot load this run: {security.redact(str(e))}")
+    st.error(f"Cannot load this run: {guard.redact(str(e))}")
     st.stop()
 if run.task.classes:
     st.caption(f"Device {run.device}. Classes: {', '.join(run.task.classes)}.")

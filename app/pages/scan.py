@@ -8,7 +8,7 @@ import json
 
 import streamlit as st
 
-from app import charts, security, services, state, widgets
+from app import charts, services, state, widgets
 from rcvcore.errors import UserError
 
 st.title("Scale-covariance scan")
@@ -63,7 +63,7 @@ with st.sidebar:
                               key="scan_ckpt_upload")
         path = st.text_input("...or the path of one on this machine", key="scan_ckpt_path")
         if up is not None:  # hashed and stored once per upload (again if deleted meanwhile)
-            weights = security.keep_upload(up, st.session_state.setdefault("scan_ckpt_stored", {}))
+            weights = services.keep_upload(up, st.session_state.setdefault("scan_ckpt_stored", {}))
         elif path.strip():
             weights = path.strip()
         else:
@@ -158,22 +158,20 @@ def scan_progress() -> None:
     if job is None:
         return
     if not job.done:  # one element: each poll re-renders only this bar in the browser
-        st.progress(min(max(job.fraction, 0.0), 1.0),
-                    text=f"Scanning {job.config['arch']} on {job.config['dataset']}: "
-                         f"{job.message}")
+        st.progress(min(max(job.fraction, 0.0), 1.0), text=services.job_progress(job))
         return
     finish(job)
     st.rerun()  # redraw the whole page with the new result
 
 
-if "scan_job" not in st.session_state and services.running_jobs():
-    # a reloaded page finds the scan it started still running in the server
-    st.session_state["scan_job"] = services.running_jobs()[0].job_id
+if "scan_job" not in st.session_state and services.running_jobs(None):
+    # a reloaded page finds the scan its user started still running in the server
+    st.session_state["scan_job"] = services.running_jobs(None)[0].job_id
 _job_now = services.get_job(st.session_state.get("scan_job"))
 # poll only while a scan runs; a finished one triggers a full rerun from inside the fragment
 st.fragment(run_every=0.5 if _job_now is not None else None)(scan_progress)()
 if _job_now is not None and not _job_now.done and st.button("Cancel scan", key="scan_cancel"):
-    _job_now.cancel_requested = True  # the job stops at its next step; the poll then reports it
+    services.cancel_job(_job_now.job_id)  # the job stops at its next step; the poll then reports it
 if st.session_state.get("scan_error"):
     st.error(st.session_state["scan_error"])
 

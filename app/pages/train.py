@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app import charts, security, services, state, widgets
+from app import charts, guard, services, state, widgets
 
 st.title("Fine-tune the pruned network")
 st.caption("The paper's transfer experiment (Table 2): the network cut at the chosen layer + "
@@ -31,7 +31,7 @@ if cut0 and not cut0.get("layer"):
     # chosen: do not prefill the form from noise
     no_cut_reason = cut0.get("reason") or "The scan suggested no cut."
     cut0 = {}
-limits = security.limits()  # served mode: at most these (None: the whole machine)
+limits = guard.limits()  # served mode: at most these (None: the whole machine)
 
 # ------------------------------------------------------------------------------------ form
 # open the form when there is nothing to watch, or a new cut arrived from the Scan page
@@ -128,7 +128,7 @@ with st.expander("New training run", expanded=not services.list_groups() or fres
     if st.button(f"Launch {n_runs} run{'s' * (n_runs != 1)}", type="primary",
                  disabled=not ready, key="train_launch"):
         try:
-            security.check_training(len(seeds), int(epochs), int(parallel), n_runs)
+            services.check_training(len(seeds), int(epochs), int(parallel), n_runs)
             config = services.train_config(
                 arch=arch, weights=weights, cut=cut, dataset=dataset, target=target,
                 epochs=int(epochs), batch_size=int(batch), lr=float(lr), n=int(n) or None,

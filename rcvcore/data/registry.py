@@ -21,6 +21,10 @@ class DatasetKind:
     needs_path: bool
     measure_name: str
     path_optional: bool = False   # an embedded dataset that also accepts KIND:PATH
+    #: loader options whose value is a path (a served dashboard vets them like the path)
+    path_options: tuple[str, ...] = ()
+    #: loader options that widen what the loader may read (a served dashboard refuses them)
+    widening_options: tuple[str, ...] = ()
 
 
 KINDS: dict[str, DatasetKind] = {}
@@ -37,7 +41,7 @@ register(DatasetKind(
     "rcvcore.data.demo_scale:load", False, "log2_zoom"))
 register(DatasetKind(
     "folder", "Any folder of images with labels.csv (columns path,scale and optional class,group).",
-    "rcvcore.data.folder:load", True, "scale"))
+    "rcvcore.data.folder:load", True, "scale", widening_options=("allow_outside",)))
 register(DatasetKind(
     "janowczyk", "The paper's transfer data: Janowczyk & Madabhushi nuclei set (*_original.tif + "
     "*_mask.png at 40x) cut into 224 px patches at 5x-40x; measure = mean nuclei area (px).",
@@ -57,7 +61,7 @@ register(DatasetKind(
 register(DatasetKind(
     "imagenet", "ImageNet <wnid>/*.JPEG with ILSVRC box XMLs; measure = largest box area / image "
     "area; default classes: the paper's albatross, kite, race car.", "rcvcore.data.imagenet:load",
-    True, "box_area_fraction"))
+    True, "box_area_fraction", path_options=("annotations",)))
 register(DatasetKind(
     "voc", "PASCAL VOC 2007/2012 in torchvision's VOCDetection layout (never downloaded); measure "
     "= largest box of the class / image area.", "rcvcore.data.voc:load", True,
