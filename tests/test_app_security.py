@@ -247,3 +247,97 @@ def test_scan_job_error_has_no_traceback_when_served(served):
     job = services.ScanJob(job_id="x", config={}, future=fut)
     msg = services.job_error(job)
     assert "RuntimeError" in msg and "Traceback" not in msg and str(served) not in msg
+
+
+# ------------------------------------------------------------------------------ sessions own work
+
+
+def _parked_job(owner: str, dataset: str = "demo-scale") -> services.ScanJob:
+    """A scan job of ``owner`` that stays running until the test ends (registered as the
+    worker registers it; nothing runs)."""
+    job = services.ScanJob(job_id=f"job-{owner}", config={"arch": "resnet18", "dataset": dataset},
+                           future=Future(), owner=owner, message="extracting")
+    services._scan_worker()[1][job.job_id] = job
+    return job
+
+
+@pytest.fixture
+def parked():
+    jobs = services._scan_worker()[1]
+    made = []
+
+    def park(owner, dataset="demo-scale"):
+        made.append(_parked_job(owner, dataset))
+        return made[-1]
+
+    yield park
+    for job in made:
+        job.future.set_result(None)
+        jobs.pop(job.job_id, None)
+
+
+def test_a_job_is_seen_and_cancelled_only_by_its_owner(served, parked):
+    job = parked("pw:alice")
+    assert services.get_job(job.job_id, "pw:bob") is None
+    assert services.running_jobs("pw:bob") == [] and services.running_jobs() == [job]
+    assert not services.cancel_job(job.job_id, "pw:bob") and not job.cancel_requested
+    assert services.cancel_job(job.job_id, "pw:alice") and job.cancel_requested
+
+
+def test_another_users_scan_draws_no_progress_and_no_cancel(served, parked):
+    """Issue 25: a session that never pressed Run saw another session's progress bar and a
+    Cancel button that stopped the other's scan."""
+    job = parked("pw:alice", f"folder:{served / 'set1'}")
+    at = AppTest.from_file(MAIN, default_timeout=90).run()
+    at.text_input(key="rcv_password").input(PASSWORD)
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    assert "Scale-covariance scan" in _titles(at)
+    assert not [b for b in at.button if b.key == "scan_cancel"]
+    assert "scan_job" not in at.session_state and not job.cancel_requested
+
+
+def test_quota_counts_the_users_own_scans(served, parked):
+    parked("pw:alice")
+    guard.check_scan_queue(len(services.running_jobs()), len(services.running_jobs("pw:bob")))
+    with pytest.raises(guard.Refused, match="per user"):
+        guard.check_scan_queue(1, len(services.running_jobs("pw:alice")))
+
+
+def test_progress_text_shows_no_server_folder(served, parked):
+    job = parked("pw:alice", f"folder:{served / 'set1'}")
+    job.message = f"reading {served}/set1/labels.csv"
+    text = services.job_progress(job)
+    assert str(served) not in text and "<data>/set1" in text
+
+
+def test_a_clear_cache_keeps_jobs_and_the_throttle(served, parked):
+    """What a client's ``clear_cache`` message runs on the server (Streamlit's AppSession:
+    both caches cleared) leaves the scan registry, the scheduler and the throttle alone."""
+    import streamlit as st
+
+    job = parked("pw:alice")
+    worker = services._scan_worker()
+    auth.THROTTLE.fail()
+    before = len(auth.THROTTLE.times)
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    assert services._scan_worker() is worker and services.running_jobs() == [job]
+    assert len(auth.THROTTLE.times) == before
+
+
+def test_datasets_declare_their_path_options(served, monkeypatch):
+    """The app keeps no list: a new kind's path option is vetted because the kind says so."""
+    from rcvcore.data.registry import KINDS, DatasetKind
+
+    kind = DatasetKind("newkind", "test", "rcvcore.data.folder:load", True, "scale",
+                       path_options=("masks",), widening_options=("follow_links",))
+    monkeypatch.setitem(KINDS, "newkind", kind)
+    with pytest.raises(guard.Refused, match="outside"):
+        guard.vet_dataset("newkind:set1", {"masks": "/etc"})
+    with pytest.raises(guard.Refused, match="follow_links"):
+        guard.vet_dataset("newkind:set1", {"follow_links": True})
+    vetted = guard.vet_dataset("newkind:set1", {"masks": "set1"})[1]
+    assert vetted == {"masks": str(served / "set1")}
+    assert KINDS["imagenet"].path_options == ("annotations",)
+    assert KINDS["folder"].widening_options == ("allow_outside",)

@@ -151,3 +151,77 @@ def test_reading_a_run_does_not_import_the_training_loop():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert "rcvcore.train.loop" not in out and "rcvcore.train.config" in out
+
+
+# ------------------------------------------------------------------------------ app/ (issue 21)
+
+APP = PKG.parent / "app"
+#: the layers of app/, top to bottom: a module imports only from its own layer or below, and
+#: no cycle (pages -> services -> {auth, guard, uploads, state, charts} -> rcvcore)
+APP_LAYERS = {"app.main": 3, "app.gateway": 3, "app.serve": 3, "app.widgets": 3,
+              "app.services": 2, "app.auth": 1, "app.guard": 1, "app.uploads": 1,
+              "app.state": 1, "app.charts": 1, "app.browser_harness": 0, "app": 0}
+
+
+def _app_modules() -> dict[str, Path]:
+    out = {}
+    for p in sorted(APP.rglob("*.py")):
+        parts = list(p.relative_to(APP.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out[".".join(parts)] = p
+    return out
+
+
+def _app_imports() -> dict[str, set[str]]:
+    """``{app module: {app modules it imports, anywhere in it}}``."""
+    modules = _app_modules()
+    out = {}
+    for name, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            found |= {t for t in targets if t in modules and t not in ("app", name)}
+        out[name] = found
+    return out
+
+
+def _app_layer(module: str) -> int:
+    return 3 if module.startswith("app.pages") else APP_LAYERS[module]
+
+
+def test_app_has_no_import_cycle_and_imports_one_way():
+    imports = _app_imports()
+    assert {"app.auth", "app.guard", "app.uploads", "app.state"} <= imports["app.services"]
+    assert _cycles({m: set(t) for m, t in imports.items()}) == []
+    upward = [f"{m} imports {t}" for m, ts in imports.items() for t in ts
+              if _app_layer(t) > _app_layer(m)]
+    assert upward == []
+    assert _cycles({"app.a": {"app.b"}, "app.b": {"app.a"}}) == [["app.a", "app.b"]]
+
+
+def test_the_shell_and_the_sign_in_do_not_import_torch(tmp_path):
+    """What a served dashboard draws first (the HTTP gate's sign-in, or the page gate of a bare
+    ``streamlit run``) loads neither torch nor scipy: app/main.py's shell, app/auth.py and
+    app/gateway.py import only streamlit."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import app.auth, app.gateway\n"
+            "from streamlit.testing.v1 import AppTest\n"
+            "at = AppTest.from_file('app/main.py', default_timeout=60).run()\n"
+            "assert not at.exception and at.text_input, at\n"
+            "print(sorted(m for m in ('torch', 'scipy', 'rcvcore.runs') if m in sys.modules))")
+    env = {**os.environ, "RCV_DASHBOARD_PASSWORD": "a password long enough",
+           "RCV_RUNS_DIR": str(tmp_path / "runs"), "PYTHONPATH": str(PKG.parent)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=PKG.parent, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
