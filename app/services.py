@@ -510,5 +510,8 @@ def predict_uploads(run, items: list[tuple[str, bytes]]) -> list[dict]:
     same decode."""
     from rcvcore.predict import predict_images
 
+    lim = guard.limits()  # served: the request's decoded pixels are bounded
+    budget = None if lim is None else lim.upload_megapixels * 1_000_000
     return [{**p.to_dict(), "thumbnail": p.thumbnail}
-            for p in predict_images(run, items, thumbnail=THUMBNAIL_PX)]
+            for p in predict_images(run, items, thumbnail=THUMBNAIL_PX,
+                                    max_total_pixels=budget)]

@@ -16,8 +16,10 @@ other files are still predicted.
 """
 from __future__ import annotations
 
+import io
 import os
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -271,14 +273,22 @@ def predict_files(run: LoadedRun, paths: Sequence, *, batch_size: int = 16,
     return results
 
 
+#: decoded pixels :func:`predict_images` holds before it predicts them (a chunk ends at
+#: ``batch_size`` images or at this many pixels, whichever comes first)
+CHUNK_PIXELS = 16_000_000
+
+
 def predict_images(run: LoadedRun, images: Sequence[tuple[str, object]], *,
                    batch_size: int = 16, max_tiles: int = 64, max_pixels: int = MAX_PIXELS,
-                   thumbnail: int = 0,
+                   thumbnail: int = 0, max_total_pixels: int | None = None,
                    progress: ProgressFn | None = None) -> list[Prediction]:
     """Predict in-memory images, e.g. dashboard uploads.
 
-    Images are decoded ``batch_size`` at a time and predicted before the next ones are decoded
-    (as :func:`predict_files` does), so many large uploads never sit decoded in memory at once.
+    Images are decoded ``batch_size`` at a time, or fewer when they hold more than
+    :data:`CHUNK_PIXELS` decoded pixels, and predicted before the next ones are decoded, so the
+    peak memory of many large uploads is that of one chunk, not of all of them (issue 25:
+    sixteen 0.3 MiB 10,000 x 10,000 PNGs once needed over 6 GB). Images are tiled at their own
+    resolution, never downscaled: the model's input is the scale it predicts.
 
     Args:
         images: ``(name, data)`` pairs; ``data`` is the file's bytes (any format read_rgb reads;
@@ -287,9 +297,13 @@ def predict_images(run: LoadedRun, images: Sequence[tuple[str, object]], *,
         thumbnail: if > 0, each successful prediction keeps an RGB copy of its image whose longer
             side is at most this many pixels (``Prediction.thumbnail``), made from the decode
             the prediction does anyway (a caller showing the images need not decode them again).
+        max_pixels: an image whose header says it has more pixels is refused before decoding.
+        max_total_pixels: decoded pixels of the whole call (a served request's budget): an
+            image past it is refused, from its header, before decoding; None: no budget.
     """
     results: list[Prediction] = []
     chunk: list = []
+    budget = [max_total_pixels]
 
     def predict_chunk() -> None:
         preds = _predict_pil(run, chunk, batch_size, max_tiles, None)
@@ -300,8 +314,10 @@ def predict_images(run: LoadedRun, images: Sequence[tuple[str, object]], *,
         chunk.clear()
 
     for k, (name, data) in enumerate(images):
-        chunk.append((str(name), _decode(name, data, max_pixels)))
-        if len(chunk) >= batch_size:
+        img = _within_budget(data, budget) or _decode(name, data, max_pixels)
+        chunk.append((str(name), img))
+        if len(chunk) >= batch_size or sum(
+                i.width * i.height for _, i in chunk if not isinstance(i, str)) >= CHUNK_PIXELS:
             predict_chunk()
         if progress:
             progress((k + 1) / max(len(images), 1), f"predicted {k + 1}/{len(images)} images")
@@ -310,9 +326,39 @@ def predict_images(run: LoadedRun, images: Sequence[tuple[str, object]], *,
 
 
 def _thumb(img: Image.Image, side: int) -> Image.Image:
-    out = img.copy()
-    out.thumbnail((side, side))
-    return out
+    """``img`` shrunk in place (it is this call's own decode, dropped next: no full copy)."""
+    img.thumbnail((side, side))
+    return img
+
+
+def _header_pixels(data) -> int | None:
+    """Pixels an image's header announces (nothing decoded), or None when unknown."""
+    if isinstance(data, Image.Image):
+        return data.width * data.height
+    if isinstance(data, np.ndarray):
+        return int(data.shape[0] * data.shape[1]) if data.ndim >= 2 else None
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(bytes(data))) as im:
+                    return im.width * im.height
+        except Exception:  # noqa: BLE001  _decode names what is wrong with it
+            return None
+    return None
+
+
+def _within_budget(data, budget: list) -> str | None:
+    """The reason ``data`` is refused for the call's pixel budget (``budget[0]``, spent here),
+    or None."""
+    if budget[0] is None:
+        return None
+    n = _header_pixels(data) or 0
+    if n > budget[0]:
+        return (f"over this request's budget of decoded pixels ({n:,} pixels, "
+                f"{max(budget[0], 0):,} left): predict it in a separate request")
+    budget[0] -= n
+    return None
 
 
 def _decode(name, data, max_pixels: int):

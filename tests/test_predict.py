@@ -197,3 +197,32 @@ def test_tiling_carries_its_kind():
     many = tiles_of(Image.new("RGB", (320, 320)), 32, max_tiles=5)
     assert many.n_tiles == 5 and many.note.endswith(", 5 evenly sampled")
     assert all(t.size == (32, 32) for t in grid.tiles + many.tiles)
+
+
+@pytest.mark.slow
+def test_peak_memory_of_k_large_uploads_does_not_grow_with_k(run_dir, tmp_path):
+    """Issue 25.3: tiny PNGs of many pixels (here 4,000 x 4,000, 46 MiB as RGB) predicted
+    together once held every decoded image at once (K=8 of the issue's 10,000 px ones: +3.4 GB;
+    bench/bench_predict_memory.py). The peak is now that of one chunk, whatever K."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from bench_predict_memory import big_png, peak_increase_mb
+
+    png = tmp_path / "big.png"
+    png.write_bytes(big_png(4000))
+    one, six = (peak_increase_mb(run_dir, png, k) for k in (1, 6))
+    rgb_mb = 3 * 4000 ** 2 / 2**20
+    assert six < one + 0.25 * rgb_mb, (one, six)
+
+
+def test_a_requests_pixel_budget_refuses_from_the_header(loaded, files):
+    """Past ``max_total_pixels`` an upload is refused before it is decoded, by name; the
+    others are predicted."""
+    data = (files / "rgb.png").read_bytes()
+    w, h = Image.open(files / "rgb.png").size
+    preds = predict_images(loaded, [("a.png", data), ("b.png", data), ("c.png", data)],
+                           max_total_pixels=2 * w * h)
+    assert [p.ok for p in preds] == [True, True, False]
+    assert "budget of decoded pixels" in preds[2].error and "c.png" not in preds[2].error

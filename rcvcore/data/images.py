@@ -114,7 +114,7 @@ def read_rgb(path, max_pixels: int = MAX_PIXELS) -> Image.Image:
                     raise ImageReadError(p, f"image is {w}x{h} pixels, above the limit of "
                                             f"{max_pixels:,} pixels; tile it into patches first")
                 im.load()
-                return to_rgb(im)
+                return im if im.mode == "RGB" else to_rgb(im)  # no second full-size copy
     except ImageReadError:
         raise
     except Exception as e:  # PIL raises many types for broken files
