@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import __version__
+from .._runlock import claim_run_dir
 from ..data.base import Dataset, ProgressFn, clean_temp_files, default_cache_dir, limit
 from ..data.registry import load_dataset
 from ..errors import UserError
@@ -192,6 +193,9 @@ def train(config: TrainConfig | None, run_dir, *, resume: bool = False, restart:
     if restart and resume:
         raise UserError("train: --restart starts the run afresh and --resume continues it; "
                         "give one of them.")
+    # one writing process per run directory (issue 25); held until train returns
+    claim = (claim_run_dir(run) if int(os.environ.get("RANK", "0")) == 0  # noqa: F841
+             and (run.is_dir() or not resume) else None)
     if restart and int(os.environ.get("RANK", "0")) == 0 and run.is_dir():
         clear_run_dir(run)
     if resume:
