@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ._runcheck import check_config, check_task
 from .data.base import ProgressFn
 from .data.images import MAX_PIXELS, ImageReadError, read_rgb, to_rgb, to_uint8
 from .errors import UserError
@@ -73,13 +74,18 @@ def load_run_model(run_dir, device: str = "auto", *, allow_unfinished: bool = Fa
         err = f" ({st.status.get('error')})" if st.status.get("error") else ""
         raise UserError(f"--run {run}: the run is {st.state}{err}, not done. Finish it with "
                         f"`python -m rcvcore train --resume --run-dir {run}`.")
-    config = TrainConfig.from_dict(st.config, str(run / CONFIG))
+    config = TrainConfig.from_dict(check_config(st.config, str(run / CONFIG)), str(run / CONFIG))
     ck = load_checkpoint(run / CHECKPOINT)
-    if "task" not in ck or "model" not in ck:
+    if not isinstance(ck, dict) or "task" not in ck or "model" not in ck:
         raise UserError(f"{run / CHECKPOINT} is not an rcvcore run checkpoint (no task/model).")
-    task = Task.from_dict(ck["task"])
+    task = Task.from_dict(check_task(ck["task"], str(run / CHECKPOINT)))
     model = build_run_model(config, task, weights="random")  # weights come from the checkpoint
-    model.load_state_dict(ck["model"])
+    try:
+        model.load_state_dict(ck["model"])
+    except (RuntimeError, TypeError, KeyError, AttributeError):
+        raise UserError(f"{run / CHECKPOINT} does not fit {run / CONFIG}: its weights are those "
+                        "of another network (another run's checkpoint, or a link to one?). Use "
+                        "the run's own checkpoint, or train the run again.") from None
     dev = resolve_device(device)
     model = model.to(dev).to(memory_format=torch.channels_last).eval()
     return LoadedRun(str(run), config, task, model, dev, run_transform(config))

@@ -226,3 +226,46 @@ def test_a_requests_pixel_budget_refuses_from_the_header(loaded, files):
                            max_total_pixels=2 * w * h)
     assert [p.ok for p in preds] == [True, True, False]
     assert "budget of decoded pixels" in preds[2].error and "c.png" not in preds[2].error
+
+
+def _copy_run(run_dir, dest):
+    import shutil
+
+    shutil.copytree(run_dir, dest)
+    return dest
+
+
+@pytest.mark.parametrize("edit, words", [
+    ({"image_size": 100_000}, "image_size is 100000, expected an integer between 8 and 4096"),
+    ({"image_size": "224"}, "image_size is '224', expected an integer"),
+    ({"batch_size": True}, "batch_size is True, expected an integer"),
+    ({"lr": float("nan")}, "lr is nan"),
+    ({"arch": 50}, "arch is 50, expected a string"),
+    (None, "no arch"),                                     # an empty config.json
+])
+def test_a_run_directorys_config_is_checked_before_use(run_dir, tmp_path, edit, words):
+    """Issue 25.3: ``image_size: 100000`` in config.json made predict take 23 GB; an empty
+    config loaded as the defaults. Now one line naming the file and the key."""
+    run = _copy_run(run_dir, tmp_path / "run")
+    cfg = {} if edit is None else {**json.loads((run / "config.json").read_text()), **edit}
+    (run / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UserError) as e:
+        load_run_model(run, "cpu")
+    assert words in str(e.value) and "config.json" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_another_networks_checkpoint_is_named_not_a_traceback(run_dir, tmp_path):
+    import torch
+
+    run = _copy_run(run_dir, tmp_path / "run")
+    ck = torch.load(run / "checkpoint.pt", weights_only=True)
+    name = next(k for k, v in ck["model"].items() if v.ndim == 4)
+    ck["model"][name] = torch.zeros(1, 1, 1, 1)            # another network's tensor
+    torch.save(ck, run / "checkpoint.pt")
+    with pytest.raises(UserError, match="another network"):
+        load_run_model(run, "cpu")
+    ck["task"]["patch_size"] = 10**9
+    torch.save(ck, run / "checkpoint.pt")
+    with pytest.raises(UserError, match="task patch_size"):
+        load_run_model(run, "cpu")
