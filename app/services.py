@@ -234,8 +234,9 @@ def job_error(job: ScanJob) -> str | None:
         return None
     if isinstance(exc, ScanCancelled):
         return "Scan cancelled."
-    from rcvcore.errors import UserError
+    from rcvcore.errors import UserError, disk_error
 
+    exc = disk_error(exc, state.runs_root(create=False)) or exc  # a full disk: one line
     if isinstance(exc, UserError):
         return guard.redact(str(exc))
     if auth.served():  # no traceback, no server path in the browser

@@ -24,7 +24,7 @@ from pathlib import Path
 import diskcache
 import numpy as np
 
-from .errors import Notice, UserError
+from .errors import Notice, UserError, disk_error
 
 #: Explicit size limit (diskcache's default evicts silently at 1 GiB). ``RCV_CACHE_SIZE_GB``.
 DEFAULT_SIZE_GB = 8.0
@@ -158,8 +158,22 @@ class Store:
             return None
 
     def put(self, key: str, value) -> None:
-        """Store ``value`` (an array, a dict of arrays and plain values, or JSON data)."""
-        self._cache.set(key, value)
+        """Store ``value`` (an array, a dict of arrays and plain values, or JSON data).
+
+        A disk that refuses the write (full, read-only) does not fail the caller: the value is
+        not cached and one :class:`Notice` per store says where to free space.
+        """
+        try:
+            self._cache.set(key, value)
+        except Exception as e:
+            err = disk_error(e, self.directory, "or set RCV_CACHE_DIR to another folder")
+            if err is None:
+                raise
+            if not getattr(self, "_warned", False):
+                import warnings
+
+                self._warned = True
+                warnings.warn(Notice(f"not cached: {err}"), stacklevel=2)
 
     def get_json(self, key: str):
         """A JSON value stored with :meth:`put_json`, or None."""

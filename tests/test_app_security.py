@@ -341,3 +341,13 @@ def test_datasets_declare_their_path_options(served, monkeypatch):
     assert vetted == {"masks": str(served / "set1")}
     assert KINDS["imagenet"].path_options == ("annotations",)
     assert KINDS["folder"].widening_options == ("allow_outside",)
+
+
+def test_a_scan_that_cannot_be_saved_says_where_to_free_space(served):
+    import errno
+
+    fut: Future = Future()
+    fut.set_exception(OSError(errno.ENOSPC, "No space left on device",
+                              str(state.scans_dir() / "x.json")))
+    msg = services.job_error(services.ScanJob(job_id="x", config={}, future=fut))
+    assert msg.startswith("cannot write in <runs>/_scans: no space left") and "\n" not in msg

@@ -11,7 +11,7 @@ import importlib
 import sys
 import warnings
 
-from ..errors import Notice, UserError
+from ..errors import Notice, UserError, disk_error
 
 _default_showwarning = warnings.showwarning
 
@@ -46,6 +46,12 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
         _default_showwarning(message, category, filename, lineno, file, line)
 
 
+def _output_of(args) -> str:
+    """The file a command was told to write (``--json``, ``--csv``), for a one-line error."""
+    named = [str(v) for k in ("json", "csv", "out", "output") if (v := getattr(args, k, None))]
+    return named[0] if len(named) == 1 else "the output folder"
+
+
 def main(argv: list[str] | None = None) -> int:
     _safe_streams()
     warnings.showwarning = _show_warning
@@ -57,12 +63,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
+        err = disk_error(e, _output_of(args))
+        if err is not None:     # a full, read-only or forbidden disk: one line naming the folder
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         if not e.filename or not e.strerror:
             raise
         # a file the user named that cannot be written or read (an output path in a missing or
         # read-only folder, a full disk): one line, not a traceback
         print(f"error: {e.filename}: {e.strerror}. Check the path and that its folder exists "
               "and is writable.", file=sys.stderr)
+        return 2
+    except Exception as e:  # SQLite's "disk is full", torch's "file write failed"
+        err = disk_error(e, _output_of(args))
+        if err is None:
+            raise
+        print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -6,10 +6,12 @@ for embedded datasets.
 """
 from __future__ import annotations
 
+import errno
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import disk_error
 from .base import Dataset, DatasetError, ProgressFn, closest, default_cache_dir, limit
 
 
@@ -129,7 +131,12 @@ def load_dataset(spec: str, *, n: int | None = None, seed: int = 0, cache_dir=No
                                f"{kind.name} expects: {kind.description}")
     fn = _loader(kind)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    ds = fn(path, n=n, seed=seed, cache_dir=cache_dir, progress=progress, **options)
+    try:
+        ds = fn(path, n=n, seed=seed, cache_dir=cache_dir, progress=progress, **options)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        raise disk_error(e, cache_dir, "or set RCV_CACHE_DIR to another folder") from None
     ds = limit(ds, n, seed)
     if len(ds) == 0:
         first = ds.skipped[0] if ds.skipped else None

@@ -11,6 +11,7 @@ mark the run ``cancelled`` (resumable).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -30,7 +31,7 @@ from .. import __version__
 from .._runlock import claim_run_dir
 from ..data.base import Dataset, ProgressFn, clean_temp_files, default_cache_dir, limit
 from ..data.registry import load_dataset
-from ..errors import UserError
+from ..errors import UserError, disk_error
 from ..extract import default_workers
 from ..files import read_json
 from ..metrics import classification_metrics, nearest_class, regression_metrics
@@ -246,8 +247,12 @@ def train(config: TrainConfig | None, run_dir, *, resume: bool = False, restart:
         writer.write_status(state="failed", error=str(e), message="failed")
         raise
     except BaseException as e:
-        msg = f"{type(e).__name__}: {e}"
-        writer.write_status(state="failed", error=msg, message="failed")
+        full = disk_error(e, run, "or give a --run-dir on another disk")  # one line, issue 25
+        msg = str(full) if full else f"{type(e).__name__}: {e}"
+        with contextlib.suppress(OSError):   # a full disk may refuse the status too
+            writer.write_status(state="failed", error=msg, message="failed")
+        if full is not None:
+            raise full from None
         raise
     finally:
         flag.restore()
