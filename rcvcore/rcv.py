@@ -621,10 +621,32 @@ def check_measure(y: np.ndarray, labels=None) -> None:
     labels = np.full(len(y), "all") if labels is None else np.asarray(labels).astype(str)
     for label in map(str, np.unique(labels)):
         v = y[labels == label]
+        where = "" if label == "all" else f" in class {label!r}"
         if v.size and np.ptp(v) == 0:
-            where = "" if label == "all" else f" in class {label!r}"
             raise UserError(f"The scale measure is constant ({v[0]:g}){where}: R² is undefined. "
                             "A scan needs images of different scales.")
+        if v.size:
+            _check_numerics(v, where)
+
+
+#: |values| beyond which squares (variances, residual sums) leave float64's normal range
+_SQUARE_SAFE = (1e-150, 1e150)
+
+
+def _check_numerics(v: np.ndarray, where: str) -> None:
+    """Refuse a measure whose variation float64 cannot resolve (issue 25: scales of 1e-300 gave
+    NaN R² with exit 0; two scales one ulp apart gave 0.000 ± 0.000)."""
+    top = float(np.max(np.abs(v)))
+    spread = float(np.ptp(v))
+    if top < _SQUARE_SAFE[0] or top > _SQUARE_SAFE[1]:
+        raise UserError(f"The scale measure{where} is of magnitude {top:.3g}: its squares leave "
+                        "double precision (under- or overflow), so R² cannot be computed. "
+                        "Rescale the measure (e.g. use log10 of it, or other units).")
+    if spread <= 64 * np.finfo(np.float64).eps * top:
+        raise UserError(f"The scale measure{where} varies by {spread:.3g} around {top:.6g}: "
+                        "within double-precision rounding of constant, so R² would measure "
+                        "rounding noise. A scan needs images of clearly different scales "
+                        "(or subtract the common offset first).")
 
 
 # ------------------------------------------------------------------------------------------

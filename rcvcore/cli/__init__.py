@@ -39,9 +39,15 @@ def _safe_streams() -> None:
             pass    # not a text stream of io (pytest's capture, a notebook): leave it
 
 
+def one_line(text) -> str:
+    """``text`` on one line: a line break in a file name (or anything quoted) is shown as
+    ``\\n``, so it can never forge a ``warning:`` or ``error:`` line of its own (issue 25)."""
+    return str(text).replace("\r", "\\r").replace("\n", "\\n")
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     if issubclass(category, Notice):
-        print(f"warning: {message}", file=file or sys.stderr)
+        print(f"warning: {one_line(message)}", file=file or sys.stderr)
     else:
         _default_showwarning(message, category, filename, lineno, file, line)
 
@@ -60,25 +66,28 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except OSError as e:
         err = disk_error(e, _output_of(args))
         if err is not None:     # a full, read-only or forbidden disk: one line naming the folder
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {one_line(err)}", file=sys.stderr)
             return 2
         if not e.filename or not e.strerror:
             raise
         # a file the user named that cannot be written or read (an output path in a missing or
         # read-only folder, a full disk): one line, not a traceback
-        print(f"error: {e.filename}: {e.strerror}. Check the path and that its folder exists "
-              "and is writable.", file=sys.stderr)
+        print(f"error: {one_line(e.filename)}: {e.strerror}. Check the path and that its folder "
+              "exists and is writable.", file=sys.stderr)
         return 2
     except Exception as e:  # SQLite's "disk is full", torch's "file write failed"
         err = disk_error(e, _output_of(args))
+        if err is None and isinstance(e, RuntimeError) and "home directory" in str(e):
+            err = ("a path starting with ~NAME names a user this machine does not have (or "
+                   "whose home folder is unknown); give the full path")
         if err is None:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

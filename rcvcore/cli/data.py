@@ -21,6 +21,7 @@ import numpy as np
 from ..data.base import Dataset, DatasetError, default_cache_dir
 from ..data.options import parse_options
 from ..data.registry import list_datasets, load_dataset, loader_options
+from ._types import COUNT, SEED
 
 UNLABELLED = "all"
 
@@ -154,8 +155,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--dataset", required=True,
                    help="KIND or KIND:PATH (see `python -m rcvcore datasets`)")
     p.add_argument("--json", metavar="FILE", help="also write the summary as JSON to FILE")
-    p.add_argument("--n", type=int, default=None, help="keep at most N items (stratified)")
-    p.add_argument("--seed", type=int, default=0, help="seed of generation and subsampling")
+    p.add_argument("--n", type=COUNT, default=None, help="keep at most N items (stratified)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of generation and subsampling")
     p.add_argument("--cache-dir", default=None,
                    help="where generated patches are cached (default: the user cache dir, "
                         "or $RCV_CACHE_DIR)")

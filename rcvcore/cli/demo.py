@@ -17,6 +17,7 @@ from ..demo import (
     transfer_demo,
 )
 from ..predict import load_run_model, predict_files
+from ._types import COUNT, IMAGE_SIZE
 from .train import EXIT_CANCELLED, EXIT_FAILED, _progress, run_training
 
 
@@ -33,7 +34,7 @@ def add_parser(sub) -> None:
     m.add_argument("--runs-dir", help="runs root (default $RCV_RUNS_DIR or ./runs); the run "
                                       "goes to RUNS_DIR/demo-model")
     m.add_argument("--restart", action="store_true", help="train it afresh")
-    m.add_argument("--epochs", type=int, help=f"default {DEMO_SETTINGS['epochs']}")
+    m.add_argument("--epochs", type=COUNT, help=f"default {DEMO_SETTINGS['epochs']}")
     m.add_argument("--device", help="auto | cpu | cuda | mps (default auto)")
     m.add_argument("--quiet", action="store_true")
     m.set_defaults(func=_model)
@@ -47,12 +48,12 @@ def add_parser(sub) -> None:
                                       "RUNS_DIR/demo-transfer")
     t.add_argument("--seeds", default="10", help="count or list (default 10, as the paper)")
     t.add_argument("--cut", help="cut here instead of the scan's choice")
-    t.add_argument("--epochs", type=int, help=f"default {DEMO_SETTINGS['epochs']}")
-    t.add_argument("--image-size", type=int, help=f"default {DEMO_SETTINGS['image_size']}")
+    t.add_argument("--epochs", type=COUNT, help=f"default {DEMO_SETTINGS['epochs']}")
+    t.add_argument("--image-size", type=IMAGE_SIZE, help=f"default {DEMO_SETTINGS['image_size']}")
     t.add_argument("--protocol", choices=["recommended", "paper"], help="default recommended")
     t.add_argument("--head-init", choices=["rcv", "random"], help="default: the protocol's")
     t.add_argument("--device", help="auto | cpu | cuda | mps (default auto)")
-    t.add_argument("--parallel", type=int, metavar="N",
+    t.add_argument("--parallel", type=COUNT, metavar="N",
                    help="train N runs at a time in subprocesses (default: one after the other)")
     t.add_argument("--json", metavar="FILE", help="also write comparison.json's content here")
     t.add_argument("--quiet", action="store_true")

@@ -23,6 +23,7 @@ from ..runs import (
     runs_root,
 )
 from ..scan import RESULT_PREFIX
+from ._types import number
 
 
 def add_parser(sub) -> None:
@@ -47,7 +48,7 @@ def add_parser(sub) -> None:
                                    "a run group (a folder with group.json), cancel every active "
                                    "run of it and drop the runs not started yet.")
     c.add_argument("run_dir", help="the run directory, or a run group folder")
-    c.add_argument("--wait", type=float, default=60.0,
+    c.add_argument("--wait", type=number(0), default=60.0,
                    help="seconds to wait for the run to stop (default 60)")
     c.set_defaults(func=_cancel)
     k = sub.add_parser("cache", help="show the cache's size, or clear part of it",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import Notice
 from ..scan import CONTROLS, CUT_RULES, ScanConfig, run_scan
+from ._types import COUNT, NONNEG, SEED, number
 
 
 def add_parser(sub) -> None:
@@ -21,17 +22,17 @@ def add_parser(sub) -> None:
     p.add_argument("--dataset", required=True,
                    help="demo-scale, folder:PATH, ... (see `python -m rcvcore datasets`)")
     p.add_argument("--layers", default="paper", help="paper | all | comma-separated layers")
-    p.add_argument("--n", "--n-images", dest="n", type=int, default=None,
+    p.add_argument("--n", "--n-images", dest="n", type=COUNT, default=None,
                    help="use at most N images (under torchrun spell it --n-images: torchrun "
                         "reads --n as an abbreviation of its own options)")
-    p.add_argument("--repeats", type=int, default=10, help="random 70/30 splits (default 10)")
+    p.add_argument("--repeats", type=COUNT, default=10, help="random 70/30 splits (default 10)")
     p.add_argument("--model", default="ridge", choices=["ridge", "ols"],
                    help="ridge (penalty chosen on the training split) or ols (the paper's)")
     p.add_argument("--controls", default=",".join(CONTROLS),
                    help="comma-separated: shuffled,random-weights (default both) or none")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=COUNT, default=16)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--cache-dir", default=None,
                    help="activation and dataset cache (default: the user cache dir)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
@@ -44,10 +45,10 @@ def add_parser(sub) -> None:
     p.add_argument("--ungrouped", action="store_true",
                    help="ignore the dataset's groups when splitting (crops of one photograph may "
                    "then sit in train and test: optimistic, for comparison only)")
-    p.add_argument("--permutations", type=int, default=200,
+    p.add_argument("--permutations", type=NONNEG, default=200,
                    help="permutations of the measure for the test against the shuffled control "
                         "(default 200; 0: no permutation test)")
-    p.add_argument("--alpha", type=float, default=0.05,
+    p.add_argument("--alpha", type=number(0, 1, open_low=True), default=0.05,
                    help="significance level after Benjamini-Hochberg over the layers (0.05)")
     p.add_argument("--cut-rule", default="peak", choices=list(CUT_RULES),
                    help="peak (default, the paper's): highest mean R² among layers significantly "

@@ -19,6 +19,7 @@ from ..predict import load_run_model, predict_files
 from ..runs import RunFailed
 from ..train.config import TrainConfig
 from ..train.loop import train
+from ._types import COUNT, IMAGE_SIZE, NONNEG, SEED, number
 
 EXIT_FAILED, EXIT_CANCELLED = 1, 143
 
@@ -36,13 +37,13 @@ def _add_config_flags(p: argparse.ArgumentParser, with_cut: bool = True) -> None
     g.add_argument("--target", choices=["nuclei-area", "magnification"],
                    help="nuclei-area (regression, MSE; default) or magnification "
                         "(classification, cross-entropy)")
-    g.add_argument("--n", type=int, help="use at most N images (quick runs)")
-    g.add_argument("--image-size", type=int, help="network input side in px (default: the "
+    g.add_argument("--n", type=COUNT, help="use at most N images (quick runs)")
+    g.add_argument("--image-size", type=IMAGE_SIZE, help="network input side in px (default: the "
                                                   "architecture's, 224 ResNet / 299 Inception)")
-    g.add_argument("--split-seed", type=int, help="seed of the train/val/test split and of --n "
+    g.add_argument("--split-seed", type=SEED, help="seed of the train/val/test split and of --n "
                                                   f"(default {d.split_seed})")
-    g.add_argument("--val-fraction", type=float, help=f"default {d.val_fraction}")
-    g.add_argument("--test-fraction", type=float, help=f"default {d.test_fraction}")
+    g.add_argument("--val-fraction", type=number(0, 0.9), help=f"default {d.val_fraction}")
+    g.add_argument("--test-fraction", type=number(0, 0.9), help=f"default {d.test_fraction}")
     g.add_argument("--opt", action="append", metavar="KEY=VALUE",
                    help="a dataset loader option, repeatable (as for `inspect`), e.g. "
                         "--opt group_by=patient")
@@ -59,13 +60,13 @@ def _add_config_flags(p: argparse.ArgumentParser, with_cut: bool = True) -> None
                    help="rcv: the head starts at the ridge fit of the pooled features at the "
                         "cut on the run's training split (the scan's RCV; with --epochs 0 that "
                         "fit is the model); random: PyTorch's init (default: the protocol's)")
-    o.add_argument("--epochs", type=int, help=f"default {d.epochs}")
-    o.add_argument("--batch-size", type=int, help=f"global batch size (default {d.batch_size})")
-    o.add_argument("--lr", type=float, help=f"learning rate (default {d.lr})")
+    o.add_argument("--epochs", type=COUNT, help=f"default {d.epochs}")
+    o.add_argument("--batch-size", type=COUNT, help=f"global batch size (default {d.batch_size})")
+    o.add_argument("--lr", type=number(0, open_low=True), help=f"learning rate (default {d.lr})")
     o.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], help="default adam")
-    o.add_argument("--weight-decay", type=float, help=f"default {d.weight_decay}")
+    o.add_argument("--weight-decay", type=number(0), help=f"default {d.weight_decay}")
     o.add_argument("--trainable", choices=["all", "head"], help="all layers (default) or head")
-    o.add_argument("--seed", type=int, help=f"model/data-order seed (default {d.seed})")
+    o.add_argument("--seed", type=SEED, help=f"model/data-order seed (default {d.seed})")
     r = p.add_argument_group("runtime")
     r.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (default auto)")
     r.add_argument("--amp", dest="amp", action="store_true", default=None,
@@ -73,9 +74,9 @@ def _add_config_flags(p: argparse.ArgumentParser, with_cut: bool = True) -> None
     r.add_argument("--no-amp", dest="amp", action="store_false")
     r.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                    default=None, help="disable the channels_last memory format")
-    r.add_argument("--workers", type=int, help="data-loader processes (default: 0 on 2 cores)")
-    r.add_argument("--log-every", type=int, help="log a step line every N steps (default 10)")
-    r.add_argument("--checkpoint-every", type=int,
+    r.add_argument("--workers", type=NONNEG, help="data-loader processes (default: 0 on 2 cores)")
+    r.add_argument("--log-every", type=COUNT, help="log a step line every N steps (default 10)")
+    r.add_argument("--checkpoint-every", type=NONNEG,
                    help="also checkpoint every N steps (default 0: every epoch only)")
     r.add_argument("--quiet", action="store_true", help="no progress lines")
 
@@ -127,7 +128,7 @@ def add_parser(sub) -> None:
                                                  "1001,1002 (default 3)")
     c.add_argument("--run-dir", required=True, help="directory of the comparison")
     c.add_argument("--json", metavar="FILE", help="also write comparison.json's content here")
-    c.add_argument("--parallel", type=int, default=None, metavar="N",
+    c.add_argument("--parallel", type=COUNT, default=None, metavar="N",
                    help="train the runs as a run group in subprocesses, N at a time (as the "
                         "dashboard's 'Runs at a time'); default: one after the other in this "
                         "process. `runs RUN_DIR` shows the group, `cancel RUN_DIR` stops it")
@@ -143,8 +144,8 @@ def add_parser(sub) -> None:
     q.add_argument("files", nargs="+", help="image files")
     q.add_argument("--json", metavar="FILE", help="write one object per file to FILE")
     q.add_argument("--device", default="auto")
-    q.add_argument("--batch-size", type=int, default=16)
-    q.add_argument("--max-tiles", type=int, default=64,
+    q.add_argument("--batch-size", type=COUNT, default=16)
+    q.add_argument("--max-tiles", type=COUNT, default=64,
                    help="at most this many patches per large image (default 64)")
     q.set_defaults(func=_predict)
 

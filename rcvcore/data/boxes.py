@@ -13,10 +13,14 @@ computes it for the weights it scans.
 """
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 from .base import DatasetError
+
+#: a coordinate or image side beyond this is not a pixel position (a malformed or hostile XML)
+MAX_COORD = 10**7
 
 
 class AnnotationError(ValueError):
@@ -55,9 +59,13 @@ def _num(node, tag: str, where: str) -> float:
     if text is None:
         raise AnnotationError(f"<{tag}> missing in {where}")
     try:
-        return float(text.strip())
+        value = float(text.strip())
     except ValueError:
         raise AnnotationError(f"<{tag}> of {where} is not a number") from None  # never quoted
+    if not math.isfinite(value) or abs(value) > MAX_COORD:
+        raise AnnotationError(f"<{tag}> of {where} is not a pixel coordinate (beyond "
+                              f"{MAX_COORD:,} px or not finite)")
+    return value
 
 
 def parse_voc_xml(path) -> Annotation:
@@ -79,7 +87,9 @@ def parse_voc_xml(path) -> Annotation:
         try:
             width = int(float(size.findtext("width") or 0))
             height = int(float(size.findtext("height") or 0))
-        except ValueError:
+        except (ValueError, OverflowError):   # "1e999" is a float but no image size
+            width = height = 0
+        if not (0 <= width <= MAX_COORD and 0 <= height <= MAX_COORD):
             width = height = 0
     boxes = []
     for i, obj in enumerate(root.iter("object")):

@@ -122,7 +122,7 @@ def load_dataset(spec: str, *, n: int | None = None, seed: int = 0, cache_dir=No
     if path is not None:
         try:
             exists = Path(path).expanduser().exists()
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: ~user unknown
             raise DatasetError(f"Dataset path {path!r} cannot be opened "
                                f"({getattr(e, 'strerror', None) or e}; from --dataset {spec})."
                                f" {kind.name} expects: {kind.description}") from None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+from ..errors import Notice
 from ..utils import as_list
 from .base import Dataset, DatasetError, ProgressFn, Sample, Skipped, closest
 from .boxes import AnnotationError, check_box_measure, largest_box_fraction, parse_voc_xml
@@ -58,7 +59,24 @@ def find_year_dir(root: Path, year=None) -> Path:
 
 
 def _read_ids(path: Path) -> list[str]:
-    return [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip()]
+    """The image ids of an ImageSets list (any encoding; one id per line, first field)."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DatasetError(f"voc: cannot read {path} ({e.strerror}).") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = data.decode("latin-1")
+        warnings.warn(Notice(f"{path} is not UTF-8; read it as latin-1."), stacklevel=3)
+    return [ln.split()[0] for ln in text.splitlines() if ln.strip()]
+
+
+def _bad_id(i: str) -> str | None:
+    """Why an ImageSets id cannot name a file of this VOC tree (a path, not a name), or None."""
+    if "/" in i or "\\" in i or i.startswith(".") or "\0" in i or ":" in i:
+        return "is a path, not an image id; ids name files inside the VOC tree"
+    return None
 
 
 def load(path: str | None, *, n: int | None = None, seed: int = 0, cache_dir: Path,
@@ -125,6 +143,9 @@ def load(path: str | None, *, n: int | None = None, seed: int = 0, cache_dir: Pa
 
     rows = []   # (image, id, class, fraction-args)
     for i in ids:
+        if _bad_id(i):
+            skip(set_file, f"an id listed in {set_file.name} {_bad_id(i)}")
+            continue
         xml = year_dir / "Annotations" / f"{i}.xml"
         img = year_dir / "JPEGImages" / f"{i}.jpg"
         if not xml.is_file():
