@@ -22,6 +22,7 @@ import io
 import math
 import os
 import warnings
+from collections import Counter
 from pathlib import Path
 
 from ..errors import Notice, SkippedFile
@@ -32,6 +33,8 @@ from .options import reject_unknown
 LAYOUT = ("a folder holding labels.csv with a header row and columns path,scale (optional: "
           "class, group, split); path is relative to the folder, scale a number")
 COLUMNS = ("path", "scale", "class", "group", "split")
+WALK_ROWS = 2000     # a table longer than this is checked against one listing of the folder
+MAX_SKIP_WARNINGS = 20
 MAX_TABLE_BYTES = 256 * 2**20      # a labels.csv beyond this is not a table of image names
 ENCODINGS = ("utf-8-sig", "cp1252", "latin-1")
 
@@ -62,8 +65,11 @@ def load(path, *, n=None, seed=0, cache_dir=None, progress=None, allow_outside: 
     skipped: list[Skipped] = []
     seen: dict[str, tuple[int, Sample]] = {}
     merged = []
+    root = table.parent.resolve()
+    tree = _Tree.walk(root) if len(rows) > WALK_ROWS else None
     for line, r in rows:
-        sample, why = _row_sample(table, line, r, bool(allow_outside))
+        sample, why = (tree.row_sample(table, line, r) if tree else None) or \
+            _row_sample(table, line, r, bool(allow_outside), root)
         if sample is None:
             skipped.append(why)
             continue
@@ -94,8 +100,7 @@ def load(path, *, n=None, seed=0, cache_dir=None, progress=None, allow_outside: 
             else:
                 good.append(s)
         samples = good
-    for s in skipped:
-        warnings.warn(f"skipped {s.path}: {s.reason}", SkippedFile, stacklevel=2)
+    _warn_skipped(table, skipped)
     return Dataset(f"folder:{path}", "folder", "scale", tuple(samples), tuple(skipped),
                    label_name="class" if any(s.label for s in samples) else None)
 
@@ -158,10 +163,83 @@ def _csv_reason(e: csv.Error) -> str:
     return "malformed quoting"
 
 
-def _row_sample(table: Path, line: int, r: dict, allow_outside: bool
+def _warn_skipped(table: Path, skipped: list[Skipped]) -> None:
+    """One warning per skipped item up to :data:`MAX_SKIP_WARNINGS`, then one summary by
+    reason (a 1.5 M-row table of missing files once printed 1.5 M lines for minutes)."""
+    for s in skipped[:MAX_SKIP_WARNINGS]:
+        warnings.warn(f"skipped {s.path}: {s.reason}", SkippedFile, stacklevel=3)
+    rest = skipped[MAX_SKIP_WARNINGS:]
+    if rest:
+        kinds = Counter(s.reason.split(": ", 1)[-1] for s in rest)
+        top = "; ".join(f"{n:,} {why}" for why, n in kinds.most_common(3))
+        more = f"; {len(kinds) - 3} other reasons" if len(kinds) > 3 else ""
+        warnings.warn(f"{table}: {len(rest):,} more item(s) skipped ({top}{more}); every "
+                      "skipped item is in the dataset's skipped list (rcvcore inspect --json).",
+                      Notice, stacklevel=3)
+
+
+class _Tree:
+    """The regular files and folders under a dataset folder, listed once (no symlink
+    followed), so that a large table's rows are checked by lookup, not by one path resolution
+    and one stat each. Rows it cannot decide (symlinks, absolute or outside paths) return None
+    and go through :func:`_row_sample`."""
+
+    def __init__(self, root: Path, files: set[str], dirs: set[str], links: set[str]):
+        self.root, self.files, self.dirs, self.links = root, files, dirs, links
+
+    @classmethod
+    def walk(cls, root: Path) -> _Tree:
+        files, dirs, links = set(), {"."}, set()
+        for here, subdirs, names in os.walk(root):
+            rel = os.path.relpath(here, root)
+            for name in subdirs + names:
+                p = os.path.join(here, name)
+                key = os.path.normpath(os.path.join(rel, name))
+                if os.path.islink(p):
+                    links.add(key)
+                elif os.path.isfile(p):
+                    files.add(key)
+                else:                     # a folder, a FIFO...: there, but not a file
+                    dirs.add(key)
+        return cls(root, files, dirs, links)
+
+    def row_sample(self, table: Path, line: int, r: dict):
+        name = r["path"]
+        if not name or name[0] == "/" or "\0" in name or "\n" in name or "\r" in name:
+            return None
+        key = os.path.normpath(name) if ("." in name and "/." in "/" + name) or "//" in name \
+            else name.rstrip("/")
+        if key.startswith("..") or (self.links and self._link_prefixes(key)):
+            return None
+        where, listed = f"{table.name} line {line}", f"{self.root}/{key}"
+        value = _finite(r["scale"])
+        if value is None:
+            return None, Skipped(listed, f"{where}: the scale column is not a finite number")
+        if key not in self.files:
+            why = "not a file" if key in self.dirs else "file not found"
+            return None, Skipped(listed, f"{where}: {why}")
+        return Sample(listed, value, r.get("class") or None, r.get("group") or None,
+                      r.get("split") or None), None
+
+    def _link_prefixes(self, key: str) -> list[str]:
+        if not self.links:
+            return []
+        parts = key.split(os.sep)
+        return [p for p in (os.sep.join(parts[:k]) for k in range(1, len(parts) + 1))
+                if p in self.links]
+
+
+def _finite(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _row_sample(table: Path, line: int, r: dict, allow_outside: bool, root: Path
                 ) -> tuple[Sample | None, Skipped | None]:
     """The sample of one row, or why the row is skipped."""
-    root = table.parent.resolve()
     name = r["path"]
     where = f"{table.name} line {line}"
     if not name:
