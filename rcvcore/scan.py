@@ -641,8 +641,9 @@ def run_scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResu
             "permutation_scheme": ("whole groups of equal size exchanged, images shuffled within "
                                    "groups" if grp is not None else "images shuffled")
                                   + (", within class" if lab is not None else ""),
-            "statistic": "mean over repeats of held-out R², penalty by GCV on the training "
-                         "split (OLS: none), the same for the measure and every permutation"})
+            "statistic": "mean over repeats of held-out R² (the reported R²), penalty chosen "
+                         "on the training split (OLS: none), the same for the measure and "
+                         "every permutation"})
     fit_s = time.perf_counter() - t0
     if progress:
         progress(1.0, "done")
