@@ -44,6 +44,7 @@ import torch
 
 from .comparison import COMPARISON, Comparison, summarise
 from .errors import Notice, UserError
+from .evidence import check_replicate, replicate_config
 from .files import atomic_path, json_safe, read_json, write_json
 from .prune import NONE
 from .train.config import TrainConfig, config_to_argv
@@ -439,8 +440,10 @@ def _update_group(group, **changes) -> dict | None:
     return plan
 
 
-def plan_group(group, base: TrainConfig, cuts, seeds, max_parallel: int = 1) -> Path:
-    """Write ``group.json`` for one run per (cut, seed) of ``base`` into the folder ``group``.
+def plan_group(group, base: TrainConfig, cuts, seeds, max_parallel: int = 1,
+               replicate: str = "split") -> Path:
+    """Write ``group.json`` for one run per (cut, seed) of ``base`` into the folder ``group``;
+    ``replicate`` (:mod:`rcvcore.evidence`): ``split`` gives each seed its own data split.
 
     Runs are ordered seed-major, as in :func:`rcvcore.compare.compare`: an interrupted group
     still has paired runs. Nothing is started (see :meth:`Scheduler.advance`).
@@ -458,7 +461,7 @@ def plan_group(group, base: TrainConfig, cuts, seeds, max_parallel: int = 1) -> 
     new = {"base": base.to_dict(), "cuts": cuts, "seeds": [int(s) for s in seeds],
            "max_parallel": int(max_parallel), "cancelled": False,
            "created": (plan or {}).get("created") or time.time(), "state": "running",
-           "error": None}
+           "error": None, "replicate": check_replicate(replicate)}
     write_json(group / GROUP, new)
     return group
 
@@ -622,7 +625,7 @@ class Scheduler:
                 cut, seed, d, existing = pending.pop(0)
                 resume.discard(str(d))
                 self.exited.pop(str(d), None)
-                cfg = dataclasses.replace(base, cut=cut, seed=int(seed))
+                cfg = replicate_config(base, cut, seed, plan.get("replicate", "seed"))
                 self.children[str(d)] = launch(None if existing else cfg, d, resume=existing,
                                                env=self.env)
                 active += 1
