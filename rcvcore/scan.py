@@ -40,9 +40,10 @@ from .utils import ProgressFn
 
 CONTROLS = ("shuffled", "random-weights")
 #: How the suggested cut is chosen: ``peak`` (the paper's: the peak of mean R² among layers
-#: significantly above the controls) or ``within-std`` (the last of those layers whose mean R²
-#: stays within one std of that peak: cuts deeper).
-CUT_RULES = ("peak", "within-std")
+#: significantly above the controls), ``within-std`` (the last of those layers whose mean R²
+#: stays within one std of that peak: cuts deeper) or ``earliest-plateau`` (the earliest of
+#: those layers not significantly below the peak, :mod:`rcvcore.plateau`: prunes the most).
+CUT_RULES = ("peak", "within-std", "earliest-plateau")
 LOGITS = (PRE_SOFTMAX, SOFTMAX)
 
 
@@ -190,6 +191,14 @@ class ScanResult:
             return None, f"No suggested cut: {why}.{not_run}"
         peak = max(good, key=lambda s: s.mean)
         chosen = peak
+        if self.config.cut_rule == "earliest-plateau":
+            from .plateau import earliest_on_plateau
+
+            plat = self.plateau()
+            by_name = {s.layer: s for s in cands}
+            chosen = by_name[earliest_on_plateau(list(by_name), plat["layers"],
+                                                 lambda name: ok(by_name[name]))]
+            return chosen.layer, _plateau_reason(peak, chosen, plat, len(good)) + not_run
         if self.config.cut_rule == "within-std":
             i = cands.index(peak)
             floor = peak.mean - peak.std
@@ -208,6 +217,29 @@ class ScanResult:
                       f"{chosen.layer} is the last layer after it still within one std of that "
                       "peak (logits and softmax excluded).")
         return chosen.layer, reason + not_run
+
+    def plateau(self) -> dict | None:
+        """The layers (logits and softmax excluded) not significantly below the peak (the
+        highest mean R² among the layers significantly above the controls, or among all when
+        none is), over the same repeats (:func:`rcvcore.plateau.plateau`); None: no layer."""
+        from .plateau import plateau
+
+        cands = [s for s in self.layers if s.layer not in LOGITS and np.isfinite(s.mean)]
+        if not cands:
+            return None
+        sig = self.significance()
+        good = [s for s in cands if s.mean > 0 and sig[s.layer]["significant"] is not False]
+        peak = max(good or cands, key=lambda s: s.mean)
+        ts = float(self.config.test_size)
+        ratio = float(self.test_info.get("test_train_ratio") or ts / (1 - ts))
+        return plateau(cands, peak.layer, ratio, float(self.config.alpha))
+
+    def peak_frequency(self) -> dict[str, float]:
+        """How often each layer (logits and softmax excluded) has the highest R² over the
+        repeats (:func:`rcvcore.plateau.peak_frequency`)."""
+        from .plateau import peak_frequency
+
+        return peak_frequency([s for s in self.layers if s.layer not in LOGITS])
 
     def to_json(self) -> dict:
         sig = self.significance()
@@ -261,6 +293,7 @@ class ScanResult:
                 "not_run": [k for k, r in (("vs_shuffled", run_sh),
                                            ("vs_random_weights", run_rw)) if not r]},
             "scoring": dict(self.scoring),
+            "plateau": self.plateau(), "peak_frequency": self.peak_frequency(),
         }
 
     @classmethod
@@ -301,8 +334,9 @@ class ScanResult:
         w = csv.writer(buf)
         w.writerow(["kind", "layer", "depth", "n_features", "r2_mean", "r2_std",
                     "r2_logmeanexp", "r2_repeats", "p_shuffled_bh", "p_random_weights_bh",
-                    "significant"])
+                    "significant", "on_plateau", "peak_frequency"])
         sig = self.significance()
+        plat, freq = self.plateau(), self.peak_frequency()
 
         def fmt(v):
             return "" if v is None else f"{v:.6g}"
@@ -310,20 +344,35 @@ class ScanResult:
         groups = [("true", self.layers)] + [(k, v) for k, v in self.controls.items()]
         for kind, scores in groups:
             for s in scores:
-                extra = ["", "", ""]
+                extra = ["", "", "", "", ""]
                 if kind == "true":
                     t = sig.get(s.layer, {})
                     extra = [fmt(t.get("shuffled", {}).get("p_adjusted")),
                              fmt(t.get("random_weights", {}).get("p_adjusted")),
-                             "" if t.get("significant") is None else str(t["significant"]).lower()]
+                             "" if t.get("significant") is None else str(t["significant"]).lower(),
+                             "" if plat is None or s.layer not in plat["p_below"]
+                             else str(s.layer in plat["layers"]).lower(),
+                             fmt(freq.get(s.layer))]
                 w.writerow([kind, s.layer, f"{self.depth.get(s.layer, float('nan')):.4f}",
                             s.n_features, f"{s.mean:.6f}", f"{s.std:.6f}",
                             f"{s.logmeanexp:.6f}", ";".join(f"{v:.6f}" for v in s.r2)] + extra)
         return buf.getvalue()
 
 
+def _plateau_reason(peak: LayerScore, chosen: LayerScore, plat: dict, n_good: int) -> str:
+    """Why rule ``earliest-plateau`` picked ``chosen`` (see :meth:`ScanResult.suggest_cut`)."""
+    return (f"Rule earliest-plateau: R² peaks at {peak.layer} ({peak.mean:.3f} ± "
+            f"{peak.std:.3f}) among the {n_good} layer(s) significantly above the controls; "
+            f"the plateau (layers not significantly below the peak: corrected paired t over the "
+            f"same {plat['repeats']} repeats, Benjamini-Hochberg at alpha={plat['alpha']:g}) is "
+            f"{', '.join(plat['layers'])}; {chosen.layer} ({chosen.mean:.3f}) is its earliest "
+            "layer significantly above the controls: the most pruning without a measurable "
+            "loss of scale information (logits and softmax excluded).")
+
+
 #: Bump when a change to the scoring (splits, estimators, controls) changes results.
-SCORING_VERSION = 2   # 2: significance tests, group-wise shuffles, min test sizes, box geometry
+SCORING_VERSION = 3   # 2: significance tests, group-wise shuffles, min test sizes, box geometry
+#                       3: the permutation test on the reported R² (issue 22)
 
 
 def result_key(config: ScanConfig, arch: ArchSpec, layers: list[str], ds: Dataset,

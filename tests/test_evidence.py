@@ -114,3 +114,63 @@ def test_replicate_config_gives_each_seed_its_split():
     assert replicate_config(base, "none", 1002, "seed").split_seed == 0
     folder = replicate_config(TrainConfig(dataset="demo-scale"), "none", 7)
     assert folder.split_seed == 7 and "split_seed" not in folder.dataset_options
+
+
+# ------------------------------------------------------------------------------------------
+# the peak as a plateau
+
+
+def _score(name, r2):
+    from rcvcore.rcv import LayerScore
+
+    return LayerScore(name, 8, tuple(float(v) for v in r2))
+
+
+def test_plateau_matches_scipy_paired_t_and_bh(rng):
+    from scipy import stats
+
+    from rcvcore.plateau import plateau
+
+    base = rng.normal(0.5, 0.05, 8)
+    layers = [_score("a", base - 0.3 + rng.normal(0, 0.02, 8)),
+              _score("b", base - 0.01 + rng.normal(0, 0.03, 8)),
+              _score("c", base), _score("d", base - 0.2 + rng.normal(0, 0.05, 8))]
+    out = plateau(layers, "c", test_train_ratio=0.0, alpha=0.05)
+    raw = [stats.ttest_rel(layers[2].r2, s.r2, alternative="greater").pvalue
+           for s in layers if s.layer != "c"]
+    adj = stats.false_discovery_control(raw)
+    assert [out["p_below"][k] for k in "abd"] == pytest.approx(list(adj), rel=1e-9)
+    assert out["layers"] == ["b", "c"] and out["peak"] == "c" and out["repeats"] == 8
+    # the Nadeau-Bengio correction widens the plateau, never narrows it
+    wide = plateau(layers, "c", test_train_ratio=0.43, alpha=0.05)
+    assert set(wide["layers"]) >= set(out["layers"])
+
+
+def test_peak_frequency_counts_repeats():
+    from rcvcore.plateau import peak_frequency
+
+    freq = peak_frequency([_score("a", [1, 0, 0, np.nan]), _score("b", [0, 1, 1, np.nan]),
+                           _score("c", [0, 0, 0, np.nan])])
+    assert freq == {"a": pytest.approx(1 / 3), "b": pytest.approx(2 / 3), "c": 0.0}
+
+
+def test_earliest_plateau_rule_names_its_layer_and_json_csv_carry_the_plateau(rng):
+    from rcvcore.scan import ScanConfig, ScanResult
+
+    base = rng.normal(0.6, 0.05, 6)
+    layers = (_score("add_1", base - 0.4), _score("add_2", base - 0.005 + rng.normal(0, .02, 6)),
+              _score("add_3", base), _score("add_4", base - 0.3), _score("pre_softmax", base + 1))
+    tests = {s.layer: {"p_shuffled": 0.001, "p_random_weights": 0.001} for s in layers}
+    cfg = ScanConfig(arch="resnet18", cut_rule="earliest-plateau")
+    res = ScanResult(cfg, "x", "m", 10, (), layers, {}, {}, tests=tests,
+                     test_info={"permutations": 999, "test_train_ratio": 0.43})
+    cut, why = res.suggest_cut()
+    assert cut == "add_2" and "earliest-plateau" in why and "add_2, add_3" in why
+    d = res.to_json()
+    assert d["plateau"]["layers"] == ["add_2", "add_3"] and d["plateau"]["peak"] == "add_3"
+    assert "pre_softmax" not in d["peak_frequency"] and d["suggested_cut"] == "add_2"
+    rows = {r.split(",")[1]: r.split(",") for r in res.to_csv().splitlines()[1:]}
+    assert rows["add_2"][-2] == "true" and rows["add_4"][-2] == "false"
+    # add_2 not significant against a control: the plateau's next layer is cut
+    tests["add_2"]["p_random_weights"] = 0.9
+    assert res.suggest_cut()[0] == "add_3"

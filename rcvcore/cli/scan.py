@@ -52,7 +52,8 @@ def add_parser(sub) -> None:
     p.add_argument("--cut-rule", default="peak", choices=list(CUT_RULES),
                    help="peak (default, the paper's): highest mean R² among layers significantly "
                         "above both controls; within-std: the last such layer within one std of "
-                        "that peak")
+                        "that peak; earliest-plateau: the earliest such layer not "
+                        "significantly below the peak (prunes the most)")
     p.add_argument("--opt", action="append", metavar="KEY=VALUE",
                    help="a dataset loader option, repeatable (as for `inspect`), e.g. "
                         "--opt classes=n02058221,n01608432 or --opt group_by=patient")
@@ -167,6 +168,14 @@ def format_table(result) -> str:
         lines.append("; ".join(tests) + f"; Benjamini-Hochberg adjusted over {len(result.layers)}"
                      f" layers; * = significant against every control tested at alpha="
                      f"{result.config.alpha:g}")
+    plat, freq = result.plateau(), result.peak_frequency()
+    if plat is not None:
+        top = sorted(((f, l) for l, f in freq.items() if f > 0), reverse=True)
+        lines.append(f"plateau (not significantly below the peak {plat['peak']}, corrected paired"
+                     f" t over the repeats, BH): {', '.join(plat['layers'])}; peak over "
+                     f"{plat['repeats']} repeats: "
+                     + ", ".join(f"{l} {f:.0%}" for f, l in top))
+    lines.append("± std: np.std over the repeats (ddof=0)")
     lines.append(("suggested cut: " + cut + ". " if cut else "") + reason)
     lines.append(f"skipped {len(result.skipped)} files; extract {result.timing['extract_s']:.1f} s,"
                  f" fit {result.timing['fit_s']:.1f} s; cache {result.cache['hits']} hits, "
