@@ -174,3 +174,20 @@ def test_earliest_plateau_rule_names_its_layer_and_json_csv_carry_the_plateau(rn
     # add_2 not significant against a control: the plateau's next layer is cut
     tests["add_2"]["p_random_weights"] = 0.9
     assert res.suggest_cut()[0] == "add_3"
+
+
+def test_scan_chart_shades_the_plateau():
+    from app.charts import r2_figure, r2_table
+
+    res = {"arch": "resnet18", "layers": [
+        {"name": n, "r2_mean": m, "r2_std": 0.01, "depth": d}
+        for n, m, d in (("add_1", 0.2, 0.1), ("add_2", 0.7, 0.5), ("add_3", 0.72, 0.9))],
+        "plateau": {"peak": "add_3", "layers": ["add_2", "add_3"]},
+        "peak_frequency": {"add_1": 0.0, "add_2": 0.4, "add_3": 0.6}}
+    fig = r2_figure([{"result": res}])
+    shaded = [sh for sh in fig.layout.shapes if sh.type == "rect"]
+    assert [(sh.x0, sh.x1) for sh in shaded] == [(0.5, 1.5), (1.5, 2.5)]
+    assert any("plateau (2)" in (a.text or "") for a in fig.layout.annotations)
+    table = r2_table(res)
+    assert list(table["on plateau"]) == [False, True, True]
+    assert list(table["peak frequency"]) == [0.0, 0.4, 0.6]
