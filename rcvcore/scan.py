@@ -18,7 +18,8 @@ from .data import Dataset, load_dataset
 from .data.base import closest, default_cache_dir, fingerprint
 from .data.boxes import visible_box_fraction
 from .dist import Dist, barrier, broadcast, gather, init_distributed
-from .errors import SkippedFile, UserError
+from .errors import Notice, SkippedFile, UserError
+from .exclusion import keep_rows
 from .extract import FeatureExtractor, extract, resolve_device
 from .models import PRE_SOFTMAX, SOFTMAX, ArchSpec, Backbone, get_arch, resolve_backbone
 from .rcv import (
@@ -73,6 +74,9 @@ class ScanConfig:
     permutations: int = 200               # permutation test vs shuffled measures (0: none)
     alpha: float = 0.05                   # significance level, after Benjamini-Hochberg
     cut_rule: str = "peak"                # see CUT_RULES
+    # image paths left out of every fit, test and choice (e.g. a comparison's test split:
+    # rcvcore.exclusion); still extracted, so the activation cache is shared
+    exclude: tuple[str, ...] = ()
 
     def __hash__(self) -> int:
         # frozen, but dataset_options is a dict: hash the JSON form (equal configs, equal hash)
@@ -106,7 +110,8 @@ class ScanConfig:
         from .data.options import check_options
 
         return dataclasses.replace(self, controls=controls,
-                                   dataset_options=check_options(self.dataset_options))
+                                   dataset_options=check_options(self.dataset_options),
+                                   exclude=tuple(sorted({str(p) for p in self.exclude})))
 
 
 @dataclass(frozen=True)
@@ -302,8 +307,9 @@ class ScanResult:
         cfg.setdefault("arch", d["arch"])
         cfg.setdefault("weights", d["weights"])
         cfg.setdefault("dataset", d["dataset"])
-        if "controls" in cfg:
-            cfg["controls"] = tuple(cfg["controls"])
+        for key in ("controls", "exclude"):
+            if key in cfg:
+                cfg[key] = tuple(cfg[key])
         config = ScanConfig(**{k: v for k, v in cfg.items()
                                if k in {f.name for f in dataclasses.fields(ScanConfig)}})
 
@@ -392,6 +398,8 @@ def result_key(config: ScanConfig, arch: ArchSpec, layers: list[str], ds: Datase
         "test_size": config.test_size, "dataset": ds.name, "measure": ds.measure_name,
         "dataset_options": {k: repr(v) for k, v in sorted(config.dataset_options.items())},
         "permutations": config.permutations,   # the p-values depend on it (alpha, cut rule not)
+        "exclude": (hashlib.sha256("\n".join(config.exclude).encode()).hexdigest()
+                    if config.exclude else None),
         "rcvcore": __version__, "scoring": SCORING_VERSION,
     }
     blob = json.dumps(payload, sort_keys=True).encode()
@@ -633,6 +641,11 @@ def run_scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResu
         for i in hidden:
             warnings.warn(f"skipped {ds.samples[i].path}: {unseen[i]}", SkippedFile, stacklevel=2)
         ok = np.asarray([int(i) for i in ok if int(i) not in unseen], dtype=int)
+    ok, n_excluded = keep_rows(ds.paths, ok, config.exclude)
+    ok = np.asarray(ok, dtype=int)
+    if config.exclude and not n_excluded:
+        warnings.warn(f"--exclude: none of the {len(config.exclude)} excluded paths is an image "
+                      f"of {ds.name}; nothing was left out.", Notice, stacklevel=2)
     y = measures[ok]
     lab = labels[ok] if labels is not None else None
     grp = groups[ok] if groups is not None else None
@@ -708,7 +721,7 @@ def run_scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResu
                         {"hits": int(hits), "misses": int(misses),
                          "result": "miss" if rkey else "off"}, source, tests, test_info,
                         {"per_class": bool(lab is not None), "grouped": bool(grp is not None),
-                         "reason": scoring_reason})
+                         "reason": scoring_reason, "excluded": n_excluded})
     if rkey is not None:
         with Store(root / "activations") as store:
             store.put_json(rkey, result.to_json())

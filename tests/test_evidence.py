@@ -191,3 +191,48 @@ def test_scan_chart_shades_the_plateau():
     table = r2_table(res)
     assert list(table["on plateau"]) == [False, True, True]
     assert list(table["peak frequency"]) == [0.0, 0.4, 0.6]
+
+
+# ------------------------------------------------------------------------------------------
+# no test data in any choice
+
+
+@pytest.mark.slow
+def test_scan_leaves_excluded_images_out_of_every_fit(scale_folder, cache_dir, tmp_path, capsys):
+    import json
+
+    from rcvcore.cli import main
+    from rcvcore.data import load_dataset
+    from rcvcore.exclusion import read_exclusions
+    from rcvcore.scan import ScanConfig, run_scan
+
+    ds = load_dataset(f"folder:{scale_folder}")
+    held = [p for p, g in zip(ds.paths, ds.groups) if g == "g0"]
+    listing = tmp_path / "held_out.txt"
+    listing.write_text("# the comparison's test split\n" + "\n".join(held) + "\n")
+    assert read_exclusions(str(listing)) == tuple(sorted(held))
+    cfg = ScanConfig(arch="resnet18", weights="random", dataset=f"folder:{scale_folder}",
+                     layers="add_2,add_6", repeats=3, cache_dir=str(cache_dir), permutations=9)
+    full = run_scan(cfg)
+    part = run_scan(ScanConfig(**{**cfg.__dict__, "exclude": tuple(held)}))
+    assert (full.n_images, part.n_images) == (24, 21) and part.scoring["excluded"] == 3
+    assert part.cache["result"] == "miss"          # not the full scan's cached result
+    assert part.layers[0].r2 != full.layers[0].r2
+    assert part.to_json()["config"]["exclude"] == sorted(held)
+    out = tmp_path / "scan.json"
+    assert main(["scan", "--arch", "resnet18", "--weights", "random", "--dataset",
+                 f"folder:{scale_folder}", "--layers", "add_2,add_6", "--repeats", "3",
+                 "--permutations", "9", "--cache-dir", str(cache_dir), "--quiet",
+                 "--exclude", str(listing), "--json", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert d["n_images"] == 21 and d["layers"] == part.to_json()["layers"]
+    bad = tmp_path / "other.txt"
+    bad.write_text("/nowhere/x.png\n")
+    assert main(["scan", "--arch", "resnet18", "--weights", "random", "--dataset",
+                 f"folder:{scale_folder}", "--layers", "add_2", "--repeats", "3",
+                 "--controls", "none", "--cache-dir", str(cache_dir), "--quiet",
+                 "--exclude", str(bad)]) == 0
+    assert "nothing was left out" in capsys.readouterr().err
+    assert main(["scan", "--arch", "resnet18", "--dataset", f"folder:{scale_folder}",
+                 "--exclude", str(tmp_path / "missing")]) == 2
+    assert "--exclude" in capsys.readouterr().err

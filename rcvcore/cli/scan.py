@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import Notice
+from ..exclusion import read_exclusions
 from ..scan import CONTROLS, CUT_RULES, ScanConfig, run_scan
 
 
@@ -49,6 +50,11 @@ def add_parser(sub) -> None:
                         "(default 200; 0: no permutation test)")
     p.add_argument("--alpha", type=float, default=0.05,
                    help="significance level after Benjamini-Hochberg over the layers (0.05)")
+    p.add_argument("--exclude", action="append", metavar="SPEC", default=[],
+                   help="leave images out of every fit, test and cut choice: a text file of "
+                        "image paths (one per line), a run folder (its test patches) or a "
+                        "comparison folder (the test patches of all its runs); repeatable. Use it "
+                        "so that a cut is chosen without the data a comparison scores")
     p.add_argument("--cut-rule", default="peak", choices=list(CUT_RULES),
                    help="peak (default, the paper's): highest mean R² among layers significantly "
                         "above both controls; within-std: the last such layer within one std of "
@@ -91,7 +97,8 @@ def _scan(args) -> int:
         cache_dir=args.cache_dir, use_cache=not args.no_cache,
         per_class=False if args.no_per_class else (True if args.per_class else None),
         grouped=not args.ungrouped, permutations=args.permutations, alpha=args.alpha,
-        cut_rule=args.cut_rule, dataset_options=parse_options(args.opt)).validate()
+        cut_rule=args.cut_rule, dataset_options=parse_options(args.opt),
+        exclude=tuple(p for spec in args.exclude for p in read_exclusions(spec))).validate()
     progress, close = _progress_bar(args.quiet)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
