@@ -452,6 +452,7 @@ class LayerScore:
 
     @property
     def std(self) -> float:
+        """Std over repeats, ``np.std`` (ddof=0; Table 2's std over replicates uses ddof=1)."""
         return float(np.nanstd(self.r2))
 
     @property
