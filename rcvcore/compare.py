@@ -14,11 +14,13 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from ._shared import ProgressFn
 from .comparison import COMPARISON, Comparison, model_label, paired_tests, summarise  # noqa: F401
-from .data.base import ProgressFn
 from .errors import UserError
-from .runs import RESULT, Scheduler, group_runs, plan_group, read_comparison, read_run, run_dir_of
-from .train.config import TrainConfig
+from .runs.config import TrainConfig
+from .runs.directory import RESULT, read_run
+from .runs.groups import group_runs, plan_group, read_comparison, run_dir_of
+from .runs.scheduler import Scheduler
 from .train.loop import train
 from .utils import callable_module
 

@@ -21,14 +21,15 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._shared import ProgressFn
 from .compare import compare
 from .comparison import Comparison
-from .data.base import ProgressFn
 from .errors import UserError
 from .files import read_json
-from .runs import RESULT, clear_run_dir, launch, read_run, runs_root
+from .runs.config import TrainConfig
+from .runs.directory import RESULT, clear_run_dir, read_run, runs_root
+from .runs.process import launch
 from .scan import ScanConfig, run_scan
-from .train.config import TrainConfig
 
 DEMO_ARCH = "efficientnet_lite0"
 DEMO_DATASET = "demo-he"

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import ActivationCache, ActivationKey, Extraction, Store
+from ._shared import Extraction, ProgressFn, closest, resolve_device
+from .cache import ActivationCache, ActivationKey, Store
 from .data import Dataset, load_dataset
-from .data.base import closest, default_cache_dir, fingerprint
+from .data.base import default_cache_dir, fingerprint
 from .data.boxes import visible_box_fraction
 from .dist import Dist, barrier, broadcast, gather, init_distributed
 from .errors import SkippedFile, UserError
-from .extract import FeatureExtractor, extract, resolve_device
+from .extract import FeatureExtractor, extract
 from .models import PRE_SOFTMAX, SOFTMAX, ArchSpec, Backbone, get_arch, resolve_backbone
 from .rcv import (
     CORRECTION,
@@ -36,7 +37,6 @@ from .rcv import (
     score_targets,
     shuffled_targets,
 )
-from .utils import ProgressFn
 
 CONTROLS = ("shuffled", "random-weights")
 #: How the suggested cut is chosen: ``peak`` (the paper's: the peak of mean R² among layers
