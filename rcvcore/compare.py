@@ -17,12 +17,16 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from ._shared import ProgressFn
 from .comparison import COMPARISON, Comparison, model_label, paired_tests, summarise  # noqa: F401
-from .data.base import ProgressFn
+from .data import load_dataset
 from .errors import UserError
 from .evidence import check_replicate, replicate_config, split_of
-from .runs import RESULT, Scheduler, group_runs, plan_group, read_comparison, read_run, run_dir_of
-from .train.config import TrainConfig
+from .runs.config import TrainConfig
+from .runs.directory import RESULT, read_run
+from .runs.groups import group_runs, plan_group, read_comparison, run_dir_of
+from .runs.scheduler import Scheduler
+from .train.data import split_dataset
 from .train.loop import train
 from .utils import callable_module
 
@@ -140,6 +144,19 @@ def _check_same_split(st, cfg: TrainConfig, sub: Path) -> None:
                         f"(split seed {was[0]}, dataset options {was[1]}); compare into a new "
                         "folder, or pass the replicate mode it was made with (--replicate "
                         "seed).")
+
+
+def comparison_test_paths(base, seeds, replicate: str = "split") -> tuple[str, ...]:
+    """The test images of every replicate of a comparison of ``base`` over ``seeds``, computed
+    with the runs' own loading and splitting (no training)."""
+    paths: set[str] = set()
+    for seed in seeds:
+        cfg = replicate_config(base, base.cut, seed, replicate)
+        ds = load_dataset(cfg.dataset, n=cfg.n, seed=cfg.split_seed,
+                          cache_dir=cfg.dataset_cache_dir, **cfg.dataset_options)
+        test = split_dataset(ds, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)["test"]
+        paths.update(ds.paths[i] for i in test)
+    return tuple(sorted(paths))
 
 
 def _compare_group(base: TrainConfig, cuts: list[str], seeds: list[int], root: Path,

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from ._shared import NONE
 from .evidence import ALPHA, paired_difference, split_of
 from .files import write_json
 from .metrics import finite_or_none
-from .prune import NONE
 
 COMPARISON = "comparison.json"
 METRIC_LABELS = {"mae": "MAE (px)", "r2": "R2", "kappa": "kappa", "kappa_quadratic": "QWK",

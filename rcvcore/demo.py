@@ -22,15 +22,15 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from .compare import compare, resolve_seeds
+from ._shared import ProgressFn
+from .compare import compare, comparison_test_paths, resolve_seeds
 from .comparison import Comparison
-from .data.base import ProgressFn
 from .errors import UserError
-from .exclusion import comparison_test_paths
 from .files import read_json
-from .runs import RESULT, clear_run_dir, launch, read_run, runs_root
+from .runs.config import TrainConfig
+from .runs.directory import RESULT, clear_run_dir, read_run, runs_root
+from .runs.process import launch
 from .scan import ScanConfig, run_scan
-from .train.config import TrainConfig
 
 DEMO_ARCH = "efficientnet_lite0"
 DEMO_DATASET = "demo-he"
@@ -135,7 +135,7 @@ def transfer_demo(root=None, *, seeds=10, cut: str | None = None, parallel: int 
 
     Every replicate (seed) of the comparison trains on its own group split of demo-he
     (:mod:`rcvcore.evidence`); the scan leaves out the test patches of every replicate
-    (:func:`rcvcore.exclusion.comparison_test_paths`), so it saw only groups that no replicate
+    (:func:`rcvcore.compare.comparison_test_paths`), so it saw only groups that no replicate
     is scored on. When no layer of that scan is significant against its controls, the demo says
     so and cuts by the named fallback rule :data:`FALLBACK_RULE` (the highest mean R² of the
     same scan: still no test data, but untested).

@@ -22,6 +22,7 @@ import math
 import numpy as np
 from scipy import stats
 
+from .data.registry import loader_options, parse_spec
 from .errors import UserError
 
 REPLICATES = ("split", "seed")
@@ -45,8 +46,6 @@ def replicate_config(base, cut: str, seed: int, replicate: str = "split"):
     is also the split seed (the run's own and, for loaders that fix a split, the dataset's)."""
     if replicate == "seed":
         return dataclasses.replace(base, cut=cut, seed=int(seed))
-    from .data.registry import loader_options, parse_spec
-
     opts = dict(base.dataset_options or {})
     try:
         fixes_split = "split_seed" in loader_options(parse_spec(base.dataset)[0].name)

@@ -2,9 +2,9 @@
 
 :func:`read_exclusions` turns ``scan --exclude SPEC`` into image paths: a text file (one path per
 line), a finished run directory (its test patches) or a comparison / run group folder (the test
-patches of every run in it). :func:`comparison_test_paths` gives, before any training, the test
-images of every replicate of a comparison (:func:`rcvcore.evidence.replicate_config`): a scan that
-leaves them out saw only groups that are in no replicate's test split.
+patches of every run in it). :func:`rcvcore.compare.comparison_test_paths` gives, before any
+training, the test images of every replicate of a comparison: a scan that leaves them out saw
+only groups that are in no replicate's test split.
 
 The scan still extracts the excluded images (the activation cache is keyed on the whole
 dataset); they are dropped before any fit, test or choice, and counted in its ``scoring``.
@@ -41,23 +41,6 @@ def read_exclusions(spec: str) -> tuple[str, ...]:
                         "line) nor a run folder.") from None
     return tuple(sorted({line.strip() for line in text.splitlines()
                          if line.strip() and not line.lstrip().startswith("#")}))
-
-
-def comparison_test_paths(base, seeds, replicate: str = "split") -> tuple[str, ...]:
-    """The test images of every replicate of a comparison of ``base`` over ``seeds``, computed
-    with the runs' own loading and splitting (no training)."""
-    from .data import load_dataset
-    from .evidence import replicate_config
-    from .train.data import split_dataset
-
-    paths: set[str] = set()
-    for seed in seeds:
-        cfg = replicate_config(base, base.cut, seed, replicate)
-        ds = load_dataset(cfg.dataset, n=cfg.n, seed=cfg.split_seed,
-                          cache_dir=cfg.dataset_cache_dir, **cfg.dataset_options)
-        test = split_dataset(ds, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)["test"]
-        paths.update(ds.paths[i] for i in test)
-    return tuple(sorted(paths))
 
 
 def keep_rows(paths, ok, exclude) -> tuple[list[int], int]:

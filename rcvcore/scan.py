@@ -13,14 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import ActivationCache, ActivationKey, Extraction, Store
+from . import plateau as plateaus
+from ._shared import Extraction, ProgressFn, closest, resolve_device
+from .cache import ActivationCache, ActivationKey, Store
 from .data import Dataset, load_dataset
-from .data.base import closest, default_cache_dir, fingerprint
+from .data.base import default_cache_dir, fingerprint
 from .data.boxes import visible_box_fraction
 from .dist import Dist, barrier, broadcast, gather, init_distributed
 from .errors import Notice, SkippedFile, UserError
 from .exclusion import keep_rows
-from .extract import FeatureExtractor, extract, resolve_device
+from .extract import FeatureExtractor, extract
 from .models import PRE_SOFTMAX, SOFTMAX, ArchSpec, Backbone, get_arch, resolve_backbone
 from .rcv import (
     CORRECTION,
@@ -37,7 +39,6 @@ from .rcv import (
     score_targets,
     shuffled_targets,
 )
-from .utils import ProgressFn
 
 CONTROLS = ("shuffled", "random-weights")
 #: How the suggested cut is chosen: ``peak`` (the paper's: the peak of mean R² among layers
@@ -197,12 +198,10 @@ class ScanResult:
         peak = max(good, key=lambda s: s.mean)
         chosen = peak
         if self.config.cut_rule == "earliest-plateau":
-            from .plateau import earliest_on_plateau
-
             plat = self.plateau()
             by_name = {s.layer: s for s in cands}
-            chosen = by_name[earliest_on_plateau(list(by_name), plat["layers"],
-                                                 lambda name: ok(by_name[name]))]
+            chosen = by_name[plateaus.earliest_on_plateau(list(by_name), plat["layers"],
+                                                          lambda name: ok(by_name[name]))]
             return chosen.layer, _plateau_reason(peak, chosen, plat, len(good)) + not_run
         if self.config.cut_rule == "within-std":
             i = cands.index(peak)
@@ -227,8 +226,6 @@ class ScanResult:
         """The layers (logits and softmax excluded) not significantly below the peak (the
         highest mean R² among the layers significantly above the controls, or among all when
         none is), over the same repeats (:func:`rcvcore.plateau.plateau`); None: no layer."""
-        from .plateau import plateau
-
         cands = [s for s in self.layers if s.layer not in LOGITS and np.isfinite(s.mean)]
         if not cands:
             return None
@@ -237,14 +234,12 @@ class ScanResult:
         peak = max(good or cands, key=lambda s: s.mean)
         ts = float(self.config.test_size)
         ratio = float(self.test_info.get("test_train_ratio") or ts / (1 - ts))
-        return plateau(cands, peak.layer, ratio, float(self.config.alpha))
+        return plateaus.plateau(cands, peak.layer, ratio, float(self.config.alpha))
 
     def peak_frequency(self) -> dict[str, float]:
         """How often each layer (logits and softmax excluded) has the highest R² over the
         repeats (:func:`rcvcore.plateau.peak_frequency`)."""
-        from .plateau import peak_frequency
-
-        return peak_frequency([s for s in self.layers if s.layer not in LOGITS])
+        return plateaus.peak_frequency([s for s in self.layers if s.layer not in LOGITS])
 
     def to_json(self) -> dict:
         sig = self.significance()

@@ -105,7 +105,7 @@ def test_null_differences_are_rarely_significant(rng):
 
 def test_replicate_config_gives_each_seed_its_split():
     from rcvcore.evidence import replicate_config
-    from rcvcore.train.config import TrainConfig
+    from rcvcore.runs.config import TrainConfig
 
     base = TrainConfig(dataset="demo-he", split_seed=0)
     cfg = replicate_config(base, "block3.0", 1002)

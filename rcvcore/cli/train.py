@@ -16,8 +16,8 @@ import time
 from ..compare import compare
 from ..data.options import parse_options
 from ..predict import load_run_model, predict_files
-from ..runs import RunFailed
-from ..train.config import TrainConfig
+from ..runs.config import TrainConfig
+from ..runs.directory import RunFailed
 from ..train.loop import train
 
 EXIT_FAILED, EXIT_CANCELLED = 1, 143

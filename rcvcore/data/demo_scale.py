@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .._shared import closest
 from ..errors import Notice
-from .base import Dataset, DatasetError, Sample, atomic_write_text, clean_temp_files, closest
+from .base import Dataset, DatasetError, Sample, atomic_write_text, clean_temp_files
 from .images import png_complete
 from .options import reject_unknown
 

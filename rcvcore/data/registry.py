@@ -10,7 +10,8 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .base import Dataset, DatasetError, ProgressFn, closest, default_cache_dir, limit
+from .._shared import ProgressFn, closest
+from .base import Dataset, DatasetError, default_cache_dir, limit
 
 
 @dataclass(frozen=True)
