@@ -29,7 +29,7 @@ import streamlit as st
 from app import auth, charts, guard, state, uploads
 from rcvcore import demo, runs
 from rcvcore.prune import NONE
-from rcvcore.train.config import PROTOCOLS, TrainConfig
+from rcvcore.runs.config import PROTOCOLS, TrainConfig
 
 # --------------------------------------------------------------------------------------------
 # catalogue (cheap, cached per server)

@@ -35,10 +35,11 @@ _EXPORTS = {
     # pruning
     "build_pruned": "rcvcore.prune", "cut_summary": "rcvcore.prune",
     # fine-tuning runs
-    "TrainConfig": "rcvcore.train.config", "Task": "rcvcore.train.data",
-    "RunResult": "rcvcore.runs", "RunState": "rcvcore.runs", "read_run": "rcvcore.runs",
-    "find_runs": "rcvcore.runs", "launch": "rcvcore.runs", "cancel": "rcvcore.runs",
-    "Scheduler": "rcvcore.runs",
+    "TrainConfig": "rcvcore.runs.config", "Task": "rcvcore.train.data",
+    "RunResult": "rcvcore.runs.directory", "RunState": "rcvcore.runs.directory",
+    "read_run": "rcvcore.runs.directory", "find_runs": "rcvcore.runs.directory",
+    "launch": "rcvcore.runs.process", "cancel": "rcvcore.runs.process",
+    "Scheduler": "rcvcore.runs.scheduler",
     "Comparison": "rcvcore.comparison", "load_run_model": "rcvcore.predict",
     "predict_files": "rcvcore.predict", "Prediction": "rcvcore.predict",
     "UserError": "rcvcore.errors",

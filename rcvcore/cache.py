@@ -24,6 +24,7 @@ from pathlib import Path
 import diskcache
 import numpy as np
 
+from ._shared import Extraction
 from .errors import Notice, UserError, disk_error
 
 #: Explicit size limit (diskcache's default evicts silently at 1 GiB). ``RCV_CACHE_SIZE_GB``.
@@ -237,32 +238,6 @@ class ActivationKey:
 
 
 ACTIVATION_PREFIX = "act:"
-
-
-@dataclass(frozen=True)
-class Extraction:
-    """Pooled activations of a list of images, per layer, and which images could be read.
-
-    The one record of extracted activations: :func:`rcvcore.extract.extract` returns it, the
-    :class:`ActivationCache` stores it (one entry per layer, each with the ok / failed record)
-    and the scan scores it. Row ``j`` of every ``features[layer]`` is image ``ok[j]``.
-    """
-
-    features: dict[str, np.ndarray]        # layer -> (n_ok, n_channels) float32
-    ok: np.ndarray                         # indices (into the input paths) of readable images
-    failed: tuple[tuple[int, str], ...]    # (index, reason) of unreadable images
-
-    def same_images(self, other: Extraction) -> bool:
-        """Whether ``other`` has the same readable and failed images (so their rows align)."""
-        return (np.array_equal(np.asarray(self.ok, dtype=int), np.asarray(other.ok, dtype=int))
-                and sorted(i for i, _ in self.failed) == sorted(i for i, _ in other.failed))
-
-    def merged(self, other: Extraction) -> Extraction:
-        """The layers of both (``other``'s win on a name clash); they must be of the same
-        images (:meth:`same_images`)."""
-        if not self.same_images(other):
-            raise ValueError("cannot merge activations of different readable images")
-        return Extraction({**self.features, **other.features}, self.ok, self.failed)
 
 
 class ActivationCache:

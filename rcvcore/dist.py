@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .extract import resolve_device
+from ._shared import resolve_device
 
 
 @dataclass(frozen=True)

@@ -15,28 +15,8 @@ import torch
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from .cache import Extraction
-from .errors import UserError
+from ._shared import Extraction
 from .models import SOFTMAX, ArchSpec, get_arch, is_timm_model, resolve_backbone
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then MPS, then CPU; anything else is passed to ``torch.device``."""
-    if device in (None, "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"--device {device!r} is not a device; use auto, cpu, cuda, cuda:1 "
-                        "or mps.") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available on this machine; use "
-                        "--device auto or cpu.")
-    return dev
 
 
 def trunk(model: nn.Module, nodes: dict[str, str]) -> nn.Module:

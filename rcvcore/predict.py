@@ -29,13 +29,13 @@ import torch
 from PIL import Image
 
 from ._runcheck import check_config, check_task
-from .data.base import ProgressFn
+from ._shared import ProgressFn, resolve_device
 from .data.images import MAX_PIXELS, ImageReadError, read_rgb, to_rgb, to_uint8
 from .errors import UserError
-from .extract import resolve_device
 from .metrics import nearest_class
-from .runs import CHECKPOINT, CONFIG, load_checkpoint, read_run
-from .train.config import TrainConfig
+from .runs.checkpoint import load_checkpoint
+from .runs.config import TrainConfig
+from .runs.directory import CHECKPOINT, CONFIG, read_run
 from .train.data import Task
 from .train.model import build_run_model, run_transform
 from .utils import callable_module

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from ._shared import NONE
 from .errors import UserError
 from .extract import trunk
 from .models import (
@@ -29,7 +30,6 @@ from .models import (
     resolve_backbone,
 )
 
-NONE = "none"
 
 def cut_node(arch: ArchSpec, cut: str) -> str:
     """Graph node where ``arch`` is cut for ``cut`` (a probe layer name, or ``none``).

@@ -1,20 +1,18 @@
-"""Small helpers with no rcvcore dependency (the bottom of the import graph, beside
-:mod:`rcvcore.errors` and :mod:`rcvcore.files`)."""
+"""Small helpers near the bottom of the import graph (above :mod:`rcvcore._shared` and
+:mod:`rcvcore.errors`, beside :mod:`rcvcore.files`)."""
 from __future__ import annotations
 
 import concurrent.futures as cf
-import difflib
 import multiprocessing
 import os
 import sys
 import types
 from collections.abc import Callable, Sequence
 
-__all__ = ["ProgressFn", "closest", "parallel_map", "as_list", "downloads_disabled",
-           "NO_DOWNLOAD_ENV", "callable_module"]
+from ._shared import ProgressFn
 
-ProgressFn = Callable[[float, str], None]
-"""Optional progress callback: ``progress(fraction_done, message)``."""
+__all__ = ["parallel_map", "as_list", "downloads_disabled",
+           "NO_DOWNLOAD_ENV", "callable_module"]
 
 #: ``RCV_NO_DOWNLOAD``: forbid every download attempt (tests, air-gapped machines).
 NO_DOWNLOAD_ENV = "RCV_NO_DOWNLOAD"
@@ -43,12 +41,6 @@ def callable_module(name: str, call: Callable) -> None:
 
     CallableModule.__call__.__doc__ = call.__doc__
     module.__class__ = CallableModule
-
-
-def closest(name: str, choices, n: int = 3) -> str:
-    """A ' Did you mean ...?' hint listing the closest valid names, or ''."""
-    close = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.4)
-    return f" Did you mean {', '.join(map(repr, close))}?" if close else ""
 
 
 def as_list(value) -> list:

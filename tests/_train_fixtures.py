@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from rcvcore.data.base import Dataset, Sample
-from rcvcore.train.config import TrainConfig
+from rcvcore.runs.config import TrainConfig
 
 CLASSES = ("5x", "10x", "20x")
 RADII = (3.0, 6.0, 10.0)

@@ -187,7 +187,7 @@ def test_scan_and_train_take_dataset_options(he_image, tmp_path, capsys):
     """--opt reaches the loader from `scan` and `train`, is kept in config.json (so --resume
     and the dashboard's launches use it), and an unknown option is a clear error."""
     from rcvcore.cli import main
-    from rcvcore.train import TrainConfig, config_to_argv, read_run
+    from rcvcore.runs import TrainConfig, config_to_argv, read_run
 
     path, _, _ = he_image
     spec = f"demo-he:{path}"

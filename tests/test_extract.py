@@ -3,7 +3,8 @@ import pytest
 import torch
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from rcvcore.extract import FeatureExtractor, extract, resolve_device
+from rcvcore._shared import resolve_device
+from rcvcore.extract import FeatureExtractor, extract
 from rcvcore.models import build_model, get_arch, preprocess_for
 
 

@@ -115,8 +115,10 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_parser_sees_imports():
     """The checks below are only as good as the parser: it must find known edges."""
     imports = _imports(_modules())
-    top = {t for t, at_top, _ in imports["rcvcore.runs"] if at_top}
-    assert {"rcvcore.files", "rcvcore.train.config", "rcvcore.train"} <= top
+    top = {t for t, at_top, _ in imports["rcvcore.train.loop"] if at_top}
+    # absolute-style relative imports, a package and its submodule, a parenthesised list
+    assert {"rcvcore.runs", "rcvcore.runs.directory", "rcvcore.runs.config",
+            "rcvcore._shared"} <= top
     # every allowed deferred import still exists (a stale entry would hide a new one)
     nested = {(m, t) for m, found in imports.items() for t, at_top, _ in found if not at_top}
     assert FUNCTION_LEVEL_ALLOWED <= nested, FUNCTION_LEVEL_ALLOWED - nested
@@ -141,16 +143,66 @@ def test_no_function_level_import_of_rcvcore_modules():
     assert bad == []
 
 
-def test_reading_a_run_does_not_import_the_training_loop():
+#: Layers that must never import the ones named: the run concept sits below training and the
+#: Table 2 entry points, the ground floor below everything.
+MUST_NOT_IMPORT = {
+    "rcvcore.runs": ("rcvcore.train", "rcvcore.compare", "rcvcore.predict", "rcvcore.cli",
+                     "rcvcore.demo", "rcvcore.scan"),
+    "rcvcore._shared": ("rcvcore.",),
+    "rcvcore.errors": ("rcvcore.",),
+    "rcvcore.comparison": ("rcvcore.prune", "rcvcore.extract", "rcvcore.models", "rcvcore.runs",
+                           "rcvcore.train"),
+    "rcvcore.models": ("rcvcore.data", "rcvcore.train", "rcvcore.runs", "rcvcore.scan"),
+}
+
+
+def _forbidden_edges(imports, rules) -> list[str]:
+    bad = []
+    for module, found in imports.items():
+        for layer, banned in rules.items():
+            if module != layer and not module.startswith(layer + "."):
+                continue
+            for target, _, line in found:
+                if any(target == b.rstrip(".") or target.startswith(b.rstrip(".") + ".")
+                       for b in banned) and target != "rcvcore.errors":
+                    bad.append(f"{module}:{line} imports {target}")
+    return bad
+
+
+def test_imports_run_one_way():
+    """Training imports the run concept, never the reverse; the ground floor imports nothing
+    of rcvcore but the errors."""
+    imports = _imports(_modules())
+    assert _forbidden_edges(imports, MUST_NOT_IMPORT) == []
+    # the rule finds a violation when there is one (it is not vacuous)
+    fake = {**imports, "rcvcore.runs.groups": [("rcvcore.train.loop", True, 1)]}
+    assert _forbidden_edges(fake, MUST_NOT_IMPORT) == [
+        "rcvcore.runs.groups:1 imports rcvcore.train.loop"]
+
+
+def _loaded_after(code: str) -> set[str]:
     import subprocess
     import sys
 
-    code = ("import sys, rcvcore.runs, rcvcore.predict, rcvcore.train; "
-            "from rcvcore.train import TrainConfig, Task, read_run; "
-            "print(sorted(m for m in sys.modules if m.startswith('rcvcore.train')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
-    assert "rcvcore.train.loop" not in out and "rcvcore.train.config" in out
+    out = subprocess.run([sys.executable, "-c", f"import sys; {code}; "
+                          "print(' '.join(sorted(sys.modules)))"],
+                         capture_output=True, text=True, check=True, cwd=PKG.parent).stdout
+    return set(out.split())
+
+
+def test_reading_a_run_imports_neither_torch_nor_training():
+    loaded = _loaded_after("from rcvcore.runs import read_run, find_runs, runs_root, RESULT")
+    assert "rcvcore.runs.directory" in loaded
+    assert not {m for m in loaded if m.startswith("rcvcore.train")}
+    assert "torch" not in loaded and "torchvision" not in loaded
+
+
+def test_shared_names_come_without_torchvision():
+    """The cut name, the hint and the Table 2 summary do not pull in the network code."""
+    loaded = _loaded_after("from rcvcore._shared import NONE, closest, Extraction; "
+                           "import rcvcore.comparison")
+    assert "torch" not in loaded and "torchvision" not in loaded
+    assert "rcvcore.prune" not in loaded
 
 
 # ------------------------------------------------------------------------------ app/ (issue 21)

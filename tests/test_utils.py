@@ -8,8 +8,9 @@ import os
 import numpy as np
 import pytest
 
+from rcvcore._shared import closest
 from rcvcore.files import atomic_path, atomic_write, json_safe, read_json, write_json
-from rcvcore.utils import as_list, closest, downloads_disabled, parallel_map
+from rcvcore.utils import as_list, downloads_disabled, parallel_map
 
 
 @pytest.mark.parametrize("value, off", [("1", True), ("yes", True), ("true", True),

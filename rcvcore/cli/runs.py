@@ -8,20 +8,10 @@ from pathlib import Path
 from ..cache import SECTIONS, STORE_SECTION, Store, cache_usage, clear_cache
 from ..data.base import default_cache_dir
 from ..errors import UserError
-from ..runs import (
-    FINISHED,
-    Scheduler,
-    cancel,
-    find_runs,
-    group_runs,
-    group_state,
-    is_group_dir,
-    is_run_dir,
-    read_comparison,
-    read_group,
-    read_run,
-    runs_root,
-)
+from ..runs.directory import FINISHED, find_runs, is_group_dir, is_run_dir, read_run, runs_root
+from ..runs.groups import group_runs, group_state, read_comparison, read_group
+from ..runs.process import cancel
+from ..runs.scheduler import Scheduler
 from ..scan import RESULT_PREFIX
 from ._types import number
 

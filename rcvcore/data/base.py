@@ -20,9 +20,6 @@ import numpy as np
 from ..errors import UserError
 from ..files import atomic_write, temp_name  # noqa: F401  (temp_name: for the demo writers)
 
-# moved to rcvcore.utils, re-exported here for the loaders and models
-from ..utils import ProgressFn, closest  # noqa: F401
-
 
 class DatasetError(UserError):
     """A dataset cannot be used as given (missing path, wrong layout, unknown kind)."""

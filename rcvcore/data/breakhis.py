@@ -16,9 +16,10 @@ import re
 import warnings
 from pathlib import Path
 
+from .._shared import ProgressFn, closest
 from ..errors import SkippedFile
 from ..utils import as_list
-from .base import Dataset, DatasetError, ProgressFn, Sample, Skipped, closest
+from .base import Dataset, DatasetError, Sample, Skipped
 from .checks import check_images
 from .options import reject_unknown
 from .splits import split_groups

@@ -46,12 +46,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .._shared import ProgressFn
 from ..errors import Notice
 from ..utils import as_list, downloads_disabled
 from .base import (
     Dataset,
     DatasetError,
-    ProgressFn,
     atomic_write_text,
     clean_temp_files,
     file_fingerprint,

@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .._shared import ProgressFn
 from ..errors import SkippedFile
 from ..utils import parallel_map  # noqa: F401  (moved to rcvcore.utils; re-exported here)
 from .base import (
     DatasetError,
-    ProgressFn,
     Sample,
     Skipped,
     atomic_write_text,

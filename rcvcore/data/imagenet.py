@@ -18,9 +18,10 @@ import re
 import warnings
 from pathlib import Path
 
+from .._shared import ProgressFn, closest
 from ..errors import Notice
 from ..utils import as_list
-from .base import Dataset, DatasetError, ProgressFn, Sample, Skipped, closest
+from .base import Dataset, DatasetError, Sample, Skipped
 from .boxes import AnnotationError, check_box_measure, largest_box_fraction, parse_voc_xml
 from .checks import check_images
 from .options import reject_unknown

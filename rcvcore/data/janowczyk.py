@@ -11,9 +11,10 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+from .._shared import ProgressFn
 from ..errors import SkippedFile
 from ..utils import as_list
-from .base import Dataset, DatasetError, ProgressFn, Skipped
+from .base import Dataset, DatasetError, Skipped
 from .histology import (
     LABEL_NAME,
     LABEL_ORDER,

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import inspect
 
-from .base import DatasetError, closest
+from .._shared import closest
+from .base import DatasetError
 
 _COMMON = {"path", "n", "seed", "cache_dir", "progress"}
 

@@ -11,8 +11,9 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._shared import ProgressFn, closest
 from ..errors import disk_error
-from .base import Dataset, DatasetError, ProgressFn, closest, default_cache_dir, limit
+from .base import Dataset, DatasetError, default_cache_dir, limit
 
 
 @dataclass(frozen=True)

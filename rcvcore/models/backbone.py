@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data.base import closest
+from .._shared import closest
 from ..errors import UserError, WeightsUnavailable
 from . import timmnets, tv
 from .spec import ArchSpec, Preprocess

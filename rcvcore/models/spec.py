@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..data.base import closest
+from .._shared import closest
 from ..errors import UserError
 
 SOFTMAX = "softmax"

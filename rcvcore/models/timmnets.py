@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data.base import closest
+from .._shared import closest
 from ..errors import UserError, WeightsUnavailable
 from ..utils import downloads_disabled as _rcv_downloads_disabled
 from .spec import PRE_SOFTMAX, SOFTMAX, ArchSpec, Preprocess

@@ -14,8 +14,8 @@ from ..data.splits import split_groups
 from ..errors import UserError
 from ..metrics import class_means
 from ..models import get_arch
-from ..runs import RunFailed
-from .config import TARGETS, TrainConfig
+from ..runs.config import TARGETS, TrainConfig
+from ..runs.directory import RunFailed
 
 
 def split_dataset(ds: Dataset, val_fraction: float = 0.15, test_fraction: float = 0.15,

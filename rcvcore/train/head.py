@@ -40,7 +40,7 @@ from ..cache import Store
 from ..data.base import file_fingerprint
 from ..errors import UserError
 from ..rcv import RCV
-from ..runs import RunCancelled
+from ..runs.directory import RunCancelled
 from .data import ImageSet, Task
 
 #: Bump when the pooling or the key changes, so old features are never reused.

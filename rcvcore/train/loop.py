@@ -1,12 +1,12 @@
 """The training loop of a run: optimisation, validation each epoch, test, checkpoints.
 
 The optimisation defaults are the paper's (Adam, lr 1e-4, batch 32, 5 epochs, all layers
-trainable); the protocol (:data:`rcvcore.train.config.PROTOCOLS`) sets the input scaling, the
+trainable); the protocol (:data:`rcvcore.runs.config.PROTOCOLS`) sets the input scaling, the
 regression target (standardised, or the paper's raw areas) and the head's start (its closed-form
 fit, :mod:`.head`, or random). A head-only run (``--trainable head``, one process) trains its
 head on the cached pooled features at the cut (:class:`.head.FeatureSet`). Under ``torchrun``
 the loop runs data-parallel (:mod:`.distributed`) and rank 0 alone writes the run directory
-(:class:`rcvcore.runs.RunWriter`). SIGTERM / SIGINT finish the current step, checkpoint, and
+(:class:`rcvcore.runs.writer.RunWriter`). SIGTERM / SIGINT finish the current step, checkpoint, and
 mark the run ``cancelled`` (resumable).
 """
 from __future__ import annotations
@@ -29,7 +29,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .. import __version__
 from .._runlock import claim_run_dir
-from ..data.base import Dataset, ProgressFn, clean_temp_files, default_cache_dir, limit
+from .._shared import ProgressFn
+from ..data.base import Dataset, clean_temp_files, default_cache_dir, limit
 from ..data.registry import load_dataset
 from ..errors import UserError, disk_error
 from ..extract import default_workers
@@ -37,21 +38,19 @@ from ..files import read_json
 from ..metrics import classification_metrics, nearest_class, regression_metrics
 from ..models import get_arch, resolve_backbone
 from ..prune import cut_node, cut_summary
-from ..runs import (
+from ..runs.checkpoint import CHECKPOINT_FORMAT, load_resume_checkpoint, save_checkpoint
+from ..runs.config import TrainConfig
+from ..runs.directory import (
     CHECKPOINT,
-    CHECKPOINT_FORMAT,
     CONFIG,
     RESULT,
     STATUS,
     RunCancelled,
     RunFailed,
     RunResult,
-    RunWriter,
     clear_run_dir,
-    load_resume_checkpoint,
-    save_checkpoint,
 )
-from .config import TrainConfig
+from ..runs.writer import RunWriter
 from .data import ImageSet, Task, image_set, make_task, split_dataset
 from .distributed import Dist, allreduce, barrier, epoch_batches, init_distributed
 from .head import FeatureSet, cached_features, features_key, fit_head, head_store

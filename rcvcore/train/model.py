@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..models import Backbone, Preprocess, get_arch, preprocess_for
 from ..prune import PrunedNet, build_pruned
-from .config import TrainConfig
+from ..runs.config import TrainConfig
 from .data import Task
 
 #: ``--protocol paper``'s input: pixel values 0-255 as they are (normalising with mean 0 and std

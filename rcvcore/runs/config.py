@@ -6,11 +6,11 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 
-from ..data.base import closest
+from .._shared import NONE, closest
 from ..data.options import check_options, format_options
 from ..errors import UserError
 from ..models import get_arch
-from ..prune import NONE, cut_node
+from ..prune import cut_node
 
 TARGETS = {"nuclei-area": "regression", "magnification": "classification"}
 OPTIMIZERS = ("adam", "adamw", "sgd")
