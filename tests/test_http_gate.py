@@ -111,22 +111,6 @@ def test_uploads_count_against_the_users_budget(server):
     assert _request(url, "PUT", small, cookie=cookie)[0] not in (401, 411, 413)
 
 
-@pytest.mark.slow
-def test_clear_cache_from_a_client_does_not_reset_the_sign_in_throttle(server):
-    """Issue 25: ``clear_cache`` (a message any Streamlit client may send) used to reset the
-    throttle, the scan queue and other users' progress. The throttle lives outside Streamlit's
-    caches now; a signed-in client's clear_cache leaves it as it was."""
-    cookie = _sign_in(server)[1]["set-cookie"].split(";")[0]
-    for _ in range(auth.MAX_FAILURES_PER_MINUTE):
-        _sign_in(server, "a wrong password, long enough")
-    assert _sign_in(server)[0] == 429   # throttled, even with the right password
-    msg = BackMsg()
-    msg.clear_cache = True
-    assert _ws(server.url.replace("http", "ws") + "_stcore/stream", cookie,
-               [msg.SerializeToString()]) == "open"
-    assert _sign_in(server)[0] == 429
-
-
 def test_tokens_expire_and_are_bound_to_the_password(monkeypatch):
     monkeypatch.setenv(auth.PASSWORD_ENV, PASSWORD)
     token = auth.make_token("abc", now=1000.0)
@@ -157,3 +141,20 @@ def test_a_browser_signs_in_through_the_form_and_gets_the_dashboard(server):
         page.get_by_role("button", name="Run scan").wait_for(state="visible", timeout=180_000)
         assert page.get_by_role("link", name="Sign out").count() == 1
         assert page.get_by_label("Password").count() == 0
+
+
+@pytest.mark.slow
+def test_clear_cache_from_a_client_does_not_reset_the_sign_in_throttle(server):
+    """Issue 25: ``clear_cache`` (a message any Streamlit client may send) used to reset the
+    throttle, the scan queue and other users' progress. The throttle lives outside Streamlit's
+    caches now; a signed-in client's clear_cache leaves it as it was. (Last in this module: it
+    leaves the server throttled for a minute.)"""
+    cookie = _sign_in(server)[1]["set-cookie"].split(";")[0]
+    for _ in range(auth.MAX_FAILURES_PER_MINUTE):
+        _sign_in(server, "a wrong password, long enough")
+    assert _sign_in(server)[0] == 429   # throttled, even with the right password
+    msg = BackMsg()
+    msg.clear_cache = True
+    assert _ws(server.url.replace("http", "ws") + "_stcore/stream", cookie,
+               [msg.SerializeToString()]) == "open"
+    assert _sign_in(server)[0] == 429
