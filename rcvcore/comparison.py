@@ -21,11 +21,9 @@ from scipy import stats
 
 from ._shared import NONE
 from .files import write_json
-from .metrics import finite_or_none
+from .metrics import METRICS, finite_or_none, metric_names
 
 COMPARISON = "comparison.json"
-METRIC_LABELS = {"mae": "MAE (px)", "r2": "R2", "kappa": "kappa", "kappa_quadratic": "QWK",
-                 "accuracy": "accuracy"}
 ARCH_LABELS = {"resnet50": "ResNet50", "inception_v3": "InceptionV3", "resnet18": "ResNet18",
                "efficientnet_lite0": "EfficientNet-Lite0"}
 #: Graziani et al., iMIMIC 2020, Table 2: test MAE of the mean nuclei area (px) and Cohen's kappa
@@ -89,7 +87,7 @@ class Comparison:
 
     def table(self) -> str:
         """Text table in the layout of the paper's Table 2: mean (std) over seeds per model."""
-        heads = ["Model"] + [METRIC_LABELS.get(m, m) for m in self.metrics]
+        heads = ["Model"] + [_label(m) for m in self.metrics]
         lines = []
         for r in self.rows:
             cells = [r["label"] + ("" if r["n"] == len(self.seeds) else f" [{r['n']} runs]")]
@@ -139,7 +137,7 @@ class Comparison:
                 pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
                 if not pairs:
                     continue
-                sign = -1.0 if m == "mae" else 1.0          # lower MAE is better
+                sign = METRICS[m].sign if m in METRICS else 1.0
                 diff = float(np.mean([y - x for x, y in pairs]))
                 wins = sum(1 for x, y in pairs if sign * (y - x) > 0)
                 p = t["metrics"].get(m, {}).get("t_p")
@@ -150,8 +148,8 @@ class Comparison:
                     how = "significantly better" if sign * diff > 0 else "significantly worse"
                 else:
                     how = "no significant difference"
-                f = ".2f" if m == "mae" else ".3f"
-                parts.append(f"{METRIC_LABELS.get(m, m)} {how} ({diff:+{f}}, better in "
+                f = f".{_decimals(m)}f"
+                parts.append(f"{_label(m)} {how} ({diff:+{f}}, better in "
                              f"{wins}/{len(pairs)} seeds, paired t p={_fmt_p(p)})")
             if parts:
                 out.append(f"{row['label']} vs {base['label']}: " + "; ".join(parts) + ".")
@@ -164,15 +162,15 @@ class Comparison:
             return None if not s or s.get("mean") is None else _mean_std(m, s["mean"], s["std"])
 
         measured = [{"Model": r["label"], "runs": r["n"],
-                     **{METRIC_LABELS.get(m, m): cell(m, r["metrics"].get(m))
+                     **{_label(m): cell(m, r["metrics"].get(m))
                         for m in self.metrics}} for r in self.rows]
         tests = [{"Model": f"{t['cut']} vs {t['baseline']}",
-                  **{METRIC_LABELS.get(m, m): f"t p={_fmt_p(v.get('t_p'))}, "
+                  **{_label(m): f"t p={_fmt_p(v.get('t_p'))}, "
                      f"Wilcoxon p={_fmt_p(v.get('wilcoxon_p'))} (n={v.get('n')})"
                      for m, v in t["metrics"].items()}} for t in self.tests]
         paper = [{"Model": f"{r['label']} (paper)",
-                  "MAE (px)": _mean_std("mae", *r["mae"], std_format=".2f"),
-                  "kappa": _mean_std("kappa", *r["kappa"], std_format=".2f")}
+                  **{_label(m): _mean_std(m, *r[m], std_format=".2f") for m in METRICS
+                     if m in r}}
                  for r in PAPER_TABLE2["rows"]]
         std = "sample std (ddof=1)" if self.std_ddof == 1 else "np.std (ddof=0, as the paper)"
         caption = (f"Mean ({std}) over {len(self.seeds)} seed(s) of the test metrics, "
@@ -186,12 +184,21 @@ class Comparison:
 
 def _mean_std(metric: str, mean: float, std: float | None, *, missing_std: str | None = None,
               std_format: str | None = None) -> str:
-    """``mean (std)``: 2 decimals for MAE (px), 3 for the scores; the std in ``std_format``
-    (default the mean's); with no std, ``missing_std`` in the brackets, or no brackets."""
-    f = ".2f" if metric == "mae" else ".3f"
+    """``mean (std)`` with the metric's decimals (2 for MAE in px, 3 for the scores); the std
+    in ``std_format`` (default the mean's); with no std, ``missing_std`` in the brackets, or
+    no brackets."""
+    f = f".{_decimals(metric)}f"
     if std is None:
         return format(mean, f) + ("" if missing_std is None else f" ({missing_std})")
     return f"{format(mean, f)} ({format(std, std_format or f)})"
+
+
+def _label(metric: str) -> str:
+    return METRICS[metric].label if metric in METRICS else metric
+
+
+def _decimals(metric: str) -> int:
+    return METRICS[metric].decimals if metric in METRICS else 3
 
 
 def _fmt_p(p):
@@ -246,10 +253,8 @@ def summarise(base, cuts, seeds, results: dict, states: dict, root,
     """
     protocol, ddof = base.protocol, base.protocol_spec.std_ddof
     first = next((r for r in results.values() if r), None)
-    if first is not None and first["task"]["kind"] == "classification":
-        metrics = ["kappa", "kappa_quadratic", "accuracy"]
-    else:
-        metrics = ["mae", "r2", "kappa", "kappa_quadratic", "accuracy"]
+    kind = first["task"]["kind"] if first is not None else "regression"
+    metrics = list(metric_names(kind))
     if first is not None:
         metrics = [m for m in metrics if first["test"].get(m) is not None or m == "mae"]
 
