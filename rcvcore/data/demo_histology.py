@@ -56,6 +56,8 @@ def _smooth(shape, sigma: float, rng: np.random.Generator, anisotropy: float = 1
     return (up - up.mean()) / (up.std() + 1e-9)
 
 
+# Long by design: one procedural drawing (stroma, nuclei, stain, noise) from one seeded
+# generator; splitting it would pass the generator's state between pieces.
 def render_tile(seed: int, index: int, size: int = DEFAULT_TILE_SIZE) -> tuple[np.ndarray,
                                                                               np.ndarray]:
     """Render one 40x tile.
