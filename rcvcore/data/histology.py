@@ -30,7 +30,7 @@ from PIL import Image
 
 from .._shared import ProgressFn
 from ..errors import SkippedFile
-from ..utils import parallel_map  # noqa: F401  (moved to rcvcore.utils; re-exported here)
+from ..utils import parallel_map
 from .base import (
     DatasetError,
     Sample,
