@@ -145,6 +145,7 @@ def r2_figure(scans: list[dict], *, convention: str = MEAN, show_controls: bool 
     if scans:
         prim = scans[0]["result"].get("layers", [])
         by_name = {r["name"]: r for r in prim}
+        _shade_plateau(fig, scans[0]["result"], list(by_name), depth_axis)
         for layer, text, colour in ((suggested, "suggested", "#777777"),
                                     (selected, "cut", "#C00000")):
             if layer in by_name:
@@ -164,6 +165,19 @@ def r2_figure(scans: list[dict], *, convention: str = MEAN, show_controls: bool 
         legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0},
         clickmode="event+select", dragmode=False)
     return fig
+
+
+def _shade_plateau(fig: go.Figure, result: dict, names: list[str], depth_axis: bool) -> None:
+    """Shade the primary scan's plateau: the layers not significantly below its peak."""
+    plat = result.get("plateau") or {}
+    rows = {r["name"]: r for r in result.get("layers", [])}
+    for k, layer in enumerate(l for l in plat.get("layers", []) if l in rows):
+        x = rows[layer].get("depth", 0.0) if depth_axis else names.index(layer)
+        half = 0.015 if depth_axis else 0.5
+        fig.add_vrect(x0=x - half, x1=x + half, fillcolor="#2E7D32", opacity=0.08,
+                      line_width=0, layer="below",
+                      **({"annotation_text": f"plateau ({len(plat['layers'])})",
+                          "annotation_position": "top left"} if k == 0 else {}))
 
 
 def empty_r2_figure(layers: list[str]) -> go.Figure:
@@ -203,6 +217,9 @@ def r2_table(result: dict) -> pd.DataFrame:
                 row[name] = s[key].get("p_adjusted")
         if s:
             row["significant"] = s.get("significant")
+        if result.get("plateau"):
+            row["on plateau"] = r["name"] in result["plateau"].get("layers", [])
+            row["peak frequency"] = (result.get("peak_frequency") or {}).get(r["name"])
         rows.append(row)
     return pd.DataFrame(rows)
 

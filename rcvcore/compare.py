@@ -1,10 +1,13 @@
-"""Compare cuts over seeds on identical splits: the paper's Table 2.
+"""Compare cuts over replicates: the paper's Table 2, replicated over data.
 
 Each (cut, seed) pair is one ordinary run directory ``RUN_DIR/<cut>_seed<seed>`` (the layout of
-a run group, :mod:`rcvcore.runs`); splits depend on ``split_seed`` only, so every run of every
-cut sees the same train/val/test images and the seeds pair the runs across cuts (same head
-initialisation seed, same data order). Finished runs are reused, interrupted ones resumed, so a
-killed ``compare`` continues where it stopped.
+a run group, :mod:`rcvcore.runs`). A seed is a replicate: by default (``replicate="split"``) its
+own group split (split seed = seed, :func:`rcvcore.evidence.replicate_config`), shared by every
+cut of that seed, so the runs pair across cuts on the same images (same head initialisation
+seed, same data order) and the spread over seeds includes the data. ``replicate="seed"`` keeps
+``split_seed`` for every seed (the former behaviour; its differences are not tested). Finished
+runs are reused (when trained on the same split), interrupted ones resumed, so a killed
+``compare`` continues where it stopped.
 
 By default the runs train one after the other in this process; ``parallel=N`` plans them as a
 run group and starts them as subprocesses, N at a time, with the dashboard's scheduler.
@@ -16,11 +19,14 @@ from pathlib import Path
 
 from ._shared import ProgressFn
 from .comparison import COMPARISON, Comparison, model_label, paired_tests, summarise  # noqa: F401
+from .data import load_dataset
 from .errors import UserError
+from .evidence import check_replicate, replicate_config, split_of
 from .runs.config import TrainConfig
 from .runs.directory import RESULT, read_run
 from .runs.groups import group_runs, plan_group, read_comparison, run_dir_of
 from .runs.scheduler import Scheduler
+from .train.data import split_dataset
 from .train.loop import train
 from .utils import callable_module
 
@@ -53,7 +59,7 @@ def _parse_cuts(cuts) -> list[str]:
 
 
 def compare(base: TrainConfig, cuts, seeds, run_dir, *, progress: ProgressFn | None = None,
-            dataset=None, parallel: int | None = None) -> Comparison:
+            dataset=None, parallel: int | None = None, replicate: str = "split") -> Comparison:
     """Train every cut of ``cuts`` for every seed and summarise (``comparison.json``).
 
     Args:
@@ -67,9 +73,16 @@ def compare(base: TrainConfig, cuts, seeds, run_dir, *, progress: ProgressFn | N
             ``parallel``, whose runs are separate processes that load ``base.dataset``).
         parallel: train as a run group, this many runs at a time in subprocesses (None: one
             after the other in this process).
+        replicate: ``"split"`` (each seed its own group split) or ``"seed"`` (one split).
     """
     cuts = _parse_cuts(cuts)
     seeds = resolve_seeds(seeds, base.seed)
+    check_replicate(replicate)
+    if (dataset is not None and replicate == "split" and len(seeds) > 1
+            and any(smp.split for smp in dataset.samples)):
+        raise UserError("compare(dataset=...) was given a dataset that fixes its split, the same "
+                        "for every seed; replicates over splits need the dataset loaded per "
+                        "seed: pass no dataset, or replicate='seed'.")
     for c in cuts:
         dataclasses.replace(base, cut=c).validate()
     root = Path(run_dir)
@@ -77,7 +90,7 @@ def compare(base: TrainConfig, cuts, seeds, run_dir, *, progress: ProgressFn | N
         if dataset is not None:
             raise UserError("compare(parallel=...) trains in subprocesses, which load "
                             "base.dataset; do not pass an in-memory dataset.")
-        return _compare_group(base, cuts, seeds, root, int(parallel), progress)
+        return _compare_group(base, cuts, seeds, root, int(parallel), progress, replicate)
     root.mkdir(parents=True, exist_ok=True)
     total = len(cuts) * len(seeds)
     results: dict[tuple[str, int], dict | None] = {}
@@ -87,13 +100,14 @@ def compare(base: TrainConfig, cuts, seeds, run_dir, *, progress: ProgressFn | N
     for seed in seeds:          # seed-major: an interrupted comparison still has paired runs
         for cut in cuts:
             sub = run_dir_of(root, cut, seed)
-            cfg = dataclasses.replace(base, cut=cut, seed=seed)
+            cfg = replicate_config(base, cut, seed, replicate)
 
             def sub_progress(f, msg, k=k, cut=cut, seed=seed):
                 if progress:
                     progress((k + f) / total, f"[{cut} seed {seed}] {msg}")
 
             st = read_run(sub)
+            _check_same_split(st, cfg, sub)
             if st.state == "done" and st.result is not None:
                 res = st.result
             else:
@@ -120,10 +134,41 @@ def compare(base: TrainConfig, cuts, seeds, run_dir, *, progress: ProgressFn | N
     return comp
 
 
+def _check_same_split(st, cfg: TrainConfig, sub: Path) -> None:
+    """A run found in the comparison's folder must have been trained on ``cfg``'s split."""
+    if st.config is None:
+        return
+    if split_of(st.config) != split_of(cfg.to_dict()):
+        was = st.config.get("split_seed"), (st.config.get("dataset_options") or {})
+        raise UserError(f"{sub} was trained on another data split than this comparison's "
+                        f"(split seed {was[0]}, dataset options {was[1]}); compare into a new "
+                        "folder, or pass the replicate mode it was made with (--replicate "
+                        "seed).")
+
+
+def comparison_test_paths(base, seeds, replicate: str = "split") -> tuple[str, ...]:
+    """The test images of every replicate of a comparison of ``base`` over ``seeds``, computed
+    with the runs' own loading and splitting (no training)."""
+    paths: set[str] = set()
+    for seed in seeds:
+        cfg = replicate_config(base, base.cut, seed, replicate)
+        ds = load_dataset(cfg.dataset, n=cfg.n, seed=cfg.split_seed,
+                          cache_dir=cfg.dataset_cache_dir, **cfg.dataset_options)
+        test = split_dataset(ds, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)["test"]
+        paths.update(ds.paths[i] for i in test)
+    return tuple(sorted(paths))
+
+
 def _compare_group(base: TrainConfig, cuts: list[str], seeds: list[int], root: Path,
-                   parallel: int, progress) -> Comparison:
+                   parallel: int, progress, replicate: str = "split") -> Comparison:
     """``compare(parallel=N)``: plan the runs as a group and drive it until every run ended."""
-    plan_group(root, base, cuts, seeds, parallel)
+    for seed in seeds:
+        for cut in cuts:
+            sub = run_dir_of(root, cut, seed)
+            if sub.is_dir():
+                _check_same_split(read_run(sub), replicate_config(base, cut, seed, replicate),
+                                  sub)
+    plan_group(root, base, cuts, seeds, parallel, replicate=replicate)
     # as the sequential compare: a run that ended without finishing is resumed once
     retry = {str(d) for *_, d, st in group_runs(root)
              if st is not None and st.state in ("interrupted", "cancelled", "failed")}

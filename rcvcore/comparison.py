@@ -1,10 +1,14 @@
 """The paper's Table 2 over a group of runs (``comparison.json``): pure statistics.
 
-Rows are mean and std over seeds of each cut's test metrics (the sample std, ddof=1, under the
-recommended protocol; the paper's ``np.std``, ddof=0, under ``--protocol paper``); tests are
-paired by seed against the first cut (the baseline): a paired t-test and a Wilcoxon signed-rank
-test. :data:`PAPER_TABLE2` holds the paper's published numbers, shown beside the measured ones
-and always labelled as the paper's (their data and networks, not this run's).
+Rows are mean and std over replicates of each cut's test metrics (the sample std, ddof=1, under
+the recommended protocol; the paper's ``np.std``, ddof=0, under ``--protocol paper``). A replicate
+is a seed and, by default, its own group split (:mod:`rcvcore.evidence`); tests pair the
+replicates against the first cut (the baseline) on the same split: the mean difference, its 95%
+confidence interval and the Nadeau-Bengio corrected paired t-test decide the verdict
+(:func:`rcvcore.evidence.paired_difference`, the one rule of the CLI, the dashboard and the
+JSON); the plain paired t-test and Wilcoxon's test stay in the JSON (``t_p``, ``wilcoxon_p``)
+for reference only. :data:`PAPER_TABLE2` holds the paper's published numbers, shown beside the
+measured ones and always labelled as the paper's (their data and networks, not this run's).
 Nothing here trains or reads a run directory (see :mod:`rcvcore.runs` and
 :mod:`rcvcore.compare`).
 """
@@ -20,6 +24,7 @@ import numpy as np
 from scipy import stats
 
 from ._shared import NONE
+from .evidence import ALPHA, paired_difference, split_of
 from .files import write_json
 from .metrics import METRICS, finite_or_none, metric_names
 
@@ -54,7 +59,9 @@ class Comparison:
         rows: one per cut: ``{"cut", "label", "n", "metrics": {metric: {"mean", "std",
             "values"}}, "seeds", "states"}``; std over seeds with ``std_ddof``.
         tests: one per cut after the first (the baseline): ``{"cut", "baseline",
-            "metrics": {metric: {"n", "t_stat", "t_p", "wilcoxon_p"}}}``, paired by seed.
+            "metrics": {metric: {"n", "t_stat", "t_p", "wilcoxon_p", **paired_difference}}}``,
+            paired by replicate (see :func:`rcvcore.evidence.paired_difference`).
+        unit: the unit of inference (what a replicate is).
         std_ddof: 1 (sample std; recommended protocol) or 0 (``np.std``; the paper protocol).
         protocol: the runs' protocol.
 
@@ -71,6 +78,7 @@ class Comparison:
     state: str = "done"
     std_ddof: int = 1
     protocol: str = "recommended"
+    unit: str = "group split (one per replicate)"
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -97,12 +105,9 @@ class Comparison:
                              _mean_std(m, s["mean"], s["std"], missing_std="-"))
             lines.append(cells)
         for t in self.tests:
-            cells = [f"paired t / Wilcoxon p, {t['cut']} vs {t['baseline']}"]
+            cells = [f"{t['cut']} - {t['baseline']}: diff [95% CI], corrected t p (n)"]
             for m in self.metrics:
-                s = t["metrics"].get(m, {})
-                tp, wp = s.get("t_p"), s.get("wilcoxon_p")
-                cells.append("-" if tp is None and wp is None else
-                             f"{_fmt_p(tp)} / {_fmt_p(wp)}")
+                cells.append(_diff_cell(m, t["metrics"].get(m, {})))
             lines.append(cells)
         paper = []
         for r in PAPER_TABLE2["rows"]:
@@ -117,15 +122,17 @@ class Comparison:
         std = "sample std, ddof=1" if self.std_ddof == 1 else "np.std, ddof=0 (as the paper)"
         return "\n".join(
             [fmt(heads), rule] + [fmt(x) for x in lines]
-            + [f"mean (std) over {len(self.seeds)} seeds, {std}; {self.protocol} protocol", "",
+            + [f"mean (std) over {len(self.seeds)} replicates, {std}; {self.protocol} protocol; "
+               f"unit of inference: {self.unit}", "",
                PAPER_TABLE2["source"] + ":"] + [fmt(x) for x in paper])
 
 
     def verdict(self) -> str:
         """One sentence per pruned cut against the full network (the baseline), per metric:
-        significantly better, significantly worse, or no significant difference (paired t-test
-        by seed, alpha 0.05), with the mean paired difference and in how many seeds the pruned
-        model was better. Said plainly either way."""
+        significantly better, significantly worse, no significant difference or not testable
+        (and why), with the mean paired difference, its 95% CI, in how many replicates the
+        pruned model was better and n. Said plainly either way (one rule:
+        :func:`rcvcore.evidence.paired_difference`)."""
         out = []
         base = self.rows[0] if self.rows else None
         for t in self.tests:
@@ -135,24 +142,17 @@ class Comparison:
                 a = base["metrics"].get(m, {}).get("values") or []
                 b = row["metrics"].get(m, {}).get("values") or []
                 pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
-                if not pairs:
+                s = t["metrics"].get(m, {})
+                if not pairs or "verdict" not in s:
                     continue
                 sign = METRICS[m].sign if m in METRICS else 1.0
-                diff = float(np.mean([y - x for x, y in pairs]))
                 wins = sum(1 for x, y in pairs if sign * (y - x) > 0)
-                p = t["metrics"].get(m, {}).get("t_p")
-                if p is None:
-                    how = "no difference to test" if np.allclose(*zip(*pairs)) else \
-                        "too few seeds to test"
-                elif p < 0.05:
-                    how = "significantly better" if sign * diff > 0 else "significantly worse"
-                else:
-                    how = "no significant difference"
-                f = f".{_decimals(m)}f"
-                parts.append(f"{_label(m)} {how} ({diff:+{f}}, better in "
-                             f"{wins}/{len(pairs)} seeds, paired t p={_fmt_p(p)})")
+                how = s["verdict"] + (f" ({s['why']})" if s.get("why") else "")
+                parts.append(f"{_label(m)} {how}: {_diff_cell(m, s)}, better in "
+                             f"{wins}/{len(pairs)} replicates")
             if parts:
-                out.append(f"{row['label']} vs {base['label']}: " + "; ".join(parts) + ".")
+                out.append(f"{row['label']} vs {base['label']} (unit: {self.unit}): "
+                           + "; ".join(parts) + ".")
         return " ".join(out)
 
     def view(self) -> dict:
@@ -164,18 +164,20 @@ class Comparison:
         measured = [{"Model": r["label"], "runs": r["n"],
                      **{_label(m): cell(m, r["metrics"].get(m))
                         for m in self.metrics}} for r in self.rows]
-        tests = [{"Model": f"{t['cut']} vs {t['baseline']}",
-                  **{_label(m): f"t p={_fmt_p(v.get('t_p'))}, "
-                     f"Wilcoxon p={_fmt_p(v.get('wilcoxon_p'))} (n={v.get('n')})"
+        tests = [{"Model": f"{t['cut']} - {t['baseline']}",
+                  **{_label(m): f"{_diff_cell(m, v)}: {v.get('verdict', '-')}"
                      for m, v in t["metrics"].items()}} for t in self.tests]
         paper = [{"Model": f"{r['label']} (paper)",
                   **{_label(m): _mean_std(m, *r[m], std_format=".2f") for m in METRICS
                      if m in r}}
                  for r in PAPER_TABLE2["rows"]]
         std = "sample std (ddof=1)" if self.std_ddof == 1 else "np.std (ddof=0, as the paper)"
-        caption = (f"Mean ({std}) over {len(self.seeds)} seed(s) of the test metrics, "
-                   f"{self.protocol} protocol; std needs two or more seeds, paired tests two "
-                   "or more pairs. kappa: Cohen's kappa of the magnification (QWK: quadratic "
+        caption = (f"Mean ({std}) over {len(self.seeds)} replicate(s) of the test metrics, "
+                   f"{self.protocol} protocol; unit of inference: {self.unit}. Differences: "
+                   "pruned minus full, paired by replicate, 95% CI and two-sided p of the "
+                   "Nadeau-Bengio corrected paired t-test; no verdict with fewer than 3 "
+                   "replicates, zero-variance differences or one shared split. kappa: Cohen's "
+                   "kappa of the magnification (QWK: quadratic "
                    "weights), each predicted area mapped to the nearest training class mean.")
         return {"measured": measured, "tests": tests, "paper": paper,
                 "paper_source": PAPER_TABLE2["source"], "caption": caption,
@@ -199,6 +201,18 @@ def _label(metric: str) -> str:
 
 def _decimals(metric: str) -> int:
     return METRICS[metric].decimals if metric in METRICS else 3
+
+
+def _diff_cell(metric: str, s: dict) -> str:
+    """``+1.23 [-0.40, 2.86] p=0.120 (n=5)`` or ``not testable (n=2)``."""
+    if not s or s.get("mean_diff") is None:
+        return "-"
+    f = f".{_decimals(metric)}f"
+    n = f"(n={s.get('n')})"
+    if not s.get("testable"):
+        return f"{s['mean_diff']:+{f}}, not testable {n}"
+    lo, hi = s["ci95"]
+    return f"{s['mean_diff']:+{f}} [{lo:+{f}}, {hi:+{f}}] p={_fmt_p(s['p'])} {n}"
 
 
 def _fmt_p(p):
@@ -268,8 +282,19 @@ def summarise(base, cuts, seeds, results: dict, states: dict, root,
                      "seeds": list(seeds),
                      "states": [states.get((cut, s), "missing") for s in seeds],
                      "metrics": {m: _stats(values(cut, m), ddof) for m in metrics}})
-    tests = [{"cut": cut, "baseline": cuts[0],
-              "metrics": {m: paired_tests(values(cuts[0], m), values(cut, m)) for m in metrics}}
+    done = [r for r in results.values() if r and r.get("n_train")]
+    ratio = float(np.mean([r["n_test"] / r["n_train"] for r in done])) if done else 0.0
+    splits = [split_of((results.get((cuts[0], s)) or {}).get("config")) for s in seeds]
+
+    def test(cut, m):
+        a, b = values(cuts[0], m), values(cut, m)
+        lower = m in METRICS and not METRICS[m].higher_is_better
+        return {**paired_tests(a, b), **paired_difference(
+            a, b, test_train_ratio=ratio, splits=splits, lower_is_better=lower, alpha=ALPHA)}
+
+    tests = [{"cut": cut, "baseline": cuts[0], "metrics": {m: test(cut, m) for m in metrics}}
              for cut in cuts[1:]]
+    units = {v.get("unit") for t in tests for v in t["metrics"].values()}
+    unit = units.pop() if len(units) == 1 else "group split (one per replicate)"
     return Comparison(str(root), base.to_dict(), tuple(cuts), tuple(seeds), tuple(metrics),
-                      tuple(rows), tuple(tests), state, ddof, protocol)
+                      tuple(rows), tuple(tests), state, ddof, protocol, unit)

@@ -7,9 +7,10 @@ of its pip package, on ``demo-he`` (real H&E patches at four magnifications, see
   :data:`DEMO_CUT`, a magnification head started at its closed-form fit, a few epochs.
 - :func:`held_out_patches`: the test-split patches of a finished run, which it never saw.
 - :func:`transfer_demo` (``python -m rcvcore demo transfer``): the paper's three steps at demo
-  size: scan the network on ``demo-he`` (both controls, significance), cut where the scan
-  suggests (its peak layer when nothing is significant, said so), compare the full and the cut
-  network over seeds on identical splits, Table 2 with paired tests.
+  size: scan the network on ``demo-he`` without the test patches of any replicate (both
+  controls, significance), cut where the scan suggests (by the named fallback rule
+  :data:`FALLBACK_RULE` when nothing is significant, said so), compare the full and the cut
+  network over replicates, each on its own group split, Table 2 with paired tests over splits.
 
 The settings (:data:`DEMO_SETTINGS`: the paper's optimisation, at demo-he's 112-px patch size)
 let the comparison of 10 seeds (the paper's count) finish well within 15 minutes on a 2-core
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._shared import ProgressFn
-from .compare import compare
+from .compare import compare, comparison_test_paths, resolve_seeds
 from .comparison import Comparison
 from .errors import UserError
 from .files import read_json
@@ -41,6 +42,9 @@ DEMO_TRANSFER_DIR = "demo-transfer"
 #: the demo's training settings (the rest are the recommended protocol's defaults); 112 px is
 #: demo-he's patch size, so patches are fed as they are
 DEMO_SETTINGS = {"epochs": 5, "batch_size": 32, "lr": 1e-4, "image_size": 112}
+#: the transfer demo's cut when no layer of its (test-free) scan is significant: the highest mean
+#: R² of that scan, untested
+FALLBACK_RULE = "untested-peak"
 
 
 def demo_model_config(**over) -> TrainConfig:
@@ -126,44 +130,56 @@ def held_out_patches(run_dir, limit: int | None = None) -> list[HeldOut]:
 
 def transfer_demo(root=None, *, seeds=10, cut: str | None = None, parallel: int | None = None,
                   progress: ProgressFn | None = None, **over) -> tuple[Comparison, dict]:
-    """Scan -> cut -> compare on ``demo-he`` (see the module docstring).
+    """Scan -> cut -> compare on ``demo-he`` (see the module docstring), with no test data in
+    the choice of the cut.
+
+    Every replicate (seed) of the comparison trains on its own group split of demo-he
+    (:mod:`rcvcore.evidence`); the scan leaves out the test patches of every replicate
+    (:func:`rcvcore.compare.comparison_test_paths`), so it saw only groups that no replicate
+    is scored on. When no layer of that scan is significant against its controls, the demo says
+    so and cuts by the named fallback rule :data:`FALLBACK_RULE` (the highest mean R² of the
+    same scan: still no test data, but untested).
 
     Args:
         root: runs root; the comparison goes to ``<root>/demo-transfer``.
-        seeds: count or list of seeds.
+        seeds: count or list of seeds (replicates).
         cut: skip the choice and cut here.
         parallel: runs at a time in subprocesses (None: one after the other here).
         over: overrides of the comparison's :class:`TrainConfig` (e.g. ``epochs=1``).
 
     Returns:
-        ``(comparison, info)``, ``info`` saying how the cut was chosen: ``{"cut", "how",
-        "scan": {layer: mean R²}}``.
+        ``(comparison, info)``, ``info`` saying how the cut was chosen: ``{"cut", "how", "rule",
+        "scan": {layer: mean R²}, "excluded", "plateau"}``.
     """
     def say(frac, msg):
         if progress:
             progress(frac, msg)
 
-    info: dict = {}
+    base = TrainConfig(**{"arch": DEMO_ARCH, "weights": "imagenet", "dataset": DEMO_DATASET,
+                          "target": "nuclei-area", "log_every": 5, **DEMO_SETTINGS, **over})
+    seeds = resolve_seeds(seeds, base.seed)
+    info: dict = {"rule": "given", "how": "given"}
     if cut is None:
-        say(0.0, f"scanning {DEMO_ARCH} on {DEMO_DATASET}")
+        say(0.0, f"scanning {DEMO_ARCH} on {DEMO_DATASET} without any replicate's test split")
+        held = comparison_test_paths(base, seeds)
         result = run_scan(ScanConfig(arch=DEMO_ARCH, weights="imagenet", dataset=DEMO_DATASET,
-                                     layers="all"),
+                                     layers="all", exclude=held),
                           progress=lambda f, m: say(0.1 * f, f"scan: {m}"))
         cut, why = result.suggest_cut()
-        info["scan"] = {s.layer: s.mean for s in result.layers}
+        info.update(scan={s.layer: s.mean for s in result.layers},
+                    excluded=int(result.scoring.get("excluded", 0)), plateau=result.plateau())
         if cut is None:
             feature = [s for s in result.layers if s.layer not in ("pre_softmax", "softmax")]
             cut = max(feature, key=lambda s: s.mean).layer
-            info["how"] = (f"no layer is significant against the controls ({why}); cut at the "
-                           f"peak of the mean R², {cut}")
+            info["rule"] = FALLBACK_RULE
+            info["how"] = (f"no layer qualifies in the scan that saw no test patch ({why}); "
+                           f"fallback rule {FALLBACK_RULE}: cut at the highest mean R² of that "
+                           f"scan, {cut} (no test data used, but not significant)")
         else:
-            info["how"] = f"the scan's suggested cut: {why}"
-    else:
-        info["how"] = "given"
+            info["rule"] = result.config.cut_rule
+            info["how"] = f"the scan's suggested cut (no test patch scanned): {why}"
     info["cut"] = cut
-    base = TrainConfig(**{"arch": DEMO_ARCH, "weights": "imagenet", "dataset": DEMO_DATASET,
-                          "target": "nuclei-area", "log_every": 5, **DEMO_SETTINGS, **over})
     comp = compare(base, ["none", cut], seeds, runs_root(root) / DEMO_TRANSFER_DIR,
-                   parallel=parallel,
+                   parallel=parallel, replicate="split",
                    progress=lambda f, m: say(0.1 + 0.9 * f, m))
     return comp, info

@@ -9,7 +9,8 @@ split alone by exact leave-one-out, for all penalties at once (as ``RidgeCV``'s 
 
 Significance (:func:`permutation_targets`, :func:`permutation_pvalue`, :func:`corrected_paired_t`,
 :func:`bh_adjust`, :func:`layer_tests`): a permutation test against shuffled measures whose
-permuted fits reuse the factorisations (their penalty chosen by GCV, O(rank) per column), a
+permuted fits reuse the factorisations (each penalty chosen by the same leave-one-(group-)out
+search as the reported R², so the test's statistic is the number shown), a
 corrected paired t-test against the random-weights network over the same splits, and a
 Benjamini-Hochberg correction over the layers.
 """
@@ -96,7 +97,7 @@ class _Fit:
         return out
 
     def loo_mse(self, alphas: np.ndarray, groups: np.ndarray | None = None,
-                cols=slice(None)) -> np.ndarray:
+                cols=slice(None), dtype=np.float64) -> np.ndarray:
         """(n_alphas, n_columns) cross-validated MSE of ridge with an unpenalised intercept.
 
         Without ``groups``: exact leave-one-out. With ``groups``: exact leave-one-group-out (the
@@ -104,6 +105,10 @@ class _Fit:
         group's MSE, as ``RidgeCV(cv=LeaveOneGroupOut(), scoring="neg_mean_squared_error")``.
         Crops of one photograph or patches of one slide are then never used to tune the penalty
         for their own siblings.
+
+        One penalty at a time (an (n, k) residual, not an (A, n, k) one: the permutation test
+        scores hundreds of columns). ``dtype=np.float32`` evaluates the residuals in single
+        precision (the permuted measures: twice as fast; the criterion's argmin is what is used).
         """
         n = self.n
         blocks = None
@@ -112,32 +117,38 @@ class _Fit:
             if inv.max() + 1 < n:
                 blocks = [np.flatnonzero(inv == g) for g in range(inv.max() + 1)]
         alphas = np.asarray(alphas, dtype=np.float64)
-        D = 1.0 / (self.lam[None, :] + alphas[:, None])             # (A, r), all penalties at once
+        D = 1.0 / (self.lam[None, :] + alphas[:, None])             # (A, r), all penalties
         if not self.dual:
             D = np.where(self.lam[None, :] > self.tol, D, 0.0)
-        DQtY = D[:, :, None] * self.QtY[None, :, cols]              # (A, r, k)
-        fitted = np.matmul(self.Q[None], DQtY)                      # (A, n, k)
-        if self.dual:
-            resid = fitted          # = (I-H) y / α on 1⊥
-        else:
-            resid = self.Yc[None, :, cols] - fitted                 # (I-H) y, centred fit
+        Q = self.Q.astype(dtype, copy=False)
+        QtY = self.QtY[:, cols].astype(dtype, copy=False)
+        Yc = None if self.dual else self.Yc[:, cols].astype(dtype, copy=False)
         if blocks is None:
             diag = (self.Q ** 2) @ D.T                              # (n, A)
-            if self.dual:
-                denom = diag.T                                      # diag (I-H) / α
+            # dual: fitted = (I-H) y / α on 1⊥ and diag (I-H) / α; primal: 1 - leverage
+            denom = (diag.T if self.dual else 1.0 - 1.0 / n - diag.T).astype(dtype)
+        else:
+            inv_blocks = [self._block_inverses(b, D) for b in blocks]
+        out = np.empty((len(alphas), QtY.shape[1]))
+        for a in range(len(alphas)):
+            fitted = Q @ (D[a].astype(dtype)[:, None] * QtY)        # (n, k)
+            resid = fitted if self.dual else Yc - fitted            # (I-H) y (dual: / α)
+            if blocks is None:
+                resid /= denom[a][:, None]
+                out[a] = np.einsum("ij,ij->j", resid, resid) / n
             else:
-                denom = 1.0 - 1.0 / n - diag.T                      # 1 - leverage
-            e = resid / denom[:, :, None]
-            return (e ** 2).mean(axis=1)
-        per_group = []
-        for b in blocks:
-            Qb = self.Q[b]
-            Mb = np.matmul(Qb[None] * D[:, None, :], Qb.T)         # (A, g, g)
-            if not self.dual:
-                Mb = np.eye(len(b))[None] - 1.0 / n - Mb            # (I-H)_bb
-            e_b = np.linalg.solve(Mb, resid[:, b, :])               # (A, g, k)
-            per_group.append((e_b ** 2).mean(axis=1))
-        return np.mean(per_group, axis=0)
+                out[a] = np.mean([((Minv[a].astype(dtype) @ resid[b]) ** 2).mean(axis=0)
+                                  for b, Minv in zip(blocks, inv_blocks)], axis=0)
+        return out
+
+    def _block_inverses(self, b: np.ndarray, D: np.ndarray) -> np.ndarray:
+        """(A, g, g) inverses of the diagonal blocks (I - H)_bb (dual: α (I - H)_bb / α) of
+        group ``b`` for every penalty (independent of the targets)."""
+        Qb = self.Q[b]
+        Mb = np.matmul(Qb[None] * D[:, None, :], Qb.T)             # (A, g, g)
+        if not self.dual:
+            Mb = np.eye(len(b))[None] - 1.0 / self.n - Mb           # (I-H)_bb
+        return np.linalg.inv(Mb)
 
     def predict(self, alpha: float, cross: np.ndarray, Xc_test: np.ndarray | None = None,
                 cols=slice(None)) -> np.ndarray:
@@ -194,15 +205,19 @@ class _Fit:
 
 
 def _choose_alpha(fit: _Fit, model: str, rel_alphas, groups=None, cols=slice(None),
-                  criterion: str = "loo") -> np.ndarray:
+                  criterion: str = "loo", fast: bool = False) -> np.ndarray:
     """Per-column penalty: 0 for OLS; for ridge the grid value with the lowest leave-one-out
     (leave-one-group-out with ``groups``) error on the training split, first on ties; with
-    ``criterion="gcv"`` the lowest generalised cross-validation criterion instead."""
+    ``criterion="gcv"`` the lowest generalised cross-validation criterion instead. ``fast``:
+    the criterion in single precision (the permutation test's hundreds of permuted columns)."""
     k = fit.Yc[:, cols].shape[1]
     if model == "ols":
         return np.zeros(k)
     alphas = np.asarray(rel_alphas, dtype=np.float64) * fit.scale
-    crit = fit.gcv(alphas, cols) if criterion == "gcv" else fit.loo_mse(alphas, groups, cols)
+    if criterion == "gcv":
+        crit = fit.gcv(alphas, cols)
+    else:
+        crit = fit.loo_mse(alphas, groups, cols, dtype=np.float32 if fast else np.float64)
     return alphas[np.argmin(crit, axis=0)]
 
 
@@ -438,6 +453,7 @@ class LayerScore:
 
     @property
     def std(self) -> float:
+        """Std over repeats, ``np.std`` (ddof=0; Table 2's std over replicates uses ddof=1)."""
         return float(np.nanstd(self.r2))
 
     @property
@@ -549,14 +565,19 @@ def score_targets(features: Mapping[str, np.ndarray], targets: Mapping[str, np.n
             for k in range(k_named):
                 chosen[k].append(float(a_cols[k]))
             if r2_null is not None:
-                # the permutation test's statistic, for the observed measure and every permuted
-                # one alike: penalty by GCV (see _Fit.gcv), the same procedure for all columns
-                stat_cols = np.r_[i_null, np.arange(k_named, Y.shape[1])]
-                a_stat = _choose_alpha(fit, model, alphas, cols=stat_cols, criterion="gcv")
-                p_stat = fit.predict_many(a_stat, basis, cols=stat_cols) + ybar[stat_cols]
-                s_stat = _r2(Y[te][:, stat_cols], p_stat)
-                r2_obs[s.repeat, j] = s_stat[0]
-                r2_null[:, s.repeat, j] = s_stat[1:]
+                # the permutation test's statistic is the reported one: every permuted measure's
+                # penalty is chosen exactly as the true measure's (leave-one-out, or
+                # leave-one-group-out with groups, on the training split), so the observed
+                # statistic is the reported R² itself
+                perm_cols = slice(k_named, Y.shape[1])
+                # (single precision for the leave-one-out criterion of the permuted columns:
+                # twice as fast, same argmin in the tests against scikit-learn; not for
+                # leave-one-group-out, whose block inverses lose too much in float32)
+                a_perm = _choose_alpha(fit, model, alphas, s.train_groups, cols=perm_cols,
+                                       fast=s.train_groups is None)
+                p_perm = fit.predict_many(a_perm, basis, cols=perm_cols) + ybar[perm_cols]
+                r2_obs[s.repeat, j] = r2[i_null, s.repeat, j]
+                r2_null[:, s.repeat, j] = _r2(Y[te, perm_cols], p_perm)
         nt = {c: tuple(int(v) for v in n_test[c]) for c in labels_order}
         with np.errstate(all="ignore"):
             for k, name in enumerate(names):

@@ -13,13 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
+from . import plateau as plateaus
 from ._shared import Extraction, ProgressFn, closest, resolve_device
 from .cache import ActivationCache, ActivationKey, Store
 from .data import Dataset, load_dataset
 from .data.base import default_cache_dir, fingerprint
 from .data.boxes import visible_box_fraction
 from .dist import Dist, barrier, broadcast, gather, init_distributed
-from .errors import SkippedFile, UserError
+from .errors import Notice, SkippedFile, UserError
+from .exclusion import keep_rows
 from .extract import FeatureExtractor, extract
 from .models import PRE_SOFTMAX, SOFTMAX, ArchSpec, Backbone, get_arch, resolve_backbone
 from .rcv import (
@@ -40,9 +42,10 @@ from .rcv import (
 
 CONTROLS = ("shuffled", "random-weights")
 #: How the suggested cut is chosen: ``peak`` (the paper's: the peak of mean R² among layers
-#: significantly above the controls) or ``within-std`` (the last of those layers whose mean R²
-#: stays within one std of that peak: cuts deeper).
-CUT_RULES = ("peak", "within-std")
+#: significantly above the controls), ``within-std`` (the last of those layers whose mean R²
+#: stays within one std of that peak: cuts deeper) or ``earliest-plateau`` (the earliest of
+#: those layers not significantly below the peak, :mod:`rcvcore.plateau`: prunes the most).
+CUT_RULES = ("peak", "within-std", "earliest-plateau")
 LOGITS = (PRE_SOFTMAX, SOFTMAX)
 
 
@@ -72,6 +75,9 @@ class ScanConfig:
     permutations: int = 200               # permutation test vs shuffled measures (0: none)
     alpha: float = 0.05                   # significance level, after Benjamini-Hochberg
     cut_rule: str = "peak"                # see CUT_RULES
+    # image paths left out of every fit, test and choice (e.g. a comparison's test split:
+    # rcvcore.exclusion); still extracted, so the activation cache is shared
+    exclude: tuple[str, ...] = ()
 
     def __hash__(self) -> int:
         # frozen, but dataset_options is a dict: hash the JSON form (equal configs, equal hash)
@@ -105,7 +111,8 @@ class ScanConfig:
         from .data.options import check_options
 
         return dataclasses.replace(self, controls=controls,
-                                   dataset_options=check_options(self.dataset_options))
+                                   dataset_options=check_options(self.dataset_options),
+                                   exclude=tuple(sorted({str(p) for p in self.exclude})))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -193,6 +200,12 @@ class ScanResult:
             return None, f"No suggested cut: {why}.{not_run}"
         peak = max(good, key=lambda s: s.mean)
         chosen = peak
+        if self.config.cut_rule == "earliest-plateau":
+            plat = self.plateau()
+            by_name = {s.layer: s for s in cands}
+            chosen = by_name[plateaus.earliest_on_plateau(list(by_name), plat["layers"],
+                                                          lambda name: ok(by_name[name]))]
+            return chosen.layer, _plateau_reason(peak, chosen, plat, len(good)) + not_run
         if self.config.cut_rule == "within-std":
             i = cands.index(peak)
             floor = peak.mean - peak.std
@@ -211,6 +224,25 @@ class ScanResult:
                       f"{chosen.layer} is the last layer after it still within one std of that "
                       "peak (logits and softmax excluded).")
         return chosen.layer, reason + not_run
+
+    def plateau(self) -> dict | None:
+        """The layers (logits and softmax excluded) not significantly below the peak (the
+        highest mean R² among the layers significantly above the controls, or among all when
+        none is), over the same repeats (:func:`rcvcore.plateau.plateau`); None: no layer."""
+        cands = [s for s in self.layers if s.layer not in LOGITS and np.isfinite(s.mean)]
+        if not cands:
+            return None
+        sig = self.significance()
+        good = [s for s in cands if s.mean > 0 and sig[s.layer]["significant"] is not False]
+        peak = max(good or cands, key=lambda s: s.mean)
+        ts = float(self.config.test_size)
+        ratio = float(self.test_info.get("test_train_ratio") or ts / (1 - ts))
+        return plateaus.plateau(cands, peak.layer, ratio, float(self.config.alpha))
+
+    def peak_frequency(self) -> dict[str, float]:
+        """How often each layer (logits and softmax excluded) has the highest R² over the
+        repeats (:func:`rcvcore.plateau.peak_frequency`)."""
+        return plateaus.peak_frequency([s for s in self.layers if s.layer not in LOGITS])
 
     def to_json(self) -> dict:
         sig = self.significance()
@@ -264,6 +296,7 @@ class ScanResult:
                 "not_run": [k for k, r in (("vs_shuffled", run_sh),
                                            ("vs_random_weights", run_rw)) if not r]},
             "scoring": dict(self.scoring),
+            "plateau": self.plateau(), "peak_frequency": self.peak_frequency(),
         }
 
     @classmethod
@@ -272,8 +305,9 @@ class ScanResult:
         cfg.setdefault("arch", d["arch"])
         cfg.setdefault("weights", d["weights"])
         cfg.setdefault("dataset", d["dataset"])
-        if "controls" in cfg:
-            cfg["controls"] = tuple(cfg["controls"])
+        for key in ("controls", "exclude"):
+            if key in cfg:
+                cfg[key] = tuple(cfg[key])
         config = ScanConfig(**{k: v for k, v in cfg.items()
                                if k in {f.name for f in dataclasses.fields(ScanConfig)}})
 
@@ -307,8 +341,9 @@ class ScanResult:
         w = csv.writer(buf)
         w.writerow(["kind", "layer", "depth", "n_features", "r2_mean", "r2_std",
                     "r2_logmeanexp", "r2_repeats", "p_shuffled_bh", "p_random_weights_bh",
-                    "significant"])
+                    "significant", "on_plateau", "peak_frequency"])
         sig = self.significance()
+        plat, freq = self.plateau(), self.peak_frequency()
 
         def fmt(v):
             return "" if v is None else f"{v:.6g}"
@@ -316,20 +351,35 @@ class ScanResult:
         groups = [("true", self.layers)] + [(k, v) for k, v in self.controls.items()]
         for kind, scores in groups:
             for s in scores:
-                extra = ["", "", ""]
+                extra = ["", "", "", "", ""]
                 if kind == "true":
                     t = sig.get(s.layer, {})
                     extra = [fmt(t.get("shuffled", {}).get("p_adjusted")),
                              fmt(t.get("random_weights", {}).get("p_adjusted")),
-                             "" if t.get("significant") is None else str(t["significant"]).lower()]
+                             "" if t.get("significant") is None else str(t["significant"]).lower(),
+                             "" if plat is None or s.layer not in plat["p_below"]
+                             else str(s.layer in plat["layers"]).lower(),
+                             fmt(freq.get(s.layer))]
                 w.writerow([kind, s.layer, f"{self.depth.get(s.layer, float('nan')):.4f}",
                             s.n_features, f"{s.mean:.6f}", f"{s.std:.6f}",
                             f"{s.logmeanexp:.6f}", ";".join(f"{v:.6f}" for v in s.r2)] + extra)
         return buf.getvalue()
 
 
+def _plateau_reason(peak: LayerScore, chosen: LayerScore, plat: dict, n_good: int) -> str:
+    """Why rule ``earliest-plateau`` picked ``chosen`` (see :meth:`ScanResult.suggest_cut`)."""
+    return (f"Rule earliest-plateau: R² peaks at {peak.layer} ({peak.mean:.3f} ± "
+            f"{peak.std:.3f}) among the {n_good} layer(s) significantly above the controls; "
+            f"the plateau (layers not significantly below the peak: corrected paired t over the "
+            f"same {plat['repeats']} repeats, Benjamini-Hochberg at alpha={plat['alpha']:g}) is "
+            f"{', '.join(plat['layers'])}; {chosen.layer} ({chosen.mean:.3f}) is its earliest "
+            "layer significantly above the controls: the most pruning without a measurable "
+            "loss of scale information (logits and softmax excluded).")
+
+
 #: Bump when a change to the scoring (splits, estimators, controls) changes results.
-SCORING_VERSION = 2   # 2: significance tests, group-wise shuffles, min test sizes, box geometry
+SCORING_VERSION = 3   # 2: significance tests, group-wise shuffles, min test sizes, box geometry
+#                       3: the permutation test on the reported R² (issue 22)
 
 
 def result_key(config: ScanConfig, arch: ArchSpec, layers: list[str], ds: Dataset,
@@ -349,6 +399,8 @@ def result_key(config: ScanConfig, arch: ArchSpec, layers: list[str], ds: Datase
         "test_size": config.test_size, "dataset": ds.name, "measure": ds.measure_name,
         "dataset_options": {k: repr(v) for k, v in sorted(config.dataset_options.items())},
         "permutations": config.permutations,   # the p-values depend on it (alpha, cut rule not)
+        "exclude": (hashlib.sha256("\n".join(config.exclude).encode()).hexdigest()
+                    if config.exclude else None),
         "rcvcore": __version__, "scoring": SCORING_VERSION,
     }
     blob = json.dumps(payload, sort_keys=True).encode()
@@ -587,6 +639,7 @@ class _Sample:
     groups: np.ndarray | None
     measure_name: str
     unseen: dict[int, str]         # index -> why its box is hidden by the crop
+    n_excluded: int = 0            # images left out by ``config.exclude``
 
 
 @dataclass(frozen=True)
@@ -693,7 +746,8 @@ def _extract(plan: _Plan, ds: Dataset, cache: ActivationCache | None, images_fp:
 
 def _sample(plan: _Plan, ds: Dataset, scoring: _Scoring, true: Extraction) -> _Sample:
     """The images to score: the readable ones, minus those whose box the crop hides (each
-    left out with a warning); the measure as the network sees it."""
+    left out with a warning) and those ``config.exclude`` names; the measure as the network
+    sees it."""
     for i, why in true.failed:
         warnings.warn(f"skipped {ds.samples[i].path}: {why}", SkippedFile, stacklevel=3)
     measures, measure_name, unseen = seen_measures(ds, plan.backbone.preprocess)
@@ -703,10 +757,16 @@ def _sample(plan: _Plan, ds: Dataset, scoring: _Scoring, true: Extraction) -> _S
             warnings.warn(f"skipped {ds.samples[i].path}: {unseen[i]}", SkippedFile,
                           stacklevel=3)
         ok = np.asarray([int(i) for i in ok if int(i) not in unseen], dtype=int)
+    exclude = plan.config.exclude
+    ok, n_excluded = keep_rows(ds.paths, ok, exclude)
+    ok = np.asarray(ok, dtype=int)
+    if exclude and not n_excluded:
+        warnings.warn(f"--exclude: none of the {len(exclude)} excluded paths is an image "
+                      f"of {ds.name}; nothing was left out.", Notice, stacklevel=3)
     labels = scoring.labels[ok] if scoring.labels is not None else None
     groups = scoring.groups[ok] if scoring.groups is not None else None
     check_measure(measures[ok], labels)
-    return _Sample(ok, measures[ok], labels, groups, measure_name, unseen)
+    return _Sample(ok, measures[ok], labels, groups, measure_name, unseen, n_excluded)
 
 
 def _rows(ext: Extraction, ok: np.ndarray) -> dict[str, np.ndarray]:
@@ -772,8 +832,9 @@ def _significance(plan: _Plan, sample: _Sample, scores: _Scores) -> tuple[dict, 
             "permutation_scheme": ("whole groups of equal size exchanged, images shuffled within "
                                    "groups" if sample.groups is not None else "images shuffled")
                                   + (", within class" if sample.labels is not None else ""),
-            "statistic": "mean over repeats of held-out R², penalty by GCV on the training "
-                         "split (OLS: none), the same for the measure and every permutation"})
+            "statistic": "mean over repeats of held-out R² (the reported R²), penalty chosen "
+                         "on the training split (OLS: none), the same for the measure and "
+                         "every permutation"})
     return tests, info
 
 
@@ -793,4 +854,5 @@ def _assemble(plan: _Plan, ds: Dataset, scoring: _Scoring, sample: _Sample, scor
         depth={l: plan.arch.depth(l) for l in plan.layers}, timing=timing, cache=cache,
         weights_source=plan.backbone.source, tests=tests, test_info=test_info,
         scoring={"per_class": bool(sample.labels is not None),
-                 "grouped": bool(sample.groups is not None), "reason": scoring.reason})
+                 "grouped": bool(sample.groups is not None), "reason": scoring.reason,
+                 "excluded": sample.n_excluded})

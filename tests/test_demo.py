@@ -97,10 +97,12 @@ def test_cli_demo_transfer_scans_cuts_and_compares(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "DEMO_ARCH", "resnet18")
     monkeypatch.setattr(demo, "DEMO_DATASET", "demo-histology")
     real_scan = demo.run_scan
+    scanned = []
     # the real scan, on a small configuration
-    monkeypatch.setattr(demo, "run_scan", lambda cfg, progress=None: real_scan(
-        dataclasses.replace(cfg, weights="random", n=36, layers="paper", repeats=3,
-                            permutations=20), progress))
+    monkeypatch.setattr(demo, "run_scan", lambda cfg, progress=None: scanned.append(cfg) or
+                        real_scan(dataclasses.replace(cfg, weights="random", n=36,
+                                                      layers="paper", repeats=3,
+                                                      permutations=20), progress))
     comp, info = demo.transfer_demo(tmp_path / "runs", seeds=2, weights="random", n=36,
                                     epochs=1, image_size=64, device="cpu", batch_size=8)
     assert info["cut"] in {"add_1", "add_2", "add_3", "add_4", "add_5", "add_6", "add_7",
@@ -109,3 +111,8 @@ def test_cli_demo_transfer_scans_cuts_and_compares(tmp_path, monkeypatch):
     assert [r["cut"] for r in comp.rows] == ["none", info["cut"]]
     assert all(s == "done" for r in comp.rows for s in r["states"])
     assert comp.tests and "paper:" in comp.table()
+    # no test data in the choice: the scan left out exactly the test patches of every run
+    from rcvcore.exclusion import read_exclusions
+
+    assert scanned[0].exclude == read_exclusions(str(tmp_path / "runs" / "demo-transfer"))
+    assert len(scanned[0].exclude) > 0

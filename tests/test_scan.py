@@ -317,6 +317,12 @@ def test_pure_noise_gets_no_suggested_cut(tmp_path, cache_dir, capsys):
     back = ScanResult.from_json(d)
     assert back.suggest_cut() == (None, d["suggested_cut_reason"])
     assert back.to_json()["layers"] == d["layers"]
+    # a plateau is reported, but no rule cuts a network on noise
+    assert set(d["plateau"]["layers"]) <= {r["name"] for r in d["layers"]}
+    assert sum(d["peak_frequency"].values()) == pytest.approx(1.0)
+    plat = dataclasses.replace(back, config=dataclasses.replace(back.config,
+                                                                cut_rule="earliest-plateau"))
+    assert plat.suggest_cut()[0] is None
 
 
 def test_controls_none_says_which_tests_were_not_run(scale_folder, cache_dir):

@@ -220,10 +220,16 @@ def test_compare_pairs_seeds_and_writes_table(ds, tmp_path):
     assert mae["std"] == pytest.approx(np.std(mae["values"], ddof=1))
     assert saved["tests"][0]["metrics"]["mae"]["n"] == 2
     assert "ResNet18 pruned at add_2" in comp.table() and "MAE (px)" in comp.table()
-    # identical splits across cuts and seeds
-    tests = [json.loads((tmp_path / "cmp" / d / "result.json").read_text())["test_predictions"]
-             for d in ("none_seed1001", "add_2_seed1002")]
-    assert [p["path"] for p in tests[0]] == [p["path"] for p in tests[1]]
+    # replicates over data: the cuts of one seed share its split, each seed has its own
+    tests = {d: [p["path"] for p in json.loads((tmp_path / "cmp" / d / "result.json")
+                                                .read_text())["test_predictions"]]
+             for d in ("none_seed1001", "add_2_seed1001", "none_seed1002")}
+    assert tests["none_seed1001"] == tests["add_2_seed1001"] != tests["none_seed1002"]
+    # two replicates: no verdict of significance, n shown, the unit named
+    t = saved["tests"][0]["metrics"]["mae"]
+    assert t["verdict"] == "not testable" and t["p"] is None and "3" in t["why"]
+    assert saved["unit"] == "group split (one per replicate)"
+    assert "not testable (n=2)" in comp.table() and "unit of inference" in comp.table()
     # a second call reuses the finished runs
     t0 = time.monotonic()
     compare(TINY, "none,add_2", 2, tmp_path / "cmp", dataset=ds)

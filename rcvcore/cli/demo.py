@@ -89,6 +89,9 @@ def _transfer(args) -> int:
                                **_over(args, ("epochs", "image_size", "protocol", "head_init",
                                               "device")))
     print(f"cut: {info['cut']} ({info['how']})")
+    if info.get("excluded"):
+        print(f"the scan left out {info['excluded']} images: the test patches of every "
+              "replicate's split")
     print(comp.table())
     print(comp.verdict())
     if args.json:

@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import Notice
+from ..exclusion import read_exclusions
 from ..scan import CONTROLS, CUT_RULES, ScanConfig, run_scan
 
 
@@ -49,10 +50,16 @@ def add_parser(sub) -> None:
                         "(default 200; 0: no permutation test)")
     p.add_argument("--alpha", type=float, default=0.05,
                    help="significance level after Benjamini-Hochberg over the layers (0.05)")
+    p.add_argument("--exclude", action="append", metavar="SPEC", default=[],
+                   help="leave images out of every fit, test and cut choice: a text file of "
+                        "image paths (one per line), a run folder (its test patches) or a "
+                        "comparison folder (the test patches of all its runs); repeatable. Use it "
+                        "so that a cut is chosen without the data a comparison scores")
     p.add_argument("--cut-rule", default="peak", choices=list(CUT_RULES),
                    help="peak (default, the paper's): highest mean R² among layers significantly "
                         "above both controls; within-std: the last such layer within one std of "
-                        "that peak")
+                        "that peak; earliest-plateau: the earliest such layer not "
+                        "significantly below the peak (prunes the most)")
     p.add_argument("--opt", action="append", metavar="KEY=VALUE",
                    help="a dataset loader option, repeatable (as for `inspect`), e.g. "
                         "--opt classes=n02058221,n01608432 or --opt group_by=patient")
@@ -90,7 +97,8 @@ def _scan(args) -> int:
         cache_dir=args.cache_dir, use_cache=not args.no_cache,
         per_class=False if args.no_per_class else (True if args.per_class else None),
         grouped=not args.ungrouped, permutations=args.permutations, alpha=args.alpha,
-        cut_rule=args.cut_rule, dataset_options=parse_options(args.opt)).validate()
+        cut_rule=args.cut_rule, dataset_options=parse_options(args.opt),
+        exclude=tuple(p for spec in args.exclude for p in read_exclusions(spec))).validate()
     progress, close = _progress_bar(args.quiet)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -167,6 +175,14 @@ def format_table(result) -> str:
         lines.append("; ".join(tests) + f"; Benjamini-Hochberg adjusted over {len(result.layers)}"
                      f" layers; * = significant against every control tested at alpha="
                      f"{result.config.alpha:g}")
+    plat, freq = result.plateau(), result.peak_frequency()
+    if plat is not None:
+        top = sorted(((f, l) for l, f in freq.items() if f > 0), reverse=True)
+        lines.append(f"plateau (not significantly below the peak {plat['peak']}, corrected paired"
+                     f" t over the repeats, BH): {', '.join(plat['layers'])}; peak over "
+                     f"{plat['repeats']} repeats: "
+                     + ", ".join(f"{l} {f:.0%}" for f, l in top))
+    lines.append("± std: np.std over the repeats (ddof=0)")
     lines.append(("suggested cut: " + cut + ". " if cut else "") + reason)
     lines.append(f"skipped {len(result.skipped)} files; extract {result.timing['extract_s']:.1f} s,"
                  f" fit {result.timing['fit_s']:.1f} s; cache {result.cache['hits']} hits, "

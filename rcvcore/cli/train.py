@@ -120,8 +120,13 @@ def add_parser(sub) -> None:
     p.set_defaults(func=_train)
 
     c = sub.add_parser("compare", help="train several cuts over several seeds; Table 2",
-                       description="Train each cut over N seeds on identical splits and write "
+                       description="Train each cut over N replicates (seeds; by default each "
+                                   "its own group split, shared by the cuts) and write "
                                    "comparison.json with mean, std and paired tests.")
+    c.add_argument("--replicate", choices=("split", "seed"), default="split",
+                   help="split (default): each seed trains on its own group split (split seed "
+                        "= seed), so Table 2's tests replicate over data; seed: one split "
+                        "(--split-seed) for every seed, differences not tested")
     c.add_argument("--cuts", required=True, help="comma-separated, first is the baseline "
                                                  "(e.g. none,add_15)")
     c.add_argument("--seeds", default="3", help="number of seeds (from --seed) or a list "
@@ -198,8 +203,9 @@ def _print_result(r: dict) -> None:
 def _compare(args) -> int:
     base = _config_from(args)
     comp = compare(base, args.cuts, args.seeds, args.run_dir, progress=_progress(args),
-                   parallel=args.parallel)
+                   parallel=args.parallel, replicate=args.replicate)
     print(comp.table())
+    print(comp.verdict())
     if args.json:
         with open(args.json, "w") as f:
             json.dump(comp.to_dict(), f, indent=2)

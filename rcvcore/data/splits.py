@@ -13,7 +13,8 @@ datasets and runs keep their splits.
 
 Not to be confused with the scan's *repeated* two-way splits (:func:`rcvcore.rcv.make_splits`):
 those resample train / held-out test many times (per class) to estimate a held-out R² and its
-spread; a train / val / test split is drawn once, and the validation part picks the checkpoint.
+spread; a train / val / test split is drawn once. The validation part is scored after each epoch,
+but the test metrics are those of the last epoch: it does not pick a checkpoint.
 """
 from __future__ import annotations
 

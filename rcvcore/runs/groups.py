@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..comparison import COMPARISON, Comparison, summarise
 from ..errors import UserError
+from ..evidence import check_replicate
 from ..files import read_json, write_json
 from .config import TrainConfig
 from .directory import ACTIVE, GROUP, RunState, is_run_dir, read_run, runs_root
@@ -38,8 +39,10 @@ def update_group(group, **changes) -> dict | None:
     return plan
 
 
-def plan_group(group, base: TrainConfig, cuts, seeds, max_parallel: int = 1) -> Path:
-    """Write ``group.json`` for one run per (cut, seed) of ``base`` into the folder ``group``.
+def plan_group(group, base: TrainConfig, cuts, seeds, max_parallel: int = 1,
+               replicate: str = "split") -> Path:
+    """Write ``group.json`` for one run per (cut, seed) of ``base`` into the folder ``group``;
+    ``replicate`` (:mod:`rcvcore.evidence`): ``split`` gives each seed its own data split.
 
     Runs are ordered seed-major, as in :func:`rcvcore.compare.compare`: an interrupted group
     still has paired runs. Nothing is started (see :meth:`Scheduler.advance`).
@@ -57,7 +60,7 @@ def plan_group(group, base: TrainConfig, cuts, seeds, max_parallel: int = 1) -> 
     new = {"base": base.to_dict(), "cuts": cuts, "seeds": [int(s) for s in seeds],
            "max_parallel": int(max_parallel), "cancelled": False,
            "created": (plan or {}).get("created") or time.time(), "state": "running",
-           "error": None}
+           "error": None, "replicate": check_replicate(replicate)}
     write_json(group / GROUP, new)
     return group
 

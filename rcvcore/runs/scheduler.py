@@ -1,7 +1,6 @@
 """The scheduler of run groups: at most ``max_parallel`` runs of a group at a time."""
 from __future__ import annotations
 
-import dataclasses
 import logging
 import subprocess
 import threading
@@ -10,6 +9,7 @@ from pathlib import Path
 
 from .._shared import NONE
 from ..errors import UserError
+from ..evidence import replicate_config
 from .config import TrainConfig
 from .directory import ACTIVE, FINISHED, GROUP, LOG, RunState, is_group_dir, runs_root
 from .groups import (
@@ -143,7 +143,7 @@ class Scheduler:
                 cut, seed, d, existing = pending.pop(0)
                 resume.discard(str(d))
                 self.exited.pop(str(d), None)
-                cfg = dataclasses.replace(base, cut=cut, seed=int(seed))
+                cfg = replicate_config(base, cut, seed, plan.get("replicate", "seed"))
                 self.children[str(d)] = launch(None if existing else cfg, d, resume=existing,
                                                env=self.env)
                 active += 1
