@@ -23,10 +23,13 @@ def extra_metric():
 
 
 def _results(name, base, pruned):
-    return {**{("none", s): {"task": {"kind": "regression"}, "test": {"mae": 1.0, name: v}}
-               for s, v in enumerate(base)},
-            **{("c", s): {"task": {"kind": "regression"}, "test": {"mae": 1.0, name: v}}
-               for s, v in enumerate(pruned)}}
+    """``result.json`` contents of paired runs, one group split per replicate (seed)."""
+    def run(s, v):
+        return {"task": {"kind": "regression"}, "test": {"mae": 1.0, name: v},
+                "config": {"split_seed": s}, "n_train": 70, "n_test": 30}
+
+    return {**{("none", s): run(s, v) for s, v in enumerate(base)},
+            **{("c", s): run(s, v) for s, v in enumerate(pruned)}}
 
 
 def test_the_registry_refuses_a_duplicate_and_an_unknown_task():
@@ -52,13 +55,18 @@ def test_one_entry_adds_a_metric_to_table2_and_its_verdict(extra_metric, tmp_pat
     row = comp.rows[0]["metrics"]["mdae"]
     assert row["mean"] == pytest.approx(np.mean(base))
     assert row["std"] == pytest.approx(np.std(base, ddof=1))
-    t = stats.ttest_rel(pruned, base)
-    assert comp.tests[0]["metrics"]["mdae"]["t_p"] == pytest.approx(t.pvalue)
+    test = comp.tests[0]["metrics"]["mdae"]
+    assert test["t_p"] == pytest.approx(stats.ttest_rel(pruned, base).pvalue)
+    # the Nadeau-Bengio corrected paired t over the 3 splits, computed here from its formula
+    d = np.subtract(pruned, base)
+    t = d.mean() / np.sqrt((1 / 3 + 30 / 70) * d.var(ddof=1))
+    assert test["p"] == pytest.approx(2 * stats.t.sf(abs(t), df=2))
     view = comp.view()
     assert view["measured"][0]["MdAE (px)"] == f"{np.mean(base):.1f} ({np.std(base, ddof=1):.1f})"
-    # lower is better: the pruned network's smaller errors are "better", in every seed
-    assert f"MdAE (px) significantly better ({np.mean(pruned) - np.mean(base):+.1f}, better " \
-           "in 3/3 seeds" in view["verdict"]
+    # lower is better: the pruned network's smaller errors are "better" in every replicate
+    assert test["verdict"] == "significantly better" and "better in 3/3 replicates" in \
+        view["verdict"]
+    assert f"MdAE (px) {test['verdict']}: {d.mean():+.1f} [" in view["verdict"]
     assert "MdAE (px)" in comp.table().splitlines()[0]
 
 
