@@ -28,6 +28,7 @@ import streamlit as st
 
 from app import auth, charts, guard, state, uploads
 from rcvcore import demo, runs
+from rcvcore.metrics import METRICS, metric_names, metric_summary  # noqa: F401 (pages)
 from rcvcore.prune import NONE
 from rcvcore.runs.config import PROTOCOLS, TrainConfig
 
@@ -474,8 +475,7 @@ def finished_runs() -> list[dict]:
             if r.state != "done" or not r.config:
                 continue
             c, test = r.config, (r.result or {}).get("test", {})
-            score = ", ".join(f"{k} {test[k]:.3g}" for k in ("mae", "kappa", "accuracy")
-                              if isinstance(test.get(k), (int, float)))
+            score = metric_summary(test, metric_names(listed=True))
             cut = "full" if c.get("cut") in (NONE, None) else f"cut at {c.get('cut')}"
             out.append({"run_dir": r.run_dir, "config": c,
                         "label": f"{group}/{Path(r.run_dir).name} · {c.get('arch')} {cut} · "

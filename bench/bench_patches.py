@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rcvcore.data import load_dataset  # noqa: E402
 from rcvcore.data.demo_histology import write_tile  # noqa: E402
-from rcvcore.data.histology import parallel_map  # noqa: E402
+from rcvcore.utils import parallel_map  # noqa: E402
 
 
 def _cpu() -> float:

@@ -26,11 +26,9 @@ from scipy import stats
 from ._shared import NONE
 from .evidence import ALPHA, paired_difference, split_of
 from .files import write_json
-from .metrics import finite_or_none
+from .metrics import METRICS, finite_or_none, metric_names
 
 COMPARISON = "comparison.json"
-METRIC_LABELS = {"mae": "MAE (px)", "r2": "R2", "kappa": "kappa", "kappa_quadratic": "QWK",
-                 "accuracy": "accuracy"}
 ARCH_LABELS = {"resnet50": "ResNet50", "inception_v3": "InceptionV3", "resnet18": "ResNet18",
                "efficientnet_lite0": "EfficientNet-Lite0"}
 #: Graziani et al., iMIMIC 2020, Table 2: test MAE of the mean nuclei area (px) and Cohen's kappa
@@ -97,7 +95,7 @@ class Comparison:
 
     def table(self) -> str:
         """Text table in the layout of the paper's Table 2: mean (std) over seeds per model."""
-        heads = ["Model"] + [METRIC_LABELS.get(m, m) for m in self.metrics]
+        heads = ["Model"] + [_label(m) for m in self.metrics]
         lines = []
         for r in self.rows:
             cells = [r["label"] + ("" if r["n"] == len(self.seeds) else f" [{r['n']} runs]")]
@@ -147,10 +145,10 @@ class Comparison:
                 s = t["metrics"].get(m, {})
                 if not pairs or "verdict" not in s:
                     continue
-                sign = -1.0 if m == "mae" else 1.0          # lower MAE is better
+                sign = METRICS[m].sign if m in METRICS else 1.0
                 wins = sum(1 for x, y in pairs if sign * (y - x) > 0)
                 how = s["verdict"] + (f" ({s['why']})" if s.get("why") else "")
-                parts.append(f"{METRIC_LABELS.get(m, m)} {how}: {_diff_cell(m, s)}, better in "
+                parts.append(f"{_label(m)} {how}: {_diff_cell(m, s)}, better in "
                              f"{wins}/{len(pairs)} replicates")
             if parts:
                 out.append(f"{row['label']} vs {base['label']} (unit: {self.unit}): "
@@ -164,14 +162,14 @@ class Comparison:
             return None if not s or s.get("mean") is None else _mean_std(m, s["mean"], s["std"])
 
         measured = [{"Model": r["label"], "runs": r["n"],
-                     **{METRIC_LABELS.get(m, m): cell(m, r["metrics"].get(m))
+                     **{_label(m): cell(m, r["metrics"].get(m))
                         for m in self.metrics}} for r in self.rows]
         tests = [{"Model": f"{t['cut']} - {t['baseline']}",
-                  **{METRIC_LABELS.get(m, m): f"{_diff_cell(m, v)}: {v.get('verdict', '-')}"
+                  **{_label(m): f"{_diff_cell(m, v)}: {v.get('verdict', '-')}"
                      for m, v in t["metrics"].items()}} for t in self.tests]
         paper = [{"Model": f"{r['label']} (paper)",
-                  "MAE (px)": _mean_std("mae", *r["mae"], std_format=".2f"),
-                  "kappa": _mean_std("kappa", *r["kappa"], std_format=".2f")}
+                  **{_label(m): _mean_std(m, *r[m], std_format=".2f") for m in METRICS
+                     if m in r}}
                  for r in PAPER_TABLE2["rows"]]
         std = "sample std (ddof=1)" if self.std_ddof == 1 else "np.std (ddof=0, as the paper)"
         caption = (f"Mean ({std}) over {len(self.seeds)} replicate(s) of the test metrics, "
@@ -188,19 +186,28 @@ class Comparison:
 
 def _mean_std(metric: str, mean: float, std: float | None, *, missing_std: str | None = None,
               std_format: str | None = None) -> str:
-    """``mean (std)``: 2 decimals for MAE (px), 3 for the scores; the std in ``std_format``
-    (default the mean's); with no std, ``missing_std`` in the brackets, or no brackets."""
-    f = ".2f" if metric == "mae" else ".3f"
+    """``mean (std)`` with the metric's decimals (2 for MAE in px, 3 for the scores); the std
+    in ``std_format`` (default the mean's); with no std, ``missing_std`` in the brackets, or
+    no brackets."""
+    f = f".{_decimals(metric)}f"
     if std is None:
         return format(mean, f) + ("" if missing_std is None else f" ({missing_std})")
     return f"{format(mean, f)} ({format(std, std_format or f)})"
+
+
+def _label(metric: str) -> str:
+    return METRICS[metric].label if metric in METRICS else metric
+
+
+def _decimals(metric: str) -> int:
+    return METRICS[metric].decimals if metric in METRICS else 3
 
 
 def _diff_cell(metric: str, s: dict) -> str:
     """``+1.23 [-0.40, 2.86] p=0.120 (n=5)`` or ``not testable (n=2)``."""
     if not s or s.get("mean_diff") is None:
         return "-"
-    f = ".2f" if metric == "mae" else ".3f"
+    f = f".{_decimals(metric)}f"
     n = f"(n={s.get('n')})"
     if not s.get("testable"):
         return f"{s['mean_diff']:+{f}}, not testable {n}"
@@ -260,10 +267,8 @@ def summarise(base, cuts, seeds, results: dict, states: dict, root,
     """
     protocol, ddof = base.protocol, base.protocol_spec.std_ddof
     first = next((r for r in results.values() if r), None)
-    if first is not None and first["task"]["kind"] == "classification":
-        metrics = ["kappa", "kappa_quadratic", "accuracy"]
-    else:
-        metrics = ["mae", "r2", "kappa", "kappa_quadratic", "accuracy"]
+    kind = first["task"]["kind"] if first is not None else "regression"
+    metrics = list(metric_names(kind))
     if first is not None:
         metrics = [m for m in metrics if first["test"].get(m) is not None or m == "mae"]
 
@@ -283,9 +288,9 @@ def summarise(base, cuts, seeds, results: dict, states: dict, root,
 
     def test(cut, m):
         a, b = values(cuts[0], m), values(cut, m)
+        lower = m in METRICS and not METRICS[m].higher_is_better
         return {**paired_tests(a, b), **paired_difference(
-            a, b, test_train_ratio=ratio, splits=splits, lower_is_better=m == "mae",
-            alpha=ALPHA)}
+            a, b, test_train_ratio=ratio, splits=splits, lower_is_better=lower, alpha=ALPHA)}
 
     tests = [{"cut": cut, "baseline": cuts[0], "metrics": {m: test(cut, m) for m in metrics}}
              for cut in cuts[1:]]

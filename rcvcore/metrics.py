@@ -9,8 +9,95 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One test metric of a fine-tuning run, as every table, chart and printout names it.
+
+    Attributes:
+        name: the key in ``result.json`` (``test``, ``val``) and, prefixed ``val_``, in
+            ``metrics.jsonl``.
+        label: the column title (Table 2, the CLI tables, the pages).
+        task: ``regression`` (needs the measure) or ``classification`` (needs classes; a
+            regression run gets these too, from its predictions mapped to the nearest class).
+        higher_is_better: which direction is better (paired verdicts, "better in k seeds").
+        decimals: decimals of a printed value.
+        short: the heading of a narrow column (default ``label``).
+        listed: shown in the compact views (``runs`` listing, run labels and cards, the
+            validation chart); every metric is in ``result.json``, Table 2 and the full tables.
+    """
+
+    name: str
+    label: str
+    task: str
+    higher_is_better: bool
+    decimals: int = 3
+    short: str = ""
+    listed: bool = False
+
+    @property
+    def heading(self) -> str:
+        """The narrow column's heading."""
+        return self.short or self.label
+
+    @property
+    def sign(self) -> float:
+        """+1 when higher is better, -1 when lower is: ``sign * (b - a) > 0`` means b is better."""
+        return 1.0 if self.higher_is_better else -1.0
+
+    def format(self, value, missing: str = "-") -> str:
+        """``value`` with this metric's decimals (``missing`` for None)."""
+        return missing if value is None else f"{float(value):.{self.decimals}f}"
+
+
+#: The registry: name -> :class:`Metric`, in display order. Add a metric with
+#: :func:`register_metric` and compute it in :func:`regression_metrics` or
+#: :func:`classification_metrics`; the tables, Table 2 and the pages read it from here.
+METRICS: dict[str, Metric] = {}
+TASKS = ("regression", "classification")
+
+
+def register_metric(metric: Metric) -> Metric:
+    """Add ``metric`` to :data:`METRICS`; a name already taken or an unknown task is refused."""
+    if metric.name in METRICS:
+        raise ValueError(f"a metric named {metric.name!r} is already registered")
+    if metric.task not in TASKS:
+        raise ValueError(f"metric {metric.name!r}: task must be one of {TASKS}, "
+                         f"got {metric.task!r}")
+    METRICS[metric.name] = metric
+    return metric
+
+
+for _m in (Metric("mae", "MAE (px)", "regression", higher_is_better=False, decimals=2,
+                  short="MAE px", listed=True),
+           Metric("r2", "R2", "regression", higher_is_better=True),
+           Metric("kappa", "kappa", "classification", higher_is_better=True, listed=True),
+           Metric("kappa_quadratic", "QWK", "classification", higher_is_better=True),
+           Metric("accuracy", "accuracy", "classification", higher_is_better=True, short="acc",
+                  listed=True)):
+    register_metric(_m)
+
+
+def metric_names(kind: str | None = None, *, listed: bool = False) -> tuple[str, ...]:
+    """The metrics a run of task ``kind`` reports, in display order (all when None): a
+    classification run has the classification ones; a regression run has all of them (its
+    predicted areas are mapped to the nearest class). ``listed``: the compact views' only."""
+    return tuple(m.name for m in METRICS.values()
+                 if (kind in (None, "regression") or m.task == kind)
+                 and (m.listed or not listed))
+
+
+def metric_summary(values: dict, names=None, *, sep: str = ", ") -> str:
+    """``"mae 54.93, kappa 0.571"``: each metric of ``names`` (default all) that ``values``
+    holds as a number, with its decimals (run labels, cards, printouts)."""
+    names = METRICS if names is None else names
+    return sep.join(f"{n} {METRICS[n].format(values[n])}" for n in names
+                    if isinstance(values.get(n), (int, float))
+                    and not isinstance(values.get(n), bool))
 
 
 def finite_or_none(x):

@@ -301,6 +301,7 @@ def _min_images(test_size: float, min_test: int) -> int:
     return n
 
 
+# Long by design: the docstring states the split protocol; the body is one loop over repeats.
 def make_splits(n: int, *, labels=None, groups=None, repeats: int = 10, seed: int = 0,
                 test_size: float = 0.3, min_test: int = MIN_TEST) -> list[Split]:
     """Random ``1 - test_size`` / ``test_size`` splits, repeated, per class, grouped.
@@ -478,6 +479,8 @@ class LayerScore:
                     for k, vs in (d.get("n_test_by_class") or {}).items()})
 
 
+# Long by design (with its nested one_layer): one loop over the splits shares each layer's
+# Gram matrix and factorisation across the measure, the controls and every permutation.
 def score_targets(features: Mapping[str, np.ndarray], targets: Mapping[str, np.ndarray],
                   splits: list[Split], *, model: str = "ridge", alphas=RELATIVE_ALPHAS,
                   progress: Callable[[float, str], None] | None = None,

@@ -115,9 +115,12 @@ class ScanConfig:
                                    exclude=tuple(sorted({str(p) for p in self.exclude})))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ScanResult:
-    """R² per layer for the true network, and the controls, with timing and cache counts."""
+    """R² per layer for the true network, and the controls, with timing and cache counts.
+
+    Built by keyword only (fifteen fields: a positional call would silently shift them).
+    """
 
     config: ScanConfig
     dataset: str
@@ -321,14 +324,17 @@ class ScanResult:
         info = {k: v for k, v in (sig.get("vs_shuffled") or {}).items() if k != "test"}
         if (sig.get("vs_random_weights") or {}).get("test_train_ratio") is not None:
             info["test_train_ratio"] = sig["vs_random_weights"]["test_train_ratio"]
-        return cls(config, d["dataset"], d.get("measure", ""), d["n_images"],
-                   tuple(d.get("skipped_reasons") or [{"path": p, "reason": ""}
-                                                     for p in d.get("skipped", [])]),
-                   scores(d["layers"]),
-                   {k: scores(v) for k, v in d.get("controls", {}).items() if v},
-                   {r["name"]: r.get("depth") for r in d["layers"]},
-                   d.get("timing", {}), d.get("cache", {}), d.get("weights_source", ""),
-                   tests, info, dict(d.get("scoring") or {}))
+        return cls(
+            config=config, dataset=d["dataset"], measure_name=d.get("measure", ""),
+            n_images=d["n_images"],
+            skipped=tuple(d.get("skipped_reasons") or [{"path": p, "reason": ""}
+                                                       for p in d.get("skipped", [])]),
+            layers=scores(d["layers"]),
+            controls={k: scores(v) for k, v in d.get("controls", {}).items() if v},
+            depth={r["name"]: r.get("depth") for r in d["layers"]},
+            timing=d.get("timing", {}), cache=d.get("cache", {}),
+            weights_source=d.get("weights_source", ""), tests=tests, test_info=info,
+            scoring=dict(d.get("scoring") or {}))
 
     def to_csv(self) -> str:
         buf = io.StringIO()
@@ -548,176 +554,305 @@ def run_scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResu
     """Run a scan end to end (see the module docstring); ``progress(fraction, message)``.
 
     Launched by ``torchrun``, the images are sharded over the processes (one device each) and
-    rank 0 alone fits, caches and returns the result; the other ranks return ``None``.
+    rank 0 alone fits, caches and returns the result; the other ranks return ``None``. The
+    processes meet in three phases only: loading the dataset, looking up a saved result, and
+    extracting the activations.
     """
-    config = config.validate()
-    arch = get_arch(config.arch)
-    layers = arch.resolve_layers(config.layers)
-    backbone = resolve_backbone(arch, config.weights, config.seed)  # fails fast when missing
-    root = Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
-    d, dev = init_distributed(config.device)
-    if not d.main:
-        progress = None
-
-    def stage(lo, hi):
-        if progress is None:
-            return None
-        return lambda f, msg: progress(lo + (hi - lo) * f, msg)
-
-    if not d.main:
-        barrier(d)           # rank 0 generates demo data into the cache first
-    with warnings.catch_warnings():
-        if not d.main:
-            warnings.simplefilter("ignore")   # rank 0 reports skipped files once
-        ds = load_dataset(config.dataset, n=config.n, seed=config.seed, cache_dir=root,
-                          progress=stage(0.0, 0.05), **config.dataset_options)
-    if d.main:
-        barrier(d)
-    per_class, scoring_reason = scoring_mode(config, ds)
-    labels = ds.labels if per_class else None
-    groups = ds.groups if config.grouped else None
-    # fail before any extraction on an unusable measure or too few images
-    check_measure(ds.measures, labels)
-    make_splits(len(ds), labels=labels, groups=groups, repeats=config.repeats, seed=config.seed,
-                test_size=config.test_size)
-
-    runs = [("true", backbone)]
-    if "random-weights" in config.controls:
-        # scanning random weights already, the control is another random initialisation
-        # (seed + 1): the same seed would only repeat the main curve
-        runs.append(("random_weights", resolve_backbone(
-            arch, "random", config.seed + 1 if config.weights == "random" else config.seed)))
-    cache = ActivationCache(root / "activations") if config.use_cache and d.main else None
+    plan = _resolve(config)
+    d, dev = init_distributed(plan.config.device)
+    progress = progress if d.main else None
+    ds = _load(plan, d, _stage(progress, 0.0, 0.05))
+    scoring = _scoring(plan, ds)
     images_fp = fingerprint(ds)   # stats every file: once per scan
-    rkey = None
     devices = gather(d, str(dev))
-    if config.use_cache:
-        rkey = result_key(config, arch, layers, ds, runs, images_fp)
-        saved = saved_result(cache.store, rkey) if cache is not None else None
-        if broadcast(d, saved is not None) and not d.main:
-            return None
-        if saved is not None:
-            cache.close()
-            listed = {s.path for s in ds.skipped}   # the loader warned about these already
-            for s in saved.skipped:
-                if s["path"] not in listed:
-                    warnings.warn(f"skipped {s['path']}: {s['reason']}", SkippedFile, stacklevel=2)
-            if progress:
-                progress(1.0, "result from cache")
-            return dataclasses.replace(
-                saved, config=config, timing={"extract_s": 0.0, "fit_s": 0.0,
-                                              "world_size": d.world, "devices": devices},
-                cache={"hits": len(layers) * len(runs), "misses": 0, "result": "hit"})
+    rkey = result_key(plan.config, plan.arch, plan.layers, ds, plan.runs,
+                      images_fp) if plan.config.use_cache else None
+    cache = ActivationCache(plan.root / "activations") if plan.config.use_cache and d.main \
+        else None
     try:
-        acts: dict[str, Extraction | None] = {}
-        timing_extract, source = 0.0, backbone.source
-        span = 0.85 / len(runs)
-        for k, (name, bb) in enumerate(runs):
-            acts[name], secs = activations(
-                bb, layers, ds, device=dev,
-                batch_size=config.batch_size, cache=cache, images_fp=images_fp,
-                progress=stage(0.05 + k * span, 0.05 + (k + 1) * span), dist=d)
-            timing_extract += secs
-        hits, misses = (cache.hits, cache.misses) if cache else (0, len(layers) * len(runs))
+        hit, saved = _lookup_result(cache, rkey, d)
+        if hit:
+            return _replay(saved, plan, ds, d, devices, progress) if d.main else None
+        acts, extract_s = _extract(plan, ds, cache, images_fp, dev, d, progress)
+        counts = (cache.hits, cache.misses) if cache else (0, len(plan.layers) * len(plan.runs))
     finally:
         if cache is not None:
             cache.close()
     if not d.main:
         return None
-
-    failed = dict(acts["true"].failed)
-    for f in failed:
-        warnings.warn(f"skipped {ds.samples[f].path}: {failed[f]}", SkippedFile, stacklevel=2)
-    ok = acts["true"].ok
-    measures, measure_name, unseen = seen_measures(ds, backbone.preprocess)
-    ok = np.asarray(ok)
-    if unseen:
-        hidden = [int(i) for i in ok if int(i) in unseen]
-        for i in hidden:
-            warnings.warn(f"skipped {ds.samples[i].path}: {unseen[i]}", SkippedFile, stacklevel=2)
-        ok = np.asarray([int(i) for i in ok if int(i) not in unseen], dtype=int)
-    ok, n_excluded = keep_rows(ds.paths, ok, config.exclude)
-    ok = np.asarray(ok, dtype=int)
-    if config.exclude and not n_excluded:
-        warnings.warn(f"--exclude: none of the {len(config.exclude)} excluded paths is an image "
-                      f"of {ds.name}; nothing was left out.", Notice, stacklevel=2)
-    y = measures[ok]
-    lab = labels[ok] if labels is not None else None
-    grp = groups[ok] if groups is not None else None
-    check_measure(y, lab)
-
+    sample = _sample(plan, ds, scoring, acts["true"])
     t0 = time.perf_counter()
-    splits = make_splits(len(y), labels=lab, groups=grp, repeats=config.repeats,
-                         seed=config.seed, test_size=config.test_size)
-    targets = {"true": y}
-    null = None
-    if "shuffled" in config.controls:
-        targets["shuffled"] = shuffled_targets(y, labels=lab, groups=grp, repeats=config.repeats,
-                                               seed=config.seed)
-        if config.permutations:
-            null = permutation_targets(y, labels=lab, groups=grp,
-                                       permutations=config.permutations, seed=config.seed)
-    true_feats = acts["true"].features
-    if len(ok) != len(acts["true"].ok):
-        pos = {int(i): j for j, i in enumerate(acts["true"].ok)}
-        true_feats = {l: v[[pos[int(i)] for i in ok]] for l, v in true_feats.items()}
-    scores = score_targets(true_feats, targets, splits, model=config.model,
-                           progress=stage(0.9, 0.97), null=null, null_target="true")
-    controls = {}
-    if "shuffled" in scores:
-        controls["shuffled"] = tuple(scores["shuffled"][l] for l in layers)
-    if "random_weights" in acts:
-        rw = acts["random_weights"].features
-        # the same images: align rows (the random pass reads the same files, but a file could
-        # fail in one pass only, and images whose box the crop hides are left out above)
-        rw_ok = acts["random_weights"].ok
-        if not np.array_equal(rw_ok, ok):
-            pos = {int(i): j for j, i in enumerate(rw_ok)}
-            rw = {l: v[[pos[int(i)] for i in ok]] for l, v in rw.items()}
-        rw_scores = score_targets(rw, {"y": y}, splits, model=config.model)["y"]
-        controls["random_weights"] = tuple(rw_scores[l] for l in layers)
-    ratio = float(np.mean([len(s.test) for s in splits]) / np.mean([len(s.train) for s in splits]))
-    tests = {}
-    for l in layers:
-        t = scores["true"][l]
-        entry = {"p_shuffled": None, "statistic": None, "p_random_weights": None,
-                 "t_random_weights": None}
-        if null is not None:
-            entry["statistic"] = t.null_observed
-            p = permutation_pvalue(t.null_observed, t.null)
-            entry["p_shuffled"] = None if not np.isfinite(p) else p
-        if "random_weights" in controls:
-            tt, p = corrected_paired_t(t.r2, rw_scores[l].r2, ratio)
-            entry["t_random_weights"] = None if not np.isfinite(tt) else tt
-            entry["p_random_weights"] = None if not np.isfinite(p) else p
-        tests[l] = entry
-    test_info = {"test_train_ratio": round(ratio, 6)}
-    if null is not None:
-        test_info.update({
-            "permutations": int(config.permutations),
-            "permutation_scheme": ("whole groups of equal size exchanged, images shuffled within "
-                                   "groups" if grp is not None else "images shuffled")
-                                  + (", within class" if lab is not None else ""),
-            "statistic": "mean over repeats of held-out R² (the reported R²), penalty chosen "
-                         "on the training split (OLS: none), the same for the measure and "
-                         "every permutation"})
+    scores = _score(plan, sample, acts, _stage(progress, 0.9, 0.97))
+    tests, test_info = _significance(plan, sample, scores)
     fit_s = time.perf_counter() - t0
     if progress:
         progress(1.0, "done")
-    skipped = tuple({"path": s.path, "reason": s.reason} for s in ds.skipped) + tuple(
-        {"path": ds.samples[i].path, "reason": r} for i, r in acts["true"].failed) + tuple(
-        {"path": ds.samples[i].path, "reason": unseen[i]} for i in sorted(unseen)
-        if i in set(int(j) for j in acts["true"].ok))
-    result = ScanResult(config, ds.name, measure_name, int(len(ok)), skipped,
-                        tuple(scores["true"][l] for l in layers), controls,
-                        {l: arch.depth(l) for l in layers},
-                        {"extract_s": round(timing_extract, 3), "fit_s": round(fit_s, 3),
-                         "world_size": d.world, "devices": devices},
-                        {"hits": int(hits), "misses": int(misses),
-                         "result": "miss" if rkey else "off"}, source, tests, test_info,
-                        {"per_class": bool(lab is not None), "grouped": bool(grp is not None),
-                         "reason": scoring_reason, "excluded": n_excluded})
+    result = _assemble(plan, ds, scoring, sample, scores, tests, test_info, acts["true"],
+                       timing={"extract_s": round(extract_s, 3), "fit_s": round(fit_s, 3),
+                               "world_size": d.world, "devices": devices},
+                       cache={"hits": int(counts[0]), "misses": int(counts[1]),
+                              "result": "miss" if rkey else "off"})
     if rkey is not None:
-        with Store(root / "activations") as store:
+        with Store(plan.root / "activations") as store:
             store.put_json(rkey, result.to_json())
     return result
+
+
+# --------------------------------------------------------------------------------------------
+# the phases of run_scan, in order
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a scan runs, resolved once: the validated config, the architecture and its probe
+    layers, the networks to extract from (``("true", backbone)`` and the random-weights
+    control), and the cache root."""
+
+    config: ScanConfig
+    arch: ArchSpec
+    layers: list[str]
+    runs: list[tuple[str, Backbone]]
+    root: Path
+
+    @property
+    def backbone(self) -> Backbone:
+        return self.runs[0][1]
+
+
+@dataclass(frozen=True)
+class _Scoring:
+    """How the R² is scored: per class or pooled (and why), grouped splits or not."""
+
+    per_class: bool
+    reason: str
+    labels: np.ndarray | None      # of every sample of the dataset, None when pooled
+    groups: np.ndarray | None      # of every sample, None when ungrouped
+
+
+@dataclass(frozen=True)
+class _Sample:
+    """The images a scan scores: readable, and (for box measures) with a box the crop shows."""
+
+    ok: np.ndarray                 # dataset indices, in the order of the feature rows
+    y: np.ndarray                  # the measure of each
+    labels: np.ndarray | None
+    groups: np.ndarray | None
+    measure_name: str
+    unseen: dict[int, str]         # index -> why its box is hidden by the crop
+    n_excluded: int = 0            # images left out by ``config.exclude``
+
+
+@dataclass(frozen=True)
+class _Scores:
+    """R² per layer of the true network and of each control, on the same splits."""
+
+    true: dict                     # layer -> LayerScore (with its permutation null)
+    controls: dict[str, tuple[LayerScore, ...]]
+    random_weights: dict | None    # layer -> LayerScore of the random-weights control
+    permuted: bool                 # whether a permutation null was scored
+    test_train_ratio: float
+
+
+def _stage(progress: ProgressFn | None, lo: float, hi: float) -> ProgressFn | None:
+    """``progress`` mapped onto the share ``[lo, hi]`` of the whole scan."""
+    if progress is None:
+        return None
+    return lambda f, msg: progress(lo + (hi - lo) * f, msg)
+
+
+def _resolve(config: ScanConfig) -> _Plan:
+    """Validate ``config`` and resolve the networks (fails fast on missing weights)."""
+    config = config.validate()
+    arch = get_arch(config.arch)
+    layers = arch.resolve_layers(config.layers)
+    runs = [("true", resolve_backbone(arch, config.weights, config.seed))]
+    if "random-weights" in config.controls:
+        # scanning random weights already, the control is another random initialisation
+        # (seed + 1): the same seed would only repeat the main curve
+        runs.append(("random_weights", resolve_backbone(
+            arch, "random", config.seed + 1 if config.weights == "random" else config.seed)))
+    root = Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
+    return _Plan(config, arch, layers, runs, root)
+
+
+def _load(plan: _Plan, d: Dist, progress: ProgressFn | None) -> Dataset:
+    """The dataset; under torchrun rank 0 loads (and generates demo data into the cache)
+    first, then the others read it."""
+    config = plan.config
+    if not d.main:
+        barrier(d)
+    with warnings.catch_warnings():
+        if not d.main:
+            warnings.simplefilter("ignore")   # rank 0 reports skipped files once
+        ds = load_dataset(config.dataset, n=config.n, seed=config.seed, cache_dir=plan.root,
+                          progress=progress, **config.dataset_options)
+    if d.main:
+        barrier(d)
+    return ds
+
+
+def _scoring(plan: _Plan, ds: Dataset) -> _Scoring:
+    """Per class or pooled, grouped or not; fails before any extraction on an unusable
+    measure or too few images."""
+    config = plan.config
+    per_class, reason = scoring_mode(config, ds)
+    labels = ds.labels if per_class else None
+    groups = ds.groups if config.grouped else None
+    check_measure(ds.measures, labels)
+    make_splits(len(ds), labels=labels, groups=groups, repeats=config.repeats, seed=config.seed,
+                test_size=config.test_size)
+    return _Scoring(per_class, reason, labels, groups)
+
+
+def _lookup_result(cache: ActivationCache | None, rkey: str | None,
+                   d: Dist) -> tuple[bool, ScanResult | None]:
+    """Whether rank 0 has this scan's result saved (every rank learns it), and the result."""
+    if rkey is None:
+        return False, None
+    saved = saved_result(cache.store, rkey) if cache is not None else None
+    return bool(broadcast(d, saved is not None)), saved
+
+
+def _replay(saved: ScanResult, plan: _Plan, ds: Dataset, d: Dist, devices: list,
+            progress: ProgressFn | None) -> ScanResult:
+    """A saved result as this scan's: its skipped files said again, this run's config, timing
+    and cache counts."""
+    listed = {s.path for s in ds.skipped}   # the loader warned about these already
+    for s in saved.skipped:
+        if s["path"] not in listed:
+            warnings.warn(f"skipped {s['path']}: {s['reason']}", SkippedFile, stacklevel=3)
+    if progress:
+        progress(1.0, "result from cache")
+    return dataclasses.replace(
+        saved, config=plan.config,
+        timing={"extract_s": 0.0, "fit_s": 0.0, "world_size": d.world, "devices": devices},
+        cache={"hits": len(plan.layers) * len(plan.runs), "misses": 0, "result": "hit"})
+
+
+def _extract(plan: _Plan, ds: Dataset, cache: ActivationCache | None, images_fp: str, dev,
+             d: Dist, progress: ProgressFn | None) -> tuple[dict[str, Extraction | None], float]:
+    """The pooled activations of every network of the plan (``None`` on ranks > 0), and the
+    seconds spent extracting them."""
+    acts: dict[str, Extraction | None] = {}
+    seconds, span = 0.0, 0.85 / len(plan.runs)
+    for k, (name, bb) in enumerate(plan.runs):
+        acts[name], secs = activations(
+            bb, plan.layers, ds, device=dev, batch_size=plan.config.batch_size, cache=cache,
+            images_fp=images_fp, progress=_stage(progress, 0.05 + k * span,
+                                                 0.05 + (k + 1) * span), dist=d)
+        seconds += secs
+    return acts, seconds
+
+
+def _sample(plan: _Plan, ds: Dataset, scoring: _Scoring, true: Extraction) -> _Sample:
+    """The images to score: the readable ones, minus those whose box the crop hides (each
+    left out with a warning) and those ``config.exclude`` names; the measure as the network
+    sees it."""
+    for i, why in true.failed:
+        warnings.warn(f"skipped {ds.samples[i].path}: {why}", SkippedFile, stacklevel=3)
+    measures, measure_name, unseen = seen_measures(ds, plan.backbone.preprocess)
+    ok = np.asarray(true.ok)
+    if unseen:
+        for i in (int(i) for i in ok if int(i) in unseen):
+            warnings.warn(f"skipped {ds.samples[i].path}: {unseen[i]}", SkippedFile,
+                          stacklevel=3)
+        ok = np.asarray([int(i) for i in ok if int(i) not in unseen], dtype=int)
+    exclude = plan.config.exclude
+    ok, n_excluded = keep_rows(ds.paths, ok, exclude)
+    ok = np.asarray(ok, dtype=int)
+    if exclude and not n_excluded:
+        warnings.warn(f"--exclude: none of the {len(exclude)} excluded paths is an image "
+                      f"of {ds.name}; nothing was left out.", Notice, stacklevel=3)
+    labels = scoring.labels[ok] if scoring.labels is not None else None
+    groups = scoring.groups[ok] if scoring.groups is not None else None
+    check_measure(measures[ok], labels)
+    return _Sample(ok, measures[ok], labels, groups, measure_name, unseen, n_excluded)
+
+
+def _rows(ext: Extraction, ok: np.ndarray) -> dict[str, np.ndarray]:
+    """The features of ``ext`` for the images ``ok``, in that order (a file can fail in one
+    pass only, and images whose box the crop hides are left out of the sample)."""
+    if np.array_equal(ext.ok, ok):
+        return ext.features
+    pos = {int(i): j for j, i in enumerate(ext.ok)}
+    return {layer: v[[pos[int(i)] for i in ok]] for layer, v in ext.features.items()}
+
+
+def _score(plan: _Plan, sample: _Sample, acts: dict[str, Extraction],
+           progress: ProgressFn | None) -> _Scores:
+    """R² per layer on the same repeated splits: the true network on the measure (and its
+    shuffled control and permutation null), the random-weights network on the measure."""
+    config, y = plan.config, sample.y
+    splits = make_splits(len(y), labels=sample.labels, groups=sample.groups,
+                         repeats=config.repeats, seed=config.seed, test_size=config.test_size)
+    targets, null = {"true": y}, None
+    if "shuffled" in config.controls:
+        targets["shuffled"] = shuffled_targets(y, labels=sample.labels, groups=sample.groups,
+                                               repeats=config.repeats, seed=config.seed)
+        if config.permutations:
+            null = permutation_targets(y, labels=sample.labels, groups=sample.groups,
+                                       permutations=config.permutations, seed=config.seed)
+    scores = score_targets(_rows(acts["true"], sample.ok), targets, splits, model=config.model,
+                           progress=progress, null=null, null_target="true")
+    controls, rw = {}, None
+    if "shuffled" in scores:
+        controls["shuffled"] = tuple(scores["shuffled"][l] for l in plan.layers)
+    if "random_weights" in acts:
+        rw = score_targets(_rows(acts["random_weights"], sample.ok), {"y": y}, splits,
+                           model=config.model)["y"]
+        controls["random_weights"] = tuple(rw[l] for l in plan.layers)
+    ratio = float(np.mean([len(s.test) for s in splits]) / np.mean([len(s.train) for s in splits]))
+    return _Scores(scores["true"], controls, rw, null is not None, ratio)
+
+
+def _significance(plan: _Plan, sample: _Sample, scores: _Scores) -> tuple[dict, dict]:
+    """Per layer: the permutation test against shuffled measures and the corrected paired test
+    against random weights (raw p-values; :meth:`ScanResult.significance` adjusts them), and
+    how they were run."""
+    def finite(v):
+        return None if not np.isfinite(v) else v
+
+    tests = {}
+    for l in plan.layers:
+        t = scores.true[l]
+        entry = {"p_shuffled": None, "statistic": None, "p_random_weights": None,
+                 "t_random_weights": None}
+        if scores.permuted:
+            entry["statistic"] = t.null_observed
+            entry["p_shuffled"] = finite(permutation_pvalue(t.null_observed, t.null))
+        if scores.random_weights is not None:
+            tt, p = corrected_paired_t(t.r2, scores.random_weights[l].r2,
+                                       scores.test_train_ratio)
+            entry["t_random_weights"], entry["p_random_weights"] = finite(tt), finite(p)
+        tests[l] = entry
+    info = {"test_train_ratio": round(scores.test_train_ratio, 6)}
+    if scores.permuted:
+        info.update({
+            "permutations": int(plan.config.permutations),
+            "permutation_scheme": ("whole groups of equal size exchanged, images shuffled within "
+                                   "groups" if sample.groups is not None else "images shuffled")
+                                  + (", within class" if sample.labels is not None else ""),
+            "statistic": "mean over repeats of held-out R² (the reported R²), penalty chosen "
+                         "on the training split (OLS: none), the same for the measure and "
+                         "every permutation"})
+    return tests, info
+
+
+def _assemble(plan: _Plan, ds: Dataset, scoring: _Scoring, sample: _Sample, scores: _Scores,
+              tests: dict, test_info: dict, true: Extraction, *, timing: dict,
+              cache: dict) -> ScanResult:
+    """The :class:`ScanResult` of a computed scan."""
+    read = {int(j) for j in true.ok}
+    skipped = (tuple({"path": s.path, "reason": s.reason} for s in ds.skipped)
+               + tuple({"path": ds.samples[i].path, "reason": r} for i, r in true.failed)
+               + tuple({"path": ds.samples[i].path, "reason": sample.unseen[i]}
+                       for i in sorted(sample.unseen) if i in read))
+    return ScanResult(
+        config=plan.config, dataset=ds.name, measure_name=sample.measure_name,
+        n_images=int(len(sample.ok)), skipped=skipped,
+        layers=tuple(scores.true[l] for l in plan.layers), controls=scores.controls,
+        depth={l: plan.arch.depth(l) for l in plan.layers}, timing=timing, cache=cache,
+        weights_source=plan.backbone.source, tests=tests, test_info=test_info,
+        scoring={"per_class": bool(sample.labels is not None),
+                 "grouped": bool(sample.groups is not None), "reason": scoring.reason,
+                 "excluded": sample.n_excluded})

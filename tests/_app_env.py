@@ -15,3 +15,8 @@ def clean_app_env(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("RCV_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.setenv("RCV_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    # the repository's .streamlit/config.toml binds 127.0.0.1; Streamlit reads that file from
+    # the working directory, so a pytest started elsewhere would see no address (served mode)
+    from streamlit import config
+
+    config.set_option("server.address", "127.0.0.1")

@@ -3,11 +3,18 @@ from __future__ import annotations
 
 import csv
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+#: The checkout under test: first on the path of this process (pyproject's ``pythonpath``) and
+#: of every process a test starts (``python -m rcvcore``, streamlit), from any working directory.
+ROOT = Path(__file__).resolve().parents[1]
+if os.environ.get("PYTHONPATH", "").split(os.pathsep)[0] != str(ROOT):
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]])
 os.environ.setdefault("RCV_NO_DOWNLOAD", "1")   # tests never touch the network
 os.environ.setdefault("HF_HUB_OFFLINE", "1")    # nor does timm's Hugging Face hub client
 

@@ -52,3 +52,13 @@ def test_readme_example_uses_the_public_api():
     used = set(re.findall(r"rcvcore\.(\w+)", block))
     assert used and used <= set(rcvcore.__all__), used - set(rcvcore.__all__)
     compile(block, "README.md", "exec")
+
+
+def test_readme_documents_exactly_the_public_api():
+    """The README's table of public names is ``rcvcore.__all__``, no more, no less."""
+    text = README.read_text()
+    table = text[text.index("| concern | names |"):]
+    table = table[:table.index("\n\n")]
+    documented = {n for row in table.splitlines()[2:] for n in
+                  re.findall(r"`(\w+)`", row.split("|")[2])}
+    assert documented == set(rcvcore.__all__)

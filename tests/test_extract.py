@@ -4,6 +4,7 @@ import torch
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from rcvcore._shared import resolve_device
+from rcvcore.errors import UserError
 from rcvcore.extract import FeatureExtractor, extract
 from rcvcore.models import build_model, get_arch, preprocess_for
 
@@ -70,10 +71,13 @@ def test_inception_trunk_keeps_input_transform():
 
 
 def test_resolve_device():
-    assert resolve_device("auto").type in {"cpu", "cuda", "mps"}
-    assert resolve_device("cpu").type == "cpu"
+    # auto: the first of CUDA, MPS, CPU that this machine has (torch's own answers)
+    mps = getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    expected = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    assert resolve_device("auto") == torch.device(expected)
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(UserError, match="--device 'gpu0' is not a device"):
+        resolve_device("gpu0")
     if not torch.cuda.is_available():
-        from rcvcore.errors import UserError
-
         with pytest.raises(UserError, match="CUDA is not available"):
             resolve_device("cuda")

@@ -354,7 +354,8 @@ def test_cut_rules_on_a_result(scale_folder, cache_dir):
               score("add_4", 0.5), score("pre_softmax", 0.95))
     tests = {s.layer: {"p_shuffled": 0.001, "p_random_weights": 0.001} for s in layers}
     tests["add_3"]["p_random_weights"] = 0.9
-    res = ScanResult(ScanConfig(arch="resnet18"), "x", "m", 10, (), layers, {}, {},
+    res = ScanResult(config=ScanConfig(arch="resnet18"), dataset="x", measure_name="m",
+                     n_images=10, skipped=(), layers=layers, controls={}, depth={},
                      tests=tests, test_info={"permutations": 999})
     assert res.suggest_cut()[0] == "add_2"                  # the peak, logits excluded
     res2 = dataclasses.replace(res, config=ScanConfig(arch="resnet18", cut_rule="within-std"))

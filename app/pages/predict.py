@@ -42,9 +42,7 @@ def _demo_panel() -> None:
             st.progress(d["fraction"], text=d["message"] or "starting")
         elif d["state"] == "done":
             t = d["test"]
-            score = ", ".join(f"{k} {t[k]:.2f}" for k in ("accuracy", "kappa",
-                                                          "kappa_quadratic")
-                              if isinstance(t.get(k), (int, float)))
+            score = services.metric_summary(t, services.metric_names("classification"))
             st.caption(f"Run `{d['run_dir']}` · on its {d.get('n_test')} test patches "
                        f"(never seen in training): {score}.")
             if st.button("Try it on held-out demo patches", key="demo_try",

@@ -156,7 +156,7 @@ group_name = st.selectbox("Runs", names, index=names.index(current) if current i
                           help=f"Run folders under {state.runs_root()}")
 st.session_state["train_group"] = group_name
 run_dirs = groups[group_name]
-RESULT_KEYS = ("mae", "r2", "kappa", "kappa_quadratic", "accuracy", "loss")
+RESULT_KEYS = (*services.METRICS, "loss")
 
 
 def _fmt_progress(rs) -> str:
@@ -177,7 +177,8 @@ def _render_group() -> None:
         "run": r.run_dir.split("/")[-1], "state": services.run_state(r),
         "progress": _fmt_progress(r),
         "message": r.status.get("message") or r.status.get("error") or "",
-        **{f"test {k}": (r.result or {}).get("test", {}).get(k) for k in ("mae", "kappa")},
+        **{f"test {k}": (r.result or {}).get("test", {}).get(k)
+           for k in services.metric_names(listed=True)},
     } for r in runs]
     if plan:
         have = {Path(r.run_dir).name for r in runs}
@@ -216,7 +217,8 @@ def _render_group() -> None:
         with c2:
             st.markdown("**Validation** (per epoch)")
             if epochs_:
-                keep = ("train_loss", "val_loss", "val_mae", "val_kappa", "val_accuracy")
+                keep = ("train_loss", "val_loss",
+                        *(f"val_{k}" for k in services.metric_names(listed=True)))
                 st.plotly_chart(charts.training_figure(
                     [{"run": m["run"], "epoch": m["epoch"],
                       **{k: m.get(k) for k in keep if m.get(k) is not None}}

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..cache import SECTIONS, STORE_SECTION, Store, cache_usage, clear_cache
 from ..data.base import default_cache_dir
 from ..errors import UserError
+from ..metrics import METRICS, metric_names
 from ..runs.directory import FINISHED, find_runs, is_group_dir, is_run_dir, read_run, runs_root
 from ..runs.groups import group_runs, group_state, read_comparison, read_group
 from ..runs.process import cancel
@@ -64,12 +65,11 @@ def _row(rs, root: Path) -> dict:
             "error": rs.status.get("error"), "arch": cfg.get("arch"), "cut": cfg.get("cut"),
             "target": cfg.get("target"), "seed": cfg.get("seed"), "dataset": cfg.get("dataset"),
             "epochs_done": len(epochs), "epochs": cfg.get("epochs"),
-            "test": {k: test.get(k) for k in ("mae", "r2", "kappa", "kappa_quadratic",
-                                              "accuracy") if test.get(k) is not None}}
+            "test": {k: test.get(k) for k in METRICS if test.get(k) is not None}}
 
 
-def _fmt(v, f=".3f") -> str:
-    return "-" if v is None else format(v, f)
+def _width(metric) -> int:
+    return max(len(metric.heading), 8)
 
 
 def _runs(args) -> int:
@@ -83,15 +83,15 @@ def _runs(args) -> int:
         print(f"no runs under {root}")
     else:
         w = max(len(r["name"]) for r in rows)
+        listed = [METRICS[n] for n in metric_names(listed=True)]
         print(f"{'run':<{w}}  {'state':<11} {'arch':<14} {'cut':<9} {'target':<13} {'seed':>5} "
-              f"{'epoch':>7}  {'MAE px':>8} {'kappa':>6} {'acc':>6}")
+              f"{'epoch':>7}  " + " ".join(f"{m.heading:>{_width(m)}}" for m in listed))
         for r in rows:
             t = r["test"]
             print(f"{r['name']:<{w}}  {r['state']:<11} {str(r['arch']):<14} {str(r['cut']):<9} "
                   f"{str(r['target']):<13} {str(r['seed']):>5} "
                   f"{r['epochs_done']:>3}/{str(r['epochs'] or '?'):<3}  "
-                  f"{_fmt(t.get('mae'), '.2f'):>8} {_fmt(t.get('kappa')):>6} "
-                  f"{_fmt(t.get('accuracy')):>6}")
+                  + " ".join(f"{m.format(t.get(m.name)):>{_width(m)}}" for m in listed))
             if r["state"] == "failed" and r["error"]:
                 print(f"{'':<{w}}  error: {str(r['error']).splitlines()[0][:200]}")
     groups = _groups(root)

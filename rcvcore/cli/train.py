@@ -15,6 +15,7 @@ import time
 
 from ..compare import compare
 from ..data.options import parse_options
+from ..metrics import metric_summary
 from ..predict import load_run_model, predict_files
 from ..runs.config import TrainConfig
 from ..runs.directory import RunFailed
@@ -197,9 +198,7 @@ def _print_result(r: dict) -> None:
               f"(full trunk: {m['full_params'] / 1e6:.2f} M, {m['full_flops'] / 1e9:.2f} GFLOPs;"
               f" {m['params_ratio']:.0%} of the parameters, {m['flops_ratio']:.0%} of the cost)")
     t = r["test"]
-    parts = [f"{k} {t[k]:.4g}" for k in ("mae", "r2", "kappa", "kappa_quadratic", "accuracy")
-             if t.get(k) is not None]
-    print(f"test ({r['n_test']} images): " + ", ".join(parts))
+    print(f"test ({r['n_test']} images): " + metric_summary(t))
 
 
 def _compare(args) -> int:

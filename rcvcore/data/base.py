@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..files import atomic_write, temp_name  # noqa: F401  (temp_name: for the demo writers)
+from ..files import atomic_write
 
 
 class DatasetError(UserError):

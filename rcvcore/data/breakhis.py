@@ -38,6 +38,8 @@ _MAG_DIR = re.compile(r"^(\d+)[xX]$")
 _SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 
 
+# Long by design: one linear pass over the BreakHis layout (folders -> patients ->
+# magnifications -> checks -> samples); the branches are skip reasons and UserErrors.
 def load(path: str | None, *, n: int | None = None, seed: int = 0, cache_dir: Path,
          progress: ProgressFn | None = None, label: str = "magnification",
          magnifications=MAGNIFICATIONS, split_seed: int = 0,

@@ -48,6 +48,7 @@ from PIL import Image
 
 from .._shared import ProgressFn
 from ..errors import Notice
+from ..files import temp_name
 from ..utils import as_list, downloads_disabled
 from .base import (
     Dataset,
@@ -55,7 +56,6 @@ from .base import (
     atomic_write_text,
     clean_temp_files,
     file_fingerprint,
-    temp_name,
 )
 from .histology import SourcePair
 from .images import ImageReadError, png_complete, read_rgb

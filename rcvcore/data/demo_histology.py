@@ -21,8 +21,9 @@ import numpy as np
 from PIL import Image
 
 from .._shared import ProgressFn
+from ..files import temp_name
 from ..utils import parallel_map
-from .base import Dataset, DatasetError, atomic_write_text, clean_temp_files, temp_name
+from .base import Dataset, DatasetError, atomic_write_text, clean_temp_files
 from .histology import MAGNIFICATIONS, PATCH_SIZE, SourcePair, grid_positions
 from .images import ImageReadError, png_complete, read_rgb
 from .janowczyk import load_pairs
@@ -56,6 +57,8 @@ def _smooth(shape, sigma: float, rng: np.random.Generator, anisotropy: float = 1
     return (up - up.mean()) / (up.std() + 1e-9)
 
 
+# Long by design: one procedural drawing (stroma, nuclei, stain, noise) from one seeded
+# generator; splitting it would pass the generator's state between pieces.
 def render_tile(seed: int, index: int, size: int = DEFAULT_TILE_SIZE) -> tuple[np.ndarray,
                                                                               np.ndarray]:
     """Render one 40x tile.

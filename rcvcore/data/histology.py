@@ -30,7 +30,7 @@ from PIL import Image
 
 from .._shared import ProgressFn
 from ..errors import SkippedFile
-from ..utils import parallel_map  # noqa: F401  (moved to rcvcore.utils; re-exported here)
+from ..utils import parallel_map
 from .base import (
     DatasetError,
     Sample,
@@ -249,6 +249,8 @@ def process_source(pair: SourcePair, params: PatchParams, out_root: str) -> dict
                 "skipped": [[pair.image, f"failed ({type(e).__name__} while cutting patches)"]]}
 
 
+# Long by design: one worker process per source image (cache check, mask, measure, patches,
+# manifest); it runs in a pool and returns one plain dict.
 def _process_source(pair: SourcePair, params: PatchParams, out_root: str) -> dict:
     folder = Path(out_root) / f"{_safe(pair.source_id)}-{_key(pair, params)}"
     manifest = folder / "manifest.json"

@@ -55,6 +55,8 @@ def _resolve_roots(root: Path, annotations) -> tuple[Path, list[Path]]:
     return root, ann_roots
 
 
+# Long by design: one linear pass (layout, classes, boxes, image checks, samples) whose steps
+# each read the previous one's tables; every branch is a named skip reason or a UserError.
 def load(path: str | None, *, n: int | None = None, seed: int = 0, cache_dir: Path,
          progress: ProgressFn | None = None, classes=PAPER_WNIDS, annotations=None,
          verify: bool = True, workers: int | None = None, box_measure: str = "visible",

@@ -80,6 +80,8 @@ def _bad_id(i: str) -> str | None:
     return None
 
 
+# Long by design: one linear pass (layout, split files, boxes, image checks, samples) whose
+# steps each read the previous one's tables; every branch is a named skip reason or a UserError.
 def load(path: str | None, *, n: int | None = None, seed: int = 0, cache_dir: Path,
          progress: ProgressFn | None = None, year=None, image_set: str = "trainval",
          classes=VOC_CLASSES, single_object: bool = False, include_difficult: bool = False,

@@ -12,6 +12,7 @@ mark the run ``cancelled`` (resumable).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import os
@@ -20,6 +21,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +37,8 @@ from ..data.registry import load_dataset
 from ..errors import UserError, disk_error
 from ..extract import default_workers
 from ..files import read_json
-from ..metrics import classification_metrics, nearest_class, regression_metrics
-from ..models import get_arch, resolve_backbone
+from ..metrics import METRICS, classification_metrics, nearest_class, regression_metrics
+from ..models import Backbone, get_arch, resolve_backbone
 from ..prune import cut_node, cut_summary
 from ..runs.checkpoint import CHECKPOINT_FORMAT, load_resume_checkpoint, save_checkpoint
 from ..runs.config import TrainConfig
@@ -160,7 +162,7 @@ def evaluate(model: nn.Module, images: ImageSet, task: Task, *, batch_size: int 
 
 
 def _metric_view(res: dict, prefix: str) -> dict:
-    keys = ("loss", "mae", "r2", "kappa", "kappa_quadratic", "accuracy")
+    keys = ("loss", *METRICS)
     return {f"{prefix}_{k}": res[k] for k in keys if k in res}
 
 
@@ -190,52 +192,19 @@ def train(config: TrainConfig | None, run_dir, *, resume: bool = False, restart:
         RunFailed: a NaN/infinite loss or an unreadable training image (status ``failed``).
     """
     run = Path(run_dir)
-    if restart and resume:
-        raise UserError("train: --restart starts the run afresh and --resume continues it; "
-                        "give one of them.")
     # one writing process per run directory (issue 25); held until train returns
     claim = (claim_run_dir(run) if int(os.environ.get("RANK", "0")) == 0  # noqa: F841
              and (run.is_dir() or not resume) else None)
-    if restart and int(os.environ.get("RANK", "0")) == 0 and run.is_dir():
-        clear_run_dir(run)
-    if resume:
-        # every rank reads the configuration first: the process group and the device are the
-        # run's own (a DDP resume used to initialise on "auto" whatever config.json said)
-        cfg_data = read_json(run / CONFIG)
-        if cfg_data is None:
-            raise UserError(f"--resume: {run / CONFIG} is missing or unreadable; {run} is not a "
-                            "run directory. Start a new run without --resume.")
-        config = TrainConfig.from_dict(cfg_data, str(run / CONFIG))
-        st = read_json(run / STATUS) or {}
-        if st.get("state") == "done":
-            return RunResult(str(run), "done", read_json(run / RESULT))
-    else:
-        if config is None:
-            raise UserError("train: give a TrainConfig (or resume=True).")
-        config.validate()
-        if (run / CONFIG).exists() and not restart:   # (rank 0 cleared it for --restart)
-            raise UserError(f"--run-dir {run} already holds a run ({CONFIG} exists). Resume it "
-                            "with --resume, start it afresh with --restart, or choose another "
-                            "--run-dir.")
+    config, done = _open_run(config, run, resume, restart)
+    if done is not None:
+        return done
     d, device = init_distributed(config.device)
     # every rank has looked at the run directory before rank 0 writes into it: a slower rank
     # must not mistake rank 0's fresh config.json for an earlier run
     barrier(d)
     writer = RunWriter(run, enabled=d.main)
     if d.main:
-        run.mkdir(parents=True, exist_ok=True)
-        clean_temp_files(run)          # temporary files of writes a kill interrupted
-        if not resume:
-            writer.write_config(config, __version__)
-        prev = read_json(run / STATUS) or {}
-        writer.status = {"state": "running", "pid": os.getpid(), "host": socket.gethostname(),
-                         "started_at": prev.get("started_at", time.time()),
-                         "resumed": resume, "world_size": d.world, "epoch": 0,
-                         "global_step": 0, "error": None, "message": "starting",
-                         # a resumed run keeps what its head was started from
-                         **({"head_init": prev["head_init"]}
-                            if resume and prev.get("head_init") else {})}
-        writer.write_status()
+        _start_run_dir(writer, config, resume, d)
     flag = _Flag().install() if handle_signals else _Flag()
     try:
         return _train(config, run, writer, d, device, resume, flag, progress, on_record, dataset)
@@ -257,22 +226,132 @@ def train(config: TrainConfig | None, run_dir, *, resume: bool = False, restart:
         flag.restore()
 
 
+def _open_run(config: TrainConfig | None, run: Path, resume: bool,
+              restart: bool) -> tuple[TrainConfig | None, RunResult | None]:
+    """The run's configuration (read back from ``config.json`` on resume), checked against
+    what the run directory holds; ``(config, RunResult)`` when a resumed run is already done."""
+    if restart and resume:
+        raise UserError("train: --restart starts the run afresh and --resume continues it; "
+                        "give one of them.")
+    if restart and int(os.environ.get("RANK", "0")) == 0 and run.is_dir():
+        clear_run_dir(run)
+    if resume:
+        # every rank reads the configuration first: the process group and the device are the
+        # run's own (a DDP resume used to initialise on "auto" whatever config.json said)
+        cfg_data = read_json(run / CONFIG)
+        if cfg_data is None:
+            raise UserError(f"--resume: {run / CONFIG} is missing or unreadable; {run} is not a "
+                            "run directory. Start a new run without --resume.")
+        config = TrainConfig.from_dict(cfg_data, str(run / CONFIG))
+        st = read_json(run / STATUS) or {}
+        if st.get("state") == "done":
+            return config, RunResult(str(run), "done", read_json(run / RESULT))
+        return config, None
+    if config is None:
+        raise UserError("train: give a TrainConfig (or resume=True).")
+    config.validate()
+    if (run / CONFIG).exists() and not restart:   # (rank 0 cleared it for --restart)
+        raise UserError(f"--run-dir {run} already holds a run ({CONFIG} exists). Resume it "
+                        "with --resume, start it afresh with --restart, or choose another "
+                        "--run-dir.")
+    return config, None
+
+
+def _start_run_dir(writer: RunWriter, config: TrainConfig, resume: bool, d: Dist) -> None:
+    """Rank 0: create the run directory, write ``config.json`` (new runs) and the first
+    ``running`` status."""
+    run = writer.dir
+    run.mkdir(parents=True, exist_ok=True)
+    clean_temp_files(run)          # temporary files of writes a kill interrupted
+    if not resume:
+        writer.write_config(config, __version__)
+    prev = read_json(run / STATUS) or {}
+    writer.status = {"state": "running", "pid": os.getpid(), "host": socket.gethostname(),
+                     "started_at": prev.get("started_at", time.time()),
+                     "resumed": resume, "world_size": d.world, "epoch": 0,
+                     "global_step": 0, "error": None, "message": "starting",
+                     # a resumed run keeps what its head was started from
+                     **({"head_init": prev["head_init"]}
+                        if resume and prev.get("head_init") else {})}
+    writer.write_status()
+
+
 def _train(config: TrainConfig, run: Path, writer: RunWriter, d: Dist, device, resume: bool,
            flag: _Flag, progress, on_record, dataset) -> RunResult:
+    """The run, phase by phase: data, network, resume point, head, fit, test."""
+    say = _reporter(progress, d)
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed % (2 ** 32))
+    data = _load_data(config, d, dataset, say)
+    rt = _runtime(config, device, d)
+    backbone, model = _build(config, data.task, rt, say)
+    loop = _Loop(config, run, writer, d, rt, data.task, model, flag, say, on_record)
+    start = loop.restore(resume)
+    sets, scorer, head_info = _start_head(config, loop, data, backbone, start)
+    summary = _write_summary(config, writer, d, data)
+    last_val = loop.fit(sets, scorer, start)
+    result = None
+    if d.main:
+        result = _test(loop, data, sets, scorer, last_val,
+                       {"model": summary, "head_init": head_info
+                        or writer.status.get("head_init") or {"method": config.head_init}})
+    barrier(d)
+    return RunResult(str(run), "done", result)
+
+
+# --------------------------------------------------------------------------------------------
+# the phases of a run, in order
+
+
+@dataclass(frozen=True)
+class _Data:
+    """The run's data: the dataset, its train/val/test split, the task, the image sets."""
+
+    dataset: Dataset
+    splits: dict            # part -> dataset indices
+    task: Task
+    transform: object       # the input transform of the run's protocol
+    sets: dict              # part -> ImageSet
+
+
+@dataclass(frozen=True)
+class _Runtime:
+    """Where and how the run computes (this process's share under DDP)."""
+
+    device: torch.device
+    amp: bool
+    workers: int
+    per_rank: int           # batch size of this process
+
+
+@dataclass(frozen=True)
+class _Start:
+    """Where the run starts: epoch 0, or a checkpoint's epoch, batch and step."""
+
+    epoch: int = 0
+    batch: int = 0
+    global_step: int = 0
+    sums: tuple | str | None = None   # the epoch's loss sums before a mid-epoch checkpoint
+    from_checkpoint: bool = False
+
+
+def _reporter(progress: ProgressFn | None, d: Dist) -> ProgressFn:
+    """``progress`` on rank 0, a no-op elsewhere."""
     def say(frac, msg):
         if progress and d.main:
             progress(frac, msg)
+    return say
 
-    arch = get_arch(config.arch)
-    torch.manual_seed(config.seed)
-    np.random.seed(config.seed % (2 ** 32))
+
+def _load_data(config: TrainConfig, d: Dist, dataset: Dataset | None, say) -> _Data:
+    """Load (rank 0 first: it generates any cached dataset) and split the dataset."""
     say(0.0, f"loading dataset {config.dataset}")
     if dataset is None:
         def load():
             return load_dataset(config.dataset, n=config.n, seed=config.split_seed,
                                 cache_dir=config.dataset_cache_dir, **config.dataset_options)
 
-        if d.main:  # rank 0 generates any cached dataset first; the others then just read it
+        if d.main:
             dataset = load()
         barrier(d)
         if not d.main:
@@ -283,217 +362,301 @@ def _train(config: TrainConfig, run: Path, writer: RunWriter, d: Dist, device, r
     task = make_task(config, dataset, splits["train"])
     transform = run_transform(config)
     sets = {k: image_set(dataset, v, task, transform) for k, v in splits.items()}
+    return _Data(dataset, splits, task, transform, sets)
+
+
+def _runtime(config: TrainConfig, device, d: Dist) -> _Runtime:
     amp = (device.type == "cuda") if config.amp is None else bool(config.amp and
                                                                  device.type == "cuda")
     workers = default_workers(device) if config.workers is None else int(config.workers)
-    per_rank = max(1, math.ceil(config.batch_size / d.world))
+    return _Runtime(device, amp, workers, max(1, math.ceil(config.batch_size / d.world)))
 
+
+def _build(config: TrainConfig, task: Task, rt: _Runtime, say) -> tuple[Backbone, nn.Module]:
+    """The pruned network with its head, on the device (trunk frozen for ``trainable=head``)."""
     say(0.02, f"building {config.arch} ({config.weights}) cut at {config.cut}")
     backbone = resolve_backbone(config.arch, config.weights, config.seed)
     model = build_run_model(config, task, backbone=backbone)
     if config.trainable == "head":
         for p in model.body.parameters():
             p.requires_grad_(False)
-    model = model.to(device)
+    model = model.to(rt.device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = _make_optimizer(config, model)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    return backbone, model
 
-    start_epoch, start_batch, global_step = 0, 0, 0
-    resumed_sums = None          # the epoch's loss sums before a mid-epoch checkpoint
-    found = load_resume_checkpoint(run) if resume else None
-    if found is not None:
+
+def _start_head(config: TrainConfig, loop: _Loop, data: _Data, backbone: Backbone,
+                start: _Start) -> tuple[dict, nn.Module, dict | None]:
+    """The head's closed-form start (``head_init=rcv``, new runs) and, for a frozen trunk in
+    one process, the pooled features it trains on. Returns ``(sets, scorer, head_info)``:
+    the sets the loop iterates, the module :func:`evaluate` runs on them, what was done."""
+    feature_mode = config.trainable == "head" and not loop.d.enabled
+    if not (feature_mode or (config.head_init == "rcv" and not start.from_checkpoint)):
+        return data.sets, loop.model, None
+    rt = loop.rt
+    head_info, feature_sets = _prepare_head(
+        config, loop.model, data.sets, data.splits, data.dataset, data.task, backbone,
+        data.transform, rt.device, rt.per_rank, rt.amp, rt.workers,
+        fit=not start.from_checkpoint, flag=loop.flag, say=loop.say,
+        parts=("train", "val", "test") if feature_mode else ("train", "val"))
+    if loop.d.main:
+        loop.writer.write_status(head_init=head_info)
+    if feature_mode:
+        return feature_sets, loop.model.head, head_info
+    return data.sets, loop.model, head_info
+
+
+def _write_summary(config: TrainConfig, writer: RunWriter, d: Dist, data: _Data) -> dict | None:
+    """Parameters and FLOPs of the full and pruned model, and the split sizes, into status."""
+    if not d.main:
+        return None
+    try:
+        summary = _summary(get_arch(config.arch).name, config.cut, data.task.image_size,
+                           data.task.n_outputs)
+    except Exception as e:  # counting FLOPs must never stop a run
+        summary = {"error": f"{type(e).__name__}: {e}"}
+    writer.write_status(summary=summary, n_train=len(data.splits["train"]),
+                        n_val=len(data.splits["val"]), n_test=len(data.splits["test"]))
+    return summary
+
+
+def _test(loop: _Loop, data: _Data, sets: dict, scorer: nn.Module, last_val: dict,
+          extra: dict) -> dict:
+    """Rank 0: test (and, if no epoch ran, validation) metrics into ``result.json``."""
+    config, writer = loop.config, loop.writer
+    loop.say(0.93, "testing")
+    test = loop.evaluate(scorer, sets["test"])
+    if not last_val and len(sets["val"]):
+        last_val = loop.evaluate(scorer, sets["val"])
+    test_set = sets["test"]
+    result = {"config": config.to_dict(), "task": data.task.to_dict(),
+              "test": {k: v for k, v in test.items() if k != "predictions"},
+              "val": {k: v for k, v in last_val.items() if k != "predictions"},
+              "n_train": len(data.splits["train"]), "n_val": len(data.splits["val"]),
+              "n_test": len(data.splits["test"]), "epochs": config.epochs,
+              "global_step": loop.global_step, "world_size": loop.d.world, **extra,
+              "protocol": config.protocol, "protocol_deviations": config.deviations(),
+              "test_predictions": [
+                  {"path": p, "target": t, "prediction": q,
+                   **({} if lab is None else {"label": lab})} for p, t, q, lab in zip(
+                      test_set.paths, test_set.targets, test.get("predictions", []),
+                      test_set.labels or [None] * len(test_set))]}
+    writer.write_result(result)
+    writer.write_status(state="done", message="done", error=None)
+    loop.say(1.0, "done")
+    return result
+
+
+class _Loop:
+    """The optimisation of one run in this process: the model, its optimizer and scaler, the
+    step counter; it checkpoints, trains epochs, validates, and stops on a signal."""
+
+    def __init__(self, config: TrainConfig, run: Path, writer: RunWriter, d: Dist,
+                 rt: _Runtime, task: Task, model: nn.Module, flag: _Flag, say, on_record):
+        self.config, self.run, self.writer, self.d, self.rt = config, run, writer, d, rt
+        self.task, self.model, self.flag, self.say = task, model, flag, say
+        self.on_record = on_record
+        self.optimizer = _make_optimizer(config, model)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=rt.amp)
+        self.global_step = 0
+
+    # ---- checkpoints
+    def restore(self, resume: bool) -> _Start:
+        """Load the checkpoint a resumed run continues from; drop later metrics records."""
+        found = load_resume_checkpoint(self.run) if resume else None
+        if found is None:
+            if resume:
+                self.writer.truncate_metrics(0, 0)
+            return _Start()
         ck, _ = found
-        model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
         if ck.get("scaler"):
-            scaler.load_state_dict(ck["scaler"])
+            self.scaler.load_state_dict(ck["scaler"])
         if isinstance(ck.get("rng"), torch.Tensor):
             torch.set_rng_state(ck["rng"])
-        start_epoch, start_batch = int(ck["epoch"]), int(ck["batch_in_epoch"])
-        global_step = int(ck["global_step"])
-        if start_batch:
+        start = _Start(int(ck["epoch"]), int(ck["batch_in_epoch"]), int(ck["global_step"]),
+                       from_checkpoint=True)
+        if start.batch:
             sums = ck.get("epoch_sums")
-            resumed_sums = tuple(float(v) for v in sums) if isinstance(sums, list) else "unknown"
-        writer.truncate_metrics(global_step, start_epoch)
-        say(0.03, f"resuming at epoch {start_epoch + 1}, step {global_step}")
-    elif resume:
-        writer.truncate_metrics(0, 0)
+            start = dataclasses.replace(start, sums=tuple(float(v) for v in sums)
+                                        if isinstance(sums, list) else "unknown")
+        self.global_step = start.global_step
+        self.writer.truncate_metrics(start.global_step, start.epoch)
+        self.say(0.03, f"resuming at epoch {start.epoch + 1}, step {start.global_step}")
+        return start
 
-    # a frozen trunk in one process: the head trains on the pooled features at the cut
-    feature_mode = config.trainable == "head" and not d.enabled
-    head_info = None
-    if feature_mode or (config.head_init == "rcv" and found is None):
-        head_info, feature_sets = _prepare_head(config, model, sets, splits, dataset, task,
-                                                backbone, transform, device, per_rank, amp,
-                                                workers, fit=found is None, flag=flag, say=say,
-                                                parts=("train", "val", "test") if feature_mode
-                                                else ("train", "val"))
-        if feature_mode:
-            sets = feature_sets
-        if d.main:
-            writer.write_status(head_init=head_info)
-    scorer = model.head if feature_mode else model   # what evaluate() runs on sets
-    summary = None
-    if d.main:
-        try:
-            summary = _summary(arch.name, config.cut, task.image_size, task.n_outputs)
-        except Exception as e:  # counting FLOPs must never stop a run
-            summary = {"error": f"{type(e).__name__}: {e}"}
-        writer.write_status(summary=summary, n_train=len(splits["train"]),
-                            n_val=len(splits["val"]), n_test=len(splits["test"]))
-
-    net = scorer
-    if d.enabled:
-        net = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    def checkpoint(epochs_done: int, batch_in_epoch: int, sums=(0.0, 0, 0.0)):
-        if not d.main:
+    def checkpoint(self, epochs_done: int, batch_in_epoch: int, sums=(0.0, 0, 0.0)) -> None:
+        if not self.d.main:
             return
-        save_checkpoint(run / CHECKPOINT, {
-            "format": CHECKPOINT_FORMAT, "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if amp else {},
-            "epoch": epochs_done, "batch_in_epoch": batch_in_epoch, "global_step": global_step,
+        save_checkpoint(self.run / CHECKPOINT, {
+            "format": CHECKPOINT_FORMAT, "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.rt.amp else {},
+            "epoch": epochs_done, "batch_in_epoch": batch_in_epoch,
+            "global_step": self.global_step,
             # mid-epoch: the loss sum, image count and time of the epoch so far, so that the
             # epoch's train_loss after a resume covers the whole epoch
             "epoch_sums": [float(sums[0]), float(sums[1]), float(sums[2])],
-            "task": task.to_dict(), "config": config.to_dict(), "rng": torch.get_rng_state()})
+            "task": self.task.to_dict(), "config": self.config.to_dict(),
+            "rng": torch.get_rng_state()})
 
-    def stop_requested() -> bool:
-        return bool(allreduce(d, [1.0 if flag.set else 0.0], device)[0] > 0)
+    def evaluate(self, scorer: nn.Module, images, stop=None) -> dict:
+        return evaluate(scorer, images, self.task, batch_size=self.rt.per_rank,
+                        device=self.rt.device, channels_last=self.config.channels_last,
+                        amp=self.rt.amp, workers=self.rt.workers, stop=stop)
 
-    n_batches = len(epoch_batches(len(sets["train"]), per_rank, config.seed, 0, d))
-    total_steps = max(1, n_batches * config.epochs)
-    last_val: dict = {}
-    for epoch in range(start_epoch, config.epochs):
-        batches = epoch_batches(len(sets["train"]), per_rank, config.seed, epoch, d)
-        first = start_batch if epoch == start_epoch else 0
+    def _cancel(self, epoch: int, batch: int, sums, when: str) -> RunCancelled:
+        self.checkpoint(epoch, batch, sums)
+        return RunCancelled(f"cancelled by {self.flag.signal or 'a signal'} {when}; resume "
+                            "with --resume")
+
+    # ---- epochs
+    def fit(self, sets: dict, scorer: nn.Module, start: _Start) -> dict:
+        """Train the remaining epochs; returns the last validation metrics."""
+        config, d = self.config, self.d
+        net = scorer
+        if d.enabled:
+            net = DistributedDataParallel(
+                self.model,
+                device_ids=[self.rt.device.index] if self.rt.device.type == "cuda" else None)
+        n_batches = len(epoch_batches(len(sets["train"]), self.rt.per_rank, config.seed, 0, d))
+        total_steps = max(1, n_batches * config.epochs)
+        last_val: dict = {}
+        for epoch in range(start.epoch, config.epochs):
+            epoch_start = start if epoch == start.epoch else _Start(epoch)
+            sums, partial, n = self._train_epoch(net, sets["train"], epoch, epoch_start,
+                                                 total_steps)
+            last_val = self._validate(scorer, sets["val"], epoch, n, sums, total_steps)
+            self._end_epoch(epoch, sums, partial, last_val)
+        if config.epochs == 0:   # the head's closed-form fit is the model: keep it for predict
+            self.checkpoint(0, 0)
+        return last_val
+
+    def _set_modes(self, net: nn.Module) -> None:
         net.train()
-        if config.trainable == "head":
-            model.body.eval()
-        elif config.protocol_spec.batch_norm == "frozen":
-            _freeze_batch_norm(model.body)
-        ep_loss, ep_n, ep_time = 0.0, 0, 0.0
-        partial = False
-        if epoch == start_epoch and first:
-            if resumed_sums == "unknown":   # a checkpoint of an older rcvcore: not recorded
-                partial = True
-            elif resumed_sums:
-                ep_loss, ep_n, ep_time = resumed_sums[0], int(resumed_sums[1]), resumed_sums[2]
-        win_loss, win_n, win_time = 0.0, 0, 0.0
-        t_prev = time.perf_counter()
-        for b, (x, y) in enumerate(_loader(sets["train"], batches[first:], workers, device),
-                                   start=first):
-            x = x.to(device, non_blocking=True)
-            if config.channels_last and x.ndim == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            y = torch.as_tensor(y).to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                out = net(x)
-            loss = _objective(out, y, task)
-            lv = float(loss.detach())
-            bad, loss_sum, count, stop = allreduce(
-                d, [0.0 if math.isfinite(lv) else 1.0, lv * len(x) if math.isfinite(lv) else 0.0,
-                    float(len(x)), 1.0 if flag.set else 0.0], device)
-            if bad:
-                raise RunFailed(
-                    f"The training loss became {lv if not math.isfinite(lv) else 'non-finite'} "
-                    f"at epoch {epoch + 1}, step {global_step + 1} (lr {config.lr}). The run "
-                    "stopped. Try a lower --lr, or check the dataset's targets for extreme "
-                    "values.")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            global_step += 1
+        if self.config.trainable == "head":
+            self.model.body.eval()
+        elif self.config.protocol_spec.batch_norm == "frozen":
+            _freeze_batch_norm(self.model.body)
+
+    def _train_epoch(self, net, train_set, epoch: int, start: _Start, total_steps: int):
+        """The training steps of one epoch (from ``start.batch`` when resuming mid-epoch).
+
+        Returns ``((loss sum, images, seconds), partial, n_batches)``; ``partial``: the sums
+        miss the part before a checkpoint of an older rcvcore.
+        """
+        config = self.config
+        batches = epoch_batches(len(train_set), self.rt.per_rank, config.seed, epoch, self.d)
+        self._set_modes(net)
+        ep, partial = _Window(), start.batch > 0 and start.sums == "unknown"
+        if start.batch and isinstance(start.sums, tuple):
+            ep = _Window(start.sums[0], int(start.sums[1]), start.sums[2])
+        win, t_prev = _Window(), time.perf_counter()
+        loader = _loader(train_set, batches[start.batch:], self.rt.workers, self.rt.device)
+        for b, (x, y) in enumerate(loader, start=start.batch):
+            loss_sum, count, stop, step_loss = self._step(net, x, y, epoch)
             now = time.perf_counter()
             dt, t_prev = now - t_prev, now
-            step_loss = loss_sum / max(count, 1)
-            ep_loss += loss_sum
-            ep_n += int(count)
-            ep_time += dt
-            win_loss += loss_sum
-            win_n += int(count)
-            win_time += dt
-            lr = optimizer.param_groups[0]["lr"]
-            if global_step % config.log_every == 0:
-                writer.log({"kind": "step", "epoch": epoch + 1, "step": b + 1,
-                            "global_step": global_step, "loss": win_loss / max(win_n, 1),
-                            "last_loss": step_loss, "lr": lr,
-                            "images_per_s": win_n / max(win_time, 1e-9)}, on_record)
-                win_loss, win_n, win_time = 0.0, 0, 0.0
-            done_frac = global_step / total_steps
-            say(0.05 + 0.85 * done_frac, f"epoch {epoch + 1}/{config.epochs} step {b + 1}/"
-                f"{len(batches)} loss {step_loss:.4g}")
+            ep.add(loss_sum, count, dt)
+            win.add(loss_sum, count, dt)
+            if self.global_step % config.log_every == 0:
+                self._log_steps(win, epoch, b, step_loss)
+                win = _Window()
+            self.say(0.05 + 0.85 * self.global_step / total_steps,
+                     f"epoch {epoch + 1}/{config.epochs} step {b + 1}/{len(batches)} loss "
+                     f"{step_loss:.4g}")
             if stop:
-                checkpoint(epoch, b + 1, (ep_loss, ep_n, ep_time))
-                raise RunCancelled(f"cancelled by {flag.signal or 'a signal'} at epoch "
-                                   f"{epoch + 1}, step {global_step}; resume with --resume")
-            if (config.checkpoint_every and global_step % config.checkpoint_every == 0
+                raise self._cancel(epoch, b + 1, ep.sums,
+                                   f"at epoch {epoch + 1}, step {self.global_step}")
+            if (config.checkpoint_every and self.global_step % config.checkpoint_every == 0
                     and b + 1 < len(batches)):
-                checkpoint(epoch, b + 1, (ep_loss, ep_n, ep_time))
-                writer.write_status(epoch=epoch, global_step=global_step)
-        # validation (rank 0 evaluates the whole set; the others wait)
-        if d.main:
-            say(0.05 + 0.85 * global_step / total_steps, f"epoch {epoch + 1}: validating")
+                self.checkpoint(epoch, b + 1, ep.sums)
+                self.writer.write_status(epoch=epoch, global_step=self.global_step)
+        return ep.sums, partial, len(batches)
+
+    def _step(self, net, x, y, epoch: int) -> tuple[float, float, float, float]:
+        """One optimisation step; returns (loss sum over processes, images, stop?, loss)."""
+        device = self.rt.device
+        x = x.to(device, non_blocking=True)
+        if self.config.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.as_tensor(y).to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=self.rt.amp):
+            out = net(x)
+        loss = _objective(out, y, self.task)
+        lv = float(loss.detach())
+        bad, loss_sum, count, stop = allreduce(
+            self.d, [0.0 if math.isfinite(lv) else 1.0, lv * len(x) if math.isfinite(lv) else 0.0,
+                     float(len(x)), 1.0 if self.flag.set else 0.0], device)
+        if bad:
+            raise RunFailed(
+                f"The training loss became {lv if not math.isfinite(lv) else 'non-finite'} "
+                f"at epoch {epoch + 1}, step {self.global_step + 1} (lr {self.config.lr}). The "
+                "run stopped. Try a lower --lr, or check the dataset's targets for extreme "
+                "values.")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.global_step += 1
+        return loss_sum, count, stop, loss_sum / max(count, 1)
+
+    def _log_steps(self, win: _Window, epoch: int, b: int, step_loss: float) -> None:
+        self.writer.log({"kind": "step", "epoch": epoch + 1, "step": b + 1,
+                         "global_step": self.global_step, "loss": win.loss / max(win.n, 1),
+                         "last_loss": step_loss, "lr": self.optimizer.param_groups[0]["lr"],
+                         "images_per_s": win.n / max(win.time, 1e-9)}, self.on_record)
+
+    def _validate(self, scorer, val_set, epoch: int, n_batches: int, sums,
+                  total_steps: int) -> dict:
+        """Rank 0 evaluates the whole validation set (the others wait); a signal during it
+        or the epoch cancels the run here."""
+        val, cancelled = {}, False
+        if self.d.main:
+            self.say(0.05 + 0.85 * self.global_step / total_steps,
+                     f"epoch {epoch + 1}: validating")
             try:
-                val = evaluate(scorer, sets["val"], task, batch_size=per_rank, device=device,
-                               channels_last=config.channels_last, amp=amp, workers=workers,
-                               stop=lambda: flag.set)
-                cancelled = False
+                val = self.evaluate(scorer, val_set, stop=lambda: self.flag.set)
             except RunCancelled:
                 cancelled, val = True, {}
-        else:
-            val, cancelled = {}, False
-        if stop_requested() or cancelled:
-            checkpoint(epoch, len(batches), (ep_loss, ep_n, ep_time))
-            raise RunCancelled(f"cancelled by {flag.signal or 'a signal'} after the training "
-                               f"part of epoch {epoch + 1}; resume with --resume")
-        last_val = val
-        writer.log({"kind": "epoch", "epoch": epoch + 1, "global_step": global_step,
-                    "train_loss": ep_loss / max(ep_n, 1) if ep_n else None,
-                    **({"train_loss_partial": True} if partial else {}),
-                    **_metric_view(val, "val"), "lr": optimizer.param_groups[0]["lr"],
-                    "images_per_s": ep_n / ep_time if ep_time > 0 else None,
-                    "epoch_time_s": ep_time}, on_record)
-        checkpoint(epoch + 1, 0)
-        writer.write_status(epoch=epoch + 1, global_step=global_step,
-                            message=f"epoch {epoch + 1}/{config.epochs} done")
+        stop = bool(allreduce(self.d, [1.0 if self.flag.set else 0.0], self.rt.device)[0] > 0)
+        if stop or cancelled:
+            raise self._cancel(epoch, n_batches, sums,
+                               f"after the training part of epoch {epoch + 1}")
+        return val
 
-    if config.epochs == 0:   # the head's closed-form fit is the model: keep it for predict
-        checkpoint(0, 0)
+    def _end_epoch(self, epoch: int, sums, partial: bool, val: dict) -> None:
+        loss, n, seconds = sums
+        self.writer.log({"kind": "epoch", "epoch": epoch + 1, "global_step": self.global_step,
+                         "train_loss": loss / max(n, 1) if n else None,
+                         **({"train_loss_partial": True} if partial else {}),
+                         **_metric_view(val, "val"),
+                         "lr": self.optimizer.param_groups[0]["lr"],
+                         "images_per_s": n / seconds if seconds > 0 else None,
+                         "epoch_time_s": seconds}, self.on_record)
+        self.checkpoint(epoch + 1, 0)
+        self.writer.write_status(epoch=epoch + 1, global_step=self.global_step,
+                                 message=f"epoch {epoch + 1}/{self.config.epochs} done")
 
-    # test
-    result = None
-    if d.main:
-        say(0.93, "testing")
-        test = evaluate(scorer, sets["test"], task, batch_size=per_rank, device=device,
-                        channels_last=config.channels_last, amp=amp, workers=workers)
-        if not last_val and len(sets["val"]):
-            last_val = evaluate(scorer, sets["val"], task, batch_size=per_rank, device=device,
-                                channels_last=config.channels_last, amp=amp, workers=workers)
-        result = {"config": config.to_dict(), "task": task.to_dict(),
-                  "test": {k: v for k, v in test.items() if k != "predictions"},
-                  "val": {k: v for k, v in last_val.items() if k != "predictions"},
-                  "n_train": len(splits["train"]), "n_val": len(splits["val"]),
-                  "n_test": len(splits["test"]), "epochs": config.epochs,
-                  "global_step": global_step, "world_size": d.world, "model": summary,
-                  "head_init": head_info or writer.status.get("head_init")
-                  or {"method": config.head_init},
-                  "protocol": config.protocol, "protocol_deviations": config.deviations(),
-                  "test_predictions": [
-                      {"path": p, "target": t, "prediction": q,
-                       **({} if lab is None else {"label": lab})} for p, t, q, lab in zip(
-                          sets["test"].paths, sets["test"].targets,
-                          test.get("predictions", []),
-                          sets["test"].labels or [None] * len(sets["test"]))]}
-        writer.write_result(result)
-        writer.write_status(state="done", message="done", error=None)
-        say(1.0, "done")
-    barrier(d)
-    return RunResult(str(run), "done", result)
+
+@dataclass
+class _Window:
+    """Loss sum, images and seconds over some steps (an epoch, or the steps of a log line)."""
+
+    loss: float = 0.0
+    n: int = 0
+    time: float = 0.0
+
+    def add(self, loss_sum: float, count: float, seconds: float) -> None:
+        self.loss += loss_sum
+        self.n += int(count)
+        self.time += seconds
+
+    @property
+    def sums(self) -> tuple[float, int, float]:
+        return self.loss, self.n, self.time
 
 
 def _freeze_batch_norm(module: nn.Module) -> None:
