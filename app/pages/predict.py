@@ -43,8 +43,8 @@ def _demo_panel() -> None:
         elif d["state"] == "done":
             t = d["test"]
             score = services.metric_summary(t, services.metric_names("classification"))
-            st.caption(f"Run `{d['run_dir']}` · on its {d.get('n_test')} test patches "
-                       f"(never seen in training): {score}.")
+            st.caption(f"Run `{guard.redact(d['run_dir'])}` · on its {d.get('n_test')} test "
+                       f"patches (never seen in training): {score}.")
             if st.button("Try it on held-out demo patches", key="demo_try",
                          icon=":material/science:"):
                 st.session_state["predict_run"] = d["run_dir"]

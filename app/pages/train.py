@@ -198,7 +198,7 @@ def _render_group() -> None:
     for r in runs:
         why = r.status.get("error") if r.state == "failed" else services.start_failure(r)
         if why:
-            st.error(f"{r.run_dir.split('/')[-1]} failed: {why}")
+            st.error(f"{r.run_dir.split('/')[-1]} failed: {guard.redact(why)}")
 
     rows = []
     for r in runs:
