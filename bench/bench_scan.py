@@ -1,6 +1,6 @@
 """Scan benchmarks (issue 2). Every figure is a ratio measured within this one run.
 
-    python bench/bench_scan.py [--only forward,cache,fit,memory] [--images 32]
+    python bench/bench_scan.py [--only forward,cache,fit,scan,memory] [--images 32]
 
 forward: all paper layers in one pass vs a plain forward pass, and vs one truncated model per
          layer (the reference approach), for resnet50 and inception_v3 (random weights: speed
@@ -11,6 +11,8 @@ fit:     score_targets for 16 ResNet50-wide layers x 10 repeats x (true + shuffl
          splits, with the largest R² difference; and the same fit with the significance tests
          (200 permutations of the measure on the shared factorisations, the paired test against
          random weights, Benjamini-Hochberg), timed alternately with the plain fit.
+scan:    the product's scan (make demo-scan) with tests, plateau and an exclusion vs without
+         them, cached activations, alternating (issue 22's 1.5x budget).
 memory:  peak RSS of extracting 200 vs 2,000 images (separate processes).
 """
 from __future__ import annotations
@@ -211,6 +213,52 @@ def _grouped_ratio(feats, y, permutations: int, rounds: int) -> None:
           f"permutations {min(t_tests):.1f} s)", flush=True)
 
 
+def bench_scan(rounds: int = 2, permutations: int = 200) -> None:
+    """The product's scan (``make demo-scan``: efficientnet_lite0, ImageNet weights, demo-scale,
+    both controls) with the tests (``permutations`` shuffled measures on the reported
+    statistic, the paired test against random weights, BH), the plateau and an exclusion (one
+    photograph's crops left out) vs the same scan without them (``--permutations 0``, nothing
+    excluded), activations cached, saved results cleared before every call (the fit is timed,
+    not the result cache), alternating."""
+    import dataclasses
+
+    from rcvcore.cache import ActivationCache
+    from rcvcore.data import load_dataset
+    from rcvcore.scan import RESULT_PREFIX, ScanConfig, run_scan
+
+    with tempfile.TemporaryDirectory() as d:
+        plain = ScanConfig(arch="efficientnet_lite0", weights="imagenet", dataset="demo-scale",
+                           permutations=0, cache_dir=d)
+        ds = load_dataset("demo-scale", cache_dir=Path(d) / "datasets")
+        group = ds.groups[0] if ds.groups is not None else None
+        held = tuple(p for p, g in zip(ds.paths, ds.groups if group is not None else ds.paths)
+                     if g == (group if group is not None else ds.paths[0]))
+        full = dataclasses.replace(plain, permutations=permutations, exclude=held)
+
+        def timed(cfg):
+            store = ActivationCache(Path(d) / "activations")
+            store.store.clear(RESULT_PREFIX)
+            store.close()
+            t = time.perf_counter()
+            res = run_scan(cfg)
+            res.to_json()                        # the plateau and peak frequency go in the JSON
+            return time.perf_counter() - t, res
+
+        timed(plain)                             # extraction (not timed), warms the cache
+        t_plain, t_full = [], []
+        for _ in range(rounds):
+            t_plain.append(timed(plain)[0])
+            t, res = timed(full)
+            t_full.append(t)
+    n_sig = sum(bool(v["significant"]) for v in res.significance().values())
+    print(f"scan demo-scan (efficientnet_lite0, demo-scale, {res.n_images} images scored, "
+          f"{len(res.layers)} layers, {plain.repeats} repeats, both controls, cached "
+          f"activations): tests+plateau+exclusion/plain ratio {min(t_full) / min(t_plain):.2f}x "
+          f"(plain {min(t_plain):.1f} s, with {permutations} permutations, plateau and "
+          f"{len(held)} images excluded {min(t_full):.1f} s; {n_sig} layers significant)",
+          flush=True)
+
+
 _MEM_CHILD = """
 import resource, sys, json, torch
 sys.path.insert(0, {root!r})
@@ -242,7 +290,7 @@ def bench_memory() -> None:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", default="forward,cache,fit,memory")
+    ap.add_argument("--only", default="forward,cache,fit,scan,memory")
     ap.add_argument("--images", type=int, default=16, help="images per forward timing")
     ap.add_argument("--cache-images", type=int, default=160)
     ap.add_argument("--permutations", type=int, default=200, help="for the fit benchmark")
@@ -257,6 +305,8 @@ if __name__ == "__main__":
     if "fit" in parts:
         bench_fit(permutations=a.permutations, rounds=a.rounds,
                   models=tuple(a.fit_models.split(",")), sklearn=not a.no_sklearn)
+    if "scan" in parts:
+        bench_scan(a.rounds, a.permutations)
     if "cache" in parts:
         bench_cache(a.cache_images)
     if "forward" in parts:

@@ -78,6 +78,9 @@ class ScanConfig:
     # image paths left out of every fit, test and choice (e.g. a comparison's test split:
     # rcvcore.exclusion); still extracted, so the activation cache is shared
     exclude: tuple[str, ...] = ()
+    # groups (sources, slides, patients) left out the same way: a comparison whose replicates
+    # regenerate the dataset per split seed (demo-he's patches) shares groups, not file paths
+    exclude_groups: tuple[str, ...] = ()
 
     def __hash__(self) -> int:
         # frozen, but dataset_options is a dict: hash the JSON form (equal configs, equal hash)
@@ -112,7 +115,9 @@ class ScanConfig:
 
         return dataclasses.replace(self, controls=controls,
                                    dataset_options=check_options(self.dataset_options),
-                                   exclude=tuple(sorted({str(p) for p in self.exclude})))
+                                   exclude=tuple(sorted({str(p) for p in self.exclude})),
+                                   exclude_groups=tuple(sorted({str(g) for g in
+                                                                self.exclude_groups})))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -305,7 +310,7 @@ class ScanResult:
         cfg.setdefault("arch", d["arch"])
         cfg.setdefault("weights", d["weights"])
         cfg.setdefault("dataset", d["dataset"])
-        for key in ("controls", "exclude"):
+        for key in ("controls", "exclude", "exclude_groups"):
             if key in cfg:
                 cfg[key] = tuple(cfg[key])
         config = ScanConfig(**{k: v for k, v in cfg.items()
@@ -378,8 +383,9 @@ def _plateau_reason(peak: LayerScore, chosen: LayerScore, plat: dict, n_good: in
 
 
 #: Bump when a change to the scoring (splits, estimators, controls) changes results.
-SCORING_VERSION = 3   # 2: significance tests, group-wise shuffles, min test sizes, box geometry
+SCORING_VERSION = 4   # 2: significance tests, group-wise shuffles, min test sizes, box geometry;
 #                       3: the permutation test on the reported R² (issue 22)
+#                       4: permuted penalties by the float64 search (screened), batched group blocks
 
 
 def result_key(config: ScanConfig, arch: ArchSpec, layers: list[str], ds: Dataset,
@@ -391,6 +397,7 @@ def result_key(config: ScanConfig, arch: ArchSpec, layers: list[str], ds: Datase
     from . import __version__
 
     payload = {
+        **({"exclude_groups": list(config.exclude_groups)} if config.exclude_groups else {}),
         "arch": arch.name, "layers": list(layers), "pooling": "gap",
         "preprocessing": arch.preprocess.fingerprint, "images": images_fp or fingerprint(ds),
         "weights": [[name, bb.fingerprint] for name, bb in runs],
@@ -757,12 +764,20 @@ def _sample(plan: _Plan, ds: Dataset, scoring: _Scoring, true: Extraction) -> _S
             warnings.warn(f"skipped {ds.samples[i].path}: {unseen[i]}", SkippedFile,
                           stacklevel=3)
         ok = np.asarray([int(i) for i in ok if int(i) not in unseen], dtype=int)
-    exclude = plan.config.exclude
+    exclude, exclude_groups = plan.config.exclude, plan.config.exclude_groups
     ok, n_excluded = keep_rows(ds.paths, ok, exclude)
-    ok = np.asarray(ok, dtype=int)
     if exclude and not n_excluded:
         warnings.warn(f"--exclude: none of the {len(exclude)} excluded paths is an image "
                       f"of {ds.name}; nothing was left out.", Notice, stacklevel=3)
+    if exclude_groups:
+        n_before = len(ok)
+        ok, _ = keep_rows(ds.groups if ds.groups is not None else ds.paths, ok, exclude_groups)
+        n_excluded += n_before - len(ok)
+        if n_before == len(ok):
+            warnings.warn(f"exclude_groups: none of the {len(exclude_groups)} excluded groups "
+                          f"is a group of {ds.name}; nothing was left out.", Notice,
+                          stacklevel=3)
+    ok = np.asarray(ok, dtype=int)
     labels = scoring.labels[ok] if scoring.labels is not None else None
     groups = scoring.groups[ok] if scoring.groups is not None else None
     check_measure(measures[ok], labels)

@@ -91,8 +91,9 @@ def _transfer(args) -> int:
                                               "device")))
     print(f"cut: {info['cut']} ({info['how']})")
     if info.get("excluded"):
-        print(f"the scan left out {info['excluded']} images: the test patches of every "
-              "replicate's split")
+        print(f"the scan left out {info['excluded']} images (every patch of the "
+              f"{info.get('excluded_groups', '?')} source images in any replicate's test split) "
+              f"and scored {info.get('scanned', '?')}")
     print(comp.table())
     print(comp.verdict())
     if args.json:
