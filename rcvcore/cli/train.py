@@ -28,17 +28,21 @@ EXIT_FAILED, EXIT_CANCELLED = 1, 143
 def _add_config_flags(p: argparse.ArgumentParser, with_cut: bool = True) -> None:
     d = TrainConfig()
     g = p.add_argument_group("model and data")
-    g.add_argument("--arch", help=f"architecture (default {d.arch}; `python -m rcvcore models`)")
+    g.add_argument("--arch", help=f"architecture (default {d.arch}, as the dashboard: its "
+                                  "ImageNet weights install offline; `python -m rcvcore models`)")
     g.add_argument("--weights", help="imagenet | random | PATH to a state dict "
                                      f"(default {d.weights})")
     if with_cut:
         g.add_argument("--cut", help="probe layer to prune at (add_15, mixed8 ...) or 'none' "
-                                     "for the full trunk + GAP + head (default none)")
+                                     "for the full trunk + GAP + head (default none, as the "
+                                     "dashboard's 'none'); a layer whose cut is the full "
+                                     "network (e.g. efficientnet_lite0's head) is refused")
     g.add_argument("--dataset", help=f"dataset spec (default {d.dataset})")
     g.add_argument("--target", choices=["nuclei-area", "magnification"],
                    help="nuclei-area (regression, MSE; default) or magnification "
                         "(classification, cross-entropy)")
-    g.add_argument("--n", type=COUNT, help="use at most N images (quick runs)")
+    g.add_argument("--n", type=COUNT, help="use at most N images (quick runs; the dashboard's "
+                                           "'Images', where 0 = all)")
     g.add_argument("--image-size", type=IMAGE_SIZE, help="network input side in px (default: the "
                                                   "architecture's, 224 ResNet / 299 Inception)")
     g.add_argument("--split-seed", type=SEED, help="seed of the train/val/test split and of --n "
@@ -76,7 +80,8 @@ def _add_config_flags(p: argparse.ArgumentParser, with_cut: bool = True) -> None
     r.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                    default=None, help="disable the channels_last memory format")
     r.add_argument("--workers", type=NONNEG, help="data-loader processes (default: 0 on 2 cores)")
-    r.add_argument("--log-every", type=COUNT, help="log a step line every N steps (default 10)")
+    r.add_argument("--log-every", type=COUNT, help="log a step line every N steps (default "
+                                                   f"{d.log_every}, as the dashboard)")
     r.add_argument("--checkpoint-every", type=NONNEG,
                    help="also checkpoint every N steps (default 0: every epoch only)")
     r.add_argument("--quiet", action="store_true", help="no progress lines")

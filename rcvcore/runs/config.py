@@ -10,7 +10,7 @@ from .._shared import NONE, closest
 from ..data.options import check_options, format_options
 from ..errors import UserError
 from ..models import get_arch
-from ..prune import cut_node
+from ..prune import check_pruned
 
 TARGETS = {"nuclei-area": "regression", "magnification": "classification"}
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -92,7 +92,7 @@ class TrainConfig:
             default: the protocol's (``rcv`` recommended, ``random`` paper).
     """
 
-    arch: str = "resnet50"
+    arch: str = "efficientnet_lite0"   # ImageNet weights that install offline
     weights: str = "imagenet"
     cut: str = NONE
     dataset: str = "demo-histology"
@@ -109,7 +109,7 @@ class TrainConfig:
     image_size: int | None = None
     val_fraction: float = 0.15
     test_fraction: float = 0.15
-    log_every: int = 10
+    log_every: int = 1
     checkpoint_every: int = 0
     device: str = "auto"
     amp: bool | None = None
@@ -159,7 +159,7 @@ class TrainConfig:
                             "nearest magnification); use --target nuclei-area, or the "
                             "recommended protocol for --target magnification.")
         arch = get_arch(self.arch)
-        cut_node(arch, self.cut)
+        check_pruned(arch, self.cut)   # also checks the layer name
         if self.target not in TARGETS:
             raise UserError(f"--target {self.target!r} is unknown.{closest(self.target, TARGETS)}"
                             f" Valid targets: {', '.join(TARGETS)}.")
