@@ -6,9 +6,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from ..errors import Notice
-from ..exclusion import read_exclusions
-from ..scan import CONTROLS, CUT_RULES, ScanConfig, run_scan
+from .._shared import CONTROLS, CUT_RULES
 from ._types import COUNT, NONNEG, SEED, number
 
 
@@ -94,6 +92,9 @@ def _progress_bar(quiet: bool):
 
 def _scan(args) -> int:
     from ..data.options import parse_options
+    from ..errors import Notice
+    from ..exclusion import read_exclusions
+    from ..scan import ScanConfig, run_scan
 
     config = ScanConfig(
         arch=args.arch, weights=args.weights, dataset=args.dataset, layers=args.layers, n=args.n,

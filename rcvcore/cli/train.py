@@ -4,6 +4,8 @@
 continues it from its last checkpoint with the configuration read back from ``config.json``.
 Exit status: 0 done, 1 failed (e.g. NaN loss), 2 bad input, 143 cancelled (SIGTERM).
 ``predict`` exits 1 when any file could not be predicted.
+
+Heavy modules (torch, the registry) are imported inside the commands: ``--help`` stays instant.
 """
 from __future__ import annotations
 
@@ -13,13 +15,7 @@ import json
 import sys
 import time
 
-from ..compare import compare
-from ..data.options import parse_options
-from ..metrics import metric_summary
-from ..predict import load_run_model, predict_files
 from ..runs.config import TrainConfig
-from ..runs.directory import RunFailed
-from ..train.loop import train
 from ._types import COUNT, IMAGE_SIZE, NONNEG, SEED, number
 
 EXIT_FAILED, EXIT_CANCELLED = 1, 143
@@ -88,6 +84,8 @@ def _add_config_flags(p: argparse.ArgumentParser, with_cut: bool = True) -> None
 
 
 def _config_from(args, **extra):
+    from ..data.options import parse_options
+
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     if getattr(args, "opt", None):
@@ -181,6 +179,9 @@ def _train(args) -> int:
 def run_training(config, run_dir, *, resume: bool, restart: bool, progress):
     """Train, print the result; ``(exit status, RunResult or None)`` (failed: 1, cancelled:
     143; a DDP worker other than rank 0 prints nothing)."""
+    from ..runs.directory import RunFailed
+    from ..train.loop import train
+
     try:
         res = train(config, run_dir, resume=resume, restart=restart, progress=progress)
     except RunFailed as e:
@@ -195,6 +196,8 @@ def run_training(config, run_dir, *, resume: bool, restart: bool, progress):
 
 
 def _print_result(r: dict) -> None:
+    from ..metrics import metric_summary
+
     m = r.get("model") or {}
     if "pruned_params" in m:
         print(f"model: {m['arch']} cut at {m['cut']} @ {m['image_size']} px: "
@@ -207,6 +210,8 @@ def _print_result(r: dict) -> None:
 
 
 def _compare(args) -> int:
+    from ..compare import compare
+
     base = _config_from(args)
     comp = compare(base, args.cuts, args.seeds, args.run_dir, progress=_progress(args),
                    parallel=args.parallel, replicate=args.replicate)
@@ -222,6 +227,8 @@ def _compare(args) -> int:
 
 
 def _predict(args) -> int:
+    from ..predict import load_run_model, predict_files
+
     run = load_run_model(args.run, args.device)
     preds = predict_files(run, args.files, batch_size=args.batch_size, max_tiles=args.max_tiles)
     for p in preds:

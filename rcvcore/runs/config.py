@@ -9,8 +9,6 @@ from dataclasses import asdict, dataclass, field
 from .._shared import NONE, closest
 from ..data.options import check_options, format_options
 from ..errors import UserError
-from ..models import get_arch
-from ..prune import check_pruned
 
 TARGETS = {"nuclei-area": "regression", "magnification": "classification"}
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -158,6 +156,11 @@ class TrainConfig:
             raise UserError("--protocol paper regresses the nuclei area (and maps it to the "
                             "nearest magnification); use --target nuclei-area, or the "
                             "recommended protocol for --target magnification.")
+        # the registry and pruning import torch: only here, so that the configuration (and
+        # the CLI's --help, which shows its defaults) loads without it
+        from ..models import get_arch
+        from ..prune import check_pruned
+
         arch = get_arch(self.arch)
         check_pruned(arch, self.cut)   # also checks the layer name
         if self.target not in TARGETS:
