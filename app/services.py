@@ -483,6 +483,12 @@ def cancel_run(run_dir: Path) -> str:
     return runs.cancel(run_dir, wait=None)  # a run still launching is cancelled by the scheduler
 
 
+def resume_run(group: Path, run_dir: Path) -> str:
+    """Resume a cancelled, interrupted or failed run of ``group`` from its last checkpoint
+    (:meth:`rcvcore.runs.Scheduler.resume_run`); returns its state."""
+    return _scheduler().resume_run(group, run_dir)
+
+
 def active_or_waiting_runs() -> int:
     """Runs running, or planned and not started, in every group under the runs root."""
     n = 0
