@@ -115,6 +115,27 @@ def test_cut_from_scan_page_prefills_train_form(app_env):
     assert any("From the Scan page" in s.value for s in at.success)
 
 
+def test_a_comparison_of_the_full_network_with_itself_is_refused(app_env):
+    at = AppTest.from_file(MAIN, default_timeout=30)
+    # a cut at efficientnet_lite0's last feature layer ("head") is the full network
+    at.session_state["rcv_cut"] = {"arch": "efficientnet_lite0", "weights": "random",
+                                   "layer": "head", "dataset": "demo-scale", "scan_id": "x"}
+    _open_train(at)
+    assert any("equals the full network" in e.value for e in at.error)
+    cut = _w(at, "selectbox", "train_cut_efficientnet_lite0")
+    assert "head" not in cut.options and cut.value != "head"
+    # 'none' beside the baseline: the full network twice
+    cut.set_value("none")
+    _w(at, "checkbox", "train_baseline").set_value(True)
+    at.run()
+    assert any("the same as the baseline" in e.value for e in at.error)
+    assert _w(at, "button", "train_launch").disabled
+    _w(at, "checkbox", "train_baseline").set_value(False)   # the full network alone is fine
+    at.run()
+    assert not any("the same as the baseline" in e.value for e in at.error)
+    assert not _w(at, "button", "train_launch").disabled
+
+
 def test_train_cancel_and_reload_survival(app_env):
     at = _open_train(AppTest.from_file(MAIN, default_timeout=30))
     _fill_tiny(at, baseline=False)
