@@ -68,7 +68,7 @@ def test_train_tiny_runs_to_table2(app_env):
     assert len(groups) == 1
     plan = json.loads((groups[0] / "group.json").read_text())
     assert plan["cuts"] == ["none", "add_6"] and plan["seeds"] == [1]
-    assert plan["base"]["dataset_options"] == {"max_per_level": 4}
+    assert plan["base"]["dataset_options"]["max_per_level"] == 4
     deadline = time.time() + 300
     while time.time() < deadline:
         time.sleep(2)
@@ -84,13 +84,14 @@ def test_train_tiny_runs_to_table2(app_env):
     assert any(s.value.startswith("Pruned vs full") for s in at.subheader)
     tables = [list(d.value["Model"]) for d in at.dataframe if "Model" in d.value]
     assert ["ResNet18", "ResNet18 pruned at add_6"] in tables          # measured
-    assert ["add_6 vs none"] in tables                                   # paired tests
+    assert ["add_6 - none"] in tables               # paired differences (cut - full)
     paper = next(t for t in tables if t and t[0].endswith("(paper)"))   # labelled as the paper's
     assert paper == ["InceptionV3 (paper)", "InceptionV3 pruned at mixed8 (paper)",
                      "ResNet50 (paper)", "ResNet50 pruned at add_15 (paper)"]
     assert any("not these runs" in m.value for m in at.markdown)
     cfg = json.loads((groups[0] / "add_6_seed1" / "config.json").read_text())
-    assert cfg["dataset_options"] == {"max_per_level": 4}   # through the launch argv
+    assert cfg["dataset_options"] == {"max_per_level": 4, "split_seed": 1}  # launch argv; the
+    # replicate's own group split (--replicate split: split seed = the seed)
     # the finished group has the same comparison.json as `python -m rcvcore compare`, written
     # by the group's completion in the server's scheduler (never while a page renders)
     deadline = time.time() + 30
