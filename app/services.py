@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import threading
 import time
 import traceback
@@ -347,6 +348,68 @@ def scan_leak(cut0: dict, dataset: str | None) -> str | None:
     return (f"The scan that chose this cut left out {len(cut0['exclude'])} images of "
             f"**{dataset}** ({rescan}); make sure they include this comparison's test split "
             "(the same dataset, split seeds and fractions).")
+
+
+#: rcvcore's advice names CLI flags; the Scan page says it with its own controls
+PAGE_TERMS = {"--no-per-class": "*Scoring: pooled* (Options)",
+              "--per-class": "*Scoring: per class* (Options)",
+              "--ungrouped": "*Grouped splits* unticked (Options)",
+              "--repeats": "*Repeats* (Options)", "--controls": "*Controls* (Options)",
+              "--model": "*Regression* (Options)", "--batch-size": "*Batch size* (Options)",
+              "--n": "*Images* (Options)", "--opt": "*Dataset options*",
+              "--dataset": "*Dataset*"}
+_FLAG = re.compile(r"`?(" + "|".join(sorted(map(re.escape, PAGE_TERMS), key=len, reverse=True))
+                   + r")(?![\w-])`?")
+
+
+def page_terms(text: str) -> str:
+    """``text`` with the CLI flags that have a Scan page control named as that control."""
+    return _FLAG.sub(lambda m: PAGE_TERMS[m.group(1)], text or "")
+
+
+def legend_labels(records: list[dict]) -> list[str]:
+    """Short legend names of the scans shown together: only what tells them apart
+    (network, weights, dataset, images, regression), the network alone for a single scan."""
+    parts = [(r["result"].get("arch"), r["result"].get("weights"), r["result"].get("dataset"),
+              f"n={r['result'].get('n_images')}", (r.get("config") or {}).get("model"))
+             for r in records]
+    varying = [i for i in range(5) if len({p[i] for p in parts}) > 1] or [0]
+    base = [" · ".join(str(p[i]) for i in varying) for p in parts]
+    # identical settings (e.g. another seed): numbered
+    return [f"{label} #{base[:k].count(label) + 1}" if base.count(label) > 1 else label
+            for k, label in enumerate(base)]
+
+
+def scan_form_state(config: dict, archs: list[str], timm_choice: str,
+                    scoring: dict) -> dict:
+    """The Scan page's widget values (session-state keys) that show the scan ``config``
+    (the ScanConfig as a dict): a reloaded page shows the settings of the scan running."""
+    arch, weights = config.get("arch"), config.get("weights")
+    out = {"scan_arch": arch if arch in archs else timm_choice}
+    if arch not in archs:
+        out["scan_timm_name"] = arch
+    w = {"imagenet": "imagenet", "random": "random (control)"}.get(weights, "checkpoint")
+    out[f"scan_weights_{arch}"] = w
+    if w == "checkpoint":
+        out["scan_ckpt_path"] = weights
+    kind, _, path = str(config.get("dataset") or "").partition(":")
+    out["scan_dataset"] = kind
+    if path:
+        out[f"scan_ds_path_{kind}"] = path
+    out[f"scan_ds_opts_{kind}"] = "; ".join(
+        f"{k}={v}" for k, v in (config.get("dataset_options") or {}).items())
+    layers = config.get("layers") or "paper"
+    out["scan_layer_mode"] = layers if layers in ("paper", "all") else "choose"
+    if out["scan_layer_mode"] == "choose":
+        out[f"scan_layers_{arch}"] = [x for x in str(layers).split(",") if x]
+    per_class = {v: k for k, v in scoring.items()}
+    out.update({"scan_n": int(config.get("n") or 0), "scan_repeats": int(config["repeats"]),
+                "scan_model": config["model"], "scan_controls": list(config["controls"]),
+                "scan_scoring": per_class.get(config.get("per_class"), "dataset default"),
+                "scan_grouped": bool(config.get("grouped", True)),
+                "scan_device": config["device"], "scan_batch": int(config["batch_size"]),
+                "scan_seed": int(config["seed"]), "scan_use_cache": bool(config["use_cache"])})
+    return out
 
 
 def result_csv(result: dict) -> str:
