@@ -71,9 +71,10 @@ def imagenet_status(arch: str) -> tuple[bool, str]:
     ok, where = weights_available(arch)
     if ok:
         return True, where
-    return False, (f"ImageNet weights for **{arch}** are not on this machine. "
-                   f"{missing_weights_message(arch)} "
-                   "**efficientnet_lite0** has ImageNet weights that need no download.")
+    # rcvcore's message says where the file goes and which networks need no download; its
+    # first sentence is this one's, said once
+    rest = missing_weights_message(arch).split(". ", 1)[-1]
+    return False, f"ImageNet weights for **{arch}** are not on this machine. {rest}"
 
 
 @st.cache_data(show_spinner=False)

@@ -60,10 +60,10 @@ with st.expander("New training run",
     if link_problem:
         st.warning(link_problem, icon=":material/link_off:")
     if cut0:
-        scan = f" (scan {cut0['label']} · `{cut0['scan_id'][:6]}`)" if cut0.get("label") else ""
-        st.success(f"From {SOURCES.get(cut0.get('source'), 'the Scan page')}{scan}: "
+        scan = f"; scan {cut0['label']} (`{cut0['scan_id'][:6]}`)" if cut0.get("label") else ""
+        st.success(f"From {SOURCES.get(cut0.get('source'), 'the Scan page')}: "
                    f"**{cut0['arch']}** ({cut0['weights']}) on **{cut0.get('dataset')}**, cut "
-                   f"at **{cut0['layer']}**.", icon=":material/content_cut:")
+                   f"at **{cut0['layer']}**{scan}.", icon=":material/content_cut:")
     elif no_cut_reason:
         st.info(f"Not prefilled from the Scan page: {no_cut_reason}",
                 icon=":material/block:")
