@@ -8,6 +8,7 @@ Exit status: 0 done, 1 failed (e.g. NaN loss), 2 bad input, 143 cancelled (SIGTE
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import sys
@@ -16,7 +17,7 @@ import time
 from ..compare import compare
 from ..data.options import parse_options
 from ..metrics import metric_summary
-from ..predict import load_run_model, predict_files
+from ..predict import load_run_model, predict_files, prediction_row
 from ..runs.config import TrainConfig
 from ..runs.directory import RunFailed
 from ..train.loop import train
@@ -149,6 +150,9 @@ def add_parser(sub) -> None:
     q.add_argument("--run", required=True, help="a finished run directory")
     q.add_argument("files", nargs="+", help="image files")
     q.add_argument("--json", metavar="FILE", help="write one object per file to FILE")
+    q.add_argument("--csv", metavar="FILE",
+                   help="write one row per file to FILE (the dashboard's CSV columns: area, "
+                        "class, out_of_range, range_reasons, feature_distance, p_/dist_ per class)")
     q.add_argument("--device", default="auto")
     q.add_argument("--batch-size", type=COUNT, default=16)
     q.add_argument("--max-tiles", type=COUNT, default=64,
@@ -232,10 +236,19 @@ def _predict(args) -> int:
             parts.append("p=" + ",".join(f"{c}:{v:.2f}" for c, v in p.probabilities.items()))
         if p.note:
             parts.append(f"({p.note})")
+        if p.out_of_range:
+            parts.append("OUTSIDE THE MODEL'S RANGE: " + "; ".join(p.range_reasons))
         print(f"{p.path}\t" + "  ".join(parts))
     if args.json:
         with open(args.json, "w") as f:
             json.dump([p.to_dict() for p in preds], f, indent=2)
+    if args.csv:
+        rows = [prediction_row(p.to_dict()) for p in preds]
+        cols = list(dict.fromkeys(k for r in rows for k in r))
+        with open(args.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, cols)
+            w.writeheader()
+            w.writerows(rows)
     n_bad = sum(1 for p in preds if p.error)
     if n_bad:
         print(f"{n_bad} of {len(preds)} files could not be predicted", file=sys.stderr)
