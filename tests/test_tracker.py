@@ -118,3 +118,28 @@ def test_runs_table_filter_and_config_diff(tmp_path):
     assert [(r["key"], r["same"]) for r in diff] == [
         ("cut", False), ("opt.n", False), ("seed", False), ("lr", True)]
     assert [r["key"] for r in config_diff(a, a, only_different=True)] == []
+
+
+def test_cli_runs_curves_csv(tmp_path, rng, capsys):
+    from rcvcore.cli import main
+    from rcvcore.runs.writer import RunWriter
+
+    for name in ("a_seed1", "a_seed2"):
+        (tmp_path / "g" / name).mkdir(parents=True)
+        w = RunWriter(tmp_path / "g" / name)
+        for s in (1, 2, 3):
+            w.log({"kind": "step", "global_step": s, "epoch": 1, "loss": float(rng.random())})
+        w.log({"kind": "epoch", "epoch": 1, "global_step": 3, "train_loss": 0.5,
+               "val_mae": 12.5})
+        w.write_status(state="done", pid=None)
+    out = tmp_path / "curves.csv"
+    assert main(["runs", str(tmp_path), "--curves", str(out)]) == 0
+    got = pd.read_csv(out)
+    assert len(got) == 2 * (3 + 2)
+    assert set(got["kind"]) == {"step", "epoch"} and set(got["run"]) == {"g/a_seed1", "g/a_seed2"}
+    mae = got[got.metric == "val_mae"]
+    assert list(mae["value"]) == [12.5, 12.5] and set(mae["label"]) == {"val MAE (px)"}
+    lines = (tmp_path / "g/a_seed1/metrics.jsonl").read_text().splitlines()
+    written = [json.loads(x) for x in lines]
+    np.testing.assert_allclose(got[(got.run == "g/a_seed1") & (got.kind == "step")]["value"],
+                               [r["loss"] for r in written if r["kind"] == "step"])
