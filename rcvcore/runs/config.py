@@ -9,8 +9,6 @@ from dataclasses import asdict, dataclass, field
 from .._shared import NONE, closest
 from ..data.options import check_options, format_options
 from ..errors import UserError
-from ..models import get_arch
-from ..prune import cut_node
 
 TARGETS = {"nuclei-area": "regression", "magnification": "classification"}
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -92,7 +90,7 @@ class TrainConfig:
             default: the protocol's (``rcv`` recommended, ``random`` paper).
     """
 
-    arch: str = "resnet50"
+    arch: str = "efficientnet_lite0"   # ImageNet weights that install offline
     weights: str = "imagenet"
     cut: str = NONE
     dataset: str = "demo-histology"
@@ -109,7 +107,7 @@ class TrainConfig:
     image_size: int | None = None
     val_fraction: float = 0.15
     test_fraction: float = 0.15
-    log_every: int = 10
+    log_every: int = 1
     checkpoint_every: int = 0
     device: str = "auto"
     amp: bool | None = None
@@ -158,8 +156,13 @@ class TrainConfig:
             raise UserError("--protocol paper regresses the nuclei area (and maps it to the "
                             "nearest magnification); use --target nuclei-area, or the "
                             "recommended protocol for --target magnification.")
+        # the registry and pruning import torch: only here, so that the configuration (and
+        # the CLI's --help, which shows its defaults) loads without it
+        from ..models import get_arch
+        from ..prune import check_pruned
+
         arch = get_arch(self.arch)
-        cut_node(arch, self.cut)
+        check_pruned(arch, self.cut)   # also checks the layer name
         if self.target not in TARGETS:
             raise UserError(f"--target {self.target!r} is unknown.{closest(self.target, TARGETS)}"
                             f" Valid targets: {', '.join(TARGETS)}.")
