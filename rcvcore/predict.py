@@ -31,6 +31,7 @@ from PIL import Image
 from ._runcheck import check_config, check_task
 from ._shared import ProgressFn, resolve_device
 from .data.images import MAX_PIXELS, ImageReadError, read_rgb, to_rgb, to_uint8
+from .data.slides import nearest_power
 from .errors import UserError
 from .metrics import nearest_class
 from .runs.checkpoint import load_checkpoint
@@ -104,6 +105,8 @@ class Prediction:
         tiles: number of patches averaged (0 when the image was resized).
         note: how the image was adapted, when it was not a training-size patch.
         error: why the file could not be predicted (None on success).
+        mpp: predicted µm per pixel (``--target mpp`` runs), else None.
+        objective_power: the standard objective power nearest to ``mpp`` (10 / mpp), else None.
         thumbnail: a small RGB copy of the image when asked for (``predict_images(...,
             thumbnail=N)``), else None; not part of :meth:`to_dict`.
     """
@@ -117,6 +120,8 @@ class Prediction:
     note: str | None = None
     error: str | None = None
     thumbnail: Image.Image | None = field(default=None, repr=False, compare=False)
+    mpp: float | None = None
+    objective_power: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -126,7 +131,7 @@ class Prediction:
         return {"path": self.path, "nuclei_area": self.nuclei_area,
                 "magnification": self.magnification, "probabilities": self.probabilities,
                 "distances": self.distances, "tiles": self.tiles, "note": self.note,
-                "error": self.error}
+                "error": self.error, "mpp": self.mpp, "objective_power": self.objective_power}
 
 
 @dataclass(frozen=True)
@@ -198,6 +203,11 @@ def _predict_tensors(run: LoadedRun, xs: torch.Tensor) -> np.ndarray:
 
 def _finish(run: LoadedRun, name: str, outs: np.ndarray, tiles: int, note) -> Prediction:
     task = run.task
+    if task.target == "mpp":     # log2 µm/px: the median tile, reported in µm/px
+        mpp = float(2.0 ** np.median(outs))
+        power = nearest_power(mpp)
+        return Prediction(name, None, f"{power:g}x", None, None, tiles, note, mpp=mpp,
+                          objective_power=power)
     if task.kind == "regression":
         area = float(np.mean(outs))
         mag, dist = None, None
