@@ -201,6 +201,15 @@ def _predict_tensors(run: LoadedRun, xs: torch.Tensor) -> np.ndarray:
     return torch.softmax(out, dim=1).cpu().numpy().astype(float)
 
 
+def predict_tiles(run: LoadedRun, tiles: Sequence[Image.Image], batch_size: int = 16
+                  ) -> np.ndarray:
+    """Raw outputs for training-size RGB tiles: ``(n,)`` regression values in the target's units
+    (log2 µm/px for ``--target mpp``) or ``(n, n_classes)`` probabilities."""
+    outs = [_predict_tensors(run, torch.stack([run.transform(t) for t in tiles[i:i + batch_size]]))
+            for i in range(0, len(tiles), batch_size)]
+    return np.concatenate(outs) if outs else np.zeros(0)
+
+
 def _finish(run: LoadedRun, name: str, outs: np.ndarray, tiles: int, note) -> Prediction:
     task = run.task
     if task.target == "mpp":     # log2 µm/px: the median tile, reported in µm/px

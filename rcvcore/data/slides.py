@@ -166,24 +166,33 @@ def tissue_map(slide, side: int = THUMB_SIDE) -> tuple[np.ndarray, float]:
 def tissue_fields(slide, field0: float, n: int, seed: int, min_tissue: float
                   ) -> list[tuple[int, int]]:
     """Top-left level-0 corners of up to ``n`` square fields of side ``field0`` (level-0 px) on
-    a non-overlapping grid, drawn at random (``seed``) among those with at least ``min_tissue``
-    tissue on the thumbnail."""
+    a centred non-overlapping grid, drawn at random (``seed``) among those with at least
+    ``min_tissue`` tissue on the thumbnail (vectorised over an integral image: a 100,000 px
+    slide cut into 112 px fields has 800,000 of them)."""
     mask, scale = tissue_map(slide)
     w0, h0 = slide.dimensions
     nx, ny = int(w0 // field0), int(h0 // field0)
+    if nx < 1 or ny < 1:
+        return []
     ox, oy = (w0 - nx * field0) / 2, (h0 - ny * field0) / 2
-    ok = []
-    for j in range(ny):
-        for i in range(nx):
-            x, y = ox + i * field0, oy + j * field0
-            ys = slice(int(y / scale), max(int((y + field0) / scale), int(y / scale) + 1))
-            xs = slice(int(x / scale), max(int((x + field0) / scale), int(x / scale) + 1))
-            if mask[ys, xs].size and mask[ys, xs].mean() >= min_tissue:
-                ok.append((int(round(x)), int(round(y))))
-    if len(ok) > n:
-        rng = np.random.default_rng(seed)
-        ok = [ok[k] for k in sorted(rng.choice(len(ok), n, replace=False))]
-    return ok
+    integral = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+
+    def edges(origin, count, limit):
+        a = np.floor((origin + np.arange(count) * field0) / scale).astype(int).clip(0, limit - 1)
+        b = np.maximum(np.floor((origin + (np.arange(count) + 1) * field0) / scale)
+                       .astype(int).clip(0, limit), a + 1)
+        return a, b
+
+    x0, x1 = edges(ox, nx, mask.shape[1])
+    y0, y1 = edges(oy, ny, mask.shape[0])
+    area = (y1 - y0)[:, None] * (x1 - x0)[None, :]
+    frac = (integral[y1][:, x1] - integral[y0][:, x1] - integral[y1][:, x0]
+            + integral[y0][:, x0]) / area
+    jj, ii = np.nonzero(frac >= min_tissue)
+    if len(jj) > n:
+        keep = np.sort(np.random.default_rng(seed).choice(len(jj), n, replace=False))
+        jj, ii = jj[keep], ii[keep]
+    return [(int(round(ox + i * field0)), int(round(oy + j * field0))) for j, i in zip(jj, ii)]
 
 
 def read_square(slide, x: float, y: float, side0: float, out_px: int) -> Image.Image:
