@@ -37,8 +37,13 @@ from rcvcore.runs.config import PROTOCOLS, TrainConfig
 
 
 def _arch_record(a) -> dict:
+    from rcvcore.prune import is_full
+
+    feature = [n for n, _ in a.all_layers if n not in ("pre_softmax", "softmax")]
     return {"description": a.description, "layers": a.layer_names,
-            "all_layers": [n for n, _ in a.all_layers], "paper_cut": a.paper_cut}
+            "all_layers": [n for n, _ in a.all_layers], "paper_cut": a.paper_cut,
+            # layers cut at the last feature map: the "pruned" model is the full network
+            "full_layers": [n for n in feature if is_full(a, n)]}
 
 
 @st.cache_data(show_spinner=False)
@@ -265,6 +270,83 @@ def suggest_cut(result: dict) -> tuple[str | None, str]:
     except Exception as e:  # an old or partial result: say so, do not crash the page
         return None, f"No suggestion for this scan ({type(e).__name__}: {e})."
     return layer, rule
+
+
+def scan_cut(scan_id: str, rec: dict, layer: str | None, source: str) -> dict:
+    """The cut record the Train page is prefilled from: the scan's network, weights, dataset
+    (spec and loader options), exclusions, ``layer`` and where it comes from (``source``)."""
+    result, config = rec.get("result") or {}, rec.get("config") or {}
+    suggested, rule = suggest_cut(result)
+    return {"arch": result.get("arch") or config.get("arch"), "weights": config.get("weights"),
+            "layer": layer, "dataset": config.get("dataset") or result.get("dataset"),
+            "dataset_options": dict(config.get("dataset_options") or {}),
+            "exclude": list(config.get("exclude") or ()), "scan_id": scan_id,
+            "label": rec.get("label"), "suggested": suggested, "reason": rule,
+            "source": source}
+
+
+def train_prefill(scan_id: str | None, layer: str | None, session_cut: dict | None
+                  ) -> tuple[dict | None, str | None]:
+    """What the Train page offers, and why not: ``(cut record or None, problem or None)``.
+
+    In order: the page's link (``?scan=ID&cut=LAYER``), this tab's Scan page, the cut chosen
+    last on the Scan page in any tab (saved with its scan, :func:`app.state.last_chosen_scan`).
+    """
+    saved = state.load_scans()
+    if scan_id:
+        rec = saved.get(scan_id)
+        if rec is None:
+            return None, (f"The link names scan `{scan_id}`, which is not saved on this "
+                          "server: choose a cut on the Scan page.")
+        layer = layer or (rec.get("chosen_cut") or {}).get("layer")
+        names = [r.get("name") for r in (rec.get("result") or {}).get("layers", [])]
+        if layer and layer not in names:
+            return None, (f"The link's cut `{layer}` is not a layer of scan `{scan_id}`; "
+                          f"its layers: {', '.join(map(str, names))}.")
+        return scan_cut(scan_id, rec, layer, "link"), None
+    if session_cut:
+        return {"source": "tab", **session_cut}, None
+    sid = state.last_chosen_scan(saved)
+    if sid is None:
+        return None, None
+    return scan_cut(sid, saved[sid], saved[sid]["chosen_cut"].get("layer"), "saved"), None
+
+
+def cut_refusal(arch: str, cut: str, baseline: bool) -> str | None:
+    """Why a launch of ``cut`` (with the full ``baseline`` or not) compares a model with itself,
+    or None: a cut at the last feature layer is the full network; ``none`` with the baseline
+    is the full network twice."""
+    from rcvcore.errors import UserError
+    from rcvcore.models import get_arch
+    from rcvcore.prune import check_pruned
+
+    if cut == NONE and baseline:
+        return ("The pruned model 'none' is the full network, the same as the baseline: the "
+                "comparison would compare a model with itself. Choose a layer to cut at, or "
+                "untick *Also train the unpruned baseline* to train the full network alone.")
+    try:
+        check_pruned(get_arch(arch), cut)
+    except UserError as e:
+        return str(e).replace("--cut none", "'none'")
+    return None
+
+
+def scan_leak(cut0: dict, dataset: str | None) -> str | None:
+    """Why the scan that chose ``cut0`` may have seen the test groups of a comparison on
+    ``dataset`` (issue 22: no test data in any choice), or None when it saw other data."""
+    if not cut0.get("scan_id") or cut0.get("dataset") != dataset:
+        return None
+    rescan = (f"`python -m rcvcore scan --arch {cut0.get('arch')} --weights "
+              f"{cut0.get('weights')} --dataset {dataset} --exclude RUNS_OR_LIST`")
+    if not cut0.get("exclude"):
+        return (f"The scan that chose this cut saw every image of **{dataset}**, including the "
+                "test patches this comparison is scored on: the cut is chosen with test data. "
+                f"Rescan leaving them out ({rescan}: a comparison or run folder, or a text file "
+                "of image paths, see README) and choose the cut on that scan; `python -m "
+                "rcvcore demo transfer` does this for demo-he.")
+    return (f"The scan that chose this cut left out {len(cut0['exclude'])} images of "
+            f"**{dataset}** ({rescan}); make sure they include this comparison's test split "
+            "(the same dataset, split seeds and fractions).")
 
 
 def result_csv(result: dict) -> str:

@@ -14,7 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from . import plateau as plateaus
-from ._shared import Extraction, ProgressFn, closest, resolve_device
+from ._shared import (  # noqa: F401 (CONTROLS, CUT_RULES re-exported)
+    CONTROLS,
+    CUT_RULES,
+    Extraction,
+    ProgressFn,
+    closest,
+    resolve_device,
+)
 from .cache import ActivationCache, ActivationKey, Store
 from .data import Dataset, load_dataset
 from .data.base import default_cache_dir, fingerprint
@@ -40,12 +47,6 @@ from .rcv import (
     shuffled_targets,
 )
 
-CONTROLS = ("shuffled", "random-weights")
-#: How the suggested cut is chosen: ``peak`` (the paper's: the peak of mean R² among layers
-#: significantly above the controls), ``within-std`` (the last of those layers whose mean R²
-#: stays within one std of that peak: cuts deeper) or ``earliest-plateau`` (the earliest of
-#: those layers not significantly below the peak, :mod:`rcvcore.plateau`: prunes the most).
-CUT_RULES = ("peak", "within-std", "earliest-plateau")
 LOGITS = (PRE_SOFTMAX, SOFTMAX)
 
 

@@ -142,6 +142,30 @@ def test_scan_tiny_config_draws_chart_table_and_cut(app_env):
     assert rec["result"]["arch"] == "resnet18"
     labels = {b.proto.label for b in at.get("download_button")}
     assert {"CSV", "JSON", "Chart (HTML)"} <= labels, labels
+    # the chosen cut is kept with the scan, and the page's URL names it (a shareable link)
+    assert rec["chosen_cut"]["layer"] == "add_4" and rec["chosen_cut"]["source"] == "clicked"
+    assert at.query_params["scan"] == saved[0].stem and at.query_params["cut"] == "add_4"
+    # the Train page in a new tab (a new session) offers that scan's cut, network and dataset
+    tab = AppTest.from_file(MAIN, default_timeout=30)
+    tab.switch_page("pages/train.py").run()
+    assert not tab.exception, tab.exception
+    assert _widget(tab, "selectbox", "train_arch").value == "resnet18"
+    assert _widget(tab, "selectbox", "train_cut_resnet18").value == "add_4"
+    assert _widget(tab, "selectbox", "train_dataset").value == "demo-scale"
+    assert _widget(tab, "text_input", "train_ds_opts_demo-scale").value == \
+        "protocol=across-photos"
+    note = next(s.value for s in tab.success if "From the Scan page" in s.value)
+    assert "saved with its scan" in note and saved[0].stem[:6] in note
+    # the scan saw every image of demo-scale, the comparison's test tiles too (issue 22)
+    assert any("chosen with test data" in w.value and "--exclude" in w.value
+               for w in tab.warning)
+    assert tab.query_params["scan"] == saved[0].stem
+    # the shared link (?scan=&cut=) opens the Train page on that cut in any session
+    link = AppTest.from_file(MAIN, default_timeout=30)
+    link.query_params["scan"], link.query_params["cut"] = saved[0].stem, "add_6"
+    link.switch_page("pages/train.py").run()
+    assert _widget(link, "selectbox", "train_cut_resnet18").value == "add_6"
+    assert any("this page's link" in s.value for s in link.success)
 
 
 def test_scan_rerun_is_cached_and_overlay_and_paper_convention(app_env):

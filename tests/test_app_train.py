@@ -68,7 +68,7 @@ def test_train_tiny_runs_to_table2(app_env):
     assert len(groups) == 1
     plan = json.loads((groups[0] / "group.json").read_text())
     assert plan["cuts"] == ["none", "add_6"] and plan["seeds"] == [1]
-    assert plan["base"]["dataset_options"] == {"max_per_level": 4}
+    assert plan["base"]["dataset_options"]["max_per_level"] == 4
     deadline = time.time() + 300
     while time.time() < deadline:
         time.sleep(2)
@@ -84,13 +84,14 @@ def test_train_tiny_runs_to_table2(app_env):
     assert any(s.value.startswith("Pruned vs full") for s in at.subheader)
     tables = [list(d.value["Model"]) for d in at.dataframe if "Model" in d.value]
     assert ["ResNet18", "ResNet18 pruned at add_6"] in tables          # measured
-    assert ["add_6 vs none"] in tables                                   # paired tests
+    assert ["add_6 - none"] in tables               # paired differences (cut - full)
     paper = next(t for t in tables if t and t[0].endswith("(paper)"))   # labelled as the paper's
     assert paper == ["InceptionV3 (paper)", "InceptionV3 pruned at mixed8 (paper)",
                      "ResNet50 (paper)", "ResNet50 pruned at add_15 (paper)"]
     assert any("not these runs" in m.value for m in at.markdown)
     cfg = json.loads((groups[0] / "add_6_seed1" / "config.json").read_text())
-    assert cfg["dataset_options"] == {"max_per_level": 4}   # through the launch argv
+    assert cfg["dataset_options"] == {"max_per_level": 4, "split_seed": 1}  # launch argv; the
+    # replicate's own group split (--replicate split: split seed = the seed)
     # the finished group has the same comparison.json as `python -m rcvcore compare`, written
     # by the group's completion in the server's scheduler (never while a page renders)
     deadline = time.time() + 30
@@ -112,6 +113,27 @@ def test_cut_from_scan_page_prefills_train_form(app_env):
     assert _w(at, "selectbox", "train_cut_resnet18").value == "add_4"
     assert _w(at, "radio", "train_weights_resnet18").value == "random (control)"
     assert any("From the Scan page" in s.value for s in at.success)
+
+
+def test_a_comparison_of_the_full_network_with_itself_is_refused(app_env):
+    at = AppTest.from_file(MAIN, default_timeout=30)
+    # a cut at efficientnet_lite0's last feature layer ("head") is the full network
+    at.session_state["rcv_cut"] = {"arch": "efficientnet_lite0", "weights": "random",
+                                   "layer": "head", "dataset": "demo-scale", "scan_id": "x"}
+    _open_train(at)
+    assert any("equals the full network" in e.value for e in at.error)
+    cut = _w(at, "selectbox", "train_cut_efficientnet_lite0")
+    assert "head" not in cut.options and cut.value != "head"
+    # 'none' beside the baseline: the full network twice
+    cut.set_value("none")
+    _w(at, "checkbox", "train_baseline").set_value(True)
+    at.run()
+    assert any("the same as the baseline" in e.value for e in at.error)
+    assert _w(at, "button", "train_launch").disabled
+    _w(at, "checkbox", "train_baseline").set_value(False)   # the full network alone is fine
+    at.run()
+    assert not any("the same as the baseline" in e.value for e in at.error)
+    assert not _w(at, "button", "train_launch").disabled
 
 
 def test_train_cancel_and_reload_survival(app_env):

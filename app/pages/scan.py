@@ -195,6 +195,14 @@ labels = {sid: f"{rec.get('label')} · n={rec['result'].get('n_images')} · "
 # a scan that just finished (or was reused) becomes the one shown; the widget's own state
 # may only be set before the widget is drawn in this run
 shown_next = st.session_state.pop(SHOW_NEXT, None)
+link = (st.query_params.get("scan"), st.query_params.get("cut"))
+if link[0] in saved and st.session_state.get("scan_link_applied") != link:
+    # a shared link (?scan=ID&cut=LAYER) opens that scan with that cut, once per link
+    st.session_state["scan_link_applied"] = link
+    shown_next = shown_next or link[0]
+    if link[1] in [r["name"] for r in saved[link[0]]["result"].get("layers", [])
+                   if r["name"] not in ("pre_softmax", "softmax")]:
+        st.session_state[f"scan_cut_{link[0]}"] = link[1]
 if shown_next in saved:
     st.session_state["scan_primary"] = shown_next
 if st.session_state.get("scan_primary") not in saved:
@@ -241,8 +249,10 @@ if CUT_WIDGET not in st.session_state:
     cut0 = state.get_cut()
     # no suggestion (no layer significantly above its controls): no layer is preselected, so
     # nothing reaches the Train page unless the user picks one
+    kept = (rec.get("chosen_cut") or {}).get("layer")   # chosen before, in any tab
     start = (cut0["layer"] if cut0 and cut0.get("scan_id") == primary
-             and cut0.get("layer") in cuttable else suggested if suggested in cuttable else None)
+             and cut0.get("layer") in cuttable else kept if kept in cuttable
+             else suggested if suggested in cuttable else None)
     if start is not None:
         st.session_state[CUT_WIDGET] = start
 
@@ -284,9 +294,16 @@ else:
                       "layer": cut, "dataset": result.get("dataset"), "scan_id": primary,
                       "suggested": suggested, "reason": rule}
         state.set_cut(cut_record)
+        # kept with the scan on disk: the Train page offers it in any tab, after a reload
+        state.save_chosen_cut(primary, cut, "none" if not cut else
+                              "suggested" if cut == suggested else "clicked", saved)
+        st.query_params.update({"scan": primary, **({"cut": cut} if cut else {})})
+        if not cut:
+            st.query_params.pop("cut", None)
         if cut:
             st.page_link("pages/train.py", label=f"Fine-tune {result.get('arch')} cut at {cut} →",
-                         icon=":material/model_training:")
+                         icon=":material/model_training:",
+                         query_params={"scan": primary, "cut": cut})
     with c2:
         try:
             s = services.cut_summary(result.get("arch"), cut)

@@ -24,22 +24,42 @@ st.caption("The paper's transfer experiment (Table 2): the network cut at the ch
 
 archs = services.arch_catalogue()
 datasets = services.dataset_catalogue()
-cut0 = state.get_cut() or {}
+# the cut to offer: this page's link (?scan=&cut=), this tab's Scan page, or the cut chosen
+# last on the Scan page in any tab (saved with its scan): a new tab or a reload finds it too
+cut0, link_problem = services.train_prefill(st.query_params.get("scan"),
+                                            st.query_params.get("cut"), state.get_cut())
+cut0 = cut0 or {}
 no_cut_reason = None
 if cut0 and not cut0.get("layer"):
     # the scan suggested no cut (no layer significantly above its controls) and none was
     # chosen: do not prefill the form from noise
     no_cut_reason = cut0.get("reason") or "The scan suggested no cut."
     cut0 = {}
+if cut0.get("scan_id") in services.state.load_scans():   # a link that can be shared
+    st.query_params.update({"scan": cut0["scan_id"], "cut": cut0["layer"]})
 limits = guard.limits()  # served mode: at most these (None: the whole machine)
+PREFILL_KEYS = ("arch", "weights", "layer", "dataset", "scan_id")
+prefill_key = tuple(cut0.get(k) for k in PREFILL_KEYS)
+if cut0 and st.session_state.get("train_prefilled") != prefill_key:
+    # a new cut arrived: the form's widgets start again from it (their defaults below)
+    for k in [k for k in st.session_state if str(k).startswith(
+            ("train_arch", "train_cut_", "train_weights_", "train_dataset", "train_ds_"))]:
+        del st.session_state[k]
+    st.session_state["train_prefilled"] = prefill_key
+SOURCES = {"tab": "the Scan page", "saved": "the Scan page (the cut chosen there last, saved "
+           "with its scan)", "link": "this page's link"}
 
 # ------------------------------------------------------------------------------------ form
 # open the form when there is nothing to watch, or a new cut arrived from the Scan page
-fresh_cut = bool(cut0) and st.session_state.get("train_launched_for") != cut0
+fresh_cut = bool(cut0) and st.session_state.get("train_launched_for") != prefill_key
 with st.expander("New training run", expanded=not services.list_groups() or fresh_cut):
+    if link_problem:
+        st.warning(link_problem, icon=":material/link_off:")
     if cut0:
-        st.success(f"From the Scan page: **{cut0['arch']}** ({cut0['weights']}), cut at "
-                   f"**{cut0['layer']}**.", icon=":material/content_cut:")
+        scan = f" (scan {cut0['label']} · `{cut0['scan_id'][:6]}`)" if cut0.get("label") else ""
+        st.success(f"From {SOURCES.get(cut0.get('source'), 'the Scan page')}{scan}: "
+                   f"**{cut0['arch']}** ({cut0['weights']}) on **{cut0.get('dataset')}**, cut "
+                   f"at **{cut0['layer']}**.", icon=":material/content_cut:")
     elif no_cut_reason:
         st.info(f"Not prefilled from the Scan page: {no_cut_reason}",
                 icon=":material/block:")
@@ -50,12 +70,17 @@ with st.expander("New training run", expanded=not services.list_groups() or fres
     arch_default = cut0.get("arch") if cut0.get("arch") in archs else "efficientnet_lite0"
     arch = c[0].selectbox("Architecture", arch_names, index=arch_names.index(arch_default),
                           key="train_arch")
-    cuttable = [n for n in archs[arch]["all_layers"] if n not in ("pre_softmax", "softmax")]
+    # a cut at the last feature map is the full network ('none'): not offered as a pruned model
+    cuttable = [n for n in archs[arch]["all_layers"] if n not in ("pre_softmax", "softmax")
+                and n not in archs[arch].get("full_layers", ())]
     default_cut = (cut0.get("layer") if cut0.get("arch") == arch and cut0.get("layer") in cuttable
                    else archs[arch]["paper_cut"] or cuttable[-1])
+    if cut0.get("arch") == arch and cut0.get("layer") in archs[arch].get("full_layers", ()):
+        st.error(services.cut_refusal(arch, cut0["layer"], False), icon=":material/block:")
     cut = c[1].selectbox("Cut after layer", cuttable + ["none"],
                          index=(cuttable + ["none"]).index(default_cut), key=f"train_cut_{arch}",
-                         help="'none' trains the full network (the baseline)")
+                         help="'none' trains the full network (the baseline); the last "
+                              "feature layer is the full network too, so it is not offered")
     have_imagenet, how = services.imagenet_status(arch)
     w_default = cut0.get("weights") if cut0.get("arch") == arch else None
     w_options = ["imagenet", "random (control)", "checkpoint path"]
@@ -77,8 +102,9 @@ with st.expander("New training run", expanded=not services.list_groups() or fres
                    "app offline, not for reproducing the paper.")
 
     c = st.columns(3)
-    dataset, ds_options = widgets.dataset_picker(c[0], datasets, "train",
-                                                 default="demo-histology")
+    dataset, ds_options = widgets.dataset_picker(
+        c[0], datasets, "train", default=cut0.get("dataset") or "demo-histology",
+        options=cut0.get("dataset_options"))
     target = c[1].radio("Target", ["nuclei-area", "magnification", "mpp"], key="train_target",
                         horizontal=True, help="nuclei-area: regression (the paper); "
                         "magnification: classification; mpp: log2 µm/px of a slides: dataset")
@@ -123,7 +149,13 @@ with st.expander("New training run", expanded=not services.list_groups() or fres
         seeds_error = f"Seeds must be integers separated by commas, got {seeds_text!r}."
     if seeds_error:
         st.error(seeds_error)
-    ready = bool(seeds) and weights is not None and dataset is not None
+    refusal = services.cut_refusal(arch, cut, bool(baseline))
+    if refusal:
+        st.error(refusal, icon=":material/block:")
+    leak = services.scan_leak(cut0, dataset) if cut0.get("layer") == cut else None
+    if leak:
+        st.warning(leak, icon=":material/visibility:")
+    ready = bool(seeds) and weights is not None and dataset is not None and not refusal
     n_runs = len(seeds) * (2 if baseline and cut != "none" else 1)
     if st.button(f"Launch {n_runs} run{'s' * (n_runs != 1)}", type="primary",
                  disabled=not ready, key="train_launch"):
@@ -140,7 +172,7 @@ with st.expander("New training run", expanded=not services.list_groups() or fres
             st.error(str(e))
         else:
             st.session_state["train_group"] = group.name
-            st.session_state["train_launched_for"] = cut0
+            st.session_state["train_launched_for"] = prefill_key
             st.toast(f"Launched {n_runs} run(s) in {group}")
 
 # --------------------------------------------------------------------------------- monitor

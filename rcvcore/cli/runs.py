@@ -1,5 +1,9 @@
 """``runs``, ``cancel`` and ``cache``: the dashboard's run list and Cancel button, headless,
-and the cache's housekeeping."""
+and the cache's housekeeping.
+
+Run groups and comparisons (SciPy) and the scan (torch) are imported inside the commands, so
+``--help`` stays instant.
+"""
 from __future__ import annotations
 
 import json
@@ -10,10 +14,7 @@ from ..data.base import default_cache_dir
 from ..errors import UserError
 from ..metrics import METRICS, metric_names
 from ..runs.directory import FINISHED, find_runs, is_group_dir, is_run_dir, read_run, runs_root
-from ..runs.groups import group_runs, group_state, read_comparison, read_group
 from ..runs.process import cancel
-from ..runs.scheduler import Scheduler
-from ..scan import RESULT_PREFIX
 from ._types import number
 
 
@@ -73,6 +74,8 @@ def _width(metric) -> int:
 
 
 def _runs(args) -> int:
+    from ..runs.groups import read_comparison
+
     root = runs_root(args.root)
     if args.root is None and not root.exists():   # a new user: no run yet, not an error
         print(f"no runs yet: {root} does not exist (runs are written there by `train --run-dir` "
@@ -118,6 +121,8 @@ def _runs(args) -> int:
 
 def _groups(root: Path) -> list[dict]:
     """The run groups at ``root`` (itself, or its sub-folders): plan and progress."""
+    from ..runs.groups import group_runs, group_state, read_group
+
     dirs = [root] if is_group_dir(root) else sorted(
         d for d in root.iterdir() if d.is_dir() and is_group_dir(d))
     out = []
@@ -133,6 +138,9 @@ def _groups(root: Path) -> list[dict]:
 
 
 def _cancel(args) -> int:
+    from ..runs.groups import group_state
+    from ..runs.scheduler import Scheduler
+
     d = Path(args.run_dir)
     if is_group_dir(d):
         before = group_state(d)
@@ -158,6 +166,8 @@ def _cancel(args) -> int:
 
 
 def _cache(args) -> int:
+    from ..scan import RESULT_PREFIX
+
     root = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
     if args.clear == "results":   # the scan's saved results only: its key prefix in the store
         n = 0

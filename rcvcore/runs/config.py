@@ -9,8 +9,6 @@ from dataclasses import asdict, dataclass, field
 from .._shared import NONE, closest
 from ..data.options import check_options, format_options
 from ..errors import UserError
-from ..models import get_arch
-from ..prune import cut_node
 
 #: ``mpp``: regression on log2 µm/px, the measure of ``slides:`` datasets (``log2_mpp``)
 TARGETS = {"nuclei-area": "regression", "magnification": "classification", "mpp": "regression"}
@@ -94,7 +92,7 @@ class TrainConfig:
             default: the protocol's (``rcv`` recommended, ``random`` paper).
     """
 
-    arch: str = "resnet50"
+    arch: str = "efficientnet_lite0"   # ImageNet weights that install offline
     weights: str = "imagenet"
     cut: str = NONE
     dataset: str = "demo-histology"
@@ -111,7 +109,7 @@ class TrainConfig:
     image_size: int | None = None
     val_fraction: float = 0.15
     test_fraction: float = 0.15
-    log_every: int = 10
+    log_every: int = 1
     checkpoint_every: int = 0
     device: str = "auto"
     amp: bool | None = None
@@ -160,8 +158,13 @@ class TrainConfig:
             raise UserError("--protocol paper regresses the nuclei area (and maps it to the "
                             "nearest magnification); use --target nuclei-area, or the "
                             "recommended protocol for --target magnification.")
+        # the registry and pruning import torch: only here, so that the configuration (and
+        # the CLI's --help, which shows its defaults) loads without it
+        from ..models import get_arch
+        from ..prune import check_pruned
+
         arch = get_arch(self.arch)
-        cut_node(arch, self.cut)
+        check_pruned(arch, self.cut)   # also checks the layer name
         if self.target not in TARGETS:
             raise UserError(f"--target {self.target!r} is unknown.{closest(self.target, TARGETS)}"
                             f" Valid targets: {', '.join(TARGETS)}.")
