@@ -109,9 +109,9 @@ with st.expander("New training run",
     dataset, ds_options = widgets.dataset_picker(
         c[0], datasets, "train", default=cut0.get("dataset") or "demo-histology",
         options=cut0.get("dataset_options"))
-    target = c[1].radio("Target", ["nuclei-area", "magnification"], key="train_target",
+    target = c[1].radio("Target", ["nuclei-area", "magnification", "mpp"], key="train_target",
                         horizontal=True, help="nuclei-area: regression (the paper); "
-                        "magnification: classification")
+                        "magnification: classification; mpp: log2 µm/px of a slides: dataset")
     seeds_text = c[2].text_input("Seeds", "1001", key="train_seeds",
                                  help="comma-separated; the paper used 10 seeds")
     baseline = c[2].checkbox("Also train the unpruned baseline (full network)", value=True,
