@@ -35,8 +35,8 @@ from PIL import Image
 from ._runcheck import check_config, check_task
 from ._shared import ProgressFn, resolve_device
 from .data.images import MAX_PIXELS, ImageReadError, read_rgb, to_rgb, to_uint8
-from .domain import TrainingDomain, read_domain
 from .data.slides import nearest_power
+from .domain import TrainingDomain, read_domain
 from .errors import UserError
 from .metrics import nearest_class
 from .runs.checkpoint import load_checkpoint
