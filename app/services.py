@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import threading
 import time
 import traceback
@@ -37,8 +38,13 @@ from rcvcore.runs.config import PROTOCOLS, TrainConfig
 
 
 def _arch_record(a) -> dict:
+    from rcvcore.prune import is_full
+
+    feature = [n for n, _ in a.all_layers if n not in ("pre_softmax", "softmax")]
     return {"description": a.description, "layers": a.layer_names,
-            "all_layers": [n for n, _ in a.all_layers], "paper_cut": a.paper_cut}
+            "all_layers": [n for n, _ in a.all_layers], "paper_cut": a.paper_cut,
+            # layers cut at the last feature map: the "pruned" model is the full network
+            "full_layers": [n for n in feature if is_full(a, n)]}
 
 
 @st.cache_data(show_spinner=False)
@@ -65,9 +71,10 @@ def imagenet_status(arch: str) -> tuple[bool, str]:
     ok, where = weights_available(arch)
     if ok:
         return True, where
-    return False, (f"ImageNet weights for **{arch}** are not on this machine. "
-                   f"{missing_weights_message(arch)} "
-                   "**efficientnet_lite0** has ImageNet weights that need no download.")
+    # rcvcore's message says where the file goes and which networks need no download; its
+    # first sentence is this one's, said once
+    rest = missing_weights_message(arch).split(". ", 1)[-1]
+    return False, f"ImageNet weights for **{arch}** are not on this machine. {rest}"
 
 
 @st.cache_data(show_spinner=False)
@@ -267,6 +274,145 @@ def suggest_cut(result: dict) -> tuple[str | None, str]:
     return layer, rule
 
 
+def scan_cut(scan_id: str, rec: dict, layer: str | None, source: str) -> dict:
+    """The cut record the Train page is prefilled from: the scan's network, weights, dataset
+    (spec and loader options), exclusions, ``layer`` and where it comes from (``source``)."""
+    result, config = rec.get("result") or {}, rec.get("config") or {}
+    suggested, rule = suggest_cut(result)
+    return {"arch": result.get("arch") or config.get("arch"), "weights": config.get("weights"),
+            "layer": layer, "dataset": config.get("dataset") or result.get("dataset"),
+            "dataset_options": dict(config.get("dataset_options") or {}),
+            "exclude": list(config.get("exclude") or ()), "scan_id": scan_id,
+            "label": rec.get("label"), "suggested": suggested, "reason": rule,
+            "source": source}
+
+
+def train_prefill(scan_id: str | None, layer: str | None, session_cut: dict | None
+                  ) -> tuple[dict | None, str | None]:
+    """What the Train page offers, and why not: ``(cut record or None, problem or None)``.
+
+    In order: the page's link (``?scan=ID&cut=LAYER``), this tab's Scan page, the cut chosen
+    last on the Scan page in any tab (saved with its scan, :func:`app.state.last_chosen_scan`).
+    """
+    saved = state.load_scans()
+    if scan_id:
+        rec = saved.get(scan_id)
+        if rec is None:
+            return None, (f"The link names scan `{scan_id}`, which is not saved on this "
+                          "server: choose a cut on the Scan page.")
+        layer = layer or (rec.get("chosen_cut") or {}).get("layer")
+        names = [r.get("name") for r in (rec.get("result") or {}).get("layers", [])]
+        if layer and layer not in names:
+            return None, (f"The link's cut `{layer}` is not a layer of scan `{scan_id}`; "
+                          f"its layers: {', '.join(map(str, names))}.")
+        return scan_cut(scan_id, rec, layer, "link"), None
+    if session_cut:
+        return {"source": "tab", **session_cut}, None
+    sid = state.last_chosen_scan(saved)
+    if sid is None:
+        return None, None
+    return scan_cut(sid, saved[sid], saved[sid]["chosen_cut"].get("layer"), "saved"), None
+
+
+def cut_refusal(arch: str, cut: str, baseline: bool) -> str | None:
+    """Why a launch of ``cut`` (with the full ``baseline`` or not) compares a model with itself,
+    or None: a cut at the last feature layer is the full network; ``none`` with the baseline
+    is the full network twice."""
+    from rcvcore.errors import UserError
+    from rcvcore.models import get_arch
+    from rcvcore.prune import check_pruned
+
+    if cut == NONE and baseline:
+        return ("The pruned model 'none' is the full network, the same as the baseline: the "
+                "comparison would compare a model with itself. Choose a layer to cut at, or "
+                "untick *Also train the unpruned baseline* to train the full network alone.")
+    try:
+        check_pruned(get_arch(arch), cut)
+    except UserError as e:
+        return str(e).replace("--cut none", "'none'")
+    return None
+
+
+def scan_leak(cut0: dict, dataset: str | None) -> str | None:
+    """Why the scan that chose ``cut0`` may have seen the test groups of a comparison on
+    ``dataset`` (issue 22: no test data in any choice), or None when it saw other data."""
+    if not cut0.get("scan_id") or cut0.get("dataset") != dataset:
+        return None
+    rescan = (f"`python -m rcvcore scan --arch {cut0.get('arch')} --weights "
+              f"{cut0.get('weights')} --dataset {dataset} --exclude RUNS_OR_LIST`")
+    if not cut0.get("exclude"):
+        return (f"The scan that chose this cut saw every image of **{dataset}**, including the "
+                "test patches this comparison is scored on: the cut is chosen with test data. "
+                f"Rescan leaving them out ({rescan}: a comparison or run folder, or a text file "
+                "of image paths, see README) and choose the cut on that scan; `python -m "
+                "rcvcore demo transfer` does this for demo-he.")
+    return (f"The scan that chose this cut left out {len(cut0['exclude'])} images of "
+            f"**{dataset}** ({rescan}); make sure they include this comparison's test split "
+            "(the same dataset, split seeds and fractions).")
+
+
+#: rcvcore's advice names CLI flags; the Scan page says it with its own controls
+PAGE_TERMS = {"--no-per-class": "*Scoring: pooled* (Options)",
+              "--per-class": "*Scoring: per class* (Options)",
+              "--ungrouped": "*Grouped splits* unticked (Options)",
+              "--repeats": "*Repeats* (Options)", "--controls": "*Controls* (Options)",
+              "--model": "*Regression* (Options)", "--batch-size": "*Batch size* (Options)",
+              "--n": "*Images* (Options)", "--opt": "*Dataset options*",
+              "--dataset": "*Dataset*"}
+_FLAG = re.compile(r"`?(" + "|".join(sorted(map(re.escape, PAGE_TERMS), key=len, reverse=True))
+                   + r")(?![\w-])`?")
+
+
+def page_terms(text: str) -> str:
+    """``text`` with the CLI flags that have a Scan page control named as that control."""
+    return _FLAG.sub(lambda m: PAGE_TERMS[m.group(1)], text or "")
+
+
+def legend_labels(records: list[dict]) -> list[str]:
+    """Short legend names of the scans shown together: only what tells them apart
+    (network, weights, dataset, images, regression), the network alone for a single scan."""
+    parts = [(r["result"].get("arch"), r["result"].get("weights"), r["result"].get("dataset"),
+              f"n={r['result'].get('n_images')}", (r.get("config") or {}).get("model"))
+             for r in records]
+    varying = [i for i in range(5) if len({p[i] for p in parts}) > 1] or [0]
+    base = [" · ".join(str(p[i]) for i in varying) for p in parts]
+    # identical settings (e.g. another seed): numbered
+    return [f"{label} #{base[:k].count(label) + 1}" if base.count(label) > 1 else label
+            for k, label in enumerate(base)]
+
+
+def scan_form_state(config: dict, archs: list[str], timm_choice: str,
+                    scoring: dict) -> dict:
+    """The Scan page's widget values (session-state keys) that show the scan ``config``
+    (the ScanConfig as a dict): a reloaded page shows the settings of the scan running."""
+    arch, weights = config.get("arch"), config.get("weights")
+    out = {"scan_arch": arch if arch in archs else timm_choice}
+    if arch not in archs:
+        out["scan_timm_name"] = arch
+    w = {"imagenet": "imagenet", "random": "random (control)"}.get(weights, "checkpoint")
+    out[f"scan_weights_{arch}"] = w
+    if w == "checkpoint":
+        out["scan_ckpt_path"] = weights
+    kind, _, path = str(config.get("dataset") or "").partition(":")
+    out["scan_dataset"] = kind
+    if path:
+        out[f"scan_ds_path_{kind}"] = path
+    out[f"scan_ds_opts_{kind}"] = "; ".join(
+        f"{k}={v}" for k, v in (config.get("dataset_options") or {}).items())
+    layers = config.get("layers") or "paper"
+    out["scan_layer_mode"] = layers if layers in ("paper", "all") else "choose"
+    if out["scan_layer_mode"] == "choose":
+        out[f"scan_layers_{arch}"] = [x for x in str(layers).split(",") if x]
+    per_class = {v: k for k, v in scoring.items()}
+    out.update({"scan_n": int(config.get("n") or 0), "scan_repeats": int(config["repeats"]),
+                "scan_model": config["model"], "scan_controls": list(config["controls"]),
+                "scan_scoring": per_class.get(config.get("per_class"), "dataset default"),
+                "scan_grouped": bool(config.get("grouped", True)),
+                "scan_device": config["device"], "scan_batch": int(config["batch_size"]),
+                "scan_seed": int(config["seed"]), "scan_use_cache": bool(config["use_cache"])})
+    return out
+
+
 def result_csv(result: dict) -> str:
     from rcvcore.scan import ScanResult
 
@@ -399,6 +545,12 @@ def read_runs(run_dirs: list[Path]) -> list:
 
 def cancel_run(run_dir: Path) -> str:
     return runs.cancel(run_dir, wait=None)  # a run still launching is cancelled by the scheduler
+
+
+def resume_run(group: Path, run_dir: Path) -> str:
+    """Resume a cancelled, interrupted or failed run of ``group`` from its last checkpoint
+    (:meth:`rcvcore.runs.Scheduler.resume_run`); returns its state."""
+    return _scheduler().resume_run(group, run_dir)
 
 
 def active_or_waiting_runs() -> int:

@@ -22,7 +22,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._shared import ProgressFn
+from ._shared import DEMO_CUT, DEMO_SETTINGS, ProgressFn  # noqa: F401 (re-exported)
 from .compare import compare, comparison_test_groups, resolve_seeds
 from .comparison import Comparison
 from .data import load_dataset
@@ -36,14 +36,11 @@ from .scan import ScanConfig, run_scan
 
 DEMO_ARCH = "efficientnet_lite0"
 DEMO_DATASET = "demo-he"
-#: where the Predict page's demo model is cut: the suggested cut of the demo-he scan of
-#: efficientnet_lite0 (all layers, both controls; BENCHMARKS.md, "Transfer demo")
-DEMO_CUT = "block3.0"
+#: DEMO_CUT (in rcvcore._shared, for a torch-free ``--help``): where the Predict page's demo
+#: model is cut: the suggested cut of the demo-he scan of efficientnet_lite0 (all layers, both
+#: controls; BENCHMARKS.md, "Transfer demo"); DEMO_SETTINGS: its training settings
 DEMO_MODEL_DIR = "demo-model"
 DEMO_TRANSFER_DIR = "demo-transfer"
-#: the demo's training settings (the rest are the recommended protocol's defaults); 112 px is
-#: demo-he's patch size, so patches are fed as they are
-DEMO_SETTINGS = {"epochs": 5, "batch_size": 32, "lr": 1e-4, "image_size": 112}
 #: the transfer demo's cut when no layer of its (test-free) scan is significant: the highest mean
 #: R² of that scan, untested
 FALLBACK_RULE = "untested-peak"

@@ -427,3 +427,18 @@ def test_skipped_files_are_typed_warnings(tmp_path):
     skipped = [w for w in caught if issubclass(w.category, SkippedFile)]
     assert len(skipped) == 1 and issubclass(SkippedFile, Notice)
     assert "img_000.png" in str(skipped[0].message)
+
+
+def test_progress_names_each_pass_and_never_goes_back(scale_folder, cache_dir):
+    seen = []
+    run_scan(ScanConfig(arch="resnet18", weights="random", dataset=f"folder:{scale_folder}",
+                        layers="add_1,add_8", repeats=2, permutations=0, cache_dir=str(cache_dir)),
+             progress=lambda f, msg: seen.append((f, msg)))
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    # the image count restarts with the control's pass: each message says which pass it is
+    counts = [m for _, m in seen if "extracted" in m]
+    assert counts and all(m.startswith(("pass 1/2 (network): ",
+                                        "pass 2/2 (random-weights control): ")) for m in counts)
+    assert any(m.startswith("pass 2/2") for m in counts)
+    assert any(m.startswith("fitting: ") for _, m in seen)

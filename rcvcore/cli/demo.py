@@ -7,16 +7,7 @@ from __future__ import annotations
 
 import json
 
-from ..demo import (
-    DEMO_CUT,
-    DEMO_SETTINGS,
-    demo_model_config,
-    demo_model_dir,
-    demo_model_next,
-    held_out_patches,
-    transfer_demo,
-)
-from ..predict import load_run_model, predict_files
+from .._shared import DEMO_CUT, DEMO_SETTINGS
 from ._types import COUNT, IMAGE_SIZE
 from .train import EXIT_CANCELLED, EXIT_FAILED, _progress, run_training
 
@@ -65,6 +56,9 @@ def _over(args, names) -> dict:
 
 
 def _model(args) -> int:
+    from ..demo import demo_model_config, demo_model_dir, demo_model_next, held_out_patches
+    from ..predict import load_run_model, predict_files
+
     run = demo_model_dir(args.runs_dir)
     config = demo_model_config(**_over(args, ("epochs", "device")))
     step = "fresh" if args.restart else demo_model_next(run)
@@ -85,6 +79,8 @@ def _model(args) -> int:
 
 
 def _transfer(args) -> int:
+    from ..demo import transfer_demo
+
     comp, info = transfer_demo(args.runs_dir, seeds=args.seeds, cut=args.cut,
                                parallel=args.parallel, progress=_progress(args),
                                **_over(args, ("epochs", "image_size", "protocol", "head_init",

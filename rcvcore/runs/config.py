@@ -9,10 +9,9 @@ from dataclasses import asdict, dataclass, field
 from .._shared import NONE, closest
 from ..data.options import check_options, format_options
 from ..errors import UserError
-from ..models import get_arch
-from ..prune import cut_node
 
-TARGETS = {"nuclei-area": "regression", "magnification": "classification"}
+#: ``mpp``: regression on log2 µm/px, the measure of ``slides:`` datasets (``log2_mpp``)
+TARGETS = {"nuclei-area": "regression", "magnification": "classification", "mpp": "regression"}
 OPTIMIZERS = ("adam", "adamw", "sgd")
 TRAINABLE = ("all", "head")
 HEAD_INITS = ("rcv", "random")
@@ -66,7 +65,8 @@ class TrainConfig:
         cut: probe layer to prune at (``add_15``, ``mixed8``) or ``none`` (full trunk).
         dataset: dataset spec (``demo-histology``, ``janowczyk:PATH``, ``folder:PATH``).
         target: ``nuclei-area`` (regression on ``Sample.measure``, MSE) or ``magnification``
-            (classification of ``Sample.label``, cross-entropy).
+            (classification of ``Sample.label``, cross-entropy) or ``mpp`` (regression on log2
+            µm/px, the measure of a ``slides:`` dataset; predictions report µm/px).
         epochs, batch_size, lr, optimizer, weight_decay: optimisation (paper: 5, 32, 1e-4, adam).
             ``batch_size`` is global; under DDP each process takes ``ceil(batch_size / world)``.
         trainable: ``all`` (paper) or ``head`` (trunk frozen).
@@ -92,7 +92,7 @@ class TrainConfig:
             default: the protocol's (``rcv`` recommended, ``random`` paper).
     """
 
-    arch: str = "resnet50"
+    arch: str = "efficientnet_lite0"   # ImageNet weights that install offline
     weights: str = "imagenet"
     cut: str = NONE
     dataset: str = "demo-histology"
@@ -109,7 +109,7 @@ class TrainConfig:
     image_size: int | None = None
     val_fraction: float = 0.15
     test_fraction: float = 0.15
-    log_every: int = 10
+    log_every: int = 1
     checkpoint_every: int = 0
     device: str = "auto"
     amp: bool | None = None
@@ -158,8 +158,13 @@ class TrainConfig:
             raise UserError("--protocol paper regresses the nuclei area (and maps it to the "
                             "nearest magnification); use --target nuclei-area, or the "
                             "recommended protocol for --target magnification.")
+        # the registry and pruning import torch: only here, so that the configuration (and
+        # the CLI's --help, which shows its defaults) loads without it
+        from ..models import get_arch
+        from ..prune import check_pruned
+
         arch = get_arch(self.arch)
-        cut_node(arch, self.cut)
+        check_pruned(arch, self.cut)   # also checks the layer name
         if self.target not in TARGETS:
             raise UserError(f"--target {self.target!r} is unknown.{closest(self.target, TARGETS)}"
                             f" Valid targets: {', '.join(TARGETS)}.")
