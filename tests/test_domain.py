@@ -104,3 +104,30 @@ def test_tiny_run_flags_unlike_patch_only(run_dir, tmp_path):
     rows = list(csv.DictReader(out_csv.open()))
     assert [r["out_of_range"] for r in rows] == ["False", "True"]
     assert float(rows[1]["feature_distance"]) == pytest.approx(unlike.feature_distance, rel=1e-6)
+
+
+def test_end_class_log_odds_thresholds_and_calibration(rng):
+    f = rng.normal(size=(40, 3))
+    classes = ("8x", "10x", "15x", "20x")
+    labels = np.asarray(classes * 10)
+    p = rng.dirichlet([1, 1, 1, 1], 40)
+    val_p, val_l = rng.dirichlet([2, 1, 1, 3], 12), np.asarray(classes * 3)
+    train_only = fit_domain(f, labels=labels, classes=classes, probabilities=p)
+    ref = {e: np.quantile(np.log(p[labels == e, i]) - np.log(p[labels == e, j]), 0.99)
+           for e, i, j in (("8x", 0, 1), ("20x", 3, 2))}
+    assert [(e, n) for e, n, _ in train_only.edges] == [("8x", "10x"), ("20x", "15x")]
+    for e, _, t in train_only.edges:
+        assert t == pytest.approx(ref[e], rel=1e-12)
+    assert train_only.min_probability == pytest.approx(np.quantile(p.max(1), 0.01))
+    # with a validation split of >= 10 images the probability thresholds come from it
+    dom = fit_domain(f, labels=labels, classes=classes, probabilities=p,
+                     calibration=(val_p, val_l))
+    assert dom.min_probability == pytest.approx(np.quantile(val_p.max(1), 0.01))
+    last = val_l == "20x"
+    assert dom.edges[1][2] == pytest.approx(
+        np.quantile(np.log(val_p[last, 3]) - np.log(val_p[last, 2]), 0.99))
+    assert dom.distance_threshold == train_only.distance_threshold   # features: training only
+    # a patch answered "20x" more surely than any training 20x patch: beyond the last class
+    beyond = {"8x": 1e-9, "10x": 1e-9, "15x": 1e-9, "20x": 1 - 3e-9}
+    flagged, reasons, _ = dom.check(probabilities=beyond)
+    assert flagged and any("may be above 20x" in r for r in reasons)
