@@ -47,7 +47,7 @@ if cut0 and st.session_state.get("train_prefilled") != prefill_key:
         del st.session_state[k]
     st.session_state["train_prefilled"] = prefill_key
 SOURCES = {"tab": "the Scan page", "saved": "the Scan page (the cut chosen there last, saved "
-           "with its scan)", "link": "this page's link"}
+           "with its scan)", "link": "the Scan page (by this page's link)"}
 
 # ------------------------------------------------------------------------------------ form
 # open the form when there is nothing to watch, or a new cut arrived from the Scan page
