@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app import charts, guard, services, state, widgets
+from app import guard, services, state, tracker, widgets
 
 st.title("Fine-tune the pruned network")
 st.caption("The paper's transfer experiment (Table 2): the network cut at the chosen layer + "
@@ -109,9 +109,9 @@ with st.expander("New training run",
     dataset, ds_options = widgets.dataset_picker(
         c[0], datasets, "train", default=cut0.get("dataset") or "demo-histology",
         options=cut0.get("dataset_options"))
-    target = c[1].radio("Target", ["nuclei-area", "magnification"], key="train_target",
+    target = c[1].radio("Target", ["nuclei-area", "magnification", "mpp"], key="train_target",
                         horizontal=True, help="nuclei-area: regression (the paper); "
-                        "magnification: classification")
+                        "magnification: classification; mpp: log2 µm/px of a slides: dataset")
     seeds_text = c[2].text_input("Seeds", "1001", key="train_seeds",
                                  help="comma-separated; the paper used 10 seeds")
     baseline = c[2].checkbox("Also train the unpruned baseline (full network)", value=True,
@@ -266,31 +266,10 @@ def _render_group() -> None:
         if why:
             st.error(f"{r.run_dir.split('/')[-1]} failed: {guard.redact(why)}")
 
-    rows = []
-    for r in runs:
-        name = r.run_dir.split("/")[-1]
-        rows += [{"run": name, **m, "x": m.get("global_step")} for m in r.metrics]
-    if rows:
-        steps = [m for m in rows if m.get("kind") == "step"]
-        epochs_ = [m for m in rows if m.get("kind") == "epoch"]
-        c1, c2 = st.columns(2)
-        with c1:
-            st.markdown("**Training loss** (per step)")
-            if steps:
-                st.plotly_chart(charts.training_figure(
-                    [{"run": m["run"], "global_step": m["global_step"], "loss": m.get("loss")}
-                     for m in steps], x_key="global_step"), key="train_steps_chart")
-        with c2:
-            st.markdown("**Validation** (per epoch)")
-            if epochs_:
-                keep = ("train_loss", "val_loss",
-                        *(f"val_{k}" for k in services.metric_names(listed=True)))
-                st.plotly_chart(charts.training_figure(
-                    [{"run": m["run"], "epoch": m["epoch"],
-                      **{k: m.get(k) for k in keep if m.get(k) is not None}}
-                     for m in epochs_], x_key="epoch"), key="train_epochs_chart")
-            else:
-                st.caption("Appears after the first epoch.")
+    if any(r.metrics for r in runs):
+        root = state.runs_root()
+        tracker.curves_panel(runs, tracker.colours_of(services.list_groups(), root), root=root,
+                             key=f"curves_{group_name}")
     elif active:
         st.caption("Starting (loading the dataset and the network)...")
 
@@ -343,3 +322,6 @@ active_now = any(services.run_state(r) in services.RUN_STATES_ACTIVE
     or bool(plan_now and not plan_now.get("cancelled")
             and len(run_dirs) < len(plan_now["seeds"]) * len(plan_now["cuts"]))
 st.fragment(run_every=2.0 if active_now else None)(_render_group)()
+
+with st.expander("All runs (every group): search, sort, compare configurations"):
+    tracker.runs_overview(services.list_groups(), state_of=services.run_state)

@@ -13,6 +13,8 @@ A **run** is a directory:
 - ``status.json``: ``{"state": "running" | "done" | "failed" | "cancelled", "pid", "error", ...}``.
 - ``result.json``: test (and last validation) metrics, the task (classes, training-set class
   means) and the parameter count / forward cost of the full and the pruned model.
+- ``domain.json``: what the model was trained on (:class:`rcvcore.domain.TrainingDomain`: classes,
+  measure range, feature-space class means and distance threshold), written with the result.
 - ``train.log``: the output of a run started by :func:`rcvcore.runs.process.launch`.
 
 Everything here reads the directory as the training process writes it (no torch). The root of
@@ -33,6 +35,8 @@ CONFIG, METRICS, CHECKPOINT, STATUS, RESULT, LOG = (
     "config.json", "metrics.jsonl", "checkpoint.pt", "status.json", "result.json", "train.log")
 #: The checkpoint before the latest one, kept so that a damaged latest one is not a dead end.
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
+#: The run's training domain (:mod:`rcvcore.domain`), written at the end of training.
+DOMAIN = "domain.json"
 GROUP = "group.json"
 #: States of a run that has not ended yet (``launching``: started, no status written yet).
 ACTIVE = ("launching", "running")
@@ -201,7 +205,7 @@ def clear_run_dir(run_dir) -> list[str]:
         raise UserError(f"--restart: the run in {run} is running (pid {pid}). Cancel it first: "
                         f"`python -m rcvcore runs cancel {run}`.")
     removed = []
-    for name in (CONFIG, STATUS, METRICS, RESULT, CHECKPOINT, PREVIOUS_CHECKPOINT):
+    for name in (CONFIG, STATUS, METRICS, RESULT, CHECKPOINT, PREVIOUS_CHECKPOINT, DOMAIN):
         try:
             (run / name).unlink()
             removed.append(name)
