@@ -36,6 +36,7 @@ from ._runcheck import check_config, check_task
 from ._shared import ProgressFn, resolve_device
 from .data.base import Dataset
 from .data.images import MAX_PIXELS, ImageReadError, read_rgb, to_rgb, to_uint8
+from .data.slides import nearest_power
 from .domain import DOMAIN, TrainingDomain, read_domain
 from .errors import UserError
 from .files import write_json
@@ -133,6 +134,8 @@ class Prediction:
         range_reasons: why it is out of range (empty when it is not).
         feature_distance: RMS z-distance of the pooled features to the nearest training class
             mean (:mod:`rcvcore.domain`), None when the run has no recorded domain.
+        mpp: predicted µm per pixel (``--target mpp`` runs), else None.
+        objective_power: the standard objective power nearest to ``mpp`` (10 / mpp), else None.
         thumbnail: a small RGB copy of the image when asked for (``predict_images(...,
             thumbnail=N)``), else None; not part of :meth:`to_dict`.
     """
@@ -149,6 +152,8 @@ class Prediction:
     range_reasons: tuple[str, ...] = ()
     feature_distance: float | None = None
     thumbnail: Image.Image | None = field(default=None, repr=False, compare=False)
+    mpp: float | None = None
+    objective_power: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -160,7 +165,8 @@ class Prediction:
                 "distances": self.distances, "tiles": self.tiles, "note": self.note,
                 "error": self.error, "out_of_range": self.out_of_range,
                 "range_reasons": list(self.range_reasons),
-                "feature_distance": self.feature_distance}
+                "feature_distance": self.feature_distance, "mpp": self.mpp,
+                "objective_power": self.objective_power}
 
 
 def prediction_row(p: dict) -> dict:
@@ -171,6 +177,8 @@ def prediction_row(p: dict) -> dict:
            "range_reasons": "; ".join(p.get("range_reasons") or ()),
            "feature_distance": p.get("feature_distance"), "tiles": p["tiles"],
            "note": p["note"], "error": p["error"]}
+    if p.get("mpp") is not None:
+        row.update(mpp=p["mpp"], objective_power=p.get("objective_power"))
     for c, v in (p["probabilities"] or {}).items():
         row[f"p_{c}"] = v
     for c, v in (p["distances"] or {}).items():
@@ -248,9 +256,27 @@ def _predict_tensors(run: LoadedRun, xs: torch.Tensor) -> tuple[np.ndarray, np.n
     return torch.softmax(out, dim=1).cpu().numpy().astype(float), f
 
 
+def predict_tiles(run: LoadedRun, tiles: Sequence[Image.Image], batch_size: int = 16
+                  ) -> np.ndarray:
+    """Raw outputs for training-size RGB tiles: ``(n,)`` regression values in the target's units
+    (log2 µm/px for ``--target mpp``) or ``(n, n_classes)`` probabilities."""
+    outs = [_predict_tensors(run, torch.stack([run.transform(t)
+                                               for t in tiles[i:i + batch_size]]))[0]
+            for i in range(0, len(tiles), batch_size)]
+    return np.concatenate(outs) if outs else np.zeros(0)
+
+
 def _finish(run: LoadedRun, name: str, outs: np.ndarray, feats: np.ndarray, tiles: int,
             note) -> Prediction:
     task = run.task
+    if task.target == "mpp":     # log2 µm/px: the median tile, reported in µm/px
+        mpp = float(2.0 ** np.median(outs))
+        power = nearest_power(mpp)
+        flagged, reasons, fdist = (False, [], None) if run.domain is None else \
+            run.domain.check(features=feats, area=float(np.median(outs)))
+        return Prediction(name, None, f"{power:g}x", None, None, tiles, note, mpp=mpp,
+                          objective_power=power, out_of_range=flagged,
+                          range_reasons=tuple(reasons), feature_distance=fdist)
     if task.kind == "regression":
         area = float(np.mean(outs))
         mag, dist, probs = None, None, None

@@ -67,6 +67,9 @@ def add_parser(sub) -> None:
     p.add_argument("--opt", action="append", metavar="KEY=VALUE",
                    help="a dataset loader option, repeatable (as for `inspect`), e.g. "
                         "--opt classes=n02058221,n01608432 or --opt group_by=patient")
+    p.add_argument("--target", default="measure", choices=["measure", "mpp"],
+                   help="measure: the dataset's own measure (default); mpp: log2 µm/px, which "
+                        "needs a slides: dataset (which layer knows the resolution?)")
     p.add_argument("--json", metavar="FILE", help="write the result as JSON")
     p.add_argument("--csv", metavar="FILE", help="write the result as CSV")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -92,9 +95,15 @@ def _progress_bar(quiet: bool):
 
 def _scan(args) -> int:
     from ..data.options import parse_options
-    from ..errors import Notice
+    from ..data.registry import parse_spec
+    from ..data.slides import MEASURE_NAME as MPP_MEASURE
+    from ..errors import Notice, UserError
     from ..exclusion import read_exclusions
     from ..scan import ScanConfig, run_scan
+
+    if args.target == "mpp" and parse_spec(args.dataset)[0].measure_name != MPP_MEASURE:
+        raise UserError(f"--target mpp scans log2 µm/px, the measure of a slides: dataset; "
+                        f"{args.dataset!r} measures something else. Use --dataset slides:DIR.")
 
     config = ScanConfig(
         arch=args.arch, weights=args.weights, dataset=args.dataset, layers=args.layers, n=args.n,

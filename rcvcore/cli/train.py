@@ -35,7 +35,7 @@ def _add_config_flags(p: argparse.ArgumentParser, with_cut: bool = True) -> None
                                      "dashboard's 'none'); a layer whose cut is the full "
                                      "network (e.g. efficientnet_lite0's head) is refused")
     g.add_argument("--dataset", help=f"dataset spec (default {d.dataset})")
-    g.add_argument("--target", choices=["nuclei-area", "magnification"],
+    g.add_argument("--target", choices=["nuclei-area", "magnification", "mpp"],
                    help="nuclei-area (regression, MSE; default) or magnification "
                         "(classification, cross-entropy)")
     g.add_argument("--n", type=COUNT, help="use at most N images (quick runs; the dashboard's "
@@ -241,9 +241,11 @@ def _predict(args) -> int:
             print(f"{p.path}\terror: {p.error}")
             continue
         parts = []
-        if p.nuclei_area is not None:
+        if p.mpp is not None:
+            parts.append(f"mpp {p.mpp:.3g} µm/px (~{p.objective_power:g}x)")
+        elif p.nuclei_area is not None:
             parts.append(f"nuclei_area {p.nuclei_area:.1f} px")
-        if p.magnification is not None:
+        if p.magnification is not None and p.mpp is None:
             parts.append(f"magnification {p.magnification}")
         if p.probabilities:
             parts.append("p=" + ",".join(f"{c}:{v:.2f}" for c, v in p.probabilities.items()))

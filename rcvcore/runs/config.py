@@ -10,7 +10,8 @@ from .._shared import NONE, closest
 from ..data.options import check_options, format_options
 from ..errors import UserError
 
-TARGETS = {"nuclei-area": "regression", "magnification": "classification"}
+#: ``mpp``: regression on log2 µm/px, the measure of ``slides:`` datasets (``log2_mpp``)
+TARGETS = {"nuclei-area": "regression", "magnification": "classification", "mpp": "regression"}
 OPTIMIZERS = ("adam", "adamw", "sgd")
 TRAINABLE = ("all", "head")
 HEAD_INITS = ("rcv", "random")
@@ -64,7 +65,8 @@ class TrainConfig:
         cut: probe layer to prune at (``add_15``, ``mixed8``) or ``none`` (full trunk).
         dataset: dataset spec (``demo-histology``, ``janowczyk:PATH``, ``folder:PATH``).
         target: ``nuclei-area`` (regression on ``Sample.measure``, MSE) or ``magnification``
-            (classification of ``Sample.label``, cross-entropy).
+            (classification of ``Sample.label``, cross-entropy) or ``mpp`` (regression on log2
+            µm/px, the measure of a ``slides:`` dataset; predictions report µm/px).
         epochs, batch_size, lr, optimizer, weight_decay: optimisation (paper: 5, 32, 1e-4, adam).
             ``batch_size`` is global; under DDP each process takes ``ceil(batch_size / world)``.
         trainable: ``all`` (paper) or ``head`` (trunk frozen).

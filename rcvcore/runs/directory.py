@@ -130,6 +130,23 @@ class RunState:
     def steps(self) -> list[dict]:
         return [m for m in self.metrics if m.get("kind") == "step"]
 
+    def progress(self, state: str | None = None) -> str:
+        """Where the run stands, in words that agree with ``state`` (default :attr:`state`):
+        ``epoch 2/5`` while running (the epoch under way), ``5/5 epochs`` when done,
+        ``stopped after 1/5 epochs (step 7)`` when cancelled, interrupted or failed."""
+        state = state or self.state
+        total = (self.config or {}).get("epochs")
+        done = int(self.status.get("epoch") or 0)
+        step = self.status.get("global_step")
+        at_step = f" (step {step})" if step else ""
+        if total is None or state == "launching":
+            return "starting" if state in ("launching", "running") else ""
+        if state == "done":
+            return f"{total}/{total} epochs"
+        if state == "running":
+            return f"epoch {min(done + 1, max(int(total), 1))}/{total}"
+        return f"stopped after {done}/{total} epochs{at_step}"
+
 
 def read_run(run_dir) -> RunState:
     """Read a run directory (config, status, metrics, result); never raises for partial runs."""
