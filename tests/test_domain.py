@@ -8,9 +8,10 @@ import json
 
 import numpy as np
 import pytest
-from _train_fixtures import CLASSES, RADII, TINY, cli, dataset, disc_image
+from _train_fixtures import CLASSES, RADII, TINY, dataset, disc_image
 from PIL import Image
 
+from rcvcore.cli import main
 from rcvcore.domain import TrainingDomain, fit_domain, read_domain
 from rcvcore.predict import load_run_model, predict_files
 from rcvcore.train import train
@@ -76,7 +77,7 @@ def run_dir(tmp_path_factory):
     return root / "run"
 
 
-def test_tiny_run_flags_unlike_patch_only(run_dir, tmp_path):
+def test_tiny_run_flags_unlike_patch_only(run_dir, tmp_path, capsys):
     dom = read_domain(run_dir)
     assert dom is not None and dom.classes == CLASSES and dom.n_train > 0
     assert dom.measure_min is None and 0 < dom.min_probability < 1
@@ -95,10 +96,12 @@ def test_tiny_run_flags_unlike_patch_only(run_dir, tmp_path):
 
     # the CLI writes the same fields to JSON and CSV
     out_json, out_csv = tmp_path / "p.json", tmp_path / "p.csv"
-    r = cli("predict", "--run", run_dir, tmp_path / "like.png", tmp_path / "unlike.png",
-            "--json", out_json, "--csv", out_csv, "--device", "cpu")
-    assert r.returncode == 0, r.stderr
-    assert "OUTSIDE THE MODEL'S RANGE" in r.stdout.splitlines()[1]
+    assert main(["predict", "--run", str(run_dir), str(tmp_path / "like.png"),
+                 str(tmp_path / "unlike.png"), "--json", str(out_json), "--csv", str(out_csv),
+                 "--device", "cpu"]) == 0            # in-process: no second torch import
+    lines = capsys.readouterr().out.splitlines()
+    assert "OUTSIDE THE MODEL'S RANGE" not in lines[0]
+    assert "OUTSIDE THE MODEL'S RANGE" in lines[1]
     js = json.loads(out_json.read_text())
     assert [j["out_of_range"] for j in js] == [False, True]
     rows = list(csv.DictReader(out_csv.open()))
