@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import threading
 import time
 import traceback
@@ -28,6 +29,7 @@ import streamlit as st
 
 from app import auth, charts, guard, state, uploads
 from rcvcore import demo, runs
+from rcvcore.errors import UserError
 from rcvcore.metrics import METRICS, metric_names, metric_summary  # noqa: F401 (pages)
 from rcvcore.prune import NONE
 from rcvcore.runs.config import PROTOCOLS, TrainConfig
@@ -70,9 +72,10 @@ def imagenet_status(arch: str) -> tuple[bool, str]:
     ok, where = weights_available(arch)
     if ok:
         return True, where
-    return False, (f"ImageNet weights for **{arch}** are not on this machine. "
-                   f"{missing_weights_message(arch)} "
-                   "**efficientnet_lite0** has ImageNet weights that need no download.")
+    # rcvcore's message says where the file goes and which networks need no download; its
+    # first sentence is this one's, said once
+    rest = missing_weights_message(arch).split(". ", 1)[-1]
+    return False, f"ImageNet weights for **{arch}** are not on this machine. {rest}"
 
 
 @st.cache_data(show_spinner=False)
@@ -240,7 +243,7 @@ def job_error(job: ScanJob) -> str | None:
         return None
     if isinstance(exc, ScanCancelled):
         return "Scan cancelled."
-    from rcvcore.errors import UserError, disk_error
+    from rcvcore.errors import disk_error
 
     exc = disk_error(exc, state.runs_root(create=False)) or exc  # a full disk: one line
     if isinstance(exc, UserError):
@@ -349,6 +352,68 @@ def scan_leak(cut0: dict, dataset: str | None) -> str | None:
             "(the same dataset, split seeds and fractions).")
 
 
+#: rcvcore's advice names CLI flags; the Scan page says it with its own controls
+PAGE_TERMS = {"--no-per-class": "*Scoring: pooled* (Options)",
+              "--per-class": "*Scoring: per class* (Options)",
+              "--ungrouped": "*Grouped splits* unticked (Options)",
+              "--repeats": "*Repeats* (Options)", "--controls": "*Controls* (Options)",
+              "--model": "*Regression* (Options)", "--batch-size": "*Batch size* (Options)",
+              "--n": "*Images* (Options)", "--opt": "*Dataset options*",
+              "--dataset": "*Dataset*"}
+_FLAG = re.compile(r"`?(" + "|".join(sorted(map(re.escape, PAGE_TERMS), key=len, reverse=True))
+                   + r")(?![\w-])`?")
+
+
+def page_terms(text: str) -> str:
+    """``text`` with the CLI flags that have a Scan page control named as that control."""
+    return _FLAG.sub(lambda m: PAGE_TERMS[m.group(1)], text or "")
+
+
+def legend_labels(records: list[dict]) -> list[str]:
+    """Short legend names of the scans shown together: only what tells them apart
+    (network, weights, dataset, images, regression), the network alone for a single scan."""
+    parts = [(r["result"].get("arch"), r["result"].get("weights"), r["result"].get("dataset"),
+              f"n={r['result'].get('n_images')}", (r.get("config") or {}).get("model"))
+             for r in records]
+    varying = [i for i in range(5) if len({p[i] for p in parts}) > 1] or [0]
+    base = [" · ".join(str(p[i]) for i in varying) for p in parts]
+    # identical settings (e.g. another seed): numbered
+    return [f"{label} #{base[:k].count(label) + 1}" if base.count(label) > 1 else label
+            for k, label in enumerate(base)]
+
+
+def scan_form_state(config: dict, archs: list[str], timm_choice: str,
+                    scoring: dict) -> dict:
+    """The Scan page's widget values (session-state keys) that show the scan ``config``
+    (the ScanConfig as a dict): a reloaded page shows the settings of the scan running."""
+    arch, weights = config.get("arch"), config.get("weights")
+    out = {"scan_arch": arch if arch in archs else timm_choice}
+    if arch not in archs:
+        out["scan_timm_name"] = arch
+    w = {"imagenet": "imagenet", "random": "random (control)"}.get(weights, "checkpoint")
+    out[f"scan_weights_{arch}"] = w
+    if w == "checkpoint":
+        out["scan_ckpt_path"] = weights
+    kind, _, path = str(config.get("dataset") or "").partition(":")
+    out["scan_dataset"] = kind
+    if path:
+        out[f"scan_ds_path_{kind}"] = path
+    out[f"scan_ds_opts_{kind}"] = "; ".join(
+        f"{k}={v}" for k, v in (config.get("dataset_options") or {}).items())
+    layers = config.get("layers") or "paper"
+    out["scan_layer_mode"] = layers if layers in ("paper", "all") else "choose"
+    if out["scan_layer_mode"] == "choose":
+        out[f"scan_layers_{arch}"] = [x for x in str(layers).split(",") if x]
+    per_class = {v: k for k, v in scoring.items()}
+    out.update({"scan_n": int(config.get("n") or 0), "scan_repeats": int(config["repeats"]),
+                "scan_model": config["model"], "scan_controls": list(config["controls"]),
+                "scan_scoring": per_class.get(config.get("per_class"), "dataset default"),
+                "scan_grouped": bool(config.get("grouped", True)),
+                "scan_device": config["device"], "scan_batch": int(config["batch_size"]),
+                "scan_seed": int(config["seed"]), "scan_use_cache": bool(config["use_cache"])})
+    return out
+
+
 def result_csv(result: dict) -> str:
     from rcvcore.scan import ScanResult
 
@@ -390,8 +455,40 @@ def launch_group(config, seeds: list[int], baseline: bool, max_parallel: int = 1
     """Plan one run per (cut, seed) in a new group folder and start the first ones (the
     baseline, the full network, first for each seed); the server's scheduler starts the others
     as earlier ones end."""
-    return _scheduler().launch_group(config, seeds, baseline=baseline,
-                                     max_parallel=max_parallel, group=None)
+    group = _scheduler().launch_group(config, seeds, baseline=baseline,
+                                      max_parallel=max_parallel, group=None)
+    _set_owner(group, auth.session_user())
+    return group
+
+
+# A launched group belongs to the user who launched it (served mode: only they may cancel or
+# resume its runs; everyone signed in sees the runs, the shared view of the runs folder). The
+# owner is an app concern, kept beside group.json in a file rcvcore never reads.
+OWNER_FILE = ".owner"
+
+
+def _set_owner(group: Path, user: str) -> None:
+    (Path(group) / OWNER_FILE).write_text(hashlib.sha256(user.encode()).hexdigest())
+
+
+def can_control(group: Path, user: str | None = None) -> bool:
+    """Whether ``user`` (default: this page's) may cancel or resume the runs of ``group``:
+    always outside served mode; in served mode only the user who launched it (a group launched
+    from the command line, with no owner file, by nobody on the dashboard)."""
+    if not auth.served():
+        return True
+    user = auth.session_user() if user is None else user
+    try:
+        owner = (Path(group) / OWNER_FILE).read_text().strip()
+    except OSError:
+        return False
+    return owner == hashlib.sha256(user.encode()).hexdigest()
+
+
+def _require_control(group: Path) -> None:
+    if not can_control(group):
+        raise UserError("These runs were launched by another user: only they can cancel or "
+                        "resume them.")
 
 
 def read_group(group: Path) -> dict | None:
@@ -399,7 +496,9 @@ def read_group(group: Path) -> dict | None:
 
 
 def cancel_group(group: Path) -> None:
-    """Cancel every active run of ``group`` and drop the ones not started yet."""
+    """Cancel every active run of ``group`` and drop the ones not started yet (its owner only,
+    :func:`can_control`)."""
+    _require_control(group)
     _scheduler().cancel_group(group, wait=None)
 
 
@@ -480,7 +579,16 @@ def read_runs(run_dirs: list[Path]) -> list:
 
 
 def cancel_run(run_dir: Path) -> str:
+    """Cancel one run of a group (its owner only, :func:`can_control`)."""
+    _require_control(Path(run_dir).parent)
     return runs.cancel(run_dir, wait=None)  # a run still launching is cancelled by the scheduler
+
+
+def resume_run(group: Path, run_dir: Path) -> str:
+    """Resume a cancelled, interrupted or failed run of ``group`` from its last checkpoint
+    (:meth:`rcvcore.runs.Scheduler.resume_run`; its owner only); returns its state."""
+    _require_control(group)
+    return _scheduler().resume_run(group, run_dir)
 
 
 def active_or_waiting_runs() -> int:

@@ -141,8 +141,13 @@ def test_train_cancel_and_reload_survival(app_env):
     _fill_tiny(at, baseline=False)
     _w(at, "number_input", "train_epochs").set_value(100)
     at.run()
+    assert at.expander[0].proto.expanded     # nothing to watch yet: the form is open
     _w(at, "button", "train_launch").click()
     at.run()
+    # launch -> watch: the new group is selected, the form folded, the monitor below it
+    group = next(d for d in (app_env / "runs").iterdir() if not d.name.startswith("_"))
+    assert at.session_state["train_group_select"] == group.name
+    assert not at.expander[0].proto.expanded
     deadline = time.time() + 180
     while time.time() < deadline:
         time.sleep(1)
@@ -150,6 +155,7 @@ def test_train_cancel_and_reload_survival(app_env):
         if list(at.dataframe[0].value["state"]) == ["running"]:
             break
     assert list(at.dataframe[0].value["state"]) == ["running"]
+    assert at.dataframe[0].value["progress"][0].startswith("epoch 1/100")
     # a new session (a page reload) finds the run still going
     at2 = _open_train(AppTest.from_file(MAIN, default_timeout=30))
     assert list(at2.dataframe[0].value["state"]) == ["running"]
@@ -163,3 +169,20 @@ def test_train_cancel_and_reload_survival(app_env):
             break
     assert list(at2.dataframe[0].value["state"]) == ["cancelled"]
     assert not any(b.key.startswith("cancel_group_") for b in at2.button)
+    # the progress agrees with the state (no "epoch 0/100" beside "cancelled at epoch 1")
+    assert at2.dataframe[0].value["progress"][0].startswith("stopped after 0/100 epochs")
+    # per-run Resume continues it from its checkpoint; per-run Cancel stops it again
+    _w(at2, "button", "resume_run_add_6_seed1").click()
+    at2.run()
+    deadline = time.time() + 120
+    while time.time() < deadline and list(at2.dataframe[0].value["state"]) != ["running"]:
+        time.sleep(1)
+        at2.run()
+    assert list(at2.dataframe[0].value["state"]) == ["running"]
+    _w(at2, "button", "cancel_run_add_6_seed1").click()
+    at2.run()
+    deadline = time.time() + 120
+    while time.time() < deadline and list(at2.dataframe[0].value["state"]) != ["cancelled"]:
+        time.sleep(1)
+        at2.run()
+    assert list(at2.dataframe[0].value["state"]) == ["cancelled"]

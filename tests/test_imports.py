@@ -221,7 +221,8 @@ APP = PKG.parent / "app"
 #: no cycle (pages -> services -> {auth, guard, uploads, state, charts} -> rcvcore)
 APP_LAYERS = {"app.main": 3, "app.gateway": 3, "app.serve": 3, "app.widgets": 3,
               "app.services": 2, "app.auth": 1, "app.guard": 1, "app.uploads": 1,
-              "app.state": 1, "app.charts": 1, "app.browser_harness": 0, "app": 0}
+              "app.state": 1, "app.charts": 1, "app.prediction_view": 1, "app.tracker": 1,
+              "app.browser_harness": 0, "app": 0}
 
 
 def _app_modules() -> dict[str, Path]:

@@ -9,7 +9,6 @@ import json
 import streamlit as st
 
 from app import charts, services, state, widgets
-from rcvcore.errors import UserError
 
 st.title("Scale-covariance scan")
 st.caption("Regression Concept Vectors (Graziani et al., iMIMIC 2020): how well a linear "
@@ -24,8 +23,17 @@ archs = services.arch_catalogue()
 datasets = services.dataset_catalogue()
 
 # ------------------------------------------------------------------------------------- form
+if "scan_job" not in st.session_state and services.running_jobs(None):
+    # a reloaded page finds the scan its user started still running in the server, and the
+    # sidebar shows that scan's settings (not the defaults)
+    _running = services.running_jobs(None)[0]
+    st.session_state["scan_job"] = _running.job_id
+    st.session_state.update(services.scan_form_state(_running.config, list(archs),
+                                                     TIMM_CHOICE, SCORING))
+
 with st.sidebar:
     st.header("Scan settings")
+    run_slot = st.empty()   # Run scan on top: visible without scrolling the settings
     arch_names = list(archs) + [TIMM_CHOICE]
     arch = st.selectbox("Architecture", arch_names,
                         index=arch_names.index(DEFAULT_ARCH) if DEFAULT_ARCH in arch_names else 0,
@@ -40,9 +48,11 @@ with st.sidebar:
             arch = "timm:" + arch
         try:
             archs = {**archs, arch: services.arch_info(arch)}
-        except UserError as e:
-            st.error(str(e))
-            st.stop()
+        except Exception as e:  # not in timm, or a network the registry cannot probe
+            st.error(f"{arch} cannot be scanned: {services.page_terms(str(e))} Choose another "
+                     f"network; the page uses {DEFAULT_ARCH} meanwhile.",
+                     icon=":material/block:")
+            arch = DEFAULT_ARCH
     st.caption(archs[arch]["description"])
 
     have_imagenet, how = services.imagenet_status(arch)
@@ -106,8 +116,8 @@ with st.sidebar:
         use_cache = st.checkbox("Use the activation cache", value=True, key="scan_use_cache")
 
     ready = weights is not None and dataset is not None and layers is not None
-    run = st.button("Run scan", type="primary", disabled=not ready, key="scan_run",
-                    width="stretch")
+    run = run_slot.button("Run scan", type="primary", disabled=not ready, key="scan_run",
+                          width="stretch")
 
 if not have_imagenet:
     st.warning(f"**Offline mode: no ImageNet weights for {arch}.** " + how.split(". ", 1)[1]
@@ -164,16 +174,13 @@ def scan_progress() -> None:
     st.rerun()  # redraw the whole page with the new result
 
 
-if "scan_job" not in st.session_state and services.running_jobs(None):
-    # a reloaded page finds the scan its user started still running in the server
-    st.session_state["scan_job"] = services.running_jobs(None)[0].job_id
 _job_now = services.get_job(st.session_state.get("scan_job"))
 # poll only while a scan runs; a finished one triggers a full rerun from inside the fragment
 st.fragment(run_every=0.5 if _job_now is not None else None)(scan_progress)()
 if _job_now is not None and not _job_now.done and st.button("Cancel scan", key="scan_cancel"):
     services.cancel_job(_job_now.job_id)  # the job stops at its next step; the poll then reports it
 if st.session_state.get("scan_error"):
-    st.error(st.session_state["scan_error"])
+    st.error(services.page_terms(st.session_state["scan_error"]))
 
 if st.session_state.get("scan_toast"):
     st.toast(st.session_state.pop("scan_toast"))
@@ -223,9 +230,14 @@ convention = opts[0].radio("Aggregation", charts.CONVENTIONS, key="scan_conventi
                            help="mean ± std of R² over repeats (and classes), or the paper's "
                                 "ln(mean(exp R²)) as plotted in its figures")
 show_controls = opts[1].toggle("Show controls", value=True, key="scan_show_controls")
+mixed = len({saved[s]["result"].get("arch") for s in [primary, *others]}) > 1
+if mixed:   # scans of different networks share no layer names: the depth axis is in use
+    st.session_state["scan_depth"] = True
 depth_axis = opts[2].toggle("Normalised depth axis", value=False, key="scan_depth",
+                            disabled=mixed,
                             help="x = depth in [0, 1], to compare networks of different depth "
-                                 "(always on when the overlaid scans differ in architecture)")
+                                 "(on, and fixed, while the overlaid scans differ in "
+                                 "architecture)")
 clip = opts[3].toggle("Clip y at -1", value=True, key="scan_clip")
 
 layer_names = [r["name"] for r in result.get("layers", [])]
@@ -256,8 +268,9 @@ if CUT_WIDGET not in st.session_state:
     if start is not None:
         st.session_state[CUT_WIDGET] = start
 
-shown = [dict(r, label=charts.scan_label(r["result"], r.get("config") or {}))
-         for r in [rec] + [saved[s] for s in others]]
+legend = services.legend_labels([rec] + [saved[s] for s in others])
+shown = [dict(r, label=label) for r, label in zip([rec] + [saved[s] for s in others], legend,
+                                                 strict=True)]
 fig = charts.r2_figure(shown, convention=convention,
                        show_controls=show_controls, depth_axis=depth_axis,
                        clip_at=-1.0 if clip else None,
@@ -285,11 +298,11 @@ else:
         if suggested:
             st.markdown(f"**Suggested:** `{suggested}`")
         else:
-            st.warning("**No suggested cut.** " + rule.removeprefix("No suggested cut: "),
-                       icon=":material/block:")
+            st.warning("**No suggested cut.** " + services.page_terms(
+                rule.removeprefix("No suggested cut: ")), icon=":material/block:")
         if not suggested or rule:
-            st.caption(rule if suggested else "The Train page is not prefilled from this scan "
-                       "unless you choose a layer above.")
+            st.caption(services.page_terms(rule) if suggested else "The Train page is not "
+                       "prefilled from this scan unless you choose a layer above.")
         cut_record = {"arch": result.get("arch"), "weights": rec["config"].get("weights"),
                       "layer": cut, "dataset": result.get("dataset"), "scan_id": primary,
                       "suggested": suggested, "reason": rule}
@@ -305,11 +318,16 @@ else:
                          icon=":material/model_training:",
                          query_params={"scan": primary, "cut": cut})
     with c2:
-        try:
-            s = services.cut_summary(result.get("arch"), cut)
-        except Exception as e:
-            st.warning(f"Cannot size the cut: {e}")
+        if not cut:
+            st.caption("Choose a layer to see the parameters and GFLOPs the cut removes.")
+            s = None
         else:
+            try:
+                s = services.cut_summary(result.get("arch"), cut)
+            except Exception as e:
+                st.warning(f"Cannot size the cut: {e}")
+                s = None
+        if s is not None:
             m = st.columns(3)
             m[0].metric("Parameters (pruned)", f"{s['pruned_params'] / 1e6:.2f} M",
                         f"{(s['params_ratio'] - 1) * 100:+.0f} % vs full "

@@ -6,6 +6,7 @@ Run groups and comparisons (SciPy) and the scan (torch) are imported inside the 
 """
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from ..errors import UserError
 from ..metrics import METRICS, metric_names
 from ..runs.directory import FINISHED, find_runs, is_group_dir, is_run_dir, read_run, runs_root
 from ..runs.process import cancel
+from ..runs.tracker import CURVE_FIELDS, curves
 from ._types import number
 
 
@@ -31,6 +33,9 @@ def add_parser(sub) -> None:
     p.add_argument("--json", metavar="FILE", help="also write the list as JSON")
     p.add_argument("--tables", action="store_true",
                    help="print the Table 2 summary of every comparison found")
+    p.add_argument("--curves", metavar="FILE",
+                   help="write every curve point of every run found to FILE (CSV: run, cut, "
+                        "seed, kind, metric, step, epoch, value), as the dashboard exports it")
     p.set_defaults(func=_runs)
     c = sub.add_parser("cancel", help="cancel a running training run or run group (SIGTERM; "
                                       "resumable)",
@@ -112,11 +117,25 @@ def _runs(args) -> int:
             print(f"\n{d}  ({comp.get('state', 'done')})\n{comp.get('table', '')}")
     elif comparisons:
         print(f"\n{len(comparisons)} comparison(s) with a comparison.json; --tables prints them.")
+    if args.curves:
+        _write_curves(args.curves, find_runs(root), root)
     if args.json:
         Path(args.json).write_text(json.dumps({"root": str(root), "runs": rows,
                                                "comparisons": sorted(comparisons),
                                                "groups": groups}, indent=2))
     return 0
+
+
+def _write_curves(path, runs, root: Path) -> None:
+    """Every point of every run's curves (:func:`rcvcore.runs.tracker.curves`) as CSV."""
+    runs = list(runs)
+    cols = ("run", "cut", "seed", "kind", "metric", "label", "step", "epoch", "value")
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, cols, extrasaction="ignore")
+        w.writeheader()
+        for kind in CURVE_FIELDS:
+            w.writerows({**r, "kind": kind} for r in curves(runs, kind, root=root))
+    print(f"curves written to {path}")
 
 
 def _groups(root: Path) -> list[dict]:

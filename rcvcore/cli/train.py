@@ -10,6 +10,7 @@ Heavy modules (torch, the registry) are imported inside the commands: ``--help``
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import sys
@@ -153,6 +154,9 @@ def add_parser(sub) -> None:
     q.add_argument("--run", required=True, help="a finished run directory")
     q.add_argument("files", nargs="+", help="image files")
     q.add_argument("--json", metavar="FILE", help="write one object per file to FILE")
+    q.add_argument("--csv", metavar="FILE",
+                   help="write one row per file to FILE (the dashboard's CSV columns: area, "
+                        "class, out_of_range, range_reasons, feature_distance, p_/dist_ per class)")
     q.add_argument("--device", default="auto")
     q.add_argument("--batch-size", type=COUNT, default=16)
     q.add_argument("--max-tiles", type=COUNT, default=64,
@@ -228,7 +232,7 @@ def _compare(args) -> int:
 
 
 def _predict(args) -> int:
-    from ..predict import load_run_model, predict_files
+    from ..predict import load_run_model, predict_files, prediction_row
 
     run = load_run_model(args.run, args.device)
     preds = predict_files(run, args.files, batch_size=args.batch_size, max_tiles=args.max_tiles)
@@ -247,10 +251,19 @@ def _predict(args) -> int:
             parts.append("p=" + ",".join(f"{c}:{v:.2f}" for c, v in p.probabilities.items()))
         if p.note:
             parts.append(f"({p.note})")
+        if p.out_of_range:
+            parts.append("OUTSIDE THE MODEL'S RANGE: " + "; ".join(p.range_reasons))
         print(f"{p.path}\t" + "  ".join(parts))
     if args.json:
         with open(args.json, "w") as f:
             json.dump([p.to_dict() for p in preds], f, indent=2)
+    if args.csv:
+        rows = [prediction_row(p.to_dict()) for p in preds]
+        cols = list(dict.fromkeys(k for r in rows for k in r))
+        with open(args.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, cols)
+            w.writeheader()
+            w.writerows(rows)
     n_bad = sum(1 for p in preds if p.error)
     if n_bad:
         print(f"{n_bad} of {len(preds)} files could not be predicted", file=sys.stderr)
