@@ -22,6 +22,10 @@ from .data.base import default_cache_dir
 from .data.demo_he import locate_source
 from .data.images import read_rgb
 from .data.slide_writer import write_slide
+from .runs.config import TrainConfig
+from .runs.directory import read_run
+from .slidecheck import check_slides
+from .train import train
 
 ARCH = "efficientnet_lite0"
 CUT = "block3.2"
@@ -73,11 +77,6 @@ def slides_demo(folder, *, epochs: int = 5, device: str = "auto", tiles: int = 3
                 progress: ProgressFn | None = None):
     """Write the demo slides, train the resolution model (reused when already trained) and
     check the check slides and the real SVS; returns ``(checks, domain, run_dir)``."""
-    from .runs.config import TrainConfig
-    from .runs.directory import read_run
-    from .slidecheck import check_slides
-    from .train import train
-
     folder = Path(folder)
     trusted, check, source = write_demo_slides(folder / "slides")
     run_dir = folder / "mpp-model"

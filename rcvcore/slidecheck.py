@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ._shared import ProgressFn
+from .data import load_dataset
 from .data.slides import (
     MEASURE_NAME,
     SlideError,
@@ -42,6 +43,8 @@ from .data.slides import (
     tissue_fields,
 )
 from .errors import UserError
+from .predict import load_run_model, predict_tiles
+from .train.data import split_dataset
 
 VERDICTS = ("consistent", "mismatch", "no header MPP", "out of domain", "error")
 DEFAULT_TILES = 64
@@ -104,9 +107,6 @@ def domain_of(images: Sequence[str], description: str, max_tiles: int = 256,
 def run_domain(run) -> Domain | None:
     """The :class:`Domain` of a run's training dataset (reloaded from its config; a generated
     dataset comes from its cache), or None when it cannot be loaded here."""
-    from .data import load_dataset
-    from .train.data import split_dataset
-
     cfg = run.config
     try:
         ds = load_dataset(cfg.dataset, n=cfg.n, seed=cfg.split_seed,
@@ -179,8 +179,6 @@ class SlideCheck:
 def _predict_level(run, slide, level_ds: float, n: int, seed: int):
     """Corners, predicted level-0 µm/px and tiles of ``n`` tissue tiles read natively at the
     level of downsample ``level_ds``."""
-    from .predict import predict_tiles
-
     p = run.task.patch_size
     side0 = p * level_ds
     corners = tissue_fields(slide, side0, n, seed, MIN_TISSUE)
@@ -238,8 +236,6 @@ def check_slides(run_dir, paths: Sequence, *, n_tiles: int = DEFAULT_TILES, seed
                  progress: ProgressFn | None = None) -> tuple[list[SlideCheck], Domain | None]:
     """Check every slide of ``paths`` (slide files, folders or list files) with the run in
     ``run_dir``; returns the checks and the training :class:`Domain` (None if unknown)."""
-    from .predict import load_run_model
-
     run = load_run_model(run_dir, device)
     if run.task.target != "mpp" or run.task.measure_name != MEASURE_NAME:
         raise UserError(f"--run {run_dir}: the run predicts {run.task.target}, not µm/px; "
