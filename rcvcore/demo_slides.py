@@ -61,9 +61,12 @@ def write_demo_slides(folder, cache_dir=None) -> tuple[Path, Path, Path]:
     train, check = Path(folder) / "trusted", Path(folder) / "check"
     train.mkdir(parents=True, exist_ok=True)
     check.mkdir(parents=True, exist_ok=True)
-    for i in TRAIN_PIECES:
-        write_slide(train / f"piece{i}.tif", pieces[i], SOURCE_MPP, min_side=128)
+    for i in TRAIN_PIECES:      # kept when already written: their tiles stay cached
+        if not (train / f"piece{i}.tif").is_file():
+            write_slide(train / f"piece{i}.tif", pieces[i], SOURCE_MPP, min_side=128)
     for name, (i, ds, header, restained) in CHECKS.items():
+        if (check / name).is_file():
+            continue
         img = pieces[i][..., [1, 2, 0]] if restained else pieces[i]   # pink/purple -> cyan
         if ds > 1:
             h, w = img.shape[:2]
