@@ -706,3 +706,20 @@ def predict_uploads(run, items: list[tuple[str, bytes]]) -> list[dict]:
     return [{**p.to_dict(), "thumbnail": p.thumbnail}
             for p in predict_images(run, items, thumbnail=THUMBNAIL_PX,
                                     max_total_pixels=budget)]
+
+
+# --------------------------------------------------------------------------------------------
+# whole slides
+
+
+def check_slides(run_dir: str, slides_path: str, n_tiles: int, progress=None) -> dict:
+    """Check the slides under ``slides_path`` (vetted like any served path) with a ``--target
+    mpp`` run: ``{"rows": [...], "thumbnails": {path: image}, "domain": str | None}``."""
+    from rcvcore.slidecheck import check_slides as run_check
+    from rcvcore.slidecheck import thumbnail
+
+    path = guard.vet_path(slides_path, "Slides")
+    checks, domain = run_check(run_dir, [path], n_tiles=n_tiles, progress=progress)
+    return {"rows": [c.row() for c in checks], "checks": checks,
+            "thumbnails": {c.path: thumbnail(c, 320) for c in checks if c.verdict != "error"},
+            "domain": domain.description if domain else None}
