@@ -185,7 +185,8 @@ def transfer_demo(root=None, *, seeds=10, cut: str | None = None, parallel: int 
                     excluded=int(result.scoring.get("excluded", 0)), plateau=result.plateau(),
                     excluded_groups=len(held), scanned=int(result.n_images))
         if cut is None:
-            feature = [s for s in result.layers if s.layer not in ("pre_softmax", "softmax")]
+            feature = [s for s in result.layers if s.layer not in ("pre_softmax", "softmax")
+                       and s.layer not in result.full_layers()]
             cut = max(feature, key=lambda s: s.mean).layer
             info["rule"] = FALLBACK_RULE
             info["how"] = (f"no layer qualifies in the scan that saw no test patch ({why}); "

@@ -31,6 +31,7 @@ from .errors import Notice, SkippedFile, UserError
 from .exclusion import keep_rows
 from .extract import FeatureExtractor, extract
 from .models import PRE_SOFTMAX, SOFTMAX, ArchSpec, Backbone, get_arch, resolve_backbone
+from .prune import is_full
 from .rcv import (
     CORRECTION,
     MODELS,
@@ -167,6 +168,16 @@ class ScanResult:
 
         return layer_tests(names, clean(p_sh), clean(p_rw), float(self.config.alpha))
 
+    def full_layers(self) -> set[str]:
+        """The scored layers where the network cut is the full network (nothing pruned);
+        empty for an architecture this install does not know."""
+        try:
+            arch = get_arch(self.config.arch)
+            return {s.layer for s in self.layers
+                    if s.layer not in LOGITS and is_full(arch, s.layer)}
+        except UserError:
+            return set()
+
     def suggest_cut(self) -> tuple[str | None, str]:
         """Suggested prune point (None when no layer qualifies) and the reason, in words.
 
@@ -178,7 +189,10 @@ class ScanResult:
         one standard deviation (over repeats) of the peak; suggest the last layer reached.
         A test that was not run (its control switched off) is said so and does not filter.
         """
-        cands = [s for s in self.layers if s.layer not in LOGITS and np.isfinite(s.mean)]
+        # a cut at the last feature map prunes nothing (efficientnet_lite0's head): not a cut
+        full = self.full_layers()
+        cands = [s for s in self.layers if s.layer not in LOGITS and s.layer not in full
+                 and np.isfinite(s.mean)]
         if not cands:
             return None, "No scored feature layer (only logits and softmax): no cut to suggest."
         run_sh, run_rw = self._tests_run()
