@@ -347,10 +347,13 @@ def test_the_loading_note_goes_once_the_page_has_drawn(app_env):
 
 def test_legend_names_keep_only_what_tells_the_scans_apart():
     from app.services import legend_labels
+    from rcvcore.scan import ScanConfig, ScanResult
 
     def rec(arch, n, model="ridge"):
-        return {"result": {"arch": arch, "weights": "random", "dataset": "demo-scale",
-                           "n_images": n}, "config": {"model": model}}
+        return ScanResult(config=ScanConfig(arch=arch, weights="random", dataset="demo-scale",
+                                            model=model),
+                          dataset="demo-scale", measure_name="scale", n_images=n, skipped=(),
+                          layers=(), controls={}, depth={})
 
     assert legend_labels([rec("resnet18", 24)]) == ["resnet18"]
     assert legend_labels([rec("resnet18", 24), rec("resnet50", 24)]) == ["resnet18", "resnet50"]
