@@ -29,6 +29,7 @@ import streamlit as st
 
 from app import auth, charts, guard, state, uploads
 from rcvcore import demo, runs
+from rcvcore.errors import UserError
 from rcvcore.metrics import METRICS, metric_names, metric_summary  # noqa: F401 (pages)
 from rcvcore.prune import NONE
 from rcvcore.runs.config import PROTOCOLS, TrainConfig
@@ -238,7 +239,7 @@ def job_error(job: ScanJob) -> str | None:
         return None
     if isinstance(exc, ScanCancelled):
         return "Scan cancelled."
-    from rcvcore.errors import UserError, disk_error
+    from rcvcore.errors import disk_error
 
     exc = disk_error(exc, state.runs_root(create=False)) or exc  # a full disk: one line
     if isinstance(exc, UserError):
@@ -478,8 +479,40 @@ def launch_group(config, seeds: list[int], baseline: bool, max_parallel: int = 1
     """Plan one run per (cut, seed) in a new group folder and start the first ones (the
     baseline, the full network, first for each seed); the server's scheduler starts the others
     as earlier ones end."""
-    return _scheduler().launch_group(config, seeds, baseline=baseline,
-                                     max_parallel=max_parallel, group=None)
+    group = _scheduler().launch_group(config, seeds, baseline=baseline,
+                                      max_parallel=max_parallel, group=None)
+    _set_owner(group, auth.session_user())
+    return group
+
+
+# A launched group belongs to the user who launched it (served mode: only they may cancel or
+# resume its runs; everyone signed in sees the runs, the shared view of the runs folder). The
+# owner is an app concern, kept beside group.json in a file rcvcore never reads.
+OWNER_FILE = ".owner"
+
+
+def _set_owner(group: Path, user: str) -> None:
+    (Path(group) / OWNER_FILE).write_text(hashlib.sha256(user.encode()).hexdigest())
+
+
+def can_control(group: Path, user: str | None = None) -> bool:
+    """Whether ``user`` (default: this page's) may cancel or resume the runs of ``group``:
+    always outside served mode; in served mode only the user who launched it (a group launched
+    from the command line, with no owner file, by nobody on the dashboard)."""
+    if not auth.served():
+        return True
+    user = auth.session_user() if user is None else user
+    try:
+        owner = (Path(group) / OWNER_FILE).read_text().strip()
+    except OSError:
+        return False
+    return owner == hashlib.sha256(user.encode()).hexdigest()
+
+
+def _require_control(group: Path) -> None:
+    if not can_control(group):
+        raise UserError("These runs were launched by another user: only they can cancel or "
+                        "resume them.")
 
 
 def read_group(group: Path) -> dict | None:
@@ -487,7 +520,9 @@ def read_group(group: Path) -> dict | None:
 
 
 def cancel_group(group: Path) -> None:
-    """Cancel every active run of ``group`` and drop the ones not started yet."""
+    """Cancel every active run of ``group`` and drop the ones not started yet (its owner only,
+    :func:`can_control`)."""
+    _require_control(group)
     _scheduler().cancel_group(group, wait=None)
 
 
@@ -568,12 +603,15 @@ def read_runs(run_dirs: list[Path]) -> list:
 
 
 def cancel_run(run_dir: Path) -> str:
+    """Cancel one run of a group (its owner only, :func:`can_control`)."""
+    _require_control(Path(run_dir).parent)
     return runs.cancel(run_dir, wait=None)  # a run still launching is cancelled by the scheduler
 
 
 def resume_run(group: Path, run_dir: Path) -> str:
     """Resume a cancelled, interrupted or failed run of ``group`` from its last checkpoint
-    (:meth:`rcvcore.runs.Scheduler.resume_run`); returns its state."""
+    (:meth:`rcvcore.runs.Scheduler.resume_run`; its owner only); returns its state."""
+    _require_control(group)
     return _scheduler().resume_run(group, run_dir)
 
 
@@ -692,3 +730,20 @@ def predict_uploads(run, items: list[tuple[str, bytes]]) -> list[dict]:
     return [{**p.to_dict(), "thumbnail": p.thumbnail}
             for p in predict_images(run, items, thumbnail=THUMBNAIL_PX,
                                     max_total_pixels=budget)]
+
+
+# --------------------------------------------------------------------------------------------
+# whole slides
+
+
+def check_slides(run_dir: str, slides_path: str, n_tiles: int, progress=None) -> dict:
+    """Check the slides under ``slides_path`` (vetted like any served path) with a ``--target
+    mpp`` run: ``{"rows": [...], "thumbnails": {path: image}, "domain": str | None}``."""
+    from rcvcore.slidecheck import check_slides as run_check
+    from rcvcore.slidecheck import thumbnail
+
+    path = guard.vet_path(slides_path, "Slides")
+    checks, domain = run_check(run_dir, [path], n_tiles=n_tiles, progress=progress)
+    return {"rows": [c.row() for c in checks], "checks": checks,
+            "thumbnails": {c.path: thumbnail(c, 320) for c in checks if c.verdict != "error"},
+            "domain": domain.description if domain else None}
