@@ -33,6 +33,7 @@ from rcvcore.errors import UserError
 from rcvcore.metrics import METRICS, metric_names, metric_summary  # noqa: F401 (pages)
 from rcvcore.prune import NONE
 from rcvcore.runs.config import PROTOCOLS, TrainConfig
+from rcvcore.scan import ScanConfig, ScanResult, run_scan
 
 # --------------------------------------------------------------------------------------------
 # catalogue (cheap, cached per server)
@@ -150,8 +151,6 @@ def scan_id_for(config: dict) -> str:
 
 def make_config(**kwargs):
     """A :class:`rcvcore.scan.ScanConfig` from the form's values (validation is rcvcore's)."""
-    from rcvcore.scan import ScanConfig
-
     names = {f.name for f in dataclasses.fields(ScanConfig)}
     kwargs = guard.vet_config_kwargs(kwargs)  # served mode: paths under the data root
     guard.check_scan_queue(len(running_jobs()), len(running_jobs(auth.session_user())))
@@ -159,8 +158,6 @@ def make_config(**kwargs):
 
 
 def _run_job(job: ScanJob, config) -> str:
-    from rcvcore.scan import run_scan
-
     def progress(fraction: float, message: str) -> None:
         if job.cancel_requested:
             raise ScanCancelled("cancelled")
@@ -175,9 +172,8 @@ def _run_job(job: ScanJob, config) -> str:
         raise
     finally:
         _free_gpu()
-    record = {"label": None, "config": job.config, "result": result.to_json(),
-              "created": time.time()}
-    record["label"] = charts.scan_label(record["result"])
+    record = {"label": charts.scan_label(result), "config": job.config,
+              "result": result.to_json(), "created": time.time()}
     rid = scan_id_for(job.config)
     state.save_scan(rid, record)
     job.from_cache = result.cache.get("result") == "hit"
@@ -264,27 +260,58 @@ def _free_gpu() -> None:
         pass
 
 
-def suggest_cut(result: dict) -> tuple[str | None, str]:
-    """rcvcore's suggested cut (layer, rule) for a scan result dict."""
-    from rcvcore.scan import ScanResult
+@dataclass(frozen=True, kw_only=True)
+class SavedScan:
+    """A scan saved by the dashboard (``<root>/_scans/<scan_id>.json``), read as its result."""
 
+    scan_id: str
+    label: str | None
+    config: dict                  # the ScanConfig the form submitted, as a dict
+    result: ScanResult
+    created: float = 0.0
+    chosen_cut: dict | None = None   # {"layer", "source", "at"}: chosen on the Scan page
+
+
+def load_scans() -> dict[str, SavedScan]:
+    """The saved scans, newest first; a record whose result does not load is left out."""
+    out = {}
+    for sid, rec in state.load_scans().items():
+        try:
+            result = ScanResult.from_json(rec["result"])
+        except Exception:  # a foreign or damaged file is not a scan (as one that is not JSON)
+            continue
+        out[sid] = SavedScan(scan_id=sid, label=rec.get("label"), config=rec.get("config") or {},
+                             result=result, created=float(rec.get("created") or 0),
+                             chosen_cut=rec.get("chosen_cut"))
+    return out
+
+
+def save_chosen_cut(scan_id: str, layer: str | None, source: str,
+                    saved: dict[str, SavedScan]) -> None:
+    """Keep the cut chosen on the Scan page with its scan (:func:`app.state.save_chosen_cut`)."""
+    state.save_chosen_cut(scan_id, layer, source,
+                          {sid: s.chosen_cut for sid, s in saved.items()})
+
+
+def suggest_cut(result: ScanResult) -> tuple[str | None, str]:
+    """rcvcore's suggested cut (layer, rule) for a scan result."""
     try:
-        layer, rule = ScanResult.from_json(result).suggest_cut()
+        layer, rule = result.suggest_cut()
     except Exception as e:  # an old or partial result: say so, do not crash the page
         return None, f"No suggestion for this scan ({type(e).__name__}: {e})."
     return layer, rule
 
 
-def scan_cut(scan_id: str, rec: dict, layer: str | None, source: str) -> dict:
+def scan_cut(scan: SavedScan, layer: str | None, source: str) -> dict:
     """The cut record the Train page is prefilled from: the scan's network, weights, dataset
     (spec and loader options), exclusions, ``layer`` and where it comes from (``source``)."""
-    result, config = rec.get("result") or {}, rec.get("config") or {}
+    result, config = scan.result, scan.config
     suggested, rule = suggest_cut(result)
-    return {"arch": result.get("arch") or config.get("arch"), "weights": config.get("weights"),
-            "layer": layer, "dataset": config.get("dataset") or result.get("dataset"),
+    return {"arch": result.config.arch or config.get("arch"), "weights": config.get("weights"),
+            "layer": layer, "dataset": config.get("dataset") or result.dataset,
             "dataset_options": dict(config.get("dataset_options") or {}),
-            "exclude": list(config.get("exclude") or ()), "scan_id": scan_id,
-            "label": rec.get("label"), "suggested": suggested, "reason": rule,
+            "exclude": list(config.get("exclude") or ()), "scan_id": scan.scan_id,
+            "label": scan.label, "suggested": suggested, "reason": rule,
             "source": source}
 
 
@@ -295,24 +322,24 @@ def train_prefill(scan_id: str | None, layer: str | None, session_cut: dict | No
     In order: the page's link (``?scan=ID&cut=LAYER``), this tab's Scan page, the cut chosen
     last on the Scan page in any tab (saved with its scan, :func:`app.state.last_chosen_scan`).
     """
-    saved = state.load_scans()
+    saved = load_scans()
     if scan_id:
-        rec = saved.get(scan_id)
-        if rec is None:
+        scan = saved.get(scan_id)
+        if scan is None:
             return None, (f"The link names scan `{scan_id}`, which is not saved on this "
                           "server: choose a cut on the Scan page.")
-        layer = layer or (rec.get("chosen_cut") or {}).get("layer")
-        names = [r.get("name") for r in (rec.get("result") or {}).get("layers", [])]
+        layer = layer or (scan.chosen_cut or {}).get("layer")
+        names = [s.layer for s in scan.result.layers]
         if layer and layer not in names:
             return None, (f"The link's cut `{layer}` is not a layer of scan `{scan_id}`; "
                           f"its layers: {', '.join(map(str, names))}.")
-        return scan_cut(scan_id, rec, layer, "link"), None
+        return scan_cut(scan, layer, "link"), None
     if session_cut:
         return {"source": "tab", **session_cut}, None
-    sid = state.last_chosen_scan(saved)
+    sid = state.last_chosen_scan({sid: s.chosen_cut for sid, s in saved.items()})
     if sid is None:
         return None, None
-    return scan_cut(sid, saved[sid], saved[sid]["chosen_cut"].get("layer"), "saved"), None
+    return scan_cut(saved[sid], saved[sid].chosen_cut.get("layer"), "saved"), None
 
 
 def cut_refusal(arch: str, cut: str, baseline: bool) -> str | None:
@@ -369,12 +396,11 @@ def page_terms(text: str) -> str:
     return _FLAG.sub(lambda m: PAGE_TERMS[m.group(1)], text or "")
 
 
-def legend_labels(records: list[dict]) -> list[str]:
+def legend_labels(results: list[ScanResult]) -> list[str]:
     """Short legend names of the scans shown together: only what tells them apart
     (network, weights, dataset, images, regression), the network alone for a single scan."""
-    parts = [(r["result"].get("arch"), r["result"].get("weights"), r["result"].get("dataset"),
-              f"n={r['result'].get('n_images')}", (r.get("config") or {}).get("model"))
-             for r in records]
+    parts = [(r.config.arch, r.config.weights, r.dataset, f"n={r.n_images}", r.config.model)
+             for r in results]
     varying = [i for i in range(5) if len({p[i] for p in parts}) > 1] or [0]
     base = [" · ".join(str(p[i]) for i in varying) for p in parts]
     # identical settings (e.g. another seed): numbered
@@ -414,10 +440,8 @@ def scan_form_state(config: dict, archs: list[str], timm_choice: str,
     return out
 
 
-def result_csv(result: dict) -> str:
-    from rcvcore.scan import ScanResult
-
-    return ScanResult.from_json(result).to_csv()
+def result_csv(result: ScanResult) -> str:
+    return result.to_csv()
 
 
 # --------------------------------------------------------------------------------------------

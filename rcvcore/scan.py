@@ -314,7 +314,10 @@ class ScanResult:
                                        "test_train_ratio": info.get("test_train_ratio")}
                                       if run_rw else None),
                 "not_run": [k for k, r in (("vs_shuffled", run_sh),
-                                           ("vs_random_weights", run_rw)) if not r]},
+                                           ("vs_random_weights", run_rw)) if not r],
+                # held by a test's entry when one ran; the plateau needs it either way
+                **({} if run_sh or run_rw or "test_train_ratio" not in info
+                   else {"test_train_ratio": info["test_train_ratio"]})},
             "scoring": dict(self.scoring),
             "plateau": self.plateau(), "peak_frequency": self.peak_frequency(),
         }
@@ -342,8 +345,9 @@ class ScanResult:
                                 "p_random_weights": rw.get("p"), "t_random_weights": rw.get("t")}
         sig = d.get("significance") or {}
         info = {k: v for k, v in (sig.get("vs_shuffled") or {}).items() if k != "test"}
-        if (sig.get("vs_random_weights") or {}).get("test_train_ratio") is not None:
-            info["test_train_ratio"] = sig["vs_random_weights"]["test_train_ratio"]
+        for where in (sig.get("vs_random_weights") or {}, sig):
+            if where.get("test_train_ratio") is not None:
+                info["test_train_ratio"] = where["test_train_ratio"]
         return cls(
             config=config, dataset=d["dataset"], measure_name=d.get("measure", ""),
             n_images=d["n_images"],
