@@ -122,7 +122,7 @@ class Backbone:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             if spec.source == "timm":
-                model = timmnets.create(spec.builder, pretrained=False)
+                model = timmnets.create_spec(spec, pretrained=False)
             else:
                 model = tv.build_tv(spec)
         if self.kind == "imagenet":

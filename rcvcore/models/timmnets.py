@@ -7,6 +7,9 @@ Probe layers of a ``timm:NAME`` model come from its own module tree, shallow to 
   activation (as Keras' ``add_k``, the paper's ResNet50 probes);
 - Inception V3 (``Mixed_5b..Mixed_7c``): the paper's ``mixed0..mixed10``;
 - models with ``blocks`` (EfficientNet, MobileNet): ``block{s}.{b}`` = ``blocks.s.b``;
+- vision transformers (ViT, DeiT, BEiT, EVA, DINOv2: ``patch_embed`` + ``blocks``):
+  ``block0..blockN`` (token outputs), and ``head`` = the final norm's tokens;
+- Swin-family models (``layers`` of stages with ``blocks``): ``stage{s}.{b}`` (NHWC outputs);
 - models with ``stages`` (ConvNeXt, RegNet, ...): ``stage{s}.{b}`` for each block of a stage;
 - otherwise the stage outputs timm lists in ``feature_info``;
 then ``head`` (the last feature map, what the classifier pools) when it is not already the last
@@ -24,6 +27,7 @@ from torch import nn
 from .._shared import closest
 from ..errors import UserError, WeightsUnavailable
 from ..utils import downloads_disabled as _rcv_downloads_disabled
+from .pooling import model_layout
 from .spec import PRE_SOFTMAX, SOFTMAX, ArchSpec, Preprocess
 from .tv import INCEPTION_MIXED
 
@@ -68,6 +72,11 @@ def create(builder: str, **kw) -> nn.Module:
     return _timm().create_model(builder, **kw)
 
 
+def create_spec(spec: ArchSpec, **kw) -> nn.Module:
+    """``spec``'s timm model (with its ``build_kwargs``)."""
+    return create(spec.builder, **dict(spec.build_kwargs), **kw)
+
+
 def graph_nodes(model: nn.Module) -> list[str]:
     """Eval-mode FX node names of a timm model (with timm's own leaf modules)."""
     from timm.models import get_graph_node_names
@@ -103,6 +112,14 @@ def derive_layers(model: nn.Module, nodes: list[str], classifier: str
     elif all(hasattr(model, m) for m in ("Mixed_5b", "Mixed_7c")):         # Inception V3
         blocks = [(f"mixed{i}", m) for i, m in enumerate(INCEPTION_MIXED)]
         paper_cut = "mixed8"
+    elif model_layout(model) == "tokens":                                    # ViT family
+        blocks = [(f"block{i}", f"blocks.{i}") for i in range(len(model.blocks))]
+        if isinstance(getattr(model, "norm", None), nn.Module):
+            full_node = "norm"       # the final norm's tokens, before any token pooling
+    elif isinstance(getattr(model, "layers", None), nn.Sequential) and \
+            all(isinstance(getattr(s, "blocks", None), nn.Sequential) for s in model.layers):
+        blocks = [(f"stage{s}.{b}", f"layers.{s}.blocks.{b}")                 # Swin family
+                  for s, stage in enumerate(model.layers) for b in range(len(stage.blocks))]
     elif isinstance(getattr(model, "blocks", None), nn.Sequential) and \
             all(isinstance(s, nn.Sequential) for s in model.blocks):           # EfficientNet
         blocks = [(f"block{s}.{b}", f"blocks.{s}.{b}")
@@ -126,20 +143,43 @@ def derive_layers(model: nn.Module, nodes: list[str], classifier: str
                         "model: it is not a CNN rcvcore can probe. Try another timm:NAME.")
     layers = list(blocks)
     last = blocks[-1][1]
-    if paper_cut is None and full_node != last and not full_node.startswith(last + "."):
+    if paper_cut is None and full_node != last and not full_node.startswith(last + ".") and \
+            _module_nodes(nodes, full_node):
         layers.append(("head", full_node))
     layers += [(PRE_SOFTMAX, classifier), (SOFTMAX, classifier)]
     return tuple(layers), full_node, paper_cut
 
 
+def _token_fields(model: nn.Module, layers) -> dict:
+    """The spec's pooling fields (:mod:`rcvcore.models.pooling`) of a timm model."""
+    layout = model_layout(model)
+    if layout == "nchw":
+        return {}
+    fields = {"layouts": tuple((name, layout) for name, _ in layers
+                               if name not in (PRE_SOFTMAX, SOFTMAX))}
+    if layout == "tokens":
+        def norm_name(attr):
+            mod = getattr(model, attr, None)
+            return attr if isinstance(mod, nn.Module) and not isinstance(mod, nn.Identity) else ""
+
+        fields.update(prefix_tokens=int(model.num_prefix_tokens),
+                      class_token=getattr(model, "cls_token", None) is not None,
+                      norms=(norm_name("norm"), norm_name("fc_norm")))
+    return fields
+
+
 @functools.lru_cache(maxsize=32)
-def timm_spec(name: str) -> ArchSpec:
+def timm_spec(name: str, build_kwargs: tuple[tuple[str, object], ...] = ()) -> ArchSpec:
     """The spec of ``timm:NAME`` (``name`` without the prefix), derived from a randomly
-    initialised build (nothing is downloaded)."""
+    initialised build (nothing is downloaded).
+
+    ``build_kwargs`` (timm ``create_model`` keywords such as ``img_size``, ``depth``) make a
+    variant, named ``timm:NAME[k=v,...]``, for small test models; its input size follows
+    ``img_size``."""
     check_timm_name(name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = create(name, pretrained=False).eval()
+        model = create(name, pretrained=False, **dict(build_kwargs)).eval()
     cfg = dict(getattr(model, "pretrained_cfg", None) or pretrained_cfg(name))
     classifier = cfg.get("classifier") or "fc"
     if isinstance(classifier, (list, tuple)):
@@ -149,10 +189,18 @@ def timm_spec(name: str) -> ArchSpec:
         raise UserError(f"timm:{name} has no classifier node {classifier!r}; rcvcore needs an "
                         "ImageNet classifier head (pre_softmax). Try another timm:NAME.")
     layers, full_node, paper_cut = derive_layers(model, nodes, classifier)
-    return ArchSpec(PREFIX + name, "timm", name, layers, Preprocess.from_timm_cfg(cfg), full_node,
-                    paper_cut=paper_cut,
+    kw = dict(build_kwargs)
+    if "img_size" in kw:
+        size = int(kw["img_size"])
+        cfg = {**cfg, "input_size": (3, size, size), "crop_pct": 1.0}
+    suffix = "[" + ",".join(f"{k}={v}" for k, v in build_kwargs) + "]" if build_kwargs else ""
+    kind = {"tokens": "transformer blocks (mean of patch tokens, or the class token)",
+            "nhwc": "stage blocks (NHWC maps)"}.get(model_layout(model), "blocks")
+    return ArchSpec(PREFIX + name + suffix, "timm", name, layers, Preprocess.from_timm_cfg(cfg),
+                    full_node, paper_cut=paper_cut, build_kwargs=tuple(build_kwargs),
                     description=f"timm {name} at {Preprocess.from_timm_cfg(cfg).crop} px, probed "
-                                "at its blocks (derived from the model).")
+                                f"at its {kind} (derived from the model).",
+                    **_token_fields(model, layers))
 
 
 def lite0_spec() -> ArchSpec:
@@ -261,8 +309,8 @@ def load_pretrained(spec: ArchSpec, file: Path) -> nn.Module:
     """``spec`` with timm's pretrained weights read from ``file`` (timm's own loading: its
     checkpoint filters and head handling)."""
     try:
-        return create(spec.builder, pretrained=True,
-                      pretrained_cfg_overlay={"file": str(file)}).eval()
+        return create_spec(spec, pretrained=True,
+                           pretrained_cfg_overlay={"file": str(file)}).eval()
     except Exception as e:
         raise WeightsUnavailable(f"The cached weights {file} of {spec.name} cannot be loaded "
                                  f"({type(e).__name__}). Delete the file and retry, or pass "
