@@ -10,6 +10,7 @@ from .._shared import NONE, closest
 from ..data.options import check_options, format_options
 from ..errors import UserError
 from ..models import get_arch
+from ..models.pooling import check_token_pool
 from ..prune import cut_node
 
 TARGETS = {"nuclei-area": "regression", "magnification": "classification"}
@@ -90,6 +91,8 @@ class TrainConfig:
         head_init: ``rcv`` (the head starts at the closed-form ridge fit of the pooled features
             at the cut on the run's training split, as the scan fits its RCV) or ``random``;
             default: the protocol's (``rcv`` recommended, ``random`` paper).
+        token_pool: how a vision transformer's tokens at the cut are pooled: ``mean`` of the
+            patch tokens or ``cls`` (the class token); other networks ignore it.
     """
 
     arch: str = "resnet50"
@@ -119,6 +122,7 @@ class TrainConfig:
     dataset_options: dict = field(default_factory=dict)
     protocol: str = "recommended"
     head_init: str | None = None
+    token_pool: str = "mean"      # a transformer's tokens at the cut: "mean" | "cls"
 
     def __post_init__(self):
         # one spelling of the full network inside rcvcore (prune.NONE); "full" and "" are
@@ -160,6 +164,13 @@ class TrainConfig:
                             "recommended protocol for --target magnification.")
         arch = get_arch(self.arch)
         cut_node(arch, self.cut)
+        check_token_pool(self.token_pool, arch=arch.name,
+                         class_token=arch.class_token or not arch.has_tokens)
+        if arch.layouts and self.image_size not in (None, arch.input_size):
+            # a transformer's position embeddings (and Swin's windows) fix its input size
+            raise UserError(f"--image-size {self.image_size}: {arch.name} is a transformer "
+                            f"built for {arch.input_size} px inputs; leave --image-size out "
+                            f"(or give {arch.input_size}).")
         if self.target not in TARGETS:
             raise UserError(f"--target {self.target!r} is unknown.{closest(self.target, TARGETS)}"
                             f" Valid targets: {', '.join(TARGETS)}.")
