@@ -109,11 +109,12 @@ class PrunedNet(nn.Module):
 
 
 def cut_layout(arch: ArchSpec, node: str) -> str:
-    """Layout of the output of graph node ``node`` (the full node: its layer's, or the last
-    block's when it is not a probe layer)."""
+    """Layout of the output of graph node ``node`` (a node that is no probe layer, such as a
+    CNN's full node: the layout of the deepest probed map)."""
     table = {n: arch.layout(name) for name, n in arch.all_layers
              if name not in (PRE_SOFTMAX, SOFTMAX)}
-    return table.get(node) or arch.layout(arch.layer_names[-3])
+    maps = [lay for lay in table.values() if lay != "vector"]   # VGG's fc layers are vectors
+    return table.get(node) or (maps[-1] if maps else "nchw")
 
 
 def _norms(model: nn.Module, arch: ArchSpec, node: str) -> tuple[nn.Module | None, ...]:
