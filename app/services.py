@@ -38,12 +38,14 @@ from rcvcore.runs.config import PROTOCOLS, TrainConfig
 
 def _arch_record(a) -> dict:
     return {"description": a.description, "layers": a.layer_names,
-            "all_layers": [n for n, _ in a.all_layers], "paper_cut": a.paper_cut}
+            "all_layers": [n for n, _ in a.all_layers], "paper_cut": a.paper_cut,
+            "tokens": a.has_tokens, "class_token": a.class_token}
 
 
 @st.cache_data(show_spinner=False)
 def arch_catalogue() -> dict[str, dict]:
-    """``{arch: {"description", "layers", "all_layers", "paper_cut"}}`` from the registry."""
+    """``{arch: {"description", "layers", "all_layers", "paper_cut", "tokens", "class_token"}}``
+    from the registry (``tokens``: a vision transformer whose tokens are pooled)."""
     from rcvcore.models import ARCHS
 
     return {name: _arch_record(a) for name, a in ARCHS.items()}
