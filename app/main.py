@@ -8,8 +8,8 @@ Serving beyond this machine needs authentication (README "Serving the dashboard"
 line, and the only one for a bare `streamlit run`).
 Server settings (bind address, upload limit, no telemetry) are in .streamlit/config.toml.
 
-Nothing here imports torch or rcvcore: the shell (title, navigation) draws at once and each page
-imports what it needs.
+The shell (title, navigation, a "Loading" note) draws before anything imports torch or rcvcore;
+the first run of a session then imports the pages' services and clears the note.
 """
 import sys
 from pathlib import Path
@@ -36,18 +36,19 @@ navigation = st.navigation([
     st.Page(PAGES / "scan.py", title="Scan", icon=":material/show_chart:", default=True),
     st.Page(PAGES / "train.py", title="Train", icon=":material/model_training:"),
     st.Page(PAGES / "predict.py", title="Predict", icon=":material/biotech:"),
+    st.Page(PAGES / "slides.py", title="Slides", icon=":material/gradient:"),
 ])
-# the first run of a session says what it waits for (the pages import torch, plotly, pandas)
-loading = None
+# the first run of a session says what it waits for (the pages import torch, plotly, pandas),
+# imports it here, after the shell is drawn, and clears the note before the page runs: a page
+# that ends with st.stop() would leave a note cleared after it (issue 23)
 if not st.session_state.get("rcv_shell_drawn"):
     st.session_state["rcv_shell_drawn"] = True
     loading = st.empty()
     loading.caption("Loading: the first page of a fresh server imports torch and the "
                     "architecture registry...")
-try:
-    navigation.run()
-finally:
-    if loading is not None:
-        loading.empty()
+    import app.services  # noqa: E402, F401  (what every page imports first)
+
+    loading.empty()
+navigation.run()
 if "app.services" in sys.modules:  # loaded by the page: the shell itself never imports torch
     sys.modules["app.services"].maybe_sweep_uploads()  # uploads unused for their TTL go

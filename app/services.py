@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import threading
 import time
 import traceback
@@ -28,6 +29,7 @@ import streamlit as st
 
 from app import auth, charts, guard, state, uploads
 from rcvcore import demo, runs
+from rcvcore.errors import UserError
 from rcvcore.metrics import METRICS, metric_names, metric_summary  # noqa: F401 (pages)
 from rcvcore.prune import NONE
 from rcvcore.runs.config import PROTOCOLS, TrainConfig
@@ -37,9 +39,14 @@ from rcvcore.runs.config import PROTOCOLS, TrainConfig
 
 
 def _arch_record(a) -> dict:
+    from rcvcore.prune import is_full
+
+    feature = [n for n, _ in a.all_layers if n not in ("pre_softmax", "softmax")]
     return {"description": a.description, "layers": a.layer_names,
             "all_layers": [n for n, _ in a.all_layers], "paper_cut": a.paper_cut,
-            "tokens": a.has_tokens, "class_token": a.class_token}
+            "tokens": a.has_tokens, "class_token": a.class_token,
+            # layers cut at the last feature map: the "pruned" model is the full network
+            "full_layers": [n for n in feature if is_full(a, n)]}
 
 
 @st.cache_data(show_spinner=False)
@@ -67,9 +74,10 @@ def imagenet_status(arch: str) -> tuple[bool, str]:
     ok, where = weights_available(arch)
     if ok:
         return True, where
-    return False, (f"ImageNet weights for **{arch}** are not on this machine. "
-                   f"{missing_weights_message(arch)} "
-                   "**efficientnet_lite0** has ImageNet weights that need no download.")
+    # rcvcore's message says where the file goes and which networks need no download; its
+    # first sentence is this one's, said once
+    rest = missing_weights_message(arch).split(". ", 1)[-1]
+    return False, f"ImageNet weights for **{arch}** are not on this machine. {rest}"
 
 
 @st.cache_data(show_spinner=False)
@@ -237,7 +245,7 @@ def job_error(job: ScanJob) -> str | None:
         return None
     if isinstance(exc, ScanCancelled):
         return "Scan cancelled."
-    from rcvcore.errors import UserError, disk_error
+    from rcvcore.errors import disk_error
 
     exc = disk_error(exc, state.runs_root(create=False)) or exc  # a full disk: one line
     if isinstance(exc, UserError):
@@ -267,6 +275,145 @@ def suggest_cut(result: dict) -> tuple[str | None, str]:
     except Exception as e:  # an old or partial result: say so, do not crash the page
         return None, f"No suggestion for this scan ({type(e).__name__}: {e})."
     return layer, rule
+
+
+def scan_cut(scan_id: str, rec: dict, layer: str | None, source: str) -> dict:
+    """The cut record the Train page is prefilled from: the scan's network, weights, dataset
+    (spec and loader options), exclusions, ``layer`` and where it comes from (``source``)."""
+    result, config = rec.get("result") or {}, rec.get("config") or {}
+    suggested, rule = suggest_cut(result)
+    return {"arch": result.get("arch") or config.get("arch"), "weights": config.get("weights"),
+            "layer": layer, "dataset": config.get("dataset") or result.get("dataset"),
+            "dataset_options": dict(config.get("dataset_options") or {}),
+            "exclude": list(config.get("exclude") or ()), "scan_id": scan_id,
+            "label": rec.get("label"), "suggested": suggested, "reason": rule,
+            "source": source}
+
+
+def train_prefill(scan_id: str | None, layer: str | None, session_cut: dict | None
+                  ) -> tuple[dict | None, str | None]:
+    """What the Train page offers, and why not: ``(cut record or None, problem or None)``.
+
+    In order: the page's link (``?scan=ID&cut=LAYER``), this tab's Scan page, the cut chosen
+    last on the Scan page in any tab (saved with its scan, :func:`app.state.last_chosen_scan`).
+    """
+    saved = state.load_scans()
+    if scan_id:
+        rec = saved.get(scan_id)
+        if rec is None:
+            return None, (f"The link names scan `{scan_id}`, which is not saved on this "
+                          "server: choose a cut on the Scan page.")
+        layer = layer or (rec.get("chosen_cut") or {}).get("layer")
+        names = [r.get("name") for r in (rec.get("result") or {}).get("layers", [])]
+        if layer and layer not in names:
+            return None, (f"The link's cut `{layer}` is not a layer of scan `{scan_id}`; "
+                          f"its layers: {', '.join(map(str, names))}.")
+        return scan_cut(scan_id, rec, layer, "link"), None
+    if session_cut:
+        return {"source": "tab", **session_cut}, None
+    sid = state.last_chosen_scan(saved)
+    if sid is None:
+        return None, None
+    return scan_cut(sid, saved[sid], saved[sid]["chosen_cut"].get("layer"), "saved"), None
+
+
+def cut_refusal(arch: str, cut: str, baseline: bool) -> str | None:
+    """Why a launch of ``cut`` (with the full ``baseline`` or not) compares a model with itself,
+    or None: a cut at the last feature layer is the full network; ``none`` with the baseline
+    is the full network twice."""
+    from rcvcore.errors import UserError
+    from rcvcore.models import get_arch
+    from rcvcore.prune import check_pruned
+
+    if cut == NONE and baseline:
+        return ("The pruned model 'none' is the full network, the same as the baseline: the "
+                "comparison would compare a model with itself. Choose a layer to cut at, or "
+                "untick *Also train the unpruned baseline* to train the full network alone.")
+    try:
+        check_pruned(get_arch(arch), cut)
+    except UserError as e:
+        return str(e).replace("--cut none", "'none'")
+    return None
+
+
+def scan_leak(cut0: dict, dataset: str | None) -> str | None:
+    """Why the scan that chose ``cut0`` may have seen the test groups of a comparison on
+    ``dataset`` (issue 22: no test data in any choice), or None when it saw other data."""
+    if not cut0.get("scan_id") or cut0.get("dataset") != dataset:
+        return None
+    rescan = (f"`python -m rcvcore scan --arch {cut0.get('arch')} --weights "
+              f"{cut0.get('weights')} --dataset {dataset} --exclude RUNS_OR_LIST`")
+    if not cut0.get("exclude"):
+        return (f"The scan that chose this cut saw every image of **{dataset}**, including the "
+                "test patches this comparison is scored on: the cut is chosen with test data. "
+                f"Rescan leaving them out ({rescan}: a comparison or run folder, or a text file "
+                "of image paths, see README) and choose the cut on that scan; `python -m "
+                "rcvcore demo transfer` does this for demo-he.")
+    return (f"The scan that chose this cut left out {len(cut0['exclude'])} images of "
+            f"**{dataset}** ({rescan}); make sure they include this comparison's test split "
+            "(the same dataset, split seeds and fractions).")
+
+
+#: rcvcore's advice names CLI flags; the Scan page says it with its own controls
+PAGE_TERMS = {"--no-per-class": "*Scoring: pooled* (Options)",
+              "--per-class": "*Scoring: per class* (Options)",
+              "--ungrouped": "*Grouped splits* unticked (Options)",
+              "--repeats": "*Repeats* (Options)", "--controls": "*Controls* (Options)",
+              "--model": "*Regression* (Options)", "--batch-size": "*Batch size* (Options)",
+              "--n": "*Images* (Options)", "--opt": "*Dataset options*",
+              "--dataset": "*Dataset*"}
+_FLAG = re.compile(r"`?(" + "|".join(sorted(map(re.escape, PAGE_TERMS), key=len, reverse=True))
+                   + r")(?![\w-])`?")
+
+
+def page_terms(text: str) -> str:
+    """``text`` with the CLI flags that have a Scan page control named as that control."""
+    return _FLAG.sub(lambda m: PAGE_TERMS[m.group(1)], text or "")
+
+
+def legend_labels(records: list[dict]) -> list[str]:
+    """Short legend names of the scans shown together: only what tells them apart
+    (network, weights, dataset, images, regression), the network alone for a single scan."""
+    parts = [(r["result"].get("arch"), r["result"].get("weights"), r["result"].get("dataset"),
+              f"n={r['result'].get('n_images')}", (r.get("config") or {}).get("model"))
+             for r in records]
+    varying = [i for i in range(5) if len({p[i] for p in parts}) > 1] or [0]
+    base = [" · ".join(str(p[i]) for i in varying) for p in parts]
+    # identical settings (e.g. another seed): numbered
+    return [f"{label} #{base[:k].count(label) + 1}" if base.count(label) > 1 else label
+            for k, label in enumerate(base)]
+
+
+def scan_form_state(config: dict, archs: list[str], timm_choice: str,
+                    scoring: dict) -> dict:
+    """The Scan page's widget values (session-state keys) that show the scan ``config``
+    (the ScanConfig as a dict): a reloaded page shows the settings of the scan running."""
+    arch, weights = config.get("arch"), config.get("weights")
+    out = {"scan_arch": arch if arch in archs else timm_choice}
+    if arch not in archs:
+        out["scan_timm_name"] = arch
+    w = {"imagenet": "imagenet", "random": "random (control)"}.get(weights, "checkpoint")
+    out[f"scan_weights_{arch}"] = w
+    if w == "checkpoint":
+        out["scan_ckpt_path"] = weights
+    kind, _, path = str(config.get("dataset") or "").partition(":")
+    out["scan_dataset"] = kind
+    if path:
+        out[f"scan_ds_path_{kind}"] = path
+    out[f"scan_ds_opts_{kind}"] = "; ".join(
+        f"{k}={v}" for k, v in (config.get("dataset_options") or {}).items())
+    layers = config.get("layers") or "paper"
+    out["scan_layer_mode"] = layers if layers in ("paper", "all") else "choose"
+    if out["scan_layer_mode"] == "choose":
+        out[f"scan_layers_{arch}"] = [x for x in str(layers).split(",") if x]
+    per_class = {v: k for k, v in scoring.items()}
+    out.update({"scan_n": int(config.get("n") or 0), "scan_repeats": int(config["repeats"]),
+                "scan_model": config["model"], "scan_controls": list(config["controls"]),
+                "scan_scoring": per_class.get(config.get("per_class"), "dataset default"),
+                "scan_grouped": bool(config.get("grouped", True)),
+                "scan_device": config["device"], "scan_batch": int(config["batch_size"]),
+                "scan_seed": int(config["seed"]), "scan_use_cache": bool(config["use_cache"])})
+    return out
 
 
 def result_csv(result: dict) -> str:
@@ -310,8 +457,40 @@ def launch_group(config, seeds: list[int], baseline: bool, max_parallel: int = 1
     """Plan one run per (cut, seed) in a new group folder and start the first ones (the
     baseline, the full network, first for each seed); the server's scheduler starts the others
     as earlier ones end."""
-    return _scheduler().launch_group(config, seeds, baseline=baseline,
-                                     max_parallel=max_parallel, group=None)
+    group = _scheduler().launch_group(config, seeds, baseline=baseline,
+                                      max_parallel=max_parallel, group=None)
+    _set_owner(group, auth.session_user())
+    return group
+
+
+# A launched group belongs to the user who launched it (served mode: only they may cancel or
+# resume its runs; everyone signed in sees the runs, the shared view of the runs folder). The
+# owner is an app concern, kept beside group.json in a file rcvcore never reads.
+OWNER_FILE = ".owner"
+
+
+def _set_owner(group: Path, user: str) -> None:
+    (Path(group) / OWNER_FILE).write_text(hashlib.sha256(user.encode()).hexdigest())
+
+
+def can_control(group: Path, user: str | None = None) -> bool:
+    """Whether ``user`` (default: this page's) may cancel or resume the runs of ``group``:
+    always outside served mode; in served mode only the user who launched it (a group launched
+    from the command line, with no owner file, by nobody on the dashboard)."""
+    if not auth.served():
+        return True
+    user = auth.session_user() if user is None else user
+    try:
+        owner = (Path(group) / OWNER_FILE).read_text().strip()
+    except OSError:
+        return False
+    return owner == hashlib.sha256(user.encode()).hexdigest()
+
+
+def _require_control(group: Path) -> None:
+    if not can_control(group):
+        raise UserError("These runs were launched by another user: only they can cancel or "
+                        "resume them.")
 
 
 def read_group(group: Path) -> dict | None:
@@ -319,7 +498,9 @@ def read_group(group: Path) -> dict | None:
 
 
 def cancel_group(group: Path) -> None:
-    """Cancel every active run of ``group`` and drop the ones not started yet."""
+    """Cancel every active run of ``group`` and drop the ones not started yet (its owner only,
+    :func:`can_control`)."""
+    _require_control(group)
     _scheduler().cancel_group(group, wait=None)
 
 
@@ -400,7 +581,16 @@ def read_runs(run_dirs: list[Path]) -> list:
 
 
 def cancel_run(run_dir: Path) -> str:
+    """Cancel one run of a group (its owner only, :func:`can_control`)."""
+    _require_control(Path(run_dir).parent)
     return runs.cancel(run_dir, wait=None)  # a run still launching is cancelled by the scheduler
+
+
+def resume_run(group: Path, run_dir: Path) -> str:
+    """Resume a cancelled, interrupted or failed run of ``group`` from its last checkpoint
+    (:meth:`rcvcore.runs.Scheduler.resume_run`; its owner only); returns its state."""
+    _require_control(group)
+    return _scheduler().resume_run(group, run_dir)
 
 
 def active_or_waiting_runs() -> int:
@@ -518,3 +708,20 @@ def predict_uploads(run, items: list[tuple[str, bytes]]) -> list[dict]:
     return [{**p.to_dict(), "thumbnail": p.thumbnail}
             for p in predict_images(run, items, thumbnail=THUMBNAIL_PX,
                                     max_total_pixels=budget)]
+
+
+# --------------------------------------------------------------------------------------------
+# whole slides
+
+
+def check_slides(run_dir: str, slides_path: str, n_tiles: int, progress=None) -> dict:
+    """Check the slides under ``slides_path`` (vetted like any served path) with a ``--target
+    mpp`` run: ``{"rows": [...], "thumbnails": {path: image}, "domain": str | None}``."""
+    from rcvcore.slidecheck import check_slides as run_check
+    from rcvcore.slidecheck import thumbnail
+
+    path = guard.vet_path(slides_path, "Slides")
+    checks, domain = run_check(run_dir, [path], n_tiles=n_tiles, progress=progress)
+    return {"rows": [c.row() for c in checks], "checks": checks,
+            "thumbnails": {c.path: thumbnail(c, 320) for c in checks if c.verdict != "error"},
+            "domain": domain.description if domain else None}

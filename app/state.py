@@ -17,6 +17,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -95,6 +96,35 @@ def load_scans() -> dict[str, dict]:
 
 def delete_scan(scan_id: str) -> None:
     (scans_dir() / f"{scan_id}.json").unlink(missing_ok=True)
+
+
+def save_chosen_cut(scan_id: str, layer: str | None, source: str,
+                    saved: dict[str, dict] | None = None) -> None:
+    """Keep the cut chosen on the Scan page with its scan (``chosen_cut`` in the scan's JSON).
+
+    ``source`` is ``clicked`` (chosen by the user), ``suggested`` (rcvcore's suggestion, kept)
+    or ``none`` (no suggestion and nothing chosen). The newest choice over all scans is what
+    the Train page offers in any tab (:func:`last_chosen_scan`); the file is rewritten only
+    when the choice changes or another scan held the newest one.
+    """
+    saved = load_scans() if saved is None else saved
+    rec = saved.get(scan_id)
+    if rec is None:
+        return
+    chosen = rec.get("chosen_cut") or {}
+    if (chosen.get("layer"), chosen.get("source")) == (layer, source) \
+            and last_chosen_scan(saved) == scan_id:
+        return
+    rec["chosen_cut"] = {"layer": layer, "source": source, "at": time.time()}
+    save_scan(scan_id, rec)
+
+
+def last_chosen_scan(saved: dict[str, dict] | None = None) -> str | None:
+    """The id of the saved scan whose cut was chosen last, or None."""
+    saved = load_scans() if saved is None else saved
+    dated = [(float((r.get("chosen_cut") or {}).get("at") or 0), sid) for sid, r in saved.items()
+             if r.get("chosen_cut")]
+    return max(dated)[1] if dated else None
 
 
 def get_cut() -> dict | None:

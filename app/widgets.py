@@ -12,7 +12,8 @@ def _PATH_HELP() -> str | None:
 
 
 def dataset_picker(where, datasets: list[dict], prefix: str, *, default: str | None = None,
-                   describe: bool = False) -> tuple[str | None, dict]:
+                   describe: bool = False, options: dict | None = None
+                   ) -> tuple[str | None, dict]:
     """Dataset kind, its path (required or optional) and its loader options.
 
     Args:
@@ -20,7 +21,8 @@ def dataset_picker(where, datasets: list[dict], prefix: str, *, default: str | N
         datasets: :func:`services.dataset_catalogue`.
         prefix: widget-key prefix (``scan`` / ``train``); keys are ``<prefix>_dataset``,
             ``<prefix>_ds_path_<kind>`` and ``<prefix>_ds_opts_<kind>``.
-        default: kind selected at first.
+        default: the spec selected at first (``demo-he``, ``folder:PATH``: kind and path).
+        options: loader options filled in at first.
         describe: show the kind's one-line description.
 
     Returns:
@@ -29,6 +31,7 @@ def dataset_picker(where, datasets: list[dict], prefix: str, *, default: str | N
     """
     names = [d["name"] for d in datasets]
     by_name = {d["name"]: d for d in datasets}
+    default, _, path0 = (default or "").partition(":")
     name = where.selectbox("Dataset", names, key=f"{prefix}_dataset",
                            index=names.index(default) if default in names else 0,
                            format_func=lambda n: n + (":PATH" if by_name[n]["needs_path"] else ""))
@@ -38,14 +41,17 @@ def dataset_picker(where, datasets: list[dict], prefix: str, *, default: str | N
     spec: str | None = name
     if ds["needs_path"]:
         path = where.text_input(f"Path of the {name} dataset", key=f"{prefix}_ds_path_{name}",
-                                help=_PATH_HELP())
+                                value=path0 if name == default else "", help=_PATH_HELP())
         spec = f"{name}:{path.strip()}" if path.strip() else None
     elif ds["path_optional"]:
         path = where.text_input(f"Source file for {name} (optional)",
+                                value=path0 if name == default else "",
                                 key=f"{prefix}_ds_path_{name}")
         spec = f"{name}:{path.strip()}" if path.strip() else name
     text = where.text_input(
         "Dataset options", key=f"{prefix}_ds_opts_{name}",
+        value="; ".join(f"{k}={v}" for k, v in (options or {}).items()) if name == default
+        else "",
         placeholder="KEY=VALUE; KEY=VALUE" if ds["options"] else "none for this dataset",
         disabled=not ds["options"],
         help="The loader's options, as `--opt` on the command line. "

@@ -18,6 +18,17 @@ from .errors import UserError
 #: The cut that keeps the whole convolutional trunk (the full network of Table 2); ``"full"``
 #: and ``""`` are accepted on input and mean the same.
 NONE = "none"
+#: the scan's controls (:mod:`rcvcore.scan`) and its rules of the suggested cut: ``peak`` (the
+#: paper's: the peak of mean R² among layers significantly above the controls), ``within-std``
+#: (the last of those layers whose mean R² stays within one std of that peak: cuts deeper) or
+#: ``earliest-plateau`` (the earliest of those layers not significantly below the peak,
+#: :mod:`rcvcore.plateau`: prunes the most). Here so that ``--help`` needs no torch.
+CONTROLS = ("shuffled", "random-weights")
+CUT_RULES = ("peak", "within-std", "earliest-plateau")
+#: the demo model's cut and training settings (:mod:`rcvcore.demo`); 112 px is demo-he's patch
+#: size, so patches are fed as they are
+DEMO_CUT = "block3.0"
+DEMO_SETTINGS = {"epochs": 5, "batch_size": 32, "lr": 1e-4, "image_size": 112}
 
 ProgressFn = Callable[[float, str], None]
 """Optional progress callback: ``progress(fraction_done, message)``."""

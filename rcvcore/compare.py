@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ._shared import ProgressFn
+from ._shared import NONE, ProgressFn
 from .comparison import COMPARISON, Comparison, model_label, paired_tests, summarise  # noqa: F401
 from .data import load_dataset
 from .errors import UserError
@@ -52,9 +52,13 @@ def resolve_seeds(seeds, base_seed: int) -> list[int]:
 
 def _parse_cuts(cuts) -> list[str]:
     cuts = [c.strip() for c in cuts.split(",")] if isinstance(cuts, str) else list(cuts)
-    cuts = [c for c in dict.fromkeys(cuts) if c]
+    cuts = [NONE if c == "full" else c for c in cuts if c]
     if not cuts:
         raise UserError("--cuts is empty; give e.g. none,add_15.")
+    twice = sorted({c for c in cuts if cuts.count(c) > 1})
+    if twice:
+        raise UserError(f"--cuts {','.join(cuts)} names {', '.join(twice)} twice: a "
+                        "comparison needs different models; give e.g. none,add_15.")
     return cuts
 
 

@@ -22,7 +22,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._shared import ProgressFn
+from ._shared import DEMO_CUT, DEMO_SETTINGS, ProgressFn  # noqa: F401 (re-exported)
 from .compare import compare, comparison_test_paths, resolve_seeds
 from .comparison import Comparison
 from .errors import UserError
@@ -34,14 +34,11 @@ from .scan import ScanConfig, run_scan
 
 DEMO_ARCH = "efficientnet_lite0"
 DEMO_DATASET = "demo-he"
-#: where the Predict page's demo model is cut: the suggested cut of the demo-he scan of
-#: efficientnet_lite0 (all layers, both controls; BENCHMARKS.md, "Transfer demo")
-DEMO_CUT = "block3.0"
+#: DEMO_CUT (in rcvcore._shared, for a torch-free ``--help``): where the Predict page's demo
+#: model is cut: the suggested cut of the demo-he scan of efficientnet_lite0 (all layers, both
+#: controls; BENCHMARKS.md, "Transfer demo"); DEMO_SETTINGS: its training settings
 DEMO_MODEL_DIR = "demo-model"
 DEMO_TRANSFER_DIR = "demo-transfer"
-#: the demo's training settings (the rest are the recommended protocol's defaults); 112 px is
-#: demo-he's patch size, so patches are fed as they are
-DEMO_SETTINGS = {"epochs": 5, "batch_size": 32, "lr": 1e-4, "image_size": 112}
 #: the transfer demo's cut when no layer of its (test-free) scan is significant: the highest mean
 #: R² of that scan, untested
 FALLBACK_RULE = "untested-peak"
@@ -169,7 +166,8 @@ def transfer_demo(root=None, *, seeds=10, cut: str | None = None, parallel: int 
         info.update(scan={s.layer: s.mean for s in result.layers},
                     excluded=int(result.scoring.get("excluded", 0)), plateau=result.plateau())
         if cut is None:
-            feature = [s for s in result.layers if s.layer not in ("pre_softmax", "softmax")]
+            feature = [s for s in result.layers if s.layer not in ("pre_softmax", "softmax")
+                       and s.layer not in result.full_layers()]
             cut = max(feature, key=lambda s: s.mean).layer
             info["rule"] = FALLBACK_RULE
             info["how"] = (f"no layer qualifies in the scan that saw no test patch ({why}); "

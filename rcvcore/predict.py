@@ -11,6 +11,10 @@ grayscale, palette, 16-bit TIFF -> 8-bit RGB) and then:
 - a smaller image is **resized** (shorter side) to the network input and centre-cropped, like
   training images; ``note`` says so, because that rescales areas measured in pixels.
 
+Each prediction says whether the image lies outside what the model was trained on (the run's
+:class:`rcvcore.domain.TrainingDomain`, ``domain.json``): ``out_of_range``, ``range_reasons`` and
+``feature_distance`` (RMS z-distance of its pooled features to the nearest training class mean).
+
 A corrupt, non-image, empty or oversized file (decompression bomb) gets its own ``error`` and the
 other files are still predicted.
 """
@@ -31,6 +35,8 @@ from PIL import Image
 from ._runcheck import check_config, check_task
 from ._shared import ProgressFn, resolve_device
 from .data.images import MAX_PIXELS, ImageReadError, read_rgb, to_rgb, to_uint8
+from .data.slides import nearest_power
+from .domain import TrainingDomain, read_domain
 from .errors import UserError
 from .metrics import nearest_class
 from .runs.checkpoint import load_checkpoint
@@ -51,6 +57,7 @@ class LoadedRun:
     model: torch.nn.Module
     device: torch.device
     transform: object
+    domain: TrainingDomain | None = None   # None: a run trained before domains were recorded
 
 
 def load_run_model(run_dir, device: str = "auto", *, allow_unfinished: bool = False
@@ -88,7 +95,8 @@ def load_run_model(run_dir, device: str = "auto", *, allow_unfinished: bool = Fa
                         "the run's own checkpoint, or train the run again.") from None
     dev = resolve_device(device)
     model = model.to(dev).to(memory_format=torch.channels_last).eval()
-    return LoadedRun(str(run), config, task, model, dev, run_transform(config))
+    return LoadedRun(str(run), config, task, model, dev, run_transform(config),
+                     read_domain(run))
 
 
 @dataclass(frozen=True)
@@ -104,6 +112,13 @@ class Prediction:
         tiles: number of patches averaged (0 when the image was resized).
         note: how the image was adapted, when it was not a training-size patch.
         error: why the file could not be predicted (None on success).
+        out_of_range: the image lies outside what the model was trained on (see
+            ``range_reasons``); False also when the run has no recorded domain.
+        range_reasons: why it is out of range (empty when it is not).
+        feature_distance: RMS z-distance of the pooled features to the nearest training class
+            mean (:mod:`rcvcore.domain`), None when the run has no recorded domain.
+        mpp: predicted µm per pixel (``--target mpp`` runs), else None.
+        objective_power: the standard objective power nearest to ``mpp`` (10 / mpp), else None.
         thumbnail: a small RGB copy of the image when asked for (``predict_images(...,
             thumbnail=N)``), else None; not part of :meth:`to_dict`.
     """
@@ -116,7 +131,12 @@ class Prediction:
     tiles: int = 0
     note: str | None = None
     error: str | None = None
+    out_of_range: bool = False
+    range_reasons: tuple[str, ...] = ()
+    feature_distance: float | None = None
     thumbnail: Image.Image | None = field(default=None, repr=False, compare=False)
+    mpp: float | None = None
+    objective_power: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -126,7 +146,27 @@ class Prediction:
         return {"path": self.path, "nuclei_area": self.nuclei_area,
                 "magnification": self.magnification, "probabilities": self.probabilities,
                 "distances": self.distances, "tiles": self.tiles, "note": self.note,
-                "error": self.error}
+                "error": self.error, "out_of_range": self.out_of_range,
+                "range_reasons": list(self.range_reasons),
+                "feature_distance": self.feature_distance, "mpp": self.mpp,
+                "objective_power": self.objective_power}
+
+
+def prediction_row(p: dict) -> dict:
+    """One flat table row of a prediction (:meth:`Prediction.to_dict`), as the CLI's
+    ``--csv`` and the dashboard's CSV write it: one column per class probability / distance."""
+    row = {"file": p["path"], "nuclei_area_px": p["nuclei_area"],
+           "magnification": p["magnification"], "out_of_range": p.get("out_of_range", False),
+           "range_reasons": "; ".join(p.get("range_reasons") or ()),
+           "feature_distance": p.get("feature_distance"), "tiles": p["tiles"],
+           "note": p["note"], "error": p["error"]}
+    if p.get("mpp") is not None:
+        row.update(mpp=p["mpp"], objective_power=p.get("objective_power"))
+    for c, v in (p["probabilities"] or {}).items():
+        row[f"p_{c}"] = v
+    for c, v in (p["distances"] or {}).items():
+        row[f"dist_{c}"] = v
+    return row
 
 
 @dataclass(frozen=True)
@@ -184,31 +224,58 @@ def tiles_of(img, patch: int, max_tiles: int = 64) -> Tiling:
     return Tiling(kind, tuple(img.crop(b) for b in boxes), (nx, ny), patch, (w, h), sampled)
 
 
-def _predict_tensors(run: LoadedRun, xs: torch.Tensor) -> np.ndarray:
-    """(n, 3, H, W) -> regression areas (n,) or class probabilities (n, n_classes)."""
+def _predict_tensors(run: LoadedRun, xs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 3, H, W) -> (outputs, pooled features (n, n_features)); outputs are regression
+    areas (n,) or class probabilities (n, n_classes)."""
     dev = run.device
     x = xs.to(dev).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.float16,
                                                 enabled=dev.type == "cuda"):
-        out = run.model(x).float()
+        feats = run.model.features(x).float()
+        out = run.model.head(feats).float()
+    f = feats.cpu().numpy().astype(float)
     if run.task.kind == "regression":
-        return run.model.unscale(out).cpu().numpy().astype(float)
-    return torch.softmax(out, dim=1).cpu().numpy().astype(float)
+        return run.model.unscale(out).cpu().numpy().astype(float), f
+    return torch.softmax(out, dim=1).cpu().numpy().astype(float), f
 
 
-def _finish(run: LoadedRun, name: str, outs: np.ndarray, tiles: int, note) -> Prediction:
+def predict_tiles(run: LoadedRun, tiles: Sequence[Image.Image], batch_size: int = 16
+                  ) -> np.ndarray:
+    """Raw outputs for training-size RGB tiles: ``(n,)`` regression values in the target's units
+    (log2 µm/px for ``--target mpp``) or ``(n, n_classes)`` probabilities."""
+    outs = [_predict_tensors(run, torch.stack([run.transform(t)
+                                               for t in tiles[i:i + batch_size]]))[0]
+            for i in range(0, len(tiles), batch_size)]
+    return np.concatenate(outs) if outs else np.zeros(0)
+
+
+def _finish(run: LoadedRun, name: str, outs: np.ndarray, feats: np.ndarray, tiles: int,
+            note) -> Prediction:
     task = run.task
+    if task.target == "mpp":     # log2 µm/px: the median tile, reported in µm/px
+        mpp = float(2.0 ** np.median(outs))
+        power = nearest_power(mpp)
+        flagged, reasons, fdist = (False, [], None) if run.domain is None else \
+            run.domain.check(features=feats, area=float(np.median(outs)))
+        return Prediction(name, None, f"{power:g}x", None, None, tiles, note, mpp=mpp,
+                          objective_power=power, out_of_range=flagged,
+                          range_reasons=tuple(reasons), feature_distance=fdist)
     if task.kind == "regression":
         area = float(np.mean(outs))
-        mag, dist = None, None
+        mag, dist, probs = None, None, None
         if task.class_means:
             means = dict(task.class_means)
             labels, d = nearest_class([area], means)
             mag, dist = labels[0], {c: float(v) for c, v in zip(means, d[0])}
-        return Prediction(name, area, mag, None, dist, tiles, note)
-    p = outs.mean(axis=0)
-    probs = {c: float(v) for c, v in zip(task.classes, p)}
-    return Prediction(name, None, task.classes[int(p.argmax())], probs, None, tiles, note)
+    else:
+        p = outs.mean(axis=0)
+        area, dist = None, None
+        probs = {c: float(v) for c, v in zip(task.classes, p)}
+        mag = task.classes[int(p.argmax())]
+    flagged, reasons, fdist = (False, [], None) if run.domain is None else \
+        run.domain.check(features=feats, area=area, probabilities=probs)
+    return Prediction(name, area, mag, probs, dist, tiles, note, out_of_range=flagged,
+                      range_reasons=tuple(reasons), feature_distance=fdist)
 
 
 def _predict_pil(run: LoadedRun, items, batch_size: int, max_tiles: int,
@@ -216,15 +283,15 @@ def _predict_pil(run: LoadedRun, items, batch_size: int, max_tiles: int,
     """``items``: list of (name, PIL image | Exception-message str). Batches tiles across files."""
     results: list[Prediction | None] = [None] * len(items)
     pending: list[tuple[int, torch.Tensor]] = []
-    per_file: dict[int, list[np.ndarray]] = {}
+    per_file: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
     meta: dict[int, tuple[int, str | None]] = {}
 
     def flush():
         if not pending:
             return
-        outs = _predict_tensors(run, torch.stack([t for _, t in pending]))
-        for (i, _), o in zip(pending, outs):
-            per_file.setdefault(i, []).append(o)
+        outs, feats = _predict_tensors(run, torch.stack([t for _, t in pending]))
+        for (i, _), o, f in zip(pending, outs, feats):
+            per_file.setdefault(i, []).append((o, f))
         pending.clear()
 
     for i, (name, img) in enumerate(items):
@@ -246,7 +313,9 @@ def _predict_pil(run: LoadedRun, items, batch_size: int, max_tiles: int,
             progress((i + 1) / len(items), f"predicted {i + 1}/{len(items)} files")
     flush()
     for i, (tiles, note) in meta.items():
-        results[i] = _finish(run, items[i][0], np.asarray(per_file[i]), tiles, note)
+        outs = np.asarray([o for o, _ in per_file[i]])
+        results[i] = _finish(run, items[i][0], outs, np.asarray([f for _, f in per_file[i]]),
+                             tiles, note)
     return results  # type: ignore[return-value]
 
 

@@ -57,6 +57,27 @@ def cut_node(arch: ArchSpec, cut: str) -> str:
     return arch.node(cut)  # raises UserError with the closest names
 
 
+def is_full(arch: ArchSpec, cut: str) -> bool:
+    """True when the network cut at ``cut`` is the full network (``none``, or the last
+    feature layer, e.g. efficientnet_lite0's ``head``, inception_v3's ``mixed10``)."""
+    return cut_node(arch, cut) == arch.full_node
+
+
+def check_pruned(arch: ArchSpec, cut: str) -> None:
+    """Refuse a cut named as a layer whose pruned model equals the full network.
+
+    Raises:
+        UserError: ``cut`` is a layer name (not ``none``) cut at ``arch``'s last feature map.
+    """
+    if cut not in (None, "", NONE, "full") and is_full(arch, cut):
+        earlier = [n for n in arch.layer_names if n not in (PRE_SOFTMAX, SOFTMAX, cut)]
+        hint = arch.paper_cut or (earlier[-1] if earlier else None)
+        raise UserError(f"--cut {cut} is the last feature layer of {arch.name}: the model cut "
+                        "there equals the full network, so comparing it with the full network "
+                        "compares a model with itself. Use --cut none for the full network, or "
+                        "an earlier layer to prune at" + (f" (e.g. {hint})." if hint else "."))
+
+
 class PrunedNet(nn.Module):
     """Trunk up to the cut, pooling by the cut's layout, then a linear head.
 

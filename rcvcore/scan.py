@@ -14,7 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from . import plateau as plateaus
-from ._shared import Extraction, ProgressFn, closest, resolve_device
+from ._shared import (  # noqa: F401 (CONTROLS, CUT_RULES re-exported)
+    CONTROLS,
+    CUT_RULES,
+    Extraction,
+    ProgressFn,
+    closest,
+    resolve_device,
+)
 from .cache import ActivationCache, ActivationKey, Store
 from .data import Dataset, load_dataset
 from .data.base import default_cache_dir, fingerprint
@@ -25,6 +32,7 @@ from .exclusion import keep_rows
 from .extract import FeatureExtractor, extract
 from .models import PRE_SOFTMAX, SOFTMAX, ArchSpec, Backbone, get_arch, resolve_backbone
 from .models.pooling import check_token_pool, pooling_name
+from .prune import is_full
 from .rcv import (
     CORRECTION,
     MODELS,
@@ -41,12 +49,6 @@ from .rcv import (
     shuffled_targets,
 )
 
-CONTROLS = ("shuffled", "random-weights")
-#: How the suggested cut is chosen: ``peak`` (the paper's: the peak of mean R² among layers
-#: significantly above the controls), ``within-std`` (the last of those layers whose mean R²
-#: stays within one std of that peak: cuts deeper) or ``earliest-plateau`` (the earliest of
-#: those layers not significantly below the peak, :mod:`rcvcore.plateau`: prunes the most).
-CUT_RULES = ("peak", "within-std", "earliest-plateau")
 LOGITS = (PRE_SOFTMAX, SOFTMAX)
 
 
@@ -167,6 +169,16 @@ class ScanResult:
 
         return layer_tests(names, clean(p_sh), clean(p_rw), float(self.config.alpha))
 
+    def full_layers(self) -> set[str]:
+        """The scored layers where the network cut is the full network (nothing pruned);
+        empty for an architecture this install does not know."""
+        try:
+            arch = get_arch(self.config.arch)
+            return {s.layer for s in self.layers
+                    if s.layer not in LOGITS and is_full(arch, s.layer)}
+        except UserError:
+            return set()
+
     def suggest_cut(self) -> tuple[str | None, str]:
         """Suggested prune point (None when no layer qualifies) and the reason, in words.
 
@@ -178,7 +190,10 @@ class ScanResult:
         one standard deviation (over repeats) of the peak; suggest the last layer reached.
         A test that was not run (its control switched off) is said so and does not filter.
         """
-        cands = [s for s in self.layers if s.layer not in LOGITS and np.isfinite(s.mean)]
+        # a cut at the last feature map prunes nothing (efficientnet_lite0's head): not a cut
+        full = self.full_layers()
+        cands = [s for s in self.layers if s.layer not in LOGITS and s.layer not in full
+                 and np.isfinite(s.mean)]
         if not cands:
             return None, "No scored feature layer (only logits and softmax): no cut to suggest."
         run_sh, run_rw = self._tests_run()
@@ -593,7 +608,7 @@ def run_scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResu
         return None
     sample = _sample(plan, ds, scoring, acts["true"])
     t0 = time.perf_counter()
-    scores = _score(plan, sample, acts, _stage(progress, 0.9, 0.97))
+    scores = _score(plan, sample, acts, _stage(progress, 0.9, 0.97, "fitting"))
     tests, test_info = _significance(plan, sample, scores)
     fit_s = time.perf_counter() - t0
     if progress:
@@ -664,11 +679,19 @@ class _Scores:
     test_train_ratio: float
 
 
-def _stage(progress: ProgressFn | None, lo: float, hi: float) -> ProgressFn | None:
-    """``progress`` mapped onto the share ``[lo, hi]`` of the whole scan."""
+#: the name of each extraction pass in progress messages (a count restarting at 0 says why)
+PASS_NAMES = {"true": "network", "random_weights": "random-weights control"}
+
+
+def _stage(progress: ProgressFn | None, lo: float, hi: float,
+           what: str | None = None) -> ProgressFn | None:
+    """``progress`` mapped onto the share ``[lo, hi]`` of the whole scan; its messages start
+    with ``what`` (the pass: ``pass 1/2 (network)``, ``fitting``) when given."""
     if progress is None:
         return None
-    return lambda f, msg: progress(lo + (hi - lo) * f, msg)
+    if what is None:
+        return lambda f, msg: progress(lo + (hi - lo) * f, msg)
+    return lambda f, msg: progress(lo + (hi - lo) * f, f"{what}: {msg}")
 
 
 def _resolve(config: ScanConfig) -> _Plan:
@@ -749,8 +772,9 @@ def _extract(plan: _Plan, ds: Dataset, cache: ActivationCache | None, images_fp:
     for k, (name, bb) in enumerate(plan.runs):
         acts[name], secs = activations(
             bb, plan.layers, ds, device=dev, batch_size=plan.config.batch_size, cache=cache,
-            images_fp=images_fp, progress=_stage(progress, 0.05 + k * span,
-                                                 0.05 + (k + 1) * span), dist=d,
+            images_fp=images_fp, progress=_stage(
+                progress, 0.05 + k * span, 0.05 + (k + 1) * span,
+                f"pass {k + 1}/{len(plan.runs)} ({PASS_NAMES.get(name, name)})"), dist=d,
             token_pool=plan.config.token_pool)
         seconds += secs
     return acts, seconds

@@ -105,3 +105,29 @@ def test_predict_uploads_are_not_written_under_user_names(app_env):
     assert not at.exception
     hits = [p for p in Path(app_env).rglob("*evil*")] + [p for p in Path("/tmp").glob("*evil*")]
     assert hits == []
+
+
+def test_predict_page_marks_patches_outside_the_training_domain(app_env):
+    at = _open_predict(AppTest.from_file(MAIN, default_timeout=60))
+    green = np.zeros((64, 64, 3), np.uint8)
+    green[..., 1] = 255                      # no tissue at all: far from every training patch
+    buf = io.BytesIO()
+    Image.fromarray(green).save(buf, format="PNG")
+    up = next(u for u in at.file_uploader if u.key == "predict_files")
+    up.set_value([("noise.png", _png(64, 2), "image/png"),
+                  ("green.png", buf.getvalue(), "image/png")])
+    at.run(timeout=60)
+    assert not at.exception, at.exception
+    table = at.dataframe[-1].value
+    rows = {r["file"]: r for r in table.to_dict("records")}
+    assert bool(rows["green.png"]["out_of_range"]) and "feature space" in \
+        rows["green.png"]["range_reasons"]
+    assert np.isfinite(rows["noise.png"]["feature_distance"])
+    marks = [w.value for w in at.warning if "Outside the model's range" in w.value]
+    assert len(marks) == int(table["out_of_range"].sum())
+    # sorted by feature distance: the cards follow the table's distances, farthest first
+    next(s for s in at.selectbox if s.key == "predict_sort").set_value(
+        "feature distance (farthest first)").run(timeout=60)
+    shown = [c.value for c in at.caption if c.value.startswith("feature distance ")]
+    want = sorted(table["feature_distance"], reverse=True)
+    assert shown == [f"feature distance {d:.2f}" for d in want]

@@ -100,8 +100,15 @@ def test_cancel_stops_a_running_scan(app_env):
     at.run()
     _widget(at, "radio", "scan_weights_resnet18").set_value("random (control)")
     at.run()
+    _widget(at, "number_input", "scan_seed").set_value(7)
     _widget(at, "button", "scan_run").click()   # all 320 demo images: long enough to cancel
     at.run(timeout=60)
+    # a reload (a new session of the same user) shows the running scan's settings, not the
+    # defaults, and its progress names the pass
+    again = AppTest.from_file(MAIN, default_timeout=30).run()
+    assert _widget(again, "selectbox", "scan_arch").value == "resnet18"
+    assert _widget(again, "radio", "scan_weights_resnet18").value == "random (control)"
+    assert _widget(again, "number_input", "scan_seed").value == 7
     cancel = [b for b in at.button if b.key == "scan_cancel"]
     assert cancel, "no Cancel button while the scan runs"
     cancel[0].click()
@@ -129,6 +136,11 @@ def test_scan_tiny_config_draws_chart_table_and_cut(app_env):
     assert any("No suggested cut" in w.value for w in at.warning)
     cut = next(w for w in at.selectbox if w.key.startswith("scan_cut_"))
     assert cut.value is None
+    # nothing sized for no cut: no "trunk up to None", no "+0 % vs full"
+    assert not at.metric and not any("None" in c.value for c in at.caption)
+    # advice in the page's own terms, not CLI flags
+    assert not any("--n" in t.value or "--no-per-class" in t.value
+                   for t in [*at.warning, *at.caption])
     assert at.session_state["rcv_cut"]["layer"] is None
     cut.set_value("add_4")
     at.run()
@@ -142,6 +154,30 @@ def test_scan_tiny_config_draws_chart_table_and_cut(app_env):
     assert rec["result"]["arch"] == "resnet18"
     labels = {b.proto.label for b in at.get("download_button")}
     assert {"CSV", "JSON", "Chart (HTML)"} <= labels, labels
+    # the chosen cut is kept with the scan, and the page's URL names it (a shareable link)
+    assert rec["chosen_cut"]["layer"] == "add_4" and rec["chosen_cut"]["source"] == "clicked"
+    assert at.query_params["scan"] == saved[0].stem and at.query_params["cut"] == "add_4"
+    # the Train page in a new tab (a new session) offers that scan's cut, network and dataset
+    tab = AppTest.from_file(MAIN, default_timeout=30)
+    tab.switch_page("pages/train.py").run()
+    assert not tab.exception, tab.exception
+    assert _widget(tab, "selectbox", "train_arch").value == "resnet18"
+    assert _widget(tab, "selectbox", "train_cut_resnet18").value == "add_4"
+    assert _widget(tab, "selectbox", "train_dataset").value == "demo-scale"
+    assert _widget(tab, "text_input", "train_ds_opts_demo-scale").value == \
+        "protocol=across-photos"
+    note = next(s.value for s in tab.success if "From the Scan page" in s.value)
+    assert "saved with its scan" in note and saved[0].stem[:6] in note
+    # the scan saw every image of demo-scale, the comparison's test tiles too (issue 22)
+    assert any("chosen with test data" in w.value and "--exclude" in w.value
+               for w in tab.warning)
+    assert tab.query_params["scan"] == saved[0].stem
+    # the shared link (?scan=&cut=) opens the Train page on that cut in any session
+    link = AppTest.from_file(MAIN, default_timeout=30)
+    link.query_params["scan"], link.query_params["cut"] = saved[0].stem, "add_6"
+    link.switch_page("pages/train.py").run()
+    assert _widget(link, "selectbox", "train_cut_resnet18").value == "add_6"
+    assert any("this page's link" in s.value for s in link.success)
 
 
 def test_scan_rerun_is_cached_and_overlay_and_paper_convention(app_env):
@@ -289,6 +325,49 @@ def test_train_page_is_not_prefilled_without_a_suggestion(app_env):
     assert not at.exception, at.exception
     assert any("Not prefilled from the Scan page" in i.value for i in at.info)
     assert not any("From the Scan page" in s.value for s in at.success)
+
+
+def test_a_timm_name_that_cannot_be_probed_leaves_the_page_usable(app_env):
+    at = AppTest.from_file(MAIN, default_timeout=30).run()
+    _widget(at, "selectbox", "scan_arch").set_value("other timm CNN...")
+    at.run()
+    _widget(at, "text_input", "scan_timm_name").set_value("timm:no_such_network_xyz")
+    at.run()
+    assert not at.exception, at.exception
+    assert any("cannot be scanned" in e.value for e in at.error)
+    # the rest of the page still draws (on the default network) and a scan can start
+    assert not _widget(at, "button", "scan_run").disabled
+    assert any("No scan yet" in i.value for i in at.info)
+
+
+def test_the_loading_note_goes_once_the_page_has_drawn(app_env):
+    at = AppTest.from_file(MAIN, default_timeout=30).run()
+    assert not any("Loading" in c.value for c in at.caption)
+
+
+def test_legend_names_keep_only_what_tells_the_scans_apart():
+    from app.services import legend_labels
+
+    def rec(arch, n, model="ridge"):
+        return {"result": {"arch": arch, "weights": "random", "dataset": "demo-scale",
+                           "n_images": n}, "config": {"model": model}}
+
+    assert legend_labels([rec("resnet18", 24)]) == ["resnet18"]
+    assert legend_labels([rec("resnet18", 24), rec("resnet50", 24)]) == ["resnet18", "resnet50"]
+    assert legend_labels([rec("resnet18", 24), rec("resnet18", 48, "ols")]) == \
+        ["n=24 · ridge", "n=48 · ols"]
+    assert legend_labels([rec("resnet18", 24), rec("resnet18", 24)]) == \
+        ["resnet18 #1", "resnet18 #2"]
+
+
+def test_advice_is_said_with_the_pages_controls():
+    from app.services import page_terms
+
+    text = page_terms("use --n 200 or `--no-per-class`; --per-class fits each class; "
+                      "--opt group_by=patient")
+    assert "--" not in text
+    assert "*Images* (Options) 200" in text and "*Scoring: pooled* (Options);" in text
+    assert "*Scoring: per class*" in text and "*Dataset options* group_by=patient" in text
 
 
 def test_vision_transformer_scan_with_class_token_pooling(app_env):

@@ -1,9 +1,16 @@
 """The command-line entry point: every command module is registered, none is lost silently."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 import rcvcore.cli as cli
+
+REPO = Path(__file__).resolve().parents[1]
 
 COMMANDS = {"models", "layers", "datasets", "inspect", "scan", "train", "compare", "predict",
             "runs", "cancel", "cache"}
@@ -19,6 +26,50 @@ def test_a_missing_command_module_is_an_error(monkeypatch):
     monkeypatch.setattr(cli, "COMMAND_MODULES", [*cli.COMMAND_MODULES, "no_such_command"])
     with pytest.raises(ModuleNotFoundError, match="no_such_command"):
         cli.build_parser()
+
+
+@pytest.mark.parametrize("command", ["", "scan", "train", "compare", "runs", "demo", "layers"])
+def test_help_imports_no_torch(command):
+    # `--help` must be instant: the commands import torch, timm and the registry only to run
+    code = ("import sys, contextlib, io\nfrom rcvcore.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+            f"    try: main({[c for c in (command, '--help') if c]!r})\n"
+            "    except SystemExit: pass\n"
+            "assert 'usage:' in out.getvalue()\n"
+            "print(sorted(m for m in ('torch', 'timm', 'torchvision', 'scipy') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_train_and_compare_defaults_are_the_dashboards():
+    from rcvcore.cli.train import _config_from
+    from rcvcore.models import weights_available
+
+    for argv in (["train", "--run-dir", "r"], ["compare", "--cuts", "none,block3.0",
+                                                "--run-dir", "r"]):
+        cfg = _config_from(cli.build_parser().parse_args(argv))
+        # the dashboard's architecture, whose ImageNet weights install offline; a step line
+        # per step as the dashboard's runs; the full network when no cut is given
+        assert (cfg.arch, cfg.log_every, cfg.cut) == ("efficientnet_lite0", 1, "none")
+        assert weights_available(cfg.arch)[0]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--cut", "head"], "equals the full network"),
+    (["compare", "--cuts", "none,head"], "equals the full network"),
+    (["compare", "--cuts", "none,none"], "names none twice"),
+    (["compare", "--arch", "inception_v3", "--cuts", "none,mixed10"], "equals the full network"),
+])
+def test_a_pruned_model_equal_to_the_full_one_is_refused(tmp_path, capsys, argv, message):
+    code = cli.main([*argv, "--weights", "random", "--run-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert "--cut none" in err or "twice" in err
+    # refused before any run was written (train only claims its folder)
+    assert not list((tmp_path / "r").rglob("*.json"))
 
 
 @pytest.mark.slow

@@ -162,7 +162,8 @@ def test_earliest_plateau_rule_names_its_layer_and_json_csv_carry_the_plateau(rn
               _score("add_3", base), _score("add_4", base - 0.3), _score("pre_softmax", base + 1))
     tests = {s.layer: {"p_shuffled": 0.001, "p_random_weights": 0.001} for s in layers}
     cfg = ScanConfig(arch="resnet18", cut_rule="earliest-plateau")
-    res = ScanResult(cfg, "x", "m", 10, (), layers, {}, {}, tests=tests,
+    res = ScanResult(config=cfg, dataset="x", measure_name="m", n_images=10, skipped=(),
+                     layers=layers, controls={}, depth={}, tests=tests,
                      test_info={"permutations": 999, "test_train_ratio": 0.43})
     cut, why = res.suggest_cut()
     assert cut == "add_2" and "earliest-plateau" in why and "add_2, add_3" in why

@@ -5,6 +5,7 @@ what guards the server. One real server on 127.0.0.1 for the module."""
 from __future__ import annotations
 
 import asyncio
+import http.client
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -104,8 +105,19 @@ def test_a_sign_in_opens_every_endpoint_and_a_forged_cookie_none(server):
 def test_uploads_count_against_the_users_budget(server):
     cookie = _sign_in(server)[1]["set-cookie"].split(";")[0]
     url = server.url + "_stcore/upload_file/no-session/no-file"
-    big = b"0" * (2 * 2**20)  # over RCV_USER_UPLOADS_MB=1: refused before Streamlit reads it
-    status, _, body = _request(url, "PUT", big, cookie=cookie)
+    # over RCV_USER_UPLOADS_MB=1: refused from the Content-Length header, before any body byte
+    # is read (so the client sends only the headers: a full body would race the early answer)
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        conn.putrequest("PUT", parts.path)
+        conn.putheader("Cookie", cookie)
+        conn.putheader("Content-Length", str(2 * 2**20))
+        conn.endheaders()
+        r = conn.getresponse()
+        status, body = r.status, r.read()
+    finally:
+        conn.close()
     assert status == 413 and b"budget" in body
     small = b"0" * 1000  # within the budget: reaches Streamlit (which refuses the bad ids)
     assert _request(url, "PUT", small, cookie=cookie)[0] not in (401, 411, 413)

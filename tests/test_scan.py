@@ -427,3 +427,33 @@ def test_skipped_files_are_typed_warnings(tmp_path):
     skipped = [w for w in caught if issubclass(w.category, SkippedFile)]
     assert len(skipped) == 1 and issubclass(SkippedFile, Notice)
     assert "img_000.png" in str(skipped[0].message)
+
+
+def test_progress_names_each_pass_and_never_goes_back(scale_folder, cache_dir):
+    seen = []
+    run_scan(ScanConfig(arch="resnet18", weights="random", dataset=f"folder:{scale_folder}",
+                        layers="add_1,add_8", repeats=2, permutations=0, cache_dir=str(cache_dir)),
+             progress=lambda f, msg: seen.append((f, msg)))
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    # the image count restarts with the control's pass: each message says which pass it is
+    counts = [m for _, m in seen if "extracted" in m]
+    assert counts and all(m.startswith(("pass 1/2 (network): ",
+                                        "pass 2/2 (random-weights control): ")) for m in counts)
+    assert any(m.startswith("pass 2/2") for m in counts)
+    assert any(m.startswith("fitting: ") for _, m in seen)
+
+
+def test_the_last_feature_layer_is_never_suggested_as_a_cut():
+    from rcvcore.rcv import LayerScore
+    from rcvcore.scan import ScanResult
+
+    # efficientnet_lite0's "head" is its last feature map: cut there, it is the full network
+    layers = (LayerScore("block5.0", 8, (0.5, 0.52)), LayerScore("block6.0", 8, (0.6, 0.62)),
+              LayerScore("head", 8, (0.9, 0.92)), LayerScore("pre_softmax", 8, (0.95, 0.97)))
+    tests = {s.layer: {"p_shuffled": 0.001, "p_random_weights": 0.001} for s in layers}
+    res = ScanResult(config=ScanConfig(arch="efficientnet_lite0"), dataset="x",
+                     measure_name="m", n_images=10, skipped=(), layers=layers, controls={},
+                     depth={}, tests=tests, test_info={"permutations": 999})
+    assert res.full_layers() == {"head"}
+    assert res.suggest_cut()[0] == "block6.0"

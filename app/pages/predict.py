@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
-import pandas as pd
 import streamlit as st
 
-from app import guard, services
+from app import guard, prediction_view, services
 
 st.title("Predict on patches")
-st.caption("Upload H&E patches (drag and drop, one or many). Each gets the predicted mean nuclei "
-           "area (in training-image pixels) and magnification. Patches larger than the training "
-           "size are tiled at their native resolution; smaller ones are resized (noted).")
+st.caption("Upload H&E patches (drag and drop, one or many). Each gets what the run predicts "
+           "(magnification, and the mean nuclei area in training-image pixels when the run "
+           "regresses it) and a marker when it lies outside what the model was trained on. "
+           "Patches larger than the training size are tiled at their native resolution; "
+           "smaller ones are resized (noted).")
 
 
 
@@ -39,8 +41,12 @@ def _demo_panel() -> None:
                 else:
                     st.rerun()
         elif d["state"] in ("running", "launching"):
+            st.session_state["demo_watch"] = True
             st.progress(d["fraction"], text=d["message"] or "starting")
         elif d["state"] == "done":
+            if st.session_state.pop("demo_watch", False):   # it just finished: select it
+                st.session_state["demo_select"] = d["run_dir"]
+                st.rerun()
             t = d["test"]
             score = services.metric_summary(t, services.metric_names("classification"))
             st.caption(f"Run `{guard.redact(d['run_dir'])}` · on its {d.get('n_test')} test "
@@ -64,6 +70,10 @@ if not runs:
     st.stop()
 
 labels = {r["run_dir"]: r["label"] for r in runs}
+just_done = st.session_state.pop("demo_select", None)
+match = [r for r in labels if just_done and Path(r).resolve() == Path(just_done).resolve()]
+if match:
+    st.session_state["predict_run"] = match[0]
 run_dir = st.selectbox("Trained run", list(labels), format_func=labels.get, key="predict_run")
 cfg = next(r["config"] for r in runs if r["run_dir"] == run_dir)
 st.caption(f"{cfg.get('arch')}, cut `{cfg.get('cut')}`, target {cfg.get('target')}, trained on "
@@ -109,49 +119,19 @@ preds = cache[digest]
 
 
 n_bad = sum(1 for p in preds if p["error"])
+n_out = sum(1 for p in preds if p.get("out_of_range"))
 st.markdown(f"**{len(preds) - n_bad} of {len(preds)} predicted**"
-            + (f" · {n_bad} could not be read" if n_bad else ""))
-for (name, _), p in zip(items, preds):
-    with st.container(border=True):
-        c1, c2, c3 = st.columns([1, 2, 3])
-        thumb = p["thumbnail"]  # from the prediction's own decode of the file
-        if thumb is not None:
-            c1.image(thumb, caption=name)
-        else:
-            c1.markdown(f"`{name}`")
-        if p["error"]:
-            c2.error(f"**{name}**: {p['error']}", icon=":material/broken_image:")
-            continue
-        if p["nuclei_area"] is not None:
-            c2.metric("Nuclei area (px)", f"{p['nuclei_area']:.1f}")
-        if p["magnification"]:
-            true = truth.get(name)
-            c2.metric("Magnification", p["magnification"],
-                      delta=None if true is None else
-                      ("right" if true == p["magnification"] else f"true {true}"),
-                      delta_color="normal" if true == p["magnification"] else "inverse")
-        if p["note"]:
-            c2.caption(p["note"])
-        if p["probabilities"]:
-            c3.bar_chart(pd.DataFrame({"probability": p["probabilities"]}), height=160,
-                         horizontal=True, sort=False)   # keep 5x, 8x, ... 40x order
-        elif p["distances"]:
-            c3.caption("|predicted area − mean area of each magnification in training| (px); "
-                       "the nearest is the predicted magnification")
-            c3.bar_chart(pd.DataFrame({"distance (px)": p["distances"]}), height=160,
-                         horizontal=True, sort=False)
+            + (f" · {n_bad} could not be read" if n_bad else "")
+            + (f" · {n_out} outside the model's range" if n_out else ""))
+if run.domain is None:
+    st.caption("This run was trained before rcvcore recorded its training domain: patches are "
+               "not checked against what it was trained on (train it again to get the check).")
+sort = st.selectbox("Sort cards by", prediction_view.sort_options(run.task.kind == "regression"),
+                    key="predict_sort")
+names = [name for name, _ in items]
+prediction_view.grid(names, preds, truth, prediction_view.ordered(preds, sort))
 
-rows = []
-for p in preds:
-    row = {"file": p["path"], "nuclei_area_px": p["nuclei_area"],
-           "magnification": p["magnification"], "tiles": p["tiles"], "note": p["note"],
-           "error": p["error"]}
-    for c, v in (p["probabilities"] or {}).items():
-        row[f"p_{c}"] = v
-    for c, v in (p["distances"] or {}).items():
-        row[f"dist_{c}"] = v
-    rows.append(row)
-table = pd.DataFrame(rows)
+table = prediction_view.table(preds)
 st.subheader("Table")
 st.dataframe(table, hide_index=True, width="stretch")
 st.download_button("Download CSV", table.to_csv(index=False), "predictions.csv", "text/csv",

@@ -9,7 +9,6 @@ import json
 import streamlit as st
 
 from app import charts, services, state, widgets
-from rcvcore.errors import UserError
 
 st.title("Scale-covariance scan")
 st.caption("Regression Concept Vectors (Graziani et al., iMIMIC 2020): how well a linear "
@@ -24,8 +23,17 @@ archs = services.arch_catalogue()
 datasets = services.dataset_catalogue()
 
 # ------------------------------------------------------------------------------------- form
+if "scan_job" not in st.session_state and services.running_jobs(None):
+    # a reloaded page finds the scan its user started still running in the server, and the
+    # sidebar shows that scan's settings (not the defaults)
+    _running = services.running_jobs(None)[0]
+    st.session_state["scan_job"] = _running.job_id
+    st.session_state.update(services.scan_form_state(_running.config, list(archs),
+                                                     TIMM_CHOICE, SCORING))
+
 with st.sidebar:
     st.header("Scan settings")
+    run_slot = st.empty()   # Run scan on top: visible without scrolling the settings
     arch_names = list(archs) + [TIMM_CHOICE]
     arch = st.selectbox("Architecture", arch_names,
                         index=arch_names.index(DEFAULT_ARCH) if DEFAULT_ARCH in arch_names else 0,
@@ -41,9 +49,11 @@ with st.sidebar:
             arch = "timm:" + arch
         try:
             archs = {**archs, arch: services.arch_info(arch)}
-        except UserError as e:
-            st.error(str(e))
-            st.stop()
+        except Exception as e:  # not in timm, or a network the registry cannot probe
+            st.error(f"{arch} cannot be scanned: {services.page_terms(str(e))} Choose another "
+                     f"network; the page uses {DEFAULT_ARCH} meanwhile.",
+                     icon=":material/block:")
+            arch = DEFAULT_ARCH
     st.caption(archs[arch]["description"])
 
     have_imagenet, how = services.imagenet_status(arch)
@@ -114,8 +124,8 @@ with st.sidebar:
         use_cache = st.checkbox("Use the activation cache", value=True, key="scan_use_cache")
 
     ready = weights is not None and dataset is not None and layers is not None
-    run = st.button("Run scan", type="primary", disabled=not ready, key="scan_run",
-                    width="stretch")
+    run = run_slot.button("Run scan", type="primary", disabled=not ready, key="scan_run",
+                          width="stretch")
 
 if not have_imagenet:
     st.warning(f"**Offline mode: no ImageNet weights for {arch}.** " + how.split(". ", 1)[1]
@@ -173,16 +183,13 @@ def scan_progress() -> None:
     st.rerun()  # redraw the whole page with the new result
 
 
-if "scan_job" not in st.session_state and services.running_jobs(None):
-    # a reloaded page finds the scan its user started still running in the server
-    st.session_state["scan_job"] = services.running_jobs(None)[0].job_id
 _job_now = services.get_job(st.session_state.get("scan_job"))
 # poll only while a scan runs; a finished one triggers a full rerun from inside the fragment
 st.fragment(run_every=0.5 if _job_now is not None else None)(scan_progress)()
 if _job_now is not None and not _job_now.done and st.button("Cancel scan", key="scan_cancel"):
     services.cancel_job(_job_now.job_id)  # the job stops at its next step; the poll then reports it
 if st.session_state.get("scan_error"):
-    st.error(st.session_state["scan_error"])
+    st.error(services.page_terms(st.session_state["scan_error"]))
 
 if st.session_state.get("scan_toast"):
     st.toast(st.session_state.pop("scan_toast"))
@@ -204,6 +211,14 @@ labels = {sid: f"{rec.get('label')} · n={rec['result'].get('n_images')} · "
 # a scan that just finished (or was reused) becomes the one shown; the widget's own state
 # may only be set before the widget is drawn in this run
 shown_next = st.session_state.pop(SHOW_NEXT, None)
+link = (st.query_params.get("scan"), st.query_params.get("cut"))
+if link[0] in saved and st.session_state.get("scan_link_applied") != link:
+    # a shared link (?scan=ID&cut=LAYER) opens that scan with that cut, once per link
+    st.session_state["scan_link_applied"] = link
+    shown_next = shown_next or link[0]
+    if link[1] in [r["name"] for r in saved[link[0]]["result"].get("layers", [])
+                   if r["name"] not in ("pre_softmax", "softmax")]:
+        st.session_state[f"scan_cut_{link[0]}"] = link[1]
 if shown_next in saved:
     st.session_state["scan_primary"] = shown_next
 if st.session_state.get("scan_primary") not in saved:
@@ -224,9 +239,14 @@ convention = opts[0].radio("Aggregation", charts.CONVENTIONS, key="scan_conventi
                            help="mean ± std of R² over repeats (and classes), or the paper's "
                                 "ln(mean(exp R²)) as plotted in its figures")
 show_controls = opts[1].toggle("Show controls", value=True, key="scan_show_controls")
+mixed = len({saved[s]["result"].get("arch") for s in [primary, *others]}) > 1
+if mixed:   # scans of different networks share no layer names: the depth axis is in use
+    st.session_state["scan_depth"] = True
 depth_axis = opts[2].toggle("Normalised depth axis", value=False, key="scan_depth",
+                            disabled=mixed,
                             help="x = depth in [0, 1], to compare networks of different depth "
-                                 "(always on when the overlaid scans differ in architecture)")
+                                 "(on, and fixed, while the overlaid scans differ in "
+                                 "architecture)")
 clip = opts[3].toggle("Clip y at -1", value=True, key="scan_clip")
 
 layer_names = [r["name"] for r in result.get("layers", [])]
@@ -250,13 +270,16 @@ if CUT_WIDGET not in st.session_state:
     cut0 = state.get_cut()
     # no suggestion (no layer significantly above its controls): no layer is preselected, so
     # nothing reaches the Train page unless the user picks one
+    kept = (rec.get("chosen_cut") or {}).get("layer")   # chosen before, in any tab
     start = (cut0["layer"] if cut0 and cut0.get("scan_id") == primary
-             and cut0.get("layer") in cuttable else suggested if suggested in cuttable else None)
+             and cut0.get("layer") in cuttable else kept if kept in cuttable
+             else suggested if suggested in cuttable else None)
     if start is not None:
         st.session_state[CUT_WIDGET] = start
 
-shown = [dict(r, label=charts.scan_label(r["result"], r.get("config") or {}))
-         for r in [rec] + [saved[s] for s in others]]
+legend = services.legend_labels([rec] + [saved[s] for s in others])
+shown = [dict(r, label=label) for r, label in zip([rec] + [saved[s] for s in others], legend,
+                                                 strict=True)]
 fig = charts.r2_figure(shown, convention=convention,
                        show_controls=show_controls, depth_axis=depth_axis,
                        clip_at=-1.0 if clip else None,
@@ -284,24 +307,36 @@ else:
         if suggested:
             st.markdown(f"**Suggested:** `{suggested}`")
         else:
-            st.warning("**No suggested cut.** " + rule.removeprefix("No suggested cut: "),
-                       icon=":material/block:")
+            st.warning("**No suggested cut.** " + services.page_terms(
+                rule.removeprefix("No suggested cut: ")), icon=":material/block:")
         if not suggested or rule:
-            st.caption(rule if suggested else "The Train page is not prefilled from this scan "
-                       "unless you choose a layer above.")
+            st.caption(services.page_terms(rule) if suggested else "The Train page is not "
+                       "prefilled from this scan unless you choose a layer above.")
         cut_record = {"arch": result.get("arch"), "weights": rec["config"].get("weights"),
                       "layer": cut, "dataset": result.get("dataset"), "scan_id": primary,
                       "suggested": suggested, "reason": rule}
         state.set_cut(cut_record)
+        # kept with the scan on disk: the Train page offers it in any tab, after a reload
+        state.save_chosen_cut(primary, cut, "none" if not cut else
+                              "suggested" if cut == suggested else "clicked", saved)
+        st.query_params.update({"scan": primary, **({"cut": cut} if cut else {})})
+        if not cut:
+            st.query_params.pop("cut", None)
         if cut:
             st.page_link("pages/train.py", label=f"Fine-tune {result.get('arch')} cut at {cut} →",
-                         icon=":material/model_training:")
+                         icon=":material/model_training:",
+                         query_params={"scan": primary, "cut": cut})
     with c2:
-        try:
-            s = services.cut_summary(result.get("arch"), cut)
-        except Exception as e:
-            st.warning(f"Cannot size the cut: {e}")
+        if not cut:
+            st.caption("Choose a layer to see the parameters and GFLOPs the cut removes.")
+            s = None
         else:
+            try:
+                s = services.cut_summary(result.get("arch"), cut)
+            except Exception as e:
+                st.warning(f"Cannot size the cut: {e}")
+                s = None
+        if s is not None:
             m = st.columns(3)
             m[0].metric("Parameters (pruned)", f"{s['pruned_params'] / 1e6:.2f} M",
                         f"{(s['params_ratio'] - 1) * 100:+.0f} % vs full "

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app import charts, guard, services, state, widgets
+from app import guard, services, state, tracker, widgets
 
 st.title("Fine-tune the pruned network")
 st.caption("The paper's transfer experiment (Table 2): the network cut at the chosen layer + "
@@ -24,22 +24,46 @@ st.caption("The paper's transfer experiment (Table 2): the network cut at the ch
 
 archs = services.arch_catalogue()
 datasets = services.dataset_catalogue()
-cut0 = state.get_cut() or {}
+# the cut to offer: this page's link (?scan=&cut=), this tab's Scan page, or the cut chosen
+# last on the Scan page in any tab (saved with its scan): a new tab or a reload finds it too
+cut0, link_problem = services.train_prefill(st.query_params.get("scan"),
+                                            st.query_params.get("cut"), state.get_cut())
+cut0 = cut0 or {}
 no_cut_reason = None
 if cut0 and not cut0.get("layer"):
     # the scan suggested no cut (no layer significantly above its controls) and none was
     # chosen: do not prefill the form from noise
     no_cut_reason = cut0.get("reason") or "The scan suggested no cut."
     cut0 = {}
+if cut0.get("scan_id") in services.state.load_scans():   # a link that can be shared
+    st.query_params.update({"scan": cut0["scan_id"], "cut": cut0["layer"]})
 limits = guard.limits()  # served mode: at most these (None: the whole machine)
+PREFILL_KEYS = ("arch", "weights", "layer", "dataset", "scan_id")
+prefill_key = tuple(cut0.get(k) for k in PREFILL_KEYS)
+if cut0 and st.session_state.get("train_prefilled") != prefill_key:
+    # a new cut arrived: the form's widgets start again from it (their defaults below)
+    for k in [k for k in st.session_state if str(k).startswith(
+            ("train_arch", "train_cut_", "train_weights_", "train_dataset", "train_ds_"))]:
+        del st.session_state[k]
+    st.session_state["train_prefilled"] = prefill_key
+SOURCES = {"tab": "the Scan page", "saved": "the Scan page (the cut chosen there last, saved "
+           "with its scan)", "link": "the Scan page (by this page's link)"}
 
 # ------------------------------------------------------------------------------------ form
 # open the form when there is nothing to watch, or a new cut arrived from the Scan page
-fresh_cut = bool(cut0) and st.session_state.get("train_launched_for") != cut0
-with st.expander("New training run", expanded=not services.list_groups() or fresh_cut):
+fresh_cut = bool(cut0) and st.session_state.get("train_launched_for") != prefill_key
+folded = st.session_state.pop("train_folded", False)     # just launched: watch it
+if st.session_state.get("train_toast"):
+    st.toast(st.session_state.pop("train_toast"))
+with st.expander("New training run",
+                 expanded=not folded and (not services.list_groups() or fresh_cut)):
+    if link_problem:
+        st.warning(link_problem, icon=":material/link_off:")
     if cut0:
-        st.success(f"From the Scan page: **{cut0['arch']}** ({cut0['weights']}), cut at "
-                   f"**{cut0['layer']}**.", icon=":material/content_cut:")
+        scan = f"; scan {cut0['label']} (`{cut0['scan_id'][:6]}`)" if cut0.get("label") else ""
+        st.success(f"From {SOURCES.get(cut0.get('source'), 'the Scan page')}: "
+                   f"**{cut0['arch']}** ({cut0['weights']}) on **{cut0.get('dataset')}**, cut "
+                   f"at **{cut0['layer']}**{scan}.", icon=":material/content_cut:")
     elif no_cut_reason:
         st.info(f"Not prefilled from the Scan page: {no_cut_reason}",
                 icon=":material/block:")
@@ -50,12 +74,17 @@ with st.expander("New training run", expanded=not services.list_groups() or fres
     arch_default = cut0.get("arch") if cut0.get("arch") in archs else "efficientnet_lite0"
     arch = c[0].selectbox("Architecture", arch_names, index=arch_names.index(arch_default),
                           key="train_arch")
-    cuttable = [n for n in archs[arch]["all_layers"] if n not in ("pre_softmax", "softmax")]
+    # a cut at the last feature map is the full network ('none'): not offered as a pruned model
+    cuttable = [n for n in archs[arch]["all_layers"] if n not in ("pre_softmax", "softmax")
+                and n not in archs[arch].get("full_layers", ())]
     default_cut = (cut0.get("layer") if cut0.get("arch") == arch and cut0.get("layer") in cuttable
                    else archs[arch]["paper_cut"] or cuttable[-1])
+    if cut0.get("arch") == arch and cut0.get("layer") in archs[arch].get("full_layers", ()):
+        st.error(services.cut_refusal(arch, cut0["layer"], False), icon=":material/block:")
     cut = c[1].selectbox("Cut after layer", cuttable + ["none"],
                          index=(cuttable + ["none"]).index(default_cut), key=f"train_cut_{arch}",
-                         help="'none' trains the full network (the baseline)")
+                         help="'none' trains the full network (the baseline); the last "
+                              "feature layer is the full network too, so it is not offered")
     have_imagenet, how = services.imagenet_status(arch)
     w_default = cut0.get("weights") if cut0.get("arch") == arch else None
     w_options = ["imagenet", "random (control)", "checkpoint path"]
@@ -77,11 +106,12 @@ with st.expander("New training run", expanded=not services.list_groups() or fres
                    "app offline, not for reproducing the paper.")
 
     c = st.columns(3)
-    dataset, ds_options = widgets.dataset_picker(c[0], datasets, "train",
-                                                 default="demo-histology")
-    target = c[1].radio("Target", ["nuclei-area", "magnification"], key="train_target",
+    dataset, ds_options = widgets.dataset_picker(
+        c[0], datasets, "train", default=cut0.get("dataset") or "demo-histology",
+        options=cut0.get("dataset_options"))
+    target = c[1].radio("Target", ["nuclei-area", "magnification", "mpp"], key="train_target",
                         horizontal=True, help="nuclei-area: regression (the paper); "
-                        "magnification: classification")
+                        "magnification: classification; mpp: log2 µm/px of a slides: dataset")
     seeds_text = c[2].text_input("Seeds", "1001", key="train_seeds",
                                  help="comma-separated; the paper used 10 seeds")
     baseline = c[2].checkbox("Also train the unpruned baseline (full network)", value=True,
@@ -123,7 +153,13 @@ with st.expander("New training run", expanded=not services.list_groups() or fres
         seeds_error = f"Seeds must be integers separated by commas, got {seeds_text!r}."
     if seeds_error:
         st.error(seeds_error)
-    ready = bool(seeds) and weights is not None and dataset is not None
+    refusal = services.cut_refusal(arch, cut, bool(baseline))
+    if refusal:
+        st.error(refusal, icon=":material/block:")
+    leak = services.scan_leak(cut0, dataset) if cut0.get("layer") == cut else None
+    if leak:
+        st.warning(leak, icon=":material/visibility:")
+    ready = bool(seeds) and weights is not None and dataset is not None and not refusal
     n_runs = len(seeds) * (2 if baseline and cut != "none" else 1)
     if st.button(f"Launch {n_runs} run{'s' * (n_runs != 1)}", type="primary",
                  disabled=not ready, key="train_launch"):
@@ -139,9 +175,12 @@ with st.expander("New training run", expanded=not services.list_groups() or fres
         except Exception as e:  # rcvcore's UserError names the field and the fix
             st.error(str(e))
         else:
-            st.session_state["train_group"] = group.name
-            st.session_state["train_launched_for"] = cut0
-            st.toast(f"Launched {n_runs} run(s) in {group}")
+            # watch what was launched: its group selected, the form folded, the monitor up
+            st.session_state["train_group_select"] = group.name
+            st.session_state["train_launched_for"] = prefill_key
+            st.session_state["train_folded"] = True
+            st.session_state["train_toast"] = f"Launched {n_runs} run(s) in {group.name}"
+            st.rerun()
 
 # --------------------------------------------------------------------------------- monitor
 groups = services.list_groups()
@@ -150,20 +189,46 @@ if not groups:
     st.stop()
 
 names = list(groups)
-current = st.session_state.get("train_group")
-group_name = st.selectbox("Runs", names, index=names.index(current) if current in names else 0,
-                          key="train_group_select",
+if st.session_state.get("train_group_select") not in names:
+    st.session_state.pop("train_group_select", None)     # a deleted group: the newest
+group_name = st.selectbox("Runs", names, key="train_group_select",
                           help=f"Run folders under {state.runs_root()}")
-st.session_state["train_group"] = group_name
 run_dirs = groups[group_name]
 RESULT_KEYS = (*services.METRICS, "loss")
 
 
-def _fmt_progress(rs) -> str:
-    s = rs.status
-    if s.get("epoch") is not None and rs.config:
-        return f"epoch {s.get('epoch')}/{rs.config.get('epochs')}"
-    return ""
+def _message(rs) -> str:
+    msg = rs.status.get("message") or rs.status.get("error") or ""
+    return msg.replace("; resume with --resume", "; Resume below")   # the page has a button
+
+
+def _run_buttons(group_dir: Path, runs) -> None:
+    """A Cancel button per running run, a Resume button per run that stopped unfinished."""
+    acts = []
+    for r in runs:
+        s, name = services.run_state(r), Path(r.run_dir).name
+        if s in services.RUN_STATES_ACTIVE and s != "launching":
+            acts.append(("Cancel", name, r, ":material/stop_circle:"))
+        elif s in ("cancelled", "interrupted", "failed") and r.config:
+            acts.append(("Resume", name, r, ":material/play_circle:"))
+    if not acts:
+        return
+    cols = st.columns(min(len(acts), 4))
+    for i, (what, name, r, icon) in enumerate(acts):
+        if cols[i % len(cols)].button(f"{what} {name}", key=f"{what.lower()}_run_{name}",
+                                      icon=icon, help="stop after the current step "
+                                      "(checkpointed, resumable)" if what == "Cancel" else
+                                      "continue from its last checkpoint"):
+            try:
+                if what == "Cancel":
+                    services.cancel_run(Path(r.run_dir))
+                    st.toast(f"Cancelling {name}: it checkpoints and stops after this step.")
+                else:
+                    services.resume_run(group_dir, Path(r.run_dir))
+                    st.toast(f"Resuming {name} from its last checkpoint.")
+            except Exception as e:   # rcvcore's UserError says why
+                st.error(guard.redact(str(e)))
+            st.rerun()
 
 
 def _render_group() -> None:
@@ -175,8 +240,8 @@ def _render_group() -> None:
     active = [r for r in runs if services.run_state(r) in services.RUN_STATES_ACTIVE]
     rows_ = [{
         "run": r.run_dir.split("/")[-1], "state": services.run_state(r),
-        "progress": _fmt_progress(r),
-        "message": r.status.get("message") or r.status.get("error") or "",
+        "progress": r.progress(services.run_state(r)),
+        "message": _message(r),
         **{f"test {k}": (r.result or {}).get("test", {}).get(k)
            for k in services.metric_names(listed=True)},
     } for r in runs]
@@ -190,41 +255,24 @@ def _render_group() -> None:
                                   else "waiting", "progress": "", "message": ""})
     st.dataframe(pd.DataFrame(rows_), hide_index=True, width="stretch")
     waiting = any(r["state"] == "waiting" for r in rows_)
-    if active or waiting:
+    if not services.can_control(group_dir):
+        st.caption("Launched by another user: only they can cancel or resume these runs.")
+    elif active or waiting:
         if st.button("Cancel all runs of this group", key=f"cancel_group_{group_name}",
                      icon=":material/stop_circle:"):
             services.cancel_group(group_dir)
             st.toast("Cancelling: each run checkpoints and stops after its current step.")
+    if services.can_control(group_dir):
+        _run_buttons(group_dir, runs)
     for r in runs:
         why = r.status.get("error") if r.state == "failed" else services.start_failure(r)
         if why:
             st.error(f"{r.run_dir.split('/')[-1]} failed: {guard.redact(why)}")
 
-    rows = []
-    for r in runs:
-        name = r.run_dir.split("/")[-1]
-        rows += [{"run": name, **m, "x": m.get("global_step")} for m in r.metrics]
-    if rows:
-        steps = [m for m in rows if m.get("kind") == "step"]
-        epochs_ = [m for m in rows if m.get("kind") == "epoch"]
-        c1, c2 = st.columns(2)
-        with c1:
-            st.markdown("**Training loss** (per step)")
-            if steps:
-                st.plotly_chart(charts.training_figure(
-                    [{"run": m["run"], "global_step": m["global_step"], "loss": m.get("loss")}
-                     for m in steps], x_key="global_step"), key="train_steps_chart")
-        with c2:
-            st.markdown("**Validation** (per epoch)")
-            if epochs_:
-                keep = ("train_loss", "val_loss",
-                        *(f"val_{k}" for k in services.metric_names(listed=True)))
-                st.plotly_chart(charts.training_figure(
-                    [{"run": m["run"], "epoch": m["epoch"],
-                      **{k: m.get(k) for k in keep if m.get(k) is not None}}
-                     for m in epochs_], x_key="epoch"), key="train_epochs_chart")
-            else:
-                st.caption("Appears after the first epoch.")
+    if any(r.metrics for r in runs):
+        root = state.runs_root()
+        tracker.curves_panel(runs, tracker.colours_of(services.list_groups(), root), root=root,
+                             key=f"curves_{group_name}")
     elif active:
         st.caption("Starting (loading the dataset and the network)...")
 
@@ -277,3 +325,6 @@ active_now = any(services.run_state(r) in services.RUN_STATES_ACTIVE
     or bool(plan_now and not plan_now.get("cancelled")
             and len(run_dirs) < len(plan_now["seeds"]) * len(plan_now["cuts"]))
 st.fragment(run_every=2.0 if active_now else None)(_render_group)()
+
+with st.expander("All runs (every group): search, sort, compare configurations"):
+    tracker.runs_overview(services.list_groups(), state_of=services.run_state)

@@ -15,7 +15,7 @@ from ..errors import Notice, UserError, disk_error
 
 _default_showwarning = warnings.showwarning
 
-COMMAND_MODULES = ["models", "data", "scan", "train", "runs", "demo"]
+COMMAND_MODULES = ["models", "data", "scan", "train", "runs", "demo", "slides"]
 
 
 def build_parser() -> argparse.ArgumentParser:

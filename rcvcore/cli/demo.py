@@ -7,16 +7,7 @@ from __future__ import annotations
 
 import json
 
-from ..demo import (
-    DEMO_CUT,
-    DEMO_SETTINGS,
-    demo_model_config,
-    demo_model_dir,
-    demo_model_next,
-    held_out_patches,
-    transfer_demo,
-)
-from ..predict import load_run_model, predict_files
+from .._shared import DEMO_CUT, DEMO_SETTINGS
 from ._types import COUNT, IMAGE_SIZE
 from .train import EXIT_CANCELLED, EXIT_FAILED, _progress, run_training
 
@@ -58,6 +49,20 @@ def add_parser(sub) -> None:
     t.add_argument("--json", metavar="FILE", help="also write comparison.json's content here")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_transfer)
+    s = dsub.add_parser("slides", help="train a resolution model on real H&E slides, check "
+                                       "slides with right, tampered and missing headers",
+                        description="Cut the CMU-1 region (demo-he's source) into pieces written "
+                                    "as pyramidal TIFF slides, train --target mpp on six of "
+                                    "them, check the others (right, tampered, missing headers) "
+                                    "and the real SVS. A demonstration, not a general-purpose "
+                                    "checker.")
+    s.add_argument("--out", default="demo-slides", help="folder of the slides, model and "
+                                                        "reports (default ./demo-slides)")
+    s.add_argument("--epochs", type=COUNT, default=5)
+    s.add_argument("--tiles", type=COUNT, default=32, help="tiles per checked slide")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=_slides)
 
 
 def _over(args, names) -> dict:
@@ -65,6 +70,9 @@ def _over(args, names) -> dict:
 
 
 def _model(args) -> int:
+    from ..demo import demo_model_config, demo_model_dir, demo_model_next, held_out_patches
+    from ..predict import load_run_model, predict_files
+
     run = demo_model_dir(args.runs_dir)
     config = demo_model_config(**_over(args, ("epochs", "device")))
     step = "fresh" if args.restart else demo_model_next(run)
@@ -85,6 +93,8 @@ def _model(args) -> int:
 
 
 def _transfer(args) -> int:
+    from ..demo import transfer_demo
+
     comp, info = transfer_demo(args.runs_dir, seeds=args.seeds, cut=args.cut,
                                parallel=args.parallel, progress=_progress(args),
                                **_over(args, ("epochs", "image_size", "protocol", "head_init",
@@ -101,3 +111,22 @@ def _transfer(args) -> int:
     if comp.state == "cancelled":
         return EXIT_CANCELLED
     return EXIT_FAILED if any(s != "done" for r in comp.rows for s in r["states"]) else 0
+
+
+def _slides(args) -> int:
+    from pathlib import Path
+
+    from ..demo_slides import slides_demo
+    from ..slidecheck import to_csv, to_html, to_json
+    from .slides import print_checks
+
+    checks, domain, run_dir = slides_demo(args.out, epochs=args.epochs, device=args.device,
+                                          tiles=args.tiles, progress=_progress(args))
+    out = Path(args.out)
+    (out / "report.csv").write_text(to_csv(checks))
+    (out / "report.json").write_text(to_json(checks, domain))
+    (out / "report.html").write_text(to_html(checks, domain))
+    print_checks(checks, domain)
+    print(f"model: {run_dir}; reports: {out}/report.html, .csv, .json. A model trained on one "
+          "region of one slide is a demonstration, not a general-purpose checker.")
+    return 1 if any(c.verdict == "error" for c in checks) else 0

@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import fnmatch
 
-from ..extract import probe_channels
-from ..models import ARCHS, get_arch, weights_available
-
 
 def add_parser(sub) -> None:
     p = sub.add_parser("models", help="list the architectures of the registry (and timm's)")
@@ -19,6 +16,8 @@ def add_parser(sub) -> None:
 
 
 def _models(args) -> int:
+    from ..models import ARCHS, weights_available  # torch: not for --help
+
     if args.timm is not None:
         import timm  # only this listing needs timm's catalogue
 
@@ -43,6 +42,9 @@ def _models(args) -> int:
 
 
 def _layers(args) -> int:
+    from ..extract import probe_channels
+    from ..models import get_arch
+
     arch = get_arch(args.arch)
     ch = probe_channels(arch)
     print(f"{'layer':<16} {'graph node':<28} {'channels':>8}  {'depth':>5}")

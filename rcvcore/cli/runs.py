@@ -1,7 +1,12 @@
 """``runs``, ``cancel`` and ``cache``: the dashboard's run list and Cancel button, headless,
-and the cache's housekeeping."""
+and the cache's housekeeping.
+
+Run groups and comparisons (SciPy) and the scan (torch) are imported inside the commands, so
+``--help`` stays instant.
+"""
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -10,10 +15,8 @@ from ..data.base import default_cache_dir
 from ..errors import UserError
 from ..metrics import METRICS, metric_names
 from ..runs.directory import FINISHED, find_runs, is_group_dir, is_run_dir, read_run, runs_root
-from ..runs.groups import group_runs, group_state, read_comparison, read_group
 from ..runs.process import cancel
-from ..runs.scheduler import Scheduler
-from ..scan import RESULT_PREFIX
+from ..runs.tracker import CURVE_FIELDS, curves
 from ._types import number
 
 
@@ -30,6 +33,9 @@ def add_parser(sub) -> None:
     p.add_argument("--json", metavar="FILE", help="also write the list as JSON")
     p.add_argument("--tables", action="store_true",
                    help="print the Table 2 summary of every comparison found")
+    p.add_argument("--curves", metavar="FILE",
+                   help="write every curve point of every run found to FILE (CSV: run, cut, "
+                        "seed, kind, metric, step, epoch, value), as the dashboard exports it")
     p.set_defaults(func=_runs)
     c = sub.add_parser("cancel", help="cancel a running training run or run group (SIGTERM; "
                                       "resumable)",
@@ -73,6 +79,8 @@ def _width(metric) -> int:
 
 
 def _runs(args) -> int:
+    from ..runs.groups import read_comparison
+
     root = runs_root(args.root)
     if args.root is None and not root.exists():   # a new user: no run yet, not an error
         print(f"no runs yet: {root} does not exist (runs are written there by `train --run-dir` "
@@ -109,6 +117,8 @@ def _runs(args) -> int:
             print(f"\n{d}  ({comp.get('state', 'done')})\n{comp.get('table', '')}")
     elif comparisons:
         print(f"\n{len(comparisons)} comparison(s) with a comparison.json; --tables prints them.")
+    if args.curves:
+        _write_curves(args.curves, find_runs(root), root)
     if args.json:
         Path(args.json).write_text(json.dumps({"root": str(root), "runs": rows,
                                                "comparisons": sorted(comparisons),
@@ -116,8 +126,22 @@ def _runs(args) -> int:
     return 0
 
 
+def _write_curves(path, runs, root: Path) -> None:
+    """Every point of every run's curves (:func:`rcvcore.runs.tracker.curves`) as CSV."""
+    runs = list(runs)
+    cols = ("run", "cut", "seed", "kind", "metric", "label", "step", "epoch", "value")
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, cols, extrasaction="ignore")
+        w.writeheader()
+        for kind in CURVE_FIELDS:
+            w.writerows({**r, "kind": kind} for r in curves(runs, kind, root=root))
+    print(f"curves written to {path}")
+
+
 def _groups(root: Path) -> list[dict]:
     """The run groups at ``root`` (itself, or its sub-folders): plan and progress."""
+    from ..runs.groups import group_runs, group_state, read_group
+
     dirs = [root] if is_group_dir(root) else sorted(
         d for d in root.iterdir() if d.is_dir() and is_group_dir(d))
     out = []
@@ -133,6 +157,9 @@ def _groups(root: Path) -> list[dict]:
 
 
 def _cancel(args) -> int:
+    from ..runs.groups import group_state
+    from ..runs.scheduler import Scheduler
+
     d = Path(args.run_dir)
     if is_group_dir(d):
         before = group_state(d)
@@ -158,6 +185,8 @@ def _cancel(args) -> int:
 
 
 def _cache(args) -> int:
+    from ..scan import RESULT_PREFIX
+
     root = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
     if args.clear == "results":   # the scan's saved results only: its key prefix in the store
         n = 0

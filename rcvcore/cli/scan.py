@@ -6,9 +6,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from ..errors import Notice
-from ..exclusion import read_exclusions
-from ..scan import CONTROLS, CUT_RULES, ScanConfig, run_scan
+from .._shared import CONTROLS, CUT_RULES
 from ._types import COUNT, NONNEG, SEED, number
 
 
@@ -24,13 +22,15 @@ def add_parser(sub) -> None:
                    help="demo-scale, folder:PATH, ... (see `python -m rcvcore datasets`)")
     p.add_argument("--layers", default="paper", help="paper | all | comma-separated layers")
     p.add_argument("--n", "--n-images", dest="n", type=COUNT, default=None,
-                   help="use at most N images (under torchrun spell it --n-images: torchrun "
-                        "reads --n as an abbreviation of its own options)")
+                   help="use at most N images (the Scan page's 'Images'; under torchrun spell "
+                        "it --n-images: torchrun reads --n as an abbreviation of its own "
+                        "options)")
     p.add_argument("--repeats", type=COUNT, default=10, help="random 70/30 splits (default 10)")
     p.add_argument("--model", default="ridge", choices=["ridge", "ols"],
                    help="ridge (penalty chosen on the training split) or ols (the paper's)")
     p.add_argument("--controls", default=",".join(CONTROLS),
-                   help="comma-separated: shuffled,random-weights (default both) or none")
+                   help="comma-separated: shuffled (the measures shuffled over the images: "
+                        "the page's 'shuffled labels'),random-weights (default both) or none")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--batch-size", type=COUNT, default=16)
     p.add_argument("--seed", type=SEED, default=0)
@@ -39,13 +39,16 @@ def add_parser(sub) -> None:
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     pc = p.add_mutually_exclusive_group()
     pc.add_argument("--no-per-class", action="store_true",
-                    help="pool all classes in one fit instead of one fit per class")
+                    help="pool all classes in one fit instead of one fit per class (the Scan "
+                         "page's 'Scoring: pooled')")
     pc.add_argument("--per-class", action="store_true",
                     help="one fit per class even where the dataset pools by default (its "
-                         "classes are a proxy of the measure, e.g. histology magnifications)")
+                         "classes are a proxy of the measure, e.g. histology magnifications; "
+                         "the Scan page's 'Scoring: per class')")
     p.add_argument("--ungrouped", action="store_true",
                    help="ignore the dataset's groups when splitting (crops of one photograph may "
-                   "then sit in train and test: optimistic, for comparison only)")
+                   "then sit in train and test: optimistic, for comparison only; the Scan "
+                   "page's 'Grouped splits' unticked)")
     p.add_argument("--permutations", type=NONNEG, default=200,
                    help="permutations of the measure for the test against the shuffled control "
                         "(default 200; 0: no permutation test)")
@@ -68,6 +71,9 @@ def add_parser(sub) -> None:
     p.add_argument("--opt", action="append", metavar="KEY=VALUE",
                    help="a dataset loader option, repeatable (as for `inspect`), e.g. "
                         "--opt classes=n02058221,n01608432 or --opt group_by=patient")
+    p.add_argument("--target", default="measure", choices=["measure", "mpp"],
+                   help="measure: the dataset's own measure (default); mpp: log2 µm/px, which "
+                        "needs a slides: dataset (which layer knows the resolution?)")
     p.add_argument("--json", metavar="FILE", help="write the result as JSON")
     p.add_argument("--csv", metavar="FILE", help="write the result as CSV")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -93,6 +99,15 @@ def _progress_bar(quiet: bool):
 
 def _scan(args) -> int:
     from ..data.options import parse_options
+    from ..data.registry import parse_spec
+    from ..data.slides import MEASURE_NAME as MPP_MEASURE
+    from ..errors import Notice, UserError
+    from ..exclusion import read_exclusions
+    from ..scan import ScanConfig, run_scan
+
+    if args.target == "mpp" and parse_spec(args.dataset)[0].measure_name != MPP_MEASURE:
+        raise UserError(f"--target mpp scans log2 µm/px, the measure of a slides: dataset; "
+                        f"{args.dataset!r} measures something else. Use --dataset slides:DIR.")
 
     config = ScanConfig(
         arch=args.arch, weights=args.weights, dataset=args.dataset, layers=args.layers, n=args.n,

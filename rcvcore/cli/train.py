@@ -4,22 +4,19 @@
 continues it from its last checkpoint with the configuration read back from ``config.json``.
 Exit status: 0 done, 1 failed (e.g. NaN loss), 2 bad input, 143 cancelled (SIGTERM).
 ``predict`` exits 1 when any file could not be predicted.
+
+Heavy modules (torch, the registry) are imported inside the commands: ``--help`` stays instant.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import sys
 import time
 
-from ..compare import compare
-from ..data.options import parse_options
-from ..metrics import metric_summary
-from ..predict import load_run_model, predict_files
 from ..runs.config import TrainConfig
-from ..runs.directory import RunFailed
-from ..train.loop import train
 from ._types import COUNT, IMAGE_SIZE, NONNEG, SEED, number
 
 EXIT_FAILED, EXIT_CANCELLED = 1, 143
@@ -28,17 +25,21 @@ EXIT_FAILED, EXIT_CANCELLED = 1, 143
 def _add_config_flags(p: argparse.ArgumentParser, with_cut: bool = True) -> None:
     d = TrainConfig()
     g = p.add_argument_group("model and data")
-    g.add_argument("--arch", help=f"architecture (default {d.arch}; `python -m rcvcore models`)")
+    g.add_argument("--arch", help=f"architecture (default {d.arch}, as the dashboard: its "
+                                  "ImageNet weights install offline; `python -m rcvcore models`)")
     g.add_argument("--weights", help="imagenet | random | PATH to a state dict "
                                      f"(default {d.weights})")
     if with_cut:
         g.add_argument("--cut", help="probe layer to prune at (add_15, mixed8 ...) or 'none' "
-                                     "for the full trunk + GAP + head (default none)")
+                                     "for the full trunk + GAP + head (default none, as the "
+                                     "dashboard's 'none'); a layer whose cut is the full "
+                                     "network (e.g. efficientnet_lite0's head) is refused")
     g.add_argument("--dataset", help=f"dataset spec (default {d.dataset})")
-    g.add_argument("--target", choices=["nuclei-area", "magnification"],
+    g.add_argument("--target", choices=["nuclei-area", "magnification", "mpp"],
                    help="nuclei-area (regression, MSE; default) or magnification "
                         "(classification, cross-entropy)")
-    g.add_argument("--n", type=COUNT, help="use at most N images (quick runs)")
+    g.add_argument("--n", type=COUNT, help="use at most N images (quick runs; the dashboard's "
+                                           "'Images', where 0 = all)")
     g.add_argument("--image-size", type=IMAGE_SIZE, help="network input side in px (default: the "
                                                   "architecture's, 224 ResNet / 299 Inception)")
     g.add_argument("--split-seed", type=SEED, help="seed of the train/val/test split and of --n "
@@ -64,7 +65,8 @@ def _add_config_flags(p: argparse.ArgumentParser, with_cut: bool = True) -> None
     o.add_argument("--token-pool", choices=["mean", "cls"],
                    help="vision transformers: pool the tokens at the cut as the mean of the "
                         "patch tokens (default) or take the class token")
-    o.add_argument("--epochs", type=COUNT, help=f"default {d.epochs}")
+    o.add_argument("--epochs", type=NONNEG,
+                   help=f"default {d.epochs} (0: the closed-form head only, --head-init rcv)")
     o.add_argument("--batch-size", type=COUNT, help=f"global batch size (default {d.batch_size})")
     o.add_argument("--lr", type=number(0, open_low=True), help=f"learning rate (default {d.lr})")
     o.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], help="default adam")
@@ -79,13 +81,16 @@ def _add_config_flags(p: argparse.ArgumentParser, with_cut: bool = True) -> None
     r.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                    default=None, help="disable the channels_last memory format")
     r.add_argument("--workers", type=NONNEG, help="data-loader processes (default: 0 on 2 cores)")
-    r.add_argument("--log-every", type=COUNT, help="log a step line every N steps (default 10)")
+    r.add_argument("--log-every", type=COUNT, help="log a step line every N steps (default "
+                                                   f"{d.log_every}, as the dashboard)")
     r.add_argument("--checkpoint-every", type=NONNEG,
                    help="also checkpoint every N steps (default 0: every epoch only)")
     r.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
 def _config_from(args, **extra):
+    from ..data.options import parse_options
+
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     if getattr(args, "opt", None):
@@ -152,6 +157,9 @@ def add_parser(sub) -> None:
     q.add_argument("--run", required=True, help="a finished run directory")
     q.add_argument("files", nargs="+", help="image files")
     q.add_argument("--json", metavar="FILE", help="write one object per file to FILE")
+    q.add_argument("--csv", metavar="FILE",
+                   help="write one row per file to FILE (the dashboard's CSV columns: area, "
+                        "class, out_of_range, range_reasons, feature_distance, p_/dist_ per class)")
     q.add_argument("--device", default="auto")
     q.add_argument("--batch-size", type=COUNT, default=16)
     q.add_argument("--max-tiles", type=COUNT, default=64,
@@ -179,6 +187,9 @@ def _train(args) -> int:
 def run_training(config, run_dir, *, resume: bool, restart: bool, progress):
     """Train, print the result; ``(exit status, RunResult or None)`` (failed: 1, cancelled:
     143; a DDP worker other than rank 0 prints nothing)."""
+    from ..runs.directory import RunFailed
+    from ..train.loop import train
+
     try:
         res = train(config, run_dir, resume=resume, restart=restart, progress=progress)
     except RunFailed as e:
@@ -193,6 +204,8 @@ def run_training(config, run_dir, *, resume: bool, restart: bool, progress):
 
 
 def _print_result(r: dict) -> None:
+    from ..metrics import metric_summary
+
     m = r.get("model") or {}
     if "pruned_params" in m:
         print(f"model: {m['arch']} cut at {m['cut']} @ {m['image_size']} px: "
@@ -205,6 +218,8 @@ def _print_result(r: dict) -> None:
 
 
 def _compare(args) -> int:
+    from ..compare import compare
+
     base = _config_from(args)
     comp = compare(base, args.cuts, args.seeds, args.run_dir, progress=_progress(args),
                    parallel=args.parallel, replicate=args.replicate)
@@ -220,6 +235,8 @@ def _compare(args) -> int:
 
 
 def _predict(args) -> int:
+    from ..predict import load_run_model, predict_files, prediction_row
+
     run = load_run_model(args.run, args.device)
     preds = predict_files(run, args.files, batch_size=args.batch_size, max_tiles=args.max_tiles)
     for p in preds:
@@ -227,18 +244,29 @@ def _predict(args) -> int:
             print(f"{p.path}\terror: {p.error}")
             continue
         parts = []
-        if p.nuclei_area is not None:
+        if p.mpp is not None:
+            parts.append(f"mpp {p.mpp:.3g} µm/px (~{p.objective_power:g}x)")
+        elif p.nuclei_area is not None:
             parts.append(f"nuclei_area {p.nuclei_area:.1f} px")
-        if p.magnification is not None:
+        if p.magnification is not None and p.mpp is None:
             parts.append(f"magnification {p.magnification}")
         if p.probabilities:
             parts.append("p=" + ",".join(f"{c}:{v:.2f}" for c, v in p.probabilities.items()))
         if p.note:
             parts.append(f"({p.note})")
+        if p.out_of_range:
+            parts.append("OUTSIDE THE MODEL'S RANGE: " + "; ".join(p.range_reasons))
         print(f"{p.path}\t" + "  ".join(parts))
     if args.json:
         with open(args.json, "w") as f:
             json.dump([p.to_dict() for p in preds], f, indent=2)
+    if args.csv:
+        rows = [prediction_row(p.to_dict()) for p in preds]
+        cols = list(dict.fromkeys(k for r in rows for k in r))
+        with open(args.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, cols)
+            w.writeheader()
+            w.writerows(rows)
     n_bad = sum(1 for p in preds if p.error)
     if n_bad:
         print(f"{n_bad} of {len(preds)} files could not be predicted", file=sys.stderr)

@@ -66,6 +66,10 @@ register(DatasetKind(
     "area; default classes: the paper's albatross, kite, race car.", "rcvcore.data.imagenet:load",
     True, "box_area_fraction", path_options=("annotations",)))
 register(DatasetKind(
+    "slides", "Whole-slide images (any OpenSlide format; a folder or a list file): tissue tiles "
+    "at 0.5/1/2 µm/px from the pyramid; measure = log2 µm/px from the header MPP; groups = "
+    "slides (--opt mpps=0.25,0.5,1).", "rcvcore.data.slides:load", True, "log2_mpp"))
+register(DatasetKind(
     "voc", "PASCAL VOC 2007/2012 in torchvision's VOCDetection layout (never downloaded); measure "
     "= largest box of the class / image area.", "rcvcore.data.voc:load", True,
     "box_area_fraction"))

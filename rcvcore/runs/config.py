@@ -9,11 +9,9 @@ from dataclasses import asdict, dataclass, field
 from .._shared import NONE, closest
 from ..data.options import check_options, format_options
 from ..errors import UserError
-from ..models import get_arch
-from ..models.pooling import check_token_pool
-from ..prune import cut_node
 
-TARGETS = {"nuclei-area": "regression", "magnification": "classification"}
+#: ``mpp``: regression on log2 µm/px, the measure of ``slides:`` datasets (``log2_mpp``)
+TARGETS = {"nuclei-area": "regression", "magnification": "classification", "mpp": "regression"}
 OPTIMIZERS = ("adam", "adamw", "sgd")
 TRAINABLE = ("all", "head")
 HEAD_INITS = ("rcv", "random")
@@ -67,7 +65,8 @@ class TrainConfig:
         cut: probe layer to prune at (``add_15``, ``mixed8``) or ``none`` (full trunk).
         dataset: dataset spec (``demo-histology``, ``janowczyk:PATH``, ``folder:PATH``).
         target: ``nuclei-area`` (regression on ``Sample.measure``, MSE) or ``magnification``
-            (classification of ``Sample.label``, cross-entropy).
+            (classification of ``Sample.label``, cross-entropy) or ``mpp`` (regression on log2
+            µm/px, the measure of a ``slides:`` dataset; predictions report µm/px).
         epochs, batch_size, lr, optimizer, weight_decay: optimisation (paper: 5, 32, 1e-4, adam).
             ``batch_size`` is global; under DDP each process takes ``ceil(batch_size / world)``.
         trainable: ``all`` (paper) or ``head`` (trunk frozen).
@@ -95,7 +94,7 @@ class TrainConfig:
             patch tokens or ``cls`` (the class token); other networks ignore it.
     """
 
-    arch: str = "resnet50"
+    arch: str = "efficientnet_lite0"   # ImageNet weights that install offline
     weights: str = "imagenet"
     cut: str = NONE
     dataset: str = "demo-histology"
@@ -112,7 +111,7 @@ class TrainConfig:
     image_size: int | None = None
     val_fraction: float = 0.15
     test_fraction: float = 0.15
-    log_every: int = 10
+    log_every: int = 1
     checkpoint_every: int = 0
     device: str = "auto"
     amp: bool | None = None
@@ -162,8 +161,14 @@ class TrainConfig:
             raise UserError("--protocol paper regresses the nuclei area (and maps it to the "
                             "nearest magnification); use --target nuclei-area, or the "
                             "recommended protocol for --target magnification.")
+        # the registry and pruning import torch: only here, so that the configuration (and
+        # the CLI's --help, which shows its defaults) loads without it
+        from ..models import get_arch
+        from ..models.pooling import check_token_pool
+        from ..prune import check_pruned
+
         arch = get_arch(self.arch)
-        cut_node(arch, self.cut)
+        check_pruned(arch, self.cut)   # also checks the layer name
         check_token_pool(self.token_pool, arch=arch.name,
                          class_token=arch.class_token or not arch.has_tokens)
         if arch.layouts and self.image_size not in (None, arch.input_size):

@@ -13,6 +13,8 @@ A **run** is a directory:
 - ``status.json``: ``{"state": "running" | "done" | "failed" | "cancelled", "pid", "error", ...}``.
 - ``result.json``: test (and last validation) metrics, the task (classes, training-set class
   means) and the parameter count / forward cost of the full and the pruned model.
+- ``domain.json``: what the model was trained on (:class:`rcvcore.domain.TrainingDomain`: classes,
+  measure range, feature-space class means and distance threshold), written with the result.
 - ``train.log``: the output of a run started by :func:`rcvcore.runs.process.launch`.
 
 Everything here reads the directory as the training process writes it (no torch). The root of
@@ -33,6 +35,8 @@ CONFIG, METRICS, CHECKPOINT, STATUS, RESULT, LOG = (
     "config.json", "metrics.jsonl", "checkpoint.pt", "status.json", "result.json", "train.log")
 #: The checkpoint before the latest one, kept so that a damaged latest one is not a dead end.
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
+#: The run's training domain (:mod:`rcvcore.domain`), written at the end of training.
+DOMAIN = "domain.json"
 GROUP = "group.json"
 #: States of a run that has not ended yet (``launching``: started, no status written yet).
 ACTIVE = ("launching", "running")
@@ -126,6 +130,23 @@ class RunState:
     def steps(self) -> list[dict]:
         return [m for m in self.metrics if m.get("kind") == "step"]
 
+    def progress(self, state: str | None = None) -> str:
+        """Where the run stands, in words that agree with ``state`` (default :attr:`state`):
+        ``epoch 2/5`` while running (the epoch under way), ``5/5 epochs`` when done,
+        ``stopped after 1/5 epochs (step 7)`` when cancelled, interrupted or failed."""
+        state = state or self.state
+        total = (self.config or {}).get("epochs")
+        done = int(self.status.get("epoch") or 0)
+        step = self.status.get("global_step")
+        at_step = f" (step {step})" if step else ""
+        if total is None or state == "launching":
+            return "starting" if state in ("launching", "running") else ""
+        if state == "done":
+            return f"{total}/{total} epochs"
+        if state == "running":
+            return f"epoch {min(done + 1, max(int(total), 1))}/{total}"
+        return f"stopped after {done}/{total} epochs{at_step}"
+
 
 def read_run(run_dir) -> RunState:
     """Read a run directory (config, status, metrics, result); never raises for partial runs."""
@@ -184,7 +205,7 @@ def clear_run_dir(run_dir) -> list[str]:
         raise UserError(f"--restart: the run in {run} is running (pid {pid}). Cancel it first: "
                         f"`python -m rcvcore runs cancel {run}`.")
     removed = []
-    for name in (CONFIG, STATUS, METRICS, RESULT, CHECKPOINT, PREVIOUS_CHECKPOINT):
+    for name in (CONFIG, STATUS, METRICS, RESULT, CHECKPOINT, PREVIOUS_CHECKPOINT, DOMAIN):
         try:
             (run / name).unlink()
             removed.append(name)

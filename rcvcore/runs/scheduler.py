@@ -11,7 +11,17 @@ from .._shared import NONE
 from ..errors import UserError
 from ..evidence import replicate_config
 from .config import TrainConfig
-from .directory import ACTIVE, FINISHED, GROUP, LOG, RunState, is_group_dir, runs_root
+from .directory import (
+    ACTIVE,
+    CONFIG,
+    FINISHED,
+    GROUP,
+    LOG,
+    RunState,
+    is_group_dir,
+    read_run,
+    runs_root,
+)
 from .groups import (
     group_comparison,
     group_runs,
@@ -46,6 +56,7 @@ class Scheduler:
         self.children: dict[str, subprocess.Popen] = {}
         self.exited: dict[str, int] = {}
         self.errors: dict[str, str] = {}
+        self.resumes: set[str] = set()   # runs to resume as soon as their group has a slot
         self._lock = threading.RLock()
         self._thread: threading.Thread | None = None
 
@@ -175,6 +186,29 @@ class Scheduler:
         self.advance(group)
         return group_state(group)
 
+    def resume_run(self, group, run_dir) -> str:
+        """Resume one run of ``group`` that ended without finishing (cancelled, interrupted,
+        failed) from its last checkpoint, as soon as the group has a free slot.
+
+        A finished or cancelled group is reopened: runs of a cancelled group that had not
+        started are planned again. Returns the run's state (``running`` once started).
+        """
+        run = Path(run_dir)
+        with self._lock:
+            plan = read_group(group)
+            if plan is None:
+                raise UserError(f"{str(group)!r} is not a run group (no {GROUP}).")
+            state = self.run_state(read_run(run))
+            if state in ACTIVE or state == "done":
+                return state
+            if not (run / CONFIG).is_file():
+                raise UserError(f"{run.name} has no configuration to resume from; launch it "
+                                "again instead.")
+            update_group(group, cancelled=False, finished=None, state="running")
+            self.resumes.add(str(run))
+            self.advance(group, resume=self.resumes)
+        return self.run_state(read_run(run))
+
     def step(self) -> None:
         """One pass over every group of the root (the server's thread calls it every 2 s)."""
         self.reap()
@@ -183,7 +217,7 @@ class Scheduler:
             if not is_group_dir(g):
                 continue
             try:
-                self.advance(g)
+                self.advance(g, resume=self.resumes)
                 self.errors.pop(str(g), None)
             except Exception as e:  # one bad group must not stop the others: record it
                 msg = f"{type(e).__name__}: {e}"

@@ -10,6 +10,7 @@ from PIL import Image
 
 from ..data.base import Dataset
 from ..data.images import ImageReadError, read_rgb
+from ..data.slides import MEASURE_NAME as MPP_MEASURE
 from ..data.splits import split_groups
 from ..errors import UserError
 from ..metrics import class_means
@@ -59,7 +60,7 @@ class Task:
     """What the head predicts and how outputs map to areas and classes (saved with the model).
 
     Attributes:
-        target: ``nuclei-area`` or ``magnification``.
+        target: ``nuclei-area``, ``magnification`` or ``mpp``.
         kind: ``regression`` or ``classification``.
         classes: the dataset's classes in their natural order (may be empty for regression).
         class_means: mean training-set measure per class (regression: the nearest-class map).
@@ -113,6 +114,10 @@ def make_task(config: TrainConfig, ds: Dataset, train_idx: np.ndarray) -> Task:
     if kind == "classification" and len(classes) < 2:
         raise UserError(f"--target magnification needs a dataset with at least 2 classes; "
                         f"{ds.name!r} has {len(classes)}. Use --target nuclei-area.")
+    if config.target == "mpp" and ds.measure_name != MPP_MEASURE:
+        raise UserError(f"--target mpp regresses log2 µm/px, the measure of a slides: dataset; "
+                        f"{ds.name!r} measures {ds.measure_name}. Use --dataset slides:DIR, or "
+                        "--target nuclei-area.")
     means = class_means(y, labels[train_idx], classes) if labels is not None else {}
     try:
         with Image.open(ds.samples[int(train_idx[0])].path) as im:

@@ -34,9 +34,10 @@ from .._runlock import claim_run_dir
 from .._shared import ProgressFn
 from ..data.base import Dataset, clean_temp_files, default_cache_dir, limit
 from ..data.registry import load_dataset
+from ..domain import DOMAIN, TrainingDomain, fit_domain
 from ..errors import UserError, disk_error
 from ..extract import default_workers
-from ..files import read_json
+from ..files import read_json, write_json
 from ..metrics import METRICS, classification_metrics, nearest_class, regression_metrics
 from ..models import Backbone, get_arch, resolve_backbone
 from ..prune import cut_node, cut_summary
@@ -159,6 +160,34 @@ def evaluate(model: nn.Module, images: ImageSet, task: Task, *, batch_size: int 
                                           task.classes))
         res["predictions"] = pred_idx.tolist()
     return res
+
+
+@torch.no_grad()
+def training_domain(model: nn.Module, images: ImageSet, task: Task, *, batch_size: int = 32,
+                    device="cpu", workers: int = 0) -> TrainingDomain:
+    """The :class:`rcvcore.domain.TrainingDomain` of ``model`` (a :class:`PrunedNet`) on its
+    training images: pooled features at the cut, class labels, measures, max-probabilities."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    batches = [list(range(i, min(i + batch_size, len(images))))
+               for i in range(0, len(images), batch_size)]
+    feats, outs = [], []
+    try:
+        for x, _ in _loader(images, batches, workers, device):
+            f = model.features(x.to(device)).float()
+            feats.append(f.cpu())
+            outs.append(model.head(f).float().cpu())
+    finally:
+        model.train(was_training)
+    features = torch.cat(feats).numpy().astype(float)
+    if task.kind == "regression":
+        labels, measures, probs = images.labels, np.asarray(images.targets, float), None
+    else:
+        labels = [task.classes[int(t)] for t in images.targets]
+        measures, probs = None, torch.softmax(torch.cat(outs), dim=1).numpy()
+    return fit_domain(features, labels=labels, classes=task.classes, measures=measures,
+                      probabilities=probs, measure_name=task.measure_name)
 
 
 def _metric_view(res: dict, prefix: str) -> dict:
@@ -442,10 +471,24 @@ def _test(loop: _Loop, data: _Data, sets: dict, scorer: nn.Module, last_val: dic
                    **({} if lab is None else {"label": lab})} for p, t, q, lab in zip(
                       test_set.paths, test_set.targets, test.get("predictions", []),
                       test_set.labels or [None] * len(test_set))]}
+    _write_domain(loop, data)
     writer.write_result(result)
     writer.write_status(state="done", message="done", error=None)
     loop.say(1.0, "done")
     return result
+
+
+def _write_domain(loop: _Loop, data: _Data) -> None:
+    """Rank 0: the training domain (:mod:`rcvcore.domain`) into ``domain.json``, from the
+    training split only; a failure is recorded in the status, it never fails the run."""
+    loop.say(0.96, "recording the training domain")
+    try:
+        dom = training_domain(loop.model, data.sets["train"], data.task,
+                              batch_size=loop.rt.per_rank, device=loop.rt.device,
+                              workers=loop.rt.workers)
+        write_json(loop.run / DOMAIN, dom.to_dict(), indent=None)
+    except (ValueError, RuntimeError, OSError) as e:
+        loop.writer.write_status(domain_error=f"{type(e).__name__}: {e}")
 
 
 class _Loop:
