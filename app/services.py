@@ -45,13 +45,15 @@ def _arch_record(a) -> dict:
     feature = [n for n, _ in a.all_layers if n not in ("pre_softmax", "softmax")]
     return {"description": a.description, "layers": a.layer_names,
             "all_layers": [n for n, _ in a.all_layers], "paper_cut": a.paper_cut,
+            "tokens": a.has_tokens, "class_token": a.class_token,
             # layers cut at the last feature map: the "pruned" model is the full network
             "full_layers": [n for n in feature if is_full(a, n)]}
 
 
 @st.cache_data(show_spinner=False)
 def arch_catalogue() -> dict[str, dict]:
-    """``{arch: {"description", "layers", "all_layers", "paper_cut"}}`` from the registry."""
+    """``{arch: {"description", "layers", "all_layers", "paper_cut", "tokens", "class_token"}}``
+    from the registry (``tokens``: a vision transformer whose tokens are pooled)."""
     from rcvcore.models import ARCHS
 
     return {name: _arch_record(a) for name, a in ARCHS.items()}

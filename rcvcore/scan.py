@@ -31,6 +31,7 @@ from .errors import Notice, SkippedFile, UserError
 from .exclusion import keep_rows
 from .extract import FeatureExtractor, extract
 from .models import PRE_SOFTMAX, SOFTMAX, ArchSpec, Backbone, get_arch, resolve_backbone
+from .models.pooling import check_token_pool, pooling_name
 from .prune import is_full
 from .rcv import (
     CORRECTION,
@@ -83,6 +84,9 @@ class ScanConfig:
     # groups (sources, slides, patients) left out the same way: a comparison whose replicates
     # regenerate the dataset per split seed (demo-he's patches) shares groups, not file paths
     exclude_groups: tuple[str, ...] = ()
+    # how a transformer's tokens are pooled: "mean" of the patch tokens or "cls" (the class
+    # token); CNN and NHWC maps are always averaged over space (rcvcore.models.pooling)
+    token_pool: str = "mean"
 
     def __hash__(self) -> int:
         # frozen, but dataset_options is a dict: hash the JSON form (equal configs, equal hash)
@@ -90,7 +94,9 @@ class ScanConfig:
 
     def validate(self) -> ScanConfig:
         """Return a normalised copy or raise :class:`UserError` naming the bad parameter."""
-        get_arch(self.arch)
+        spec = get_arch(self.arch)
+        check_token_pool(self.token_pool, arch=spec.name,
+                         class_token=spec.class_token or not spec.has_tokens)
         if self.model not in MODELS:
             raise UserError(f"--model {self.model!r}: choose one of {', '.join(MODELS)}.")
         controls = tuple(c for c in self.controls if c != "none")
@@ -417,7 +423,9 @@ def result_key(config: ScanConfig, arch: ArchSpec, layers: list[str], ds: Datase
 
     payload = {
         **({"exclude_groups": list(config.exclude_groups)} if config.exclude_groups else {}),
-        "arch": arch.name, "layers": list(layers), "pooling": "gap",
+        "arch": arch.name, "layers": list(layers),
+        "pooling": "/".join(sorted({pooling_name(arch.layout(n), config.token_pool)
+                                    for n in layers})),
         "preprocessing": arch.preprocess.fingerprint, "images": images_fp or fingerprint(ds),
         "weights": [[name, bb.fingerprint] for name, bb in runs],
         "repeats": config.repeats, "model": config.model, "controls": list(config.controls),
@@ -453,14 +461,15 @@ def saved_result(store, key: str) -> ScanResult | None:
 def activations(backbone: Backbone, layers: list[str], ds: Dataset, *,
                 device: str = "auto", batch_size: int = 16,
                 cache: ActivationCache | None = None, progress: ProgressFn | None = None,
-                images_fp: str | None = None, dist: Dist | None = None
-                ) -> tuple[Extraction | None, float]:
+                images_fp: str | None = None, dist: Dist | None = None,
+                token_pool: str = "mean") -> tuple[Extraction | None, float]:
     """Pooled activations of ``layers`` of ``backbone`` for every image of ``ds``; cached layers
     are not recomputed, and all missing layers come from ONE forward pass.
 
     Under torchrun (``dist`` enabled) rank 0 decides from its cache which layers are missing,
     every rank extracts its shard of the images (every ``world``-th image), and rank 0 gathers
     the pooled activations back in image order; the other ranks get ``(None, seconds)``.
+    ``token_pool`` pools a transformer's tokens (:mod:`rcvcore.models.pooling`).
 
     Returns:
         (every layer of ``layers`` with its ok / failed record, seconds spent extracting).
@@ -469,8 +478,9 @@ def activations(backbone: Backbone, layers: list[str], ds: Dataset, *,
     images_fp = images_fp or fingerprint(ds)
 
     def key(layer):
-        return ActivationKey(backbone.arch, backbone.fingerprint, layer, "gap", pre.fingerprint,
-                             images_fp)
+        return ActivationKey(backbone.arch, backbone.fingerprint, layer,
+                             pooling_name(backbone.spec.layout(layer), token_pool),
+                             pre.fingerprint, images_fp)
 
     hit: Extraction | None = None
     missing = []
@@ -490,7 +500,8 @@ def activations(backbone: Backbone, layers: list[str], ds: Dataset, *,
         return hit, seconds
     t0 = time.perf_counter()
     dev = resolve_device(device)
-    ex = FeatureExtractor(backbone.build(), backbone.spec, missing, device=dev)
+    ex = FeatureExtractor(backbone.build(), backbone.spec, missing, device=dev,
+                          token_pool=token_pool)
     if sharded:
         out = _extract_sharded(ex, ds, pre, batch_size, progress, dist)
         if out is None:
@@ -506,7 +517,7 @@ def activations(backbone: Backbone, layers: list[str], ds: Dataset, *,
         # not align with the fresh ones, so every layer is redone in one pass (here alone:
         # under torchrun only rank 0 has a cache, and it gets here after the gather)
         out, more = activations(backbone, layers, ds, device=device, batch_size=batch_size,
-                                images_fp=images_fp)
+                                images_fp=images_fp, token_pool=token_pool)
         if cache is not None:
             for layer in layers:
                 cache.put(key(layer), out)
@@ -774,7 +785,8 @@ def _extract(plan: _Plan, ds: Dataset, cache: ActivationCache | None, images_fp:
             bb, plan.layers, ds, device=dev, batch_size=plan.config.batch_size, cache=cache,
             images_fp=images_fp, progress=_stage(
                 progress, 0.05 + k * span, 0.05 + (k + 1) * span,
-                f"pass {k + 1}/{len(plan.runs)} ({PASS_NAMES.get(name, name)})"), dist=d)
+                f"pass {k + 1}/{len(plan.runs)} ({PASS_NAMES.get(name, name)})"), dist=d,
+            token_pool=plan.config.token_pool)
         seconds += secs
     return acts, seconds
 

@@ -411,3 +411,31 @@ def test_a_saved_scan_loads_as_its_result_and_keeps_its_chosen_cut(app_env):
     assert again["result"] == stored["result"] and again["label"] == stored["label"]
     assert again["chosen_cut"]["layer"] == "add_4" and again["chosen_cut"]["at"] > 5.0
     assert services.train_prefill("a" * 16, None, None)[0]["layer"] == "add_4"
+
+
+def test_vision_transformer_scan_with_class_token_pooling(app_env):
+    """A timm ViT typed by name gets the token-pooling control; its choice reaches rcvcore."""
+    at = AppTest.from_file(MAIN, default_timeout=30).run()
+    _widget(at, "selectbox", "scan_arch").set_value("other timm model...")
+    at.run()
+    name = "timm:vit_tiny_patch16_224[img_size=32,depth=2]"
+    _widget(at, "text_input", "scan_timm_name").set_value(name)
+    at.run(timeout=60)
+    assert _widget(at, "radio", "scan_token_pool").options == ["mean", "cls"]
+    _widget(at, "radio", "scan_token_pool").set_value("cls")
+    _widget(at, "radio", f"scan_weights_{name}").set_value("random (control)")
+    _widget(at, "number_input", "scan_n").set_value(24)
+    _widget(at, "slider", "scan_repeats").set_value(2)
+    _widget(at, "text_input", "scan_ds_opts_demo-scale").set_value("protocol=across-photos")
+    at.run()
+    _widget(at, "button", "scan_run").click()
+    at.run(timeout=60)
+    deadline = time.time() + 120
+    while not _curves(at) and time.time() < deadline:
+        assert not at.exception, at.exception
+        time.sleep(0.5)
+        at.run(timeout=30)
+    assert _curves(at), [e.value for e in at.error]
+    rec = json.loads(next((app_env / "runs" / "_scans").glob("*.json")).read_text())
+    assert rec["result"]["config"]["token_pool"] == "cls"
+    assert list(at.dataframe[0].value["layer"])[:3] == ["block0", "block1", "head"]

@@ -17,7 +17,7 @@ st.caption("Regression Concept Vectors (Graziani et al., iMIMIC 2020): how well 
 
 SHOW_NEXT = "scan_show_next"
 DEFAULT_ARCH = "efficientnet_lite0"   # ImageNet weights shipped in a package: works offline
-TIMM_CHOICE = "other timm CNN..."
+TIMM_CHOICE = "other timm model..."
 SCORING = {"dataset default": None, "per class": True, "pooled": False}
 archs = services.arch_catalogue()
 datasets = services.dataset_catalogue()
@@ -42,8 +42,9 @@ with st.sidebar:
                         "inception_v3.tf_in1k is the paper's Keras InceptionV3)")
     if arch == TIMM_CHOICE:
         arch = st.text_input("timm model", value="timm:resnet50.a1_in1k", key="scan_timm_name",
-                             help="timm:NAME or timm:NAME.TAG; `python -m rcvcore models "
-                                  "--timm PATTERN` lists them").strip()
+                             help="timm:NAME or timm:NAME.TAG (CNNs, ViT / DeiT / BEiT / EVA "
+                                  "/ DINOv2, Swin), timm:hf-hub:ORG/NAME; `python -m rcvcore "
+                                  "models --timm PATTERN` lists them").strip()
         if not arch.startswith("timm:"):
             arch = "timm:" + arch
         try:
@@ -92,6 +93,13 @@ with st.sidebar:
                                 default=archs[arch]["layers"][-4:], key=f"scan_layers_{arch}")
         layers = ",".join(chosen) if chosen else None
 
+    token_pool = "mean"
+    if archs[arch].get("tokens"):
+        pools = ["mean", "cls"] if archs[arch].get("class_token") else ["mean"]
+        token_pool = st.radio("Token pooling", pools, horizontal=True, key="scan_token_pool",
+                              help="mean of the patch tokens (default; class and register "
+                                   "tokens left out), or the class token (--token-pool)")
+
     with st.expander("Options"):
         n = st.number_input("Images (0 = all)", min_value=0, value=0, step=10, key="scan_n")
         repeats = st.slider("Repeats (random 70/30 splits)", 1, 20, 10, key="scan_repeats")
@@ -130,7 +138,8 @@ if run:
             arch=arch, weights=weights, dataset=dataset, layers=layers, n=int(n) or None,
             repeats=int(repeats), model=model, controls=tuple(controls), device=device,
             batch_size=int(batch_size), seed=int(seed), use_cache=use_cache,
-            dataset_options=ds_options, per_class=SCORING[scoring], grouped=bool(grouped))
+            dataset_options=ds_options, per_class=SCORING[scoring], grouped=bool(grouped),
+            token_pool=token_pool)
     except Exception as e:  # rcvcore validates; show its message
         st.error(str(e))
     else:  # rcvcore returns a scan it has already scored from its cache

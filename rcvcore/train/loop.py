@@ -741,7 +741,9 @@ def _prepare_head(config, model, sets, splits, dataset, task, backbone, transfor
     with head_store(root) as store:
         for i, part in enumerate(parts):
             say(0.03 + 0.02 * i / len(parts), f"pooled features at {config.cut} ({part})")
-            key = features_key(backbone.fingerprint, node, transform, sets[part].paths)
+            # a transformer's features also depend on its token pooling (CNN keys unchanged)
+            pooled = f"{node}|tokens-{config.token_pool}" if model.layout == "tokens" else node
+            key = features_key(backbone.fingerprint, pooled, transform, sets[part].paths)
             feats[part], hit = cached_features(
                 model, sets[part], key, store, device=device, batch_size=batch_size,
                 channels_last=config.channels_last, amp=amp, workers=workers,
