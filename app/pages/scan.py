@@ -37,8 +37,8 @@ with st.sidebar:
     arch_names = list(archs) + [TIMM_CHOICE]
     arch = st.selectbox("Architecture", arch_names,
                         index=arch_names.index(DEFAULT_ARCH) if DEFAULT_ARCH in arch_names else 0,
-                        key="scan_arch", help="efficientnet_lite0/1/2 have ImageNet weights that need "
-                        "no download; the paper used inception_v3 and resnet50 (timm:"
+                        key="scan_arch", help="efficientnet_lite0/1/2 have ImageNet weights "
+                        "that need no download; the paper used inception_v3 and resnet50 (timm:"
                         "inception_v3.tf_in1k is the paper's Keras InceptionV3)")
     if arch == TIMM_CHOICE:
         arch = st.text_input("timm model", value="timm:resnet50.a1_in1k", key="scan_timm_name",
