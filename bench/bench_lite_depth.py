@@ -7,7 +7,8 @@ normalised depth axis, from the scans' JSON (``python -m rcvcore scan ... --json
 
 Prints, per scan: the suggested cut (the peak among significant layers), its R² mean ± std and
 normalised depth (the dashboard's overlay axis), the depth span of its plateau (layers not
-significantly below the peak), and the R² at the other scans' peak depths (nearest layer).
+significantly below the peak, significant ones only), and the R² at the other scans' peak
+depths (nearest layer).
 """
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ def summary(path: str) -> dict:
     layers = {r["name"]: r for r in d["layers"]}
     peak = layers[d["suggested_cut"]]
     plateau = d.get("plateau", {}).get("layers") or [d["suggested_cut"]]
-    depths = [layers[n]["depth"] for n in plateau if n in layers]
+    # the plateau's significant layers (a noisy block0.0 is "not below the peak" but not above
+    # its controls either)
+    depths = [layers[n]["depth"] for n in plateau if n in layers and layers[n].get("significant")]
     return {"arch": d["arch"], "peak": peak["name"], "r2": peak["r2_mean"], "std": peak["r2_std"],
             "depth": peak["depth"], "plateau": (min(depths), max(depths)), "n": len(layers),
             "curve": [(r["depth"], r["r2_mean"]) for r in d["layers"]]}
@@ -29,10 +32,10 @@ def summary(path: str) -> dict:
 def main(paths: list[str]) -> None:
     rows = [summary(p) for p in paths]
     print(f"{'arch':20s} {'layers':>6s} {'peak':10s} {'R² mean ± std':>16s} {'depth':>6s} "
-          f"{'plateau depths':>15s}")
+          f"{'plateau depths (significant)':>29s}")
     for r in rows:
         print(f"{r['arch']:20s} {r['n']:6d} {r['peak']:10s} {r['r2']:8.3f} ± {r['std']:.3f} "
-              f"{r['depth']:6.2f} {r['plateau'][0]:7.2f}-{r['plateau'][1]:.2f}")
+              f"{r['depth']:6.2f} {r['plateau'][0]:21.2f}-{r['plateau'][1]:.2f}")
     print("R² of each network at every network's peak depth (nearest layer):")
     for r in rows:
         at = []
