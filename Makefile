@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8501
 
-.PHONY: app demo-scan demo-model demo-transfer lint test test-fast browser-deps setup
+.PHONY: app demo-scan demo-model demo-transfer demo-slides lint test test-fast browser-deps setup
 
 setup: $(VENV)/.installed
 
@@ -34,6 +34,10 @@ demo-model: setup
 
 demo-transfer: setup
 	$(BIN)/python -m rcvcore demo transfer
+
+# whole slides: a resolution model trained on real H&E pieces, checks of tampered headers (README)
+demo-slides: setup
+	$(BIN)/python -m rcvcore demo slides
 
 # ruff (pinned in requirements.txt, configured in pyproject.toml) before any test
 lint: setup

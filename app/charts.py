@@ -1,13 +1,17 @@
-"""Plotly figures and tables of the dashboard. Pure functions of rcvcore's JSON; no science here.
-
-A scan record is ``{"label", "config", "result"}`` where ``result`` is ``ScanResult.to_json()``.
+"""Plotly figures and tables of the dashboard. Pure functions of rcvcore's results (a
+:class:`rcvcore.scan.ScanResult` as it is); no science here.
 """
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import plotly.graph_objects as go
+
+if TYPE_CHECKING:   # the charts only read a result: rcvcore.scan (torch) loads with the pages
+    from rcvcore.rcv import LayerScore
+    from rcvcore.scan import ScanResult
 
 # Okabe-Ito: distinguishable for colour-blind readers and in greyscale print
 PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442",
@@ -32,9 +36,8 @@ PLOTLY_CONFIG = {
 }
 
 
-def _y(row: dict, convention: str) -> float:
-    v = row.get("r2_logmeanexp") if convention == PAPER else row.get("r2_mean")
-    return float("nan") if v is None else float(v)
+def _y(score: LayerScore, convention: str) -> float:
+    return float(score.logmeanexp if convention == PAPER else score.mean)
 
 
 def _rgba(hex_colour: str, alpha: float) -> str:
@@ -43,36 +46,38 @@ def _rgba(hex_colour: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
-def significance_text(row: dict) -> str:
-    """One line for the hover: each test's adjusted p-value and the verdict."""
-    s = row.get("significance") or {}
+def significance_text(sig: dict, alpha: float) -> str:
+    """One line for the hover: each test's adjusted p-value and the verdict, from one layer's
+    entry of :meth:`ScanResult.significance` at level ``alpha``."""
     parts = []
-    for key, name in (("vs_shuffled", "shuffled"), ("vs_random_weights", "random weights")):
-        t = s.get(key)
+    for key, name in (("shuffled", "shuffled"), ("random_weights", "random weights")):
+        t = sig.get(key)
         if t and t.get("p_adjusted") is not None:
             parts.append(f"p vs {name} {t['p_adjusted']:.3g}")
     if not parts:
         return "no significance test"
-    verdict = "significant" if s.get("significant") else "not significant"
-    return f"{verdict} ({', '.join(parts)}; BH, alpha {s.get('alpha', 0.05):g})"
+    verdict = "significant" if sig.get("significant") else "not significant"
+    return f"{verdict} ({', '.join(parts)}; BH, alpha {alpha:g})"
 
 
-def scan_label(result: dict, config: dict | None = None) -> str:
-    """The one label of a scan: ``arch · weights · dataset``; with the scan's ``config``
-    (the chart legend) also ``· n=N · model``."""
-    label = f"{result.get('arch')} · {result.get('weights')} · {result.get('dataset')}"
-    if config is None:
-        return label
-    return f"{label} · n={result.get('n_images')} · {config.get('model', '')}"
+def scan_label(result: ScanResult) -> str:
+    """The one label of a scan: ``arch · weights · dataset``."""
+    return f"{result.config.arch} · {result.config.weights} · {result.dataset}"
 
 
-def r2_figure(scans: list[dict], *, convention: str = MEAN, show_controls: bool = True,
+def _depths(result: ScanResult, scores) -> list:
+    return [result.depth.get(s.layer, k / max(len(scores) - 1, 1)) for k, s in enumerate(scores)]
+
+
+def r2_figure(scans: list[ScanResult], labels: list[str] | None = None, *,
+              convention: str = MEAN, show_controls: bool = True,
               depth_axis: bool = False, clip_at: float | None = -1.0,
               selected: str | None = None, suggested: str | None = None) -> go.Figure:
     """R² per layer of one or more scans.
 
     Args:
-        scans: scan records; the first is the primary one (its layers can be clicked to cut).
+        scans: scan results; the first is the primary one (its layers can be clicked to cut).
+        labels: their legend names (default: :func:`scan_label`).
         convention: :data:`MEAN` (mean with a ± std band) or :data:`PAPER` (log-mean-exp).
         show_controls: draw the controls (shuffled labels, random weights) as dashed traces.
         depth_axis: x is each layer's normalised depth in [0, 1] (needed to overlay different
@@ -83,19 +88,19 @@ def r2_figure(scans: list[dict], *, convention: str = MEAN, show_controls: bool 
         suggested: layer of the primary scan to mark as the suggested cut.
     """
     fig = go.Figure()
-    depth_axis = depth_axis or len({s["result"].get("arch") for s in scans}) > 1
+    depth_axis = depth_axis or len({s.config.arch for s in scans}) > 1
+    labels = labels or [scan_label(s) for s in scans]
     all_y: list[float] = []
-    for i, scan in enumerate(scans):
-        res, colour = scan["result"], PALETTE[i % len(PALETTE)]
-        label = scan.get("label") or scan_label(res)
-        rows = res.get("layers", [])
-        names = [r["name"] for r in rows]
-        xs = [r.get("depth", k / max(len(rows) - 1, 1)) for k, r in enumerate(rows)] \
-            if depth_axis else names
+    for i, (res, label) in enumerate(zip(scans, labels, strict=True)):
+        colour = PALETTE[i % len(PALETTE)]
+        rows = res.layers
+        names = [r.layer for r in rows]
+        depth = dict(zip(names, _depths(res, rows)))
+        xs = list(depth.values()) if depth_axis else names
         ys = [_y(r, convention) for r in rows]
         all_y += ys
         if convention == MEAN and rows:
-            std = [float(r.get("r2_std") or 0.0) for r in rows]
+            std = [r.std for r in rows]
             upper = [y + s for y, s in zip(ys, std)]
             lower = [y - s for y, s in zip(ys, std)]
             fig.add_trace(go.Scatter(x=xs, y=upper, mode="lines", line={"width": 0},
@@ -104,7 +109,8 @@ def r2_figure(scans: list[dict], *, convention: str = MEAN, show_controls: bool 
                                      fill="tonexty", fillcolor=_rgba(colour, 0.18),
                                      hoverinfo="skip", name=f"{label} ± std",
                                      showlegend=False, legendgroup=label))
-        sig = [r.get("significant") for r in rows]
+        tests = res.significance()
+        sig = [tests[n]["significant"] for n in names]
         tested = any(s is not None for s in sig)
         fig.add_trace(go.Scatter(
             x=xs, y=ys, mode="lines+markers", name=label, legendgroup=label,
@@ -113,7 +119,7 @@ def r2_figure(scans: list[dict], *, convention: str = MEAN, show_controls: bool 
             marker={"size": 9, "symbol": [SIG_SYMBOL if s or not tested else NOT_SIG_SYMBOL
                                           for s in sig],
                     "line": {"color": colour, "width": 2}},
-            customdata=[[i, n, significance_text(r)] for n, r in zip(names, rows)],
+            customdata=[[i, n, significance_text(tests[n], res.config.alpha)] for n in names],
             hovertemplate="<b>%{customdata[1]}</b><br>R² %{y:.3f}<br>%{customdata[2]}<extra>"
                           + label + "</extra>"))
         if tested and i == 0:
@@ -125,13 +131,12 @@ def r2_figure(scans: list[dict], *, convention: str = MEAN, show_controls: bool 
                                                  "line": {"color": colour, "width": 2}},
                                          hoverinfo="skip", legendgroup="significance"))
         if show_controls:
-            for key, ctrl_rows in (res.get("controls") or {}).items():
+            for key, ctrl_rows in res.controls.items():
                 if not ctrl_rows:
                     continue
                 cy = [_y(r, convention) for r in ctrl_rows]
                 all_y += cy
-                by_name = {r["name"]: r for r in rows}
-                cx = [(by_name.get(r["name"], r).get("depth", 0.0) if depth_axis else r["name"])
+                cx = [depth.get(r.layer, res.depth.get(r.layer, 0.0)) if depth_axis else r.layer
                       for r in ctrl_rows]
                 fig.add_trace(go.Scatter(
                     x=cx, y=cy, mode="lines+markers",
@@ -139,17 +144,17 @@ def r2_figure(scans: list[dict], *, convention: str = MEAN, show_controls: bool 
                     legendgroup=label,
                     line={"color": colour, "width": 1.5, "dash": CONTROL_DASH.get(key, "dashdot")},
                     marker={"size": 5, "symbol": "x"},
-                    customdata=[[i, r["name"]] for r in ctrl_rows],
+                    customdata=[[i, r.layer] for r in ctrl_rows],
                     hovertemplate="<b>%{customdata[1]}</b><br>R² %{y:.3f}<extra>control: "
                                   + CONTROL_NAMES.get(key, key) + "</extra>"))
     if scans:
-        prim = scans[0]["result"].get("layers", [])
-        by_name = {r["name"]: r for r in prim}
-        _shade_plateau(fig, scans[0]["result"], list(by_name), depth_axis)
+        by_name = dict(zip((r.layer for r in scans[0].layers),
+                           _depths(scans[0], scans[0].layers)))
+        _shade_plateau(fig, scans[0], by_name, depth_axis)
         for layer, text, colour in ((suggested, "suggested", "#777777"),
                                     (selected, "cut", "#C00000")):
             if layer in by_name:
-                x = by_name[layer].get("depth", 0.0) if depth_axis else layer
+                x = by_name[layer] if depth_axis else layer
                 fig.add_vline(x=x if depth_axis else list(by_name).index(layer), line_dash="dot",
                               line_color=colour, annotation_text=f"{text}: {layer}",
                               annotation_position="top left" if text == "cut" else "bottom left")
@@ -167,12 +172,14 @@ def r2_figure(scans: list[dict], *, convention: str = MEAN, show_controls: bool 
     return fig
 
 
-def _shade_plateau(fig: go.Figure, result: dict, names: list[str], depth_axis: bool) -> None:
-    """Shade the primary scan's plateau: the layers not significantly below its peak."""
-    plat = result.get("plateau") or {}
-    rows = {r["name"]: r for r in result.get("layers", [])}
-    for k, layer in enumerate(l for l in plat.get("layers", []) if l in rows):
-        x = rows[layer].get("depth", 0.0) if depth_axis else names.index(layer)
+def _shade_plateau(fig: go.Figure, result: ScanResult, depth: dict[str, float],
+                   depth_axis: bool) -> None:
+    """Shade the primary scan's plateau: the layers not significantly below its peak
+    (``depth``: layer -> x on the depth axis, in the scan's order)."""
+    plat = result.plateau() or {}
+    names = list(depth)
+    for k, layer in enumerate(l for l in plat.get("layers", []) if l in depth):
+        x = depth[layer] if depth_axis else names.index(layer)
         half = 0.015 if depth_axis else 0.5
         fig.add_vrect(x0=x - half, x1=x + half, fillcolor="#2E7D32", opacity=0.08,
                       line_width=0, layer="below",
@@ -199,27 +206,30 @@ def empty_r2_figure(layers: list[str]) -> go.Figure:
     return fig
 
 
-def r2_table(result: dict) -> pd.DataFrame:
+def r2_table(result: ScanResult) -> pd.DataFrame:
     """One row per layer: depth, features, R² mean/std/paper convention and the controls."""
     rows = []
-    ctrl = {k: {r["name"]: r for r in v or []} for k, v in (result.get("controls") or {}).items()}
-    for r in result.get("layers", []):
-        row = {"layer": r["name"], "depth": r.get("depth"), "features": r.get("n_features"),
-               "R² mean": r.get("r2_mean"), "R² std": r.get("r2_std"),
-               "ln mean exp R² (paper)": r.get("r2_logmeanexp")}
+    # both controls' columns, empty when a control was not run (as the scan's JSON has them)
+    ctrl = {k: {r.layer: r for r in result.controls.get(k, ())} for k in CONTROL_NAMES}
+    sig, plat = result.significance(), result.plateau()
+    tested = any(t["significant"] is not None for t in sig.values())
+    freq = result.peak_frequency() if plat else {}
+    for r in result.layers:
+        row = {"layer": r.layer, "depth": result.depth.get(r.layer), "features": r.n_features,
+               "R² mean": r.mean, "R² std": r.std, "ln mean exp R² (paper)": r.logmeanexp}
         for key, by_name in ctrl.items():
-            c = by_name.get(r["name"])
-            row[f"{CONTROL_NAMES.get(key, key)} R²"] = None if c is None else c.get("r2_mean")
-        s = r.get("significance") or {}
-        for key, name in (("vs_shuffled", "p vs shuffled (BH)"),
-                          ("vs_random_weights", "p vs random weights (BH)")):
+            c = by_name.get(r.layer)
+            row[f"{CONTROL_NAMES.get(key, key)} R²"] = None if c is None else c.mean
+        s = sig[r.layer]
+        for key, name in (("shuffled", "p vs shuffled (BH)"),
+                          ("random_weights", "p vs random weights (BH)")):
             if s.get(key):
-                row[name] = s[key].get("p_adjusted")
-        if s:
-            row["significant"] = s.get("significant")
-        if result.get("plateau"):
-            row["on plateau"] = r["name"] in result["plateau"].get("layers", [])
-            row["peak frequency"] = (result.get("peak_frequency") or {}).get(r["name"])
+                row[name] = s[key]["p_adjusted"]
+        if tested:
+            row["significant"] = s["significant"]
+        if plat:
+            row["on plateau"] = r.layer in plat["layers"]
+            row["peak frequency"] = freq.get(r.layer)
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -36,6 +36,7 @@ navigation = st.navigation([
     st.Page(PAGES / "scan.py", title="Scan", icon=":material/show_chart:", default=True),
     st.Page(PAGES / "train.py", title="Train", icon=":material/model_training:"),
     st.Page(PAGES / "predict.py", title="Predict", icon=":material/biotech:"),
+    st.Page(PAGES / "slides.py", title="Slides", icon=":material/gradient:"),
 ])
 # the first run of a session says what it waits for (the pages import torch, plotly, pandas),
 # imports it here, after the shell is drawn, and clears the note before the page runs: a page

@@ -29,9 +29,11 @@ import streamlit as st
 
 from app import auth, charts, guard, state, uploads
 from rcvcore import demo, runs
+from rcvcore.errors import UserError
 from rcvcore.metrics import METRICS, metric_names, metric_summary  # noqa: F401 (pages)
 from rcvcore.prune import NONE
 from rcvcore.runs.config import PROTOCOLS, TrainConfig
+from rcvcore.scan import ScanConfig, ScanResult, run_scan
 
 # --------------------------------------------------------------------------------------------
 # catalogue (cheap, cached per server)
@@ -43,13 +45,15 @@ def _arch_record(a) -> dict:
     feature = [n for n, _ in a.all_layers if n not in ("pre_softmax", "softmax")]
     return {"description": a.description, "layers": a.layer_names,
             "all_layers": [n for n, _ in a.all_layers], "paper_cut": a.paper_cut,
+            "tokens": a.has_tokens, "class_token": a.class_token,
             # layers cut at the last feature map: the "pruned" model is the full network
             "full_layers": [n for n in feature if is_full(a, n)]}
 
 
 @st.cache_data(show_spinner=False)
 def arch_catalogue() -> dict[str, dict]:
-    """``{arch: {"description", "layers", "all_layers", "paper_cut"}}`` from the registry."""
+    """``{arch: {"description", "layers", "all_layers", "paper_cut", "tokens", "class_token"}}``
+    from the registry (``tokens``: a vision transformer whose tokens are pooled)."""
     from rcvcore.models import ARCHS
 
     return {name: _arch_record(a) for name, a in ARCHS.items()}
@@ -149,8 +153,6 @@ def scan_id_for(config: dict) -> str:
 
 def make_config(**kwargs):
     """A :class:`rcvcore.scan.ScanConfig` from the form's values (validation is rcvcore's)."""
-    from rcvcore.scan import ScanConfig
-
     names = {f.name for f in dataclasses.fields(ScanConfig)}
     kwargs = guard.vet_config_kwargs(kwargs)  # served mode: paths under the data root
     guard.check_scan_queue(len(running_jobs()), len(running_jobs(auth.session_user())))
@@ -158,8 +160,6 @@ def make_config(**kwargs):
 
 
 def _run_job(job: ScanJob, config) -> str:
-    from rcvcore.scan import run_scan
-
     def progress(fraction: float, message: str) -> None:
         if job.cancel_requested:
             raise ScanCancelled("cancelled")
@@ -174,9 +174,8 @@ def _run_job(job: ScanJob, config) -> str:
         raise
     finally:
         _free_gpu()
-    record = {"label": None, "config": job.config, "result": result.to_json(),
-              "created": time.time()}
-    record["label"] = charts.scan_label(record["result"])
+    record = {"label": charts.scan_label(result), "config": job.config,
+              "result": result.to_json(), "created": time.time()}
     rid = scan_id_for(job.config)
     state.save_scan(rid, record)
     job.from_cache = result.cache.get("result") == "hit"
@@ -242,7 +241,7 @@ def job_error(job: ScanJob) -> str | None:
         return None
     if isinstance(exc, ScanCancelled):
         return "Scan cancelled."
-    from rcvcore.errors import UserError, disk_error
+    from rcvcore.errors import disk_error
 
     exc = disk_error(exc, state.runs_root(create=False)) or exc  # a full disk: one line
     if isinstance(exc, UserError):
@@ -263,27 +262,58 @@ def _free_gpu() -> None:
         pass
 
 
-def suggest_cut(result: dict) -> tuple[str | None, str]:
-    """rcvcore's suggested cut (layer, rule) for a scan result dict."""
-    from rcvcore.scan import ScanResult
+@dataclass(frozen=True, kw_only=True)
+class SavedScan:
+    """A scan saved by the dashboard (``<root>/_scans/<scan_id>.json``), read as its result."""
 
+    scan_id: str
+    label: str | None
+    config: dict                  # the ScanConfig the form submitted, as a dict
+    result: ScanResult
+    created: float = 0.0
+    chosen_cut: dict | None = None   # {"layer", "source", "at"}: chosen on the Scan page
+
+
+def load_scans() -> dict[str, SavedScan]:
+    """The saved scans, newest first; a record whose result does not load is left out."""
+    out = {}
+    for sid, rec in state.load_scans().items():
+        try:
+            result = ScanResult.from_json(rec["result"])
+        except Exception:  # a foreign or damaged file is not a scan (as one that is not JSON)
+            continue
+        out[sid] = SavedScan(scan_id=sid, label=rec.get("label"), config=rec.get("config") or {},
+                             result=result, created=float(rec.get("created") or 0),
+                             chosen_cut=rec.get("chosen_cut"))
+    return out
+
+
+def save_chosen_cut(scan_id: str, layer: str | None, source: str,
+                    saved: dict[str, SavedScan]) -> None:
+    """Keep the cut chosen on the Scan page with its scan (:func:`app.state.save_chosen_cut`)."""
+    state.save_chosen_cut(scan_id, layer, source,
+                          {sid: s.chosen_cut for sid, s in saved.items()})
+
+
+def suggest_cut(result: ScanResult) -> tuple[str | None, str]:
+    """rcvcore's suggested cut (layer, rule) for a scan result."""
     try:
-        layer, rule = ScanResult.from_json(result).suggest_cut()
+        layer, rule = result.suggest_cut()
     except Exception as e:  # an old or partial result: say so, do not crash the page
         return None, f"No suggestion for this scan ({type(e).__name__}: {e})."
     return layer, rule
 
 
-def scan_cut(scan_id: str, rec: dict, layer: str | None, source: str) -> dict:
+def scan_cut(scan: SavedScan, layer: str | None, source: str) -> dict:
     """The cut record the Train page is prefilled from: the scan's network, weights, dataset
     (spec and loader options), exclusions, ``layer`` and where it comes from (``source``)."""
-    result, config = rec.get("result") or {}, rec.get("config") or {}
+    result, config = scan.result, scan.config
     suggested, rule = suggest_cut(result)
-    return {"arch": result.get("arch") or config.get("arch"), "weights": config.get("weights"),
-            "layer": layer, "dataset": config.get("dataset") or result.get("dataset"),
+    return {"arch": result.config.arch or config.get("arch"), "weights": config.get("weights"),
+            "layer": layer, "dataset": config.get("dataset") or result.dataset,
             "dataset_options": dict(config.get("dataset_options") or {}),
-            "exclude": list(config.get("exclude") or ()), "scan_id": scan_id,
-            "label": rec.get("label"), "suggested": suggested, "reason": rule,
+            "exclude": list(config.get("exclude") or ()), "scan_id": scan.scan_id,
+            "label": scan.label, "suggested": suggested, "reason": rule,
             "source": source}
 
 
@@ -294,24 +324,24 @@ def train_prefill(scan_id: str | None, layer: str | None, session_cut: dict | No
     In order: the page's link (``?scan=ID&cut=LAYER``), this tab's Scan page, the cut chosen
     last on the Scan page in any tab (saved with its scan, :func:`app.state.last_chosen_scan`).
     """
-    saved = state.load_scans()
+    saved = load_scans()
     if scan_id:
-        rec = saved.get(scan_id)
-        if rec is None:
+        scan = saved.get(scan_id)
+        if scan is None:
             return None, (f"The link names scan `{scan_id}`, which is not saved on this "
                           "server: choose a cut on the Scan page.")
-        layer = layer or (rec.get("chosen_cut") or {}).get("layer")
-        names = [r.get("name") for r in (rec.get("result") or {}).get("layers", [])]
+        layer = layer or (scan.chosen_cut or {}).get("layer")
+        names = [s.layer for s in scan.result.layers]
         if layer and layer not in names:
             return None, (f"The link's cut `{layer}` is not a layer of scan `{scan_id}`; "
                           f"its layers: {', '.join(map(str, names))}.")
-        return scan_cut(scan_id, rec, layer, "link"), None
+        return scan_cut(scan, layer, "link"), None
     if session_cut:
         return {"source": "tab", **session_cut}, None
-    sid = state.last_chosen_scan(saved)
+    sid = state.last_chosen_scan({sid: s.chosen_cut for sid, s in saved.items()})
     if sid is None:
         return None, None
-    return scan_cut(sid, saved[sid], saved[sid]["chosen_cut"].get("layer"), "saved"), None
+    return scan_cut(saved[sid], saved[sid].chosen_cut.get("layer"), "saved"), None
 
 
 def cut_refusal(arch: str, cut: str, baseline: bool) -> str | None:
@@ -368,12 +398,11 @@ def page_terms(text: str) -> str:
     return _FLAG.sub(lambda m: PAGE_TERMS[m.group(1)], text or "")
 
 
-def legend_labels(records: list[dict]) -> list[str]:
+def legend_labels(results: list[ScanResult]) -> list[str]:
     """Short legend names of the scans shown together: only what tells them apart
     (network, weights, dataset, images, regression), the network alone for a single scan."""
-    parts = [(r["result"].get("arch"), r["result"].get("weights"), r["result"].get("dataset"),
-              f"n={r['result'].get('n_images')}", (r.get("config") or {}).get("model"))
-             for r in records]
+    parts = [(r.config.arch, r.config.weights, r.dataset, f"n={r.n_images}", r.config.model)
+             for r in results]
     varying = [i for i in range(5) if len({p[i] for p in parts}) > 1] or [0]
     base = [" · ".join(str(p[i]) for i in varying) for p in parts]
     # identical settings (e.g. another seed): numbered
@@ -413,10 +442,8 @@ def scan_form_state(config: dict, archs: list[str], timm_choice: str,
     return out
 
 
-def result_csv(result: dict) -> str:
-    from rcvcore.scan import ScanResult
-
-    return ScanResult.from_json(result).to_csv()
+def result_csv(result: ScanResult) -> str:
+    return result.to_csv()
 
 
 # --------------------------------------------------------------------------------------------
@@ -454,8 +481,40 @@ def launch_group(config, seeds: list[int], baseline: bool, max_parallel: int = 1
     """Plan one run per (cut, seed) in a new group folder and start the first ones (the
     baseline, the full network, first for each seed); the server's scheduler starts the others
     as earlier ones end."""
-    return _scheduler().launch_group(config, seeds, baseline=baseline,
-                                     max_parallel=max_parallel, group=None)
+    group = _scheduler().launch_group(config, seeds, baseline=baseline,
+                                      max_parallel=max_parallel, group=None)
+    _set_owner(group, auth.session_user())
+    return group
+
+
+# A launched group belongs to the user who launched it (served mode: only they may cancel or
+# resume its runs; everyone signed in sees the runs, the shared view of the runs folder). The
+# owner is an app concern, kept beside group.json in a file rcvcore never reads.
+OWNER_FILE = ".owner"
+
+
+def _set_owner(group: Path, user: str) -> None:
+    (Path(group) / OWNER_FILE).write_text(hashlib.sha256(user.encode()).hexdigest())
+
+
+def can_control(group: Path, user: str | None = None) -> bool:
+    """Whether ``user`` (default: this page's) may cancel or resume the runs of ``group``:
+    always outside served mode; in served mode only the user who launched it (a group launched
+    from the command line, with no owner file, by nobody on the dashboard)."""
+    if not auth.served():
+        return True
+    user = auth.session_user() if user is None else user
+    try:
+        owner = (Path(group) / OWNER_FILE).read_text().strip()
+    except OSError:
+        return False
+    return owner == hashlib.sha256(user.encode()).hexdigest()
+
+
+def _require_control(group: Path) -> None:
+    if not can_control(group):
+        raise UserError("These runs were launched by another user: only they can cancel or "
+                        "resume them.")
 
 
 def read_group(group: Path) -> dict | None:
@@ -463,7 +522,9 @@ def read_group(group: Path) -> dict | None:
 
 
 def cancel_group(group: Path) -> None:
-    """Cancel every active run of ``group`` and drop the ones not started yet."""
+    """Cancel every active run of ``group`` and drop the ones not started yet (its owner only,
+    :func:`can_control`)."""
+    _require_control(group)
     _scheduler().cancel_group(group, wait=None)
 
 
@@ -544,12 +605,15 @@ def read_runs(run_dirs: list[Path]) -> list:
 
 
 def cancel_run(run_dir: Path) -> str:
+    """Cancel one run of a group (its owner only, :func:`can_control`)."""
+    _require_control(Path(run_dir).parent)
     return runs.cancel(run_dir, wait=None)  # a run still launching is cancelled by the scheduler
 
 
 def resume_run(group: Path, run_dir: Path) -> str:
     """Resume a cancelled, interrupted or failed run of ``group`` from its last checkpoint
-    (:meth:`rcvcore.runs.Scheduler.resume_run`); returns its state."""
+    (:meth:`rcvcore.runs.Scheduler.resume_run`; its owner only); returns its state."""
+    _require_control(group)
     return _scheduler().resume_run(group, run_dir)
 
 
@@ -668,3 +732,20 @@ def predict_uploads(run, items: list[tuple[str, bytes]]) -> list[dict]:
     return [{**p.to_dict(), "thumbnail": p.thumbnail}
             for p in predict_images(run, items, thumbnail=THUMBNAIL_PX,
                                     max_total_pixels=budget)]
+
+
+# --------------------------------------------------------------------------------------------
+# whole slides
+
+
+def check_slides(run_dir: str, slides_path: str, n_tiles: int, progress=None) -> dict:
+    """Check the slides under ``slides_path`` (vetted like any served path) with a ``--target
+    mpp`` run: ``{"rows": [...], "thumbnails": {path: image}, "domain": str | None}``."""
+    from rcvcore.slidecheck import check_slides as run_check
+    from rcvcore.slidecheck import thumbnail
+
+    path = guard.vet_path(slides_path, "Slides")
+    checks, domain = run_check(run_dir, [path], n_tiles=n_tiles, progress=progress)
+    return {"rows": [c.row() for c in checks], "checks": checks,
+            "thumbnails": {c.path: thumbnail(c, 320) for c in checks if c.verdict != "error"},
+            "domain": domain.description if domain else None}

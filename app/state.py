@@ -18,7 +18,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -81,7 +81,8 @@ def save_scan(scan_id: str, record: dict) -> Path:
 
 
 def load_scans() -> dict[str, dict]:
-    """Saved scans, newest first: ``{scan_id: {"label", "config", "result", "created"}}``."""
+    """Saved scans as stored, newest first: ``{scan_id: {"label", "config", "result",
+    "created"[, "chosen_cut"]}}`` (:func:`app.services.load_scans` reads them as results)."""
     out = []
     for p in scans_dir().glob("*.json"):
         try:
@@ -99,31 +100,39 @@ def delete_scan(scan_id: str) -> None:
 
 
 def save_chosen_cut(scan_id: str, layer: str | None, source: str,
-                    saved: dict[str, dict] | None = None) -> None:
+                    cuts: Mapping[str, dict | None] | None = None) -> None:
     """Keep the cut chosen on the Scan page with its scan (``chosen_cut`` in the scan's JSON).
 
     ``source`` is ``clicked`` (chosen by the user), ``suggested`` (rcvcore's suggestion, kept)
     or ``none`` (no suggestion and nothing chosen). The newest choice over all scans is what
     the Train page offers in any tab (:func:`last_chosen_scan`); the file is rewritten only
-    when the choice changes or another scan held the newest one.
+    when the choice changes or another scan held the newest one. ``cuts``: each saved scan's
+    ``chosen_cut`` as last read (default: read now).
     """
-    saved = load_scans() if saved is None else saved
-    rec = saved.get(scan_id)
-    if rec is None:
+    cuts = chosen_cuts() if cuts is None else cuts
+    if scan_id not in cuts:
         return
-    chosen = rec.get("chosen_cut") or {}
+    chosen = cuts[scan_id] or {}
     if (chosen.get("layer"), chosen.get("source")) == (layer, source) \
-            and last_chosen_scan(saved) == scan_id:
+            and last_chosen_scan(cuts) == scan_id:
+        return
+    rec = load_scans().get(scan_id)   # the record as stored: its result is written back as it is
+    if rec is None:
         return
     rec["chosen_cut"] = {"layer": layer, "source": source, "at": time.time()}
     save_scan(scan_id, rec)
 
 
-def last_chosen_scan(saved: dict[str, dict] | None = None) -> str | None:
-    """The id of the saved scan whose cut was chosen last, or None."""
-    saved = load_scans() if saved is None else saved
-    dated = [(float((r.get("chosen_cut") or {}).get("at") or 0), sid) for sid, r in saved.items()
-             if r.get("chosen_cut")]
+def chosen_cuts() -> dict[str, dict | None]:
+    """Each saved scan's ``chosen_cut`` (None: never chosen)."""
+    return {sid: rec.get("chosen_cut") for sid, rec in load_scans().items()}
+
+
+def last_chosen_scan(cuts: Mapping[str, dict | None] | None = None) -> str | None:
+    """The id of the saved scan whose cut was chosen last, or None (``cuts``: as in
+    :func:`save_chosen_cut`)."""
+    cuts = chosen_cuts() if cuts is None else cuts
+    dated = [(float((c or {}).get("at") or 0), sid) for sid, c in cuts.items() if c]
     return max(dated)[1] if dated else None
 
 

@@ -23,7 +23,7 @@ RANGES = {"image_size": (8, 4096), "epochs": (1, 1_000_000), "batch_size": (1, 6
 INTS = {"image_size", "epochs", "batch_size", "log_every", "checkpoint_every", "n", "workers",
         "seed", "split_seed"}
 STRS = {"arch", "weights", "cut", "dataset", "target", "optimizer", "trainable", "device",
-        "protocol", "head_init", "dataset_cache_dir"}
+        "protocol", "head_init", "dataset_cache_dir", "token_pool"}
 TASK_RANGES = {"patch_size": (8, 8192), "image_size": (8, 4096)}
 
 

@@ -228,7 +228,7 @@ class ActivationKey:
     arch: str
     weights: str          # WeightsInfo.fingerprint
     layer: str
-    pooling: str          # "gap"
+    pooling: str          # "gap" | "gap-nhwc" | "tokens-mean" | "tokens-cls" (models.pooling)
     preprocessing: str    # Preprocess.fingerprint
     images: str           # dataset fingerprint (paths, sizes, mtimes, labels)
 

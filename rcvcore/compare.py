@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
+
 from ._shared import NONE, ProgressFn
 from .comparison import COMPARISON, Comparison, model_label, paired_tests, summarise  # noqa: F401
 from .data import load_dataset
@@ -153,14 +155,31 @@ def _check_same_split(st, cfg: TrainConfig, sub: Path) -> None:
 def comparison_test_paths(base, seeds, replicate: str = "split") -> tuple[str, ...]:
     """The test images of every replicate of a comparison of ``base`` over ``seeds``, computed
     with the runs' own loading and splitting (no training)."""
+    return comparison_test_sets(base, seeds, replicate)[0]
+
+
+def comparison_test_groups(base, seeds, replicate: str = "split") -> tuple[str, ...]:
+    """The groups (source images, slides, patients) of every replicate's test images; a dataset
+    without groups names each image by its path. A dataset that is regenerated per split seed
+    (demo-he's patches) has other file paths in every replicate but the same groups, so a scan
+    leaves these out (``ScanConfig.exclude_groups``), not the paths."""
+    return comparison_test_sets(base, seeds, replicate)[1]
+
+
+def comparison_test_sets(base, seeds, replicate: str = "split"
+                         ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(paths, groups)`` of the test images of every replicate (see above)."""
     paths: set[str] = set()
+    groups: set[str] = set()
     for seed in seeds:
         cfg = replicate_config(base, base.cut, seed, replicate)
         ds = load_dataset(cfg.dataset, n=cfg.n, seed=cfg.split_seed,
                           cache_dir=cfg.dataset_cache_dir, **cfg.dataset_options)
         test = split_dataset(ds, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)["test"]
+        named = ds.groups if ds.groups is not None else np.asarray(ds.paths)
         paths.update(ds.paths[i] for i in test)
-    return tuple(sorted(paths))
+        groups.update(str(named[i]) for i in test)
+    return tuple(sorted(paths)), tuple(sorted(groups))
 
 
 def _compare_group(base: TrainConfig, cuts: list[str], seeds: list[int], root: Path,

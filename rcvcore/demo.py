@@ -23,10 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._shared import DEMO_CUT, DEMO_SETTINGS, ProgressFn  # noqa: F401 (re-exported)
-from .compare import compare, comparison_test_paths, resolve_seeds
+from .compare import compare, comparison_test_groups, resolve_seeds
 from .comparison import Comparison
+from .data import load_dataset
 from .errors import UserError
 from .files import read_json
+from .rcv import distinct_splits
 from .runs.config import TrainConfig
 from .runs.directory import RESULT, clear_run_dir, read_run, runs_root
 from .runs.process import launch
@@ -125,14 +127,27 @@ def held_out_patches(run_dir, limit: int | None = None) -> list[HeldOut]:
     return picked
 
 
+def _scan_repeats(held, n_seeds: int) -> int:
+    """The test-free scan's repeats: the scan's default, or fewer when the source images that
+    are in no replicate's test split allow fewer distinct splits (many replicates leave few)."""
+    groups = load_dataset(DEMO_DATASET).groups
+    left = len(set(map(str, groups)) - set(held)) if groups is not None else 0
+    if left < 3:
+        raise UserError(f"demo transfer: only {left} source images of {DEMO_DATASET} are in no "
+                        f"replicate's test split over {n_seeds} seeds; the scan that chooses "
+                        "the cut needs at least 3. Use fewer --seeds, or give --cut.")
+    return min(ScanConfig.repeats, distinct_splits(left, ScanConfig.test_size))
+
+
 def transfer_demo(root=None, *, seeds=10, cut: str | None = None, parallel: int | None = None,
                   progress: ProgressFn | None = None, **over) -> tuple[Comparison, dict]:
     """Scan -> cut -> compare on ``demo-he`` (see the module docstring), with no test data in
     the choice of the cut.
 
     Every replicate (seed) of the comparison trains on its own group split of demo-he
-    (:mod:`rcvcore.evidence`); the scan leaves out the test patches of every replicate
-    (:func:`rcvcore.compare.comparison_test_paths`), so it saw only groups that no replicate
+    (:mod:`rcvcore.evidence`); the scan leaves out every patch of the source images (groups)
+    that hold any replicate's test patches
+    (:func:`rcvcore.compare.comparison_test_groups`), so it saw only groups that no replicate
     is scored on. When no layer of that scan is significant against its controls, the demo says
     so and cuts by the named fallback rule :data:`FALLBACK_RULE` (the highest mean R² of the
     same scan: still no test data, but untested).
@@ -146,7 +161,7 @@ def transfer_demo(root=None, *, seeds=10, cut: str | None = None, parallel: int 
 
     Returns:
         ``(comparison, info)``, ``info`` saying how the cut was chosen: ``{"cut", "how", "rule",
-        "scan": {layer: mean R²}, "excluded", "plateau"}``.
+        "scan": {layer: mean R²}, "excluded", "excluded_groups", "scanned", "plateau"}``.
     """
     def say(frac, msg):
         if progress:
@@ -158,13 +173,17 @@ def transfer_demo(root=None, *, seeds=10, cut: str | None = None, parallel: int 
     info: dict = {"rule": "given", "how": "given"}
     if cut is None:
         say(0.0, f"scanning {DEMO_ARCH} on {DEMO_DATASET} without any replicate's test split")
-        held = comparison_test_paths(base, seeds)
+        # by group: every replicate regenerates demo-he's patches under its own split seed
+        # (other file paths), but from the same source images
+        held = comparison_test_groups(base, seeds)
         result = run_scan(ScanConfig(arch=DEMO_ARCH, weights="imagenet", dataset=DEMO_DATASET,
-                                     layers="all", exclude=held),
+                                     layers="all", exclude_groups=held,
+                                     repeats=_scan_repeats(held, len(seeds))),
                           progress=lambda f, m: say(0.1 * f, f"scan: {m}"))
         cut, why = result.suggest_cut()
         info.update(scan={s.layer: s.mean for s in result.layers},
-                    excluded=int(result.scoring.get("excluded", 0)), plateau=result.plateau())
+                    excluded=int(result.scoring.get("excluded", 0)), plateau=result.plateau(),
+                    excluded_groups=len(held), scanned=int(result.n_images))
         if cut is None:
             feature = [s for s in result.layers if s.layer not in ("pre_softmax", "softmax")
                        and s.layer not in result.full_layers()]

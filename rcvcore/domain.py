@@ -12,7 +12,12 @@ from the **training split only**), what the model can vouch for:
   class mean is computed without it, leave-one-out, so the threshold is that of an unseen image
   from the training distribution, not an in-sample one);
 - for classification runs, the ``1 - quantile`` (1 %) quantile of the training images' maximum
-  class probability.
+  class probability, and, at each end of the ordered classes (5x ... 40x), the ``quantile`` of
+  the training patches' log-odds of that end class against its neighbour (``log p(20x) -
+  log p(15x)``). A patch beyond the last class the model saw (a 40x patch for a model trained on
+  8x-20x) is answered with that class and a confident probability, and its features can stay
+  close to the class mean; its log-odds past the training range are what gives it away
+  (bench/bench_domain.py: BENCHMARKS.md, "Training domain").
 
 :meth:`TrainingDomain.check` turns one prediction into ``(out_of_range, reasons, distance)``.
 Distances are root-mean-square z-scores: ``||z - m_c|| / sqrt(n_features)``, so 1.0 means about
@@ -32,6 +37,8 @@ from .runs.directory import DOMAIN
 
 #: the quantile of training distances (and 1 - it of training max-probabilities) kept as threshold
 QUANTILE = 0.99
+#: validation images needed to take the probability thresholds from them (see fit_domain)
+MIN_CALIBRATION = 10
 _ALL = "(all)"
 
 
@@ -48,6 +55,9 @@ class TrainingDomain:
         distance_threshold: ``quantile`` of the training images' nearest-centroid distances.
         min_probability: ``1 - quantile`` quantile of training max-probabilities
             (classification runs), else None.
+        edges: ``(end class, neighbour, threshold)`` for the first and last of the ordered
+            classes (classification runs): ``quantile`` of the training end-class patches'
+            ``log p(end) - log p(neighbour)``.
         quantile: the quantile used.
         n_train: training images it was computed from.
     """
@@ -63,6 +73,7 @@ class TrainingDomain:
     min_probability: float | None
     quantile: float
     n_train: int
+    edges: tuple[tuple[str, str, float], ...] = ()
 
     # ---- feature space
     def standardise(self, features: np.ndarray) -> np.ndarray:
@@ -112,10 +123,29 @@ class TrainingDomain:
             if p < self.min_probability:
                 reasons.append(f"low confidence (max probability {p:.2f}; {self.quantile:.0%} of "
                                f"training patches reach {self.min_probability:.2f})")
+        reasons += self._edge_reasons(probabilities)
         if reasons and self.classes:
             reasons.append(f"the model knows only {', '.join(self.classes)}: a magnification "
                            "outside these cannot be predicted")
         return bool(reasons), reasons, dist
+
+    def _edge_reasons(self, probabilities: dict[str, float] | None) -> list[str]:
+        """A patch answered with the first / last class, more surely than training patches of
+        that class were: probably beyond it (e.g. a higher magnification than any seen)."""
+        if not probabilities:
+            return []
+        top = max(probabilities, key=probabilities.get)
+        out = []
+        for end, nb, thr in self.edges:
+            if top != end or nb not in probabilities:
+                continue
+            odds = log_odds(probabilities[end], probabilities[nb])
+            if odds > thr:
+                where = "above" if end == self.classes[-1] else "below"
+                out.append(f"beyond the training range of {end} (log-odds {end} vs {nb} "
+                           f"{odds:.1f}; {self.quantile:.0%} of training {end} patches are "
+                           f"under {thr:.1f}): the patch may be {where} {end}")
+        return out
 
     # ---- JSON
     def to_dict(self) -> dict:
@@ -126,7 +156,7 @@ class TrainingDomain:
                 "centroids": [[c, list(v)] for c, v in self.centroids],
                 "distance_threshold": self.distance_threshold,
                 "min_probability": self.min_probability, "quantile": self.quantile,
-                "n_train": self.n_train}
+                "n_train": self.n_train, "edges": [list(e) for e in self.edges]}
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainingDomain:
@@ -138,7 +168,14 @@ class TrainingDomain:
                    centroids=tuple((str(c), tuple(map(float, v))) for c, v in d["centroids"]),
                    distance_threshold=float(d["distance_threshold"]),
                    min_probability=_opt(d.get("min_probability")),
-                   quantile=float(d.get("quantile", QUANTILE)), n_train=int(d.get("n_train", 0)))
+                   quantile=float(d.get("quantile", QUANTILE)), n_train=int(d.get("n_train", 0)),
+                   edges=tuple((str(a), str(b), float(t)) for a, b, t in d.get("edges") or ()))
+
+
+def log_odds(p_a: float, p_b: float) -> float:
+    """``log p_a - log p_b`` with probabilities floored at 1e-300 (an underflowed 0 counts as
+    very far, not as an error)."""
+    return float(np.log(max(p_a, 1e-300)) - np.log(max(p_b, 1e-300)))
 
 
 def _opt(v) -> float | None:
@@ -151,8 +188,8 @@ def _sq_dist(z: np.ndarray, c: np.ndarray) -> np.ndarray:
 
 
 def fit_domain(features: np.ndarray, *, labels=None, classes=(), measures=None,
-               probabilities: np.ndarray | None = None, measure_name: str = "measure",
-               quantile: float = QUANTILE) -> TrainingDomain:
+               probabilities: np.ndarray | None = None, calibration=None,
+               measure_name: str = "measure", quantile: float = QUANTILE) -> TrainingDomain:
     """The :class:`TrainingDomain` of a training split.
 
     Args:
@@ -161,6 +198,11 @@ def fit_domain(features: np.ndarray, *, labels=None, classes=(), measures=None,
         classes: the task's classes in their natural order.
         measures: (n_train,) training measures (regression runs), or None.
         probabilities: (n_train, n_classes) predicted class probabilities (classification).
+        calibration: ``(probabilities, labels)`` of the validation split, or None. When it
+            holds at least :data:`MIN_CALIBRATION` images, the probability thresholds (lowest
+            max-probability, end-class log-odds) come from it: a fine-tuned network is surer of
+            its own training patches than of unseen ones (on the demo model, thresholds from
+            the training split flagged 13 % of held-out test patches; BENCHMARKS.md).
         quantile: see :data:`QUANTILE`.
     """
     f = np.asarray(features, float)
@@ -187,9 +229,14 @@ def fit_domain(features: np.ndarray, *, labels=None, classes=(), measures=None,
     d2[rows, own] = np.where(n_own > 1, d2[rows, own] * (n_own / np.maximum(n_own - 1, 1)) ** 2,
                              np.inf)   # a class of one image has no mean without it
     train_dist = np.sqrt(d2.min(axis=1) / z.shape[1])
-    min_p = None
+    min_p, edges = None, ()
     if probabilities is not None and len(probabilities):
-        min_p = float(np.quantile(np.asarray(probabilities, float).max(axis=1), 1 - quantile))
+        probs, pnames = np.asarray(probabilities, float), names
+        if calibration is not None and len(calibration[0]) >= MIN_CALIBRATION:
+            probs = np.asarray(calibration[0], float)
+            pnames = np.asarray(list(map(str, calibration[1])))
+        min_p = float(np.quantile(probs.max(axis=1), 1 - quantile))
+        edges = _edges(probs, pnames, tuple(map(str, classes)), quantile)
     m = None if measures is None else np.asarray(measures, float)
     return TrainingDomain(
         classes=tuple(map(str, classes)),
@@ -199,7 +246,24 @@ def fit_domain(features: np.ndarray, *, labels=None, classes=(), measures=None,
         feature_scale=tuple(map(float, scale)),
         centroids=tuple((c, tuple(map(float, v))) for c, v in zip(order, cents)),
         distance_threshold=float(np.quantile(train_dist, quantile)), min_probability=min_p,
-        quantile=float(quantile), n_train=int(len(f)))
+        quantile=float(quantile), n_train=int(len(f)), edges=edges)
+
+
+def _edges(probs: np.ndarray, names: np.ndarray, classes: tuple[str, ...], quantile: float
+           ) -> tuple[tuple[str, str, float], ...]:
+    """``(end, neighbour, quantile of log p(end) - log p(neighbour))`` over the training patches
+    of each end class of ``classes`` (ordered; at least 3 classes, so that the ends are ends of
+    a scale and not the two sides of a binary choice)."""
+    if len(classes) < 3:
+        return ()
+    out = []
+    for e, n in ((0, 1), (len(classes) - 1, len(classes) - 2)):
+        rows = names == classes[e]
+        if rows.sum() < 2:
+            continue
+        odds = [log_odds(p[e], p[n]) for p in probs[rows]]
+        out.append((classes[e], classes[n], float(np.quantile(odds, quantile))))
+    return tuple(out)
 
 
 def read_domain(run_dir) -> TrainingDomain | None:

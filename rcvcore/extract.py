@@ -1,4 +1,6 @@
-"""One forward pass returns every requested layer, globally average-pooled on the device.
+"""One forward pass returns every requested layer, pooled on the device (global average pooling
+of CNN maps, the mean over H and W of NHWC maps, the named token pooling of transformer tokens:
+:mod:`rcvcore.models.pooling`).
 
 Batches are streamed: only the pooled ``(n_images, n_channels)`` arrays are kept, so peak memory
 does not grow with the number of images beyond those arrays.
@@ -17,6 +19,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 from ._shared import Extraction
 from .models import SOFTMAX, ArchSpec, get_arch, is_timm_model, resolve_backbone
+from .models.pooling import check_token_pool, pool
 
 
 def trunk(model: nn.Module, nodes: dict[str, str]) -> nn.Module:
@@ -81,13 +84,18 @@ class FeatureExtractor(nn.Module):
         device: where to run.
         channels_last: use the channels_last memory format (faster on CPU and CUDA convs).
         amp: autocast to float16 on CUDA (default: on for CUDA only; bf16 is very slow on CPU).
+        token_pool: ``mean`` (of the patch tokens) or ``cls`` (the class token) for the token
+            outputs of a transformer; ignored by other layouts.
     """
 
     def __init__(self, model: nn.Module, arch: ArchSpec, layers: list[str], device="cpu",
-                 channels_last: bool = True, amp: bool | None = None):
+                 channels_last: bool = True, amp: bool | None = None, token_pool: str = "mean"):
         super().__init__()
         self.arch = arch
         self.layers = list(layers)
+        if arch.has_tokens:
+            check_token_pool(token_pool, arch=arch.name, class_token=arch.class_token)
+        self.token_pool = token_pool
         self.device = torch.device(device) if not isinstance(device, torch.device) else device
         nodes = {arch.node(layer): arch.node(layer) for layer in self.layers}
         model = copy.deepcopy(model).eval()
@@ -110,11 +118,9 @@ class FeatureExtractor(nn.Module):
             t = out[self.arch.node(layer)].float()
             if layer == SOFTMAX:
                 t = torch.softmax(t, dim=1)
-            elif t.ndim == 4:
-                t = t.mean(dim=(2, 3))          # global average pooling, on the device
-            elif t.ndim != 2:
-                t = t.flatten(1)
-            pooled[layer] = t
+            pooled[layer] = pool(t, self.arch.layout(layer), layer=layer,
+                                 token_pool=self.token_pool,
+                                 prefix_tokens=self.arch.prefix_tokens)
         return pooled
 
 

@@ -34,15 +34,19 @@ from PIL import Image
 
 from ._runcheck import check_config, check_task
 from ._shared import ProgressFn, resolve_device
+from .data.base import Dataset
 from .data.images import MAX_PIXELS, ImageReadError, read_rgb, to_rgb, to_uint8
 from .data.slides import nearest_power
-from .domain import TrainingDomain, read_domain
+from .domain import DOMAIN, TrainingDomain, read_domain
 from .errors import UserError
+from .files import write_json
 from .metrics import nearest_class
 from .runs.checkpoint import load_checkpoint
 from .runs.config import TrainConfig
 from .runs.directory import CHECKPOINT, CONFIG, read_run
 from .train.data import Task
+from .train.distributed import Dist
+from .train.loop import load_run_data, training_domain
 from .train.model import build_run_model, run_transform
 from .utils import callable_module
 
@@ -97,6 +101,19 @@ def load_run_model(run_dir, device: str = "auto", *, allow_unfinished: bool = Fa
     model = model.to(dev).to(memory_format=torch.channels_last).eval()
     return LoadedRun(str(run), config, task, model, dev, run_transform(config),
                      read_domain(run))
+
+
+def record_domain(run_dir, *, dataset: Dataset | None = None, device: str = "auto",
+                  batch_size: int = 32) -> TrainingDomain:
+    """Compute and write ``domain.json`` of a finished run from its own training split (the
+    dataset of its ``config.json``, or ``dataset``, split as the run split it), for runs trained
+    before rcvcore recorded the domain at the end of training."""
+    run = load_run_model(run_dir, device)
+    data = load_run_data(run.config, Dist(), dataset, lambda *_: None)
+    dom = training_domain(run.model, data.sets["train"], data.task, batch_size=batch_size,
+                          device=run.device, val_images=data.sets["val"])
+    write_json(Path(run_dir) / DOMAIN, dom.to_dict(), indent=None)
+    return dom
 
 
 @dataclass(frozen=True)

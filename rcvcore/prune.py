@@ -1,4 +1,13 @@
-"""Cut a network at a probe layer, add global average pooling and a new head.
+"""Cut a network at a probe layer, add pooling and a new head.
+
+Pooling follows the layout of the cut's output (:mod:`rcvcore.models.pooling`): global average
+pooling of a CNN map, the mean over H and W of a Swin's NHWC map, the named token pooling of a
+vision transformer's tokens. A transformer cut at block k keeps patch embedding + blocks 0..k,
+then applies the network's final norm (``norm``) to the tokens, pools them, and applies its
+pooled-vector norm (``fc_norm``) when it has one: the features the network's own head would see
+had it ended at block k. Named deviation: the scan's ``blockK`` is pooled *before* that final
+norm (the block's raw output, as every other network's probe), so a pruned transformer's features
+at block k are the normalised version of what the scan scored there.
 
 The pruned model is the FX trunk of the network up to the cut (``rcvcore.extract.trunk``): nothing
 after the cut is computed or stored, and Inception's input transform stays inside the graph (we
@@ -29,6 +38,7 @@ from .models import (
     get_arch,
     resolve_backbone,
 )
+from .models.pooling import check_token_pool, pool
 
 
 def cut_node(arch: ArchSpec, cut: str) -> str:
@@ -69,7 +79,7 @@ def check_pruned(arch: ArchSpec, cut: str) -> None:
 
 
 class PrunedNet(nn.Module):
-    """Trunk up to the cut, global average pooling, then a linear head.
+    """Trunk up to the cut, pooling by the cut's layout, then a linear head.
 
     For regression the head predicts ``target_mean + target_std * linear(features)``, so it starts
     at the training mean and the optimiser works on a unit-scale output (with Adam this is the
@@ -79,12 +89,24 @@ class PrunedNet(nn.Module):
         body: the FX trunk returning ``{"features": map}``.
         n_features: channels of the map at the cut.
         n_outputs: 1 for regression, the number of classes for classification.
+        layout, token_pool, prefix_tokens: how the map at the cut is pooled
+            (:func:`rcvcore.models.pooling.pool`).
+        norm, pooled_norm: a transformer's final norm on the tokens and on the pooled vector
+            (copies, trainable), or None.
     """
 
     def __init__(self, body: nn.Module, n_features: int, n_outputs: int,
-                 target_mean: float = 0.0, target_std: float = 1.0):
+                 target_mean: float = 0.0, target_std: float = 1.0, *, layout: str = "nchw",
+                 token_pool: str = "mean", prefix_tokens: int = 0,
+                 norm: nn.Module | None = None, pooled_norm: nn.Module | None = None):
         super().__init__()
         self.body = body
+        self.layout, self.token_pool, self.prefix_tokens = layout, token_pool, prefix_tokens
+        # registered only when present, so a CNN's state dict keeps its keys
+        if norm is not None:
+            self.norm = norm
+        if pooled_norm is not None:
+            self.pooled_norm = pooled_norm
         self.head = nn.Linear(n_features, n_outputs)
         self.register_buffer("target_mean", torch.tensor(float(target_mean)))
         self.register_buffer("target_std", torch.tensor(float(target_std)))
@@ -92,7 +114,11 @@ class PrunedNet(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (batch, 3, H, W) -> pooled features (batch, n_features)."""
         t = self.body(x)["features"]
-        return t.mean(dim=(2, 3)) if t.ndim == 4 else t.flatten(1)
+        if hasattr(self, "norm"):
+            t = self.norm(t)
+        t = pool(t, self.layout, layer="features", token_pool=self.token_pool,
+                 prefix_tokens=self.prefix_tokens)
+        return self.pooled_norm(t) if hasattr(self, "pooled_norm") else t
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Raw head output (batch, n_outputs): standardised values or class logits."""
@@ -103,9 +129,28 @@ class PrunedNet(nn.Module):
         return self.target_mean + self.target_std * out.squeeze(-1)
 
 
+def cut_layout(arch: ArchSpec, node: str) -> str:
+    """Layout of the output of graph node ``node`` (a node that is no probe layer, such as a
+    CNN's full node: the layout of the deepest probed map)."""
+    table = {n: arch.layout(name) for name, n in arch.all_layers
+             if name not in (PRE_SOFTMAX, SOFTMAX)}
+    maps = [lay for lay in table.values() if lay != "vector"]   # VGG's fc layers are vectors
+    return table.get(node) or (maps[-1] if maps else "nchw")
+
+
+def _norms(model: nn.Module, arch: ArchSpec, node: str) -> tuple[nn.Module | None, ...]:
+    """Copies of the transformer norms a model cut at ``node`` applies (see the module doc)."""
+    if cut_layout(arch, node) != "tokens":
+        return None, None
+    norm, pooled = (copy.deepcopy(model.get_submodule(n)) if n else None for n in arch.norms)
+    return (None if node == arch.full_node else norm), pooled
+
+
 def prune(model: nn.Module, arch: ArchSpec | str, cut: str, n_outputs: int = 1, *,
-          seed: int = 0, target_mean: float = 0.0, target_std: float = 1.0) -> PrunedNet:
-    """Return a new model: ``model`` cut at ``cut``, then GAP and a fresh ``n_outputs`` head.
+          seed: int = 0, target_mean: float = 0.0, target_std: float = 1.0,
+          token_pool: str = "mean") -> PrunedNet:
+    """Return a new model: ``model`` cut at ``cut``, then pooling and a fresh ``n_outputs``
+    head.
 
     Args:
         model: a model from :func:`rcvcore.models.build_model`. It is deep-copied, never modified.
@@ -114,30 +159,37 @@ def prune(model: nn.Module, arch: ArchSpec | str, cut: str, n_outputs: int = 1, 
         n_outputs: 1 (regression) or the number of classes.
         seed: seed of the head initialisation.
         target_mean, target_std: regression scale of the head (see :class:`PrunedNet`).
+        token_pool: ``mean`` or ``cls``, for a transformer's tokens.
     """
     arch = get_arch(arch)
     if n_outputs < 1:
         raise UserError(f"prune: n_outputs must be >= 1, got {n_outputs}.")
     node = cut_node(arch, cut)
+    layout = cut_layout(arch, node)
+    if layout == "tokens":
+        check_token_pool(token_pool, arch=arch.name, class_token=arch.class_token)
     body = trunk(copy.deepcopy(model).eval(), {node: "features"})
-    with torch.no_grad():
-        size = arch.input_size
-        probe = body(torch.zeros(1, 3, size, size))["features"]
-    n_features = int(probe.shape[1])
+    norm, pooled_norm = _norms(model, arch, node)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = PrunedNet(body, n_features, n_outputs, target_mean, target_std)
+        net = PrunedNet(body, 1, n_outputs, target_mean, target_std, layout=layout,
+                        token_pool=token_pool, prefix_tokens=arch.prefix_tokens, norm=norm,
+                        pooled_norm=pooled_norm)
+        with torch.no_grad():
+            size = arch.input_size
+            n_features = int(net.eval().features(torch.zeros(1, 3, size, size)).shape[1])
+        torch.manual_seed(seed)   # the head alone draws from the seed, as it always did
+        net.head = nn.Linear(n_features, n_outputs)
     return net
 
 
 def build_pruned(arch: ArchSpec | str | Backbone, weights: str = "imagenet", cut: str = NONE,
                  n_outputs: int = 1, *, seed: int = 0, target_mean: float = 0.0,
-                 target_std: float = 1.0) -> PrunedNet:
+                 target_std: float = 1.0, token_pool: str = "mean") -> PrunedNet:
     """Build ``arch`` with ``weights`` (or a resolved :class:`Backbone`) and prune it (see
     :func:`prune`)."""
     bb = arch if isinstance(arch, Backbone) else resolve_backbone(arch, weights, seed)
     return prune(bb.build(), bb.spec, cut, n_outputs, seed=seed, target_mean=target_mean,
-                 target_std=target_std)
+                 target_std=target_std, token_pool=token_pool)
 
 
 def forward_flops(model: nn.Module, image_size: int) -> int:

@@ -31,6 +31,7 @@ from .errors import Notice, SkippedFile, UserError
 from .exclusion import keep_rows
 from .extract import FeatureExtractor, extract
 from .models import PRE_SOFTMAX, SOFTMAX, ArchSpec, Backbone, get_arch, resolve_backbone
+from .models.pooling import check_token_pool, pooling_name
 from .prune import is_full
 from .rcv import (
     CORRECTION,
@@ -80,6 +81,12 @@ class ScanConfig:
     # image paths left out of every fit, test and choice (e.g. a comparison's test split:
     # rcvcore.exclusion); still extracted, so the activation cache is shared
     exclude: tuple[str, ...] = ()
+    # groups (sources, slides, patients) left out the same way: a comparison whose replicates
+    # regenerate the dataset per split seed (demo-he's patches) shares groups, not file paths
+    exclude_groups: tuple[str, ...] = ()
+    # how a transformer's tokens are pooled: "mean" of the patch tokens or "cls" (the class
+    # token); CNN and NHWC maps are always averaged over space (rcvcore.models.pooling)
+    token_pool: str = "mean"
 
     def __hash__(self) -> int:
         # frozen, but dataset_options is a dict: hash the JSON form (equal configs, equal hash)
@@ -87,7 +94,9 @@ class ScanConfig:
 
     def validate(self) -> ScanConfig:
         """Return a normalised copy or raise :class:`UserError` naming the bad parameter."""
-        get_arch(self.arch)
+        spec = get_arch(self.arch)
+        check_token_pool(self.token_pool, arch=spec.name,
+                         class_token=spec.class_token or not spec.has_tokens)
         if self.model not in MODELS:
             raise UserError(f"--model {self.model!r}: choose one of {', '.join(MODELS)}.")
         controls = tuple(c for c in self.controls if c != "none")
@@ -114,7 +123,9 @@ class ScanConfig:
 
         return dataclasses.replace(self, controls=controls,
                                    dataset_options=check_options(self.dataset_options),
-                                   exclude=tuple(sorted({str(p) for p in self.exclude})))
+                                   exclude=tuple(sorted({str(p) for p in self.exclude})),
+                                   exclude_groups=tuple(sorted({str(g) for g in
+                                                                self.exclude_groups})))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -309,7 +320,10 @@ class ScanResult:
                                        "test_train_ratio": info.get("test_train_ratio")}
                                       if run_rw else None),
                 "not_run": [k for k, r in (("vs_shuffled", run_sh),
-                                           ("vs_random_weights", run_rw)) if not r]},
+                                           ("vs_random_weights", run_rw)) if not r],
+                # held by a test's entry when one ran; the plateau needs it either way
+                **({} if run_sh or run_rw or "test_train_ratio" not in info
+                   else {"test_train_ratio": info["test_train_ratio"]})},
             "scoring": dict(self.scoring),
             "plateau": self.plateau(), "peak_frequency": self.peak_frequency(),
         }
@@ -320,7 +334,7 @@ class ScanResult:
         cfg.setdefault("arch", d["arch"])
         cfg.setdefault("weights", d["weights"])
         cfg.setdefault("dataset", d["dataset"])
-        for key in ("controls", "exclude"):
+        for key in ("controls", "exclude", "exclude_groups"):
             if key in cfg:
                 cfg[key] = tuple(cfg[key])
         config = ScanConfig(**{k: v for k, v in cfg.items()
@@ -337,8 +351,9 @@ class ScanResult:
                                 "p_random_weights": rw.get("p"), "t_random_weights": rw.get("t")}
         sig = d.get("significance") or {}
         info = {k: v for k, v in (sig.get("vs_shuffled") or {}).items() if k != "test"}
-        if (sig.get("vs_random_weights") or {}).get("test_train_ratio") is not None:
-            info["test_train_ratio"] = sig["vs_random_weights"]["test_train_ratio"]
+        for where in (sig.get("vs_random_weights") or {}, sig):
+            if where.get("test_train_ratio") is not None:
+                info["test_train_ratio"] = where["test_train_ratio"]
         return cls(
             config=config, dataset=d["dataset"], measure_name=d.get("measure", ""),
             n_images=d["n_images"],
@@ -393,8 +408,9 @@ def _plateau_reason(peak: LayerScore, chosen: LayerScore, plat: dict, n_good: in
 
 
 #: Bump when a change to the scoring (splits, estimators, controls) changes results.
-SCORING_VERSION = 3   # 2: significance tests, group-wise shuffles, min test sizes, box geometry
+SCORING_VERSION = 4   # 2: significance tests, group-wise shuffles, min test sizes, box geometry;
 #                       3: the permutation test on the reported R² (issue 22)
+#                       4: permuted penalties by the float64 search (screened), batched group blocks
 
 
 def result_key(config: ScanConfig, arch: ArchSpec, layers: list[str], ds: Dataset,
@@ -406,7 +422,10 @@ def result_key(config: ScanConfig, arch: ArchSpec, layers: list[str], ds: Datase
     from . import __version__
 
     payload = {
-        "arch": arch.name, "layers": list(layers), "pooling": "gap",
+        **({"exclude_groups": list(config.exclude_groups)} if config.exclude_groups else {}),
+        "arch": arch.name, "layers": list(layers),
+        "pooling": "/".join(sorted({pooling_name(arch.layout(n), config.token_pool)
+                                    for n in layers})),
         "preprocessing": arch.preprocess.fingerprint, "images": images_fp or fingerprint(ds),
         "weights": [[name, bb.fingerprint] for name, bb in runs],
         "repeats": config.repeats, "model": config.model, "controls": list(config.controls),
@@ -442,14 +461,15 @@ def saved_result(store, key: str) -> ScanResult | None:
 def activations(backbone: Backbone, layers: list[str], ds: Dataset, *,
                 device: str = "auto", batch_size: int = 16,
                 cache: ActivationCache | None = None, progress: ProgressFn | None = None,
-                images_fp: str | None = None, dist: Dist | None = None
-                ) -> tuple[Extraction | None, float]:
+                images_fp: str | None = None, dist: Dist | None = None,
+                token_pool: str = "mean") -> tuple[Extraction | None, float]:
     """Pooled activations of ``layers`` of ``backbone`` for every image of ``ds``; cached layers
     are not recomputed, and all missing layers come from ONE forward pass.
 
     Under torchrun (``dist`` enabled) rank 0 decides from its cache which layers are missing,
     every rank extracts its shard of the images (every ``world``-th image), and rank 0 gathers
     the pooled activations back in image order; the other ranks get ``(None, seconds)``.
+    ``token_pool`` pools a transformer's tokens (:mod:`rcvcore.models.pooling`).
 
     Returns:
         (every layer of ``layers`` with its ok / failed record, seconds spent extracting).
@@ -458,8 +478,9 @@ def activations(backbone: Backbone, layers: list[str], ds: Dataset, *,
     images_fp = images_fp or fingerprint(ds)
 
     def key(layer):
-        return ActivationKey(backbone.arch, backbone.fingerprint, layer, "gap", pre.fingerprint,
-                             images_fp)
+        return ActivationKey(backbone.arch, backbone.fingerprint, layer,
+                             pooling_name(backbone.spec.layout(layer), token_pool),
+                             pre.fingerprint, images_fp)
 
     hit: Extraction | None = None
     missing = []
@@ -479,7 +500,8 @@ def activations(backbone: Backbone, layers: list[str], ds: Dataset, *,
         return hit, seconds
     t0 = time.perf_counter()
     dev = resolve_device(device)
-    ex = FeatureExtractor(backbone.build(), backbone.spec, missing, device=dev)
+    ex = FeatureExtractor(backbone.build(), backbone.spec, missing, device=dev,
+                          token_pool=token_pool)
     if sharded:
         out = _extract_sharded(ex, ds, pre, batch_size, progress, dist)
         if out is None:
@@ -495,7 +517,7 @@ def activations(backbone: Backbone, layers: list[str], ds: Dataset, *,
         # not align with the fresh ones, so every layer is redone in one pass (here alone:
         # under torchrun only rank 0 has a cache, and it gets here after the gather)
         out, more = activations(backbone, layers, ds, device=device, batch_size=batch_size,
-                                images_fp=images_fp)
+                                images_fp=images_fp, token_pool=token_pool)
         if cache is not None:
             for layer in layers:
                 cache.put(key(layer), out)
@@ -763,7 +785,8 @@ def _extract(plan: _Plan, ds: Dataset, cache: ActivationCache | None, images_fp:
             bb, plan.layers, ds, device=dev, batch_size=plan.config.batch_size, cache=cache,
             images_fp=images_fp, progress=_stage(
                 progress, 0.05 + k * span, 0.05 + (k + 1) * span,
-                f"pass {k + 1}/{len(plan.runs)} ({PASS_NAMES.get(name, name)})"), dist=d)
+                f"pass {k + 1}/{len(plan.runs)} ({PASS_NAMES.get(name, name)})"), dist=d,
+            token_pool=plan.config.token_pool)
         seconds += secs
     return acts, seconds
 
@@ -781,12 +804,20 @@ def _sample(plan: _Plan, ds: Dataset, scoring: _Scoring, true: Extraction) -> _S
             warnings.warn(f"skipped {ds.samples[i].path}: {unseen[i]}", SkippedFile,
                           stacklevel=3)
         ok = np.asarray([int(i) for i in ok if int(i) not in unseen], dtype=int)
-    exclude = plan.config.exclude
+    exclude, exclude_groups = plan.config.exclude, plan.config.exclude_groups
     ok, n_excluded = keep_rows(ds.paths, ok, exclude)
-    ok = np.asarray(ok, dtype=int)
     if exclude and not n_excluded:
         warnings.warn(f"--exclude: none of the {len(exclude)} excluded paths is an image "
                       f"of {ds.name}; nothing was left out.", Notice, stacklevel=3)
+    if exclude_groups:
+        n_before = len(ok)
+        ok, _ = keep_rows(ds.groups if ds.groups is not None else ds.paths, ok, exclude_groups)
+        n_excluded += n_before - len(ok)
+        if n_before == len(ok):
+            warnings.warn(f"exclude_groups: none of the {len(exclude_groups)} excluded groups "
+                          f"is a group of {ds.name}; nothing was left out.", Notice,
+                          stacklevel=3)
+    ok = np.asarray(ok, dtype=int)
     labels = scoring.labels[ok] if scoring.labels is not None else None
     groups = scoring.groups[ok] if scoring.groups is not None else None
     check_measure(measures[ok], labels)

@@ -4,16 +4,16 @@ A run trained with ``--target mpp`` predicts log2 µm/px of a tile. For one slid
 :func:`check_slide` draws ``n_tiles`` tissue tiles at level 0 (native pixels, training patch
 size) and predicts each; the slide's estimate is the median over tiles with a bootstrap interval
 over tiles (:func:`bootstrap_median`). A second pyramid level (the first downsampled by >= 1.5)
-is checked the same way as a cross-check: its estimate divided by the level's downsample should
-agree with level 0's. The verdict (:func:`judge`):
+within the model's training range is checked the same way as a cross-check: its estimate
+divided by the level's downsample should agree with level 0's. The verdict (:func:`judge`):
 
 - ``consistent``: the header is within a factor ``2 ** tolerance`` (default √2) of the estimate;
 - ``mismatch``: it is not; the message gives the factor and the objective powers ("header says
   0.25 µm/px, pixels look like 0.5: likely 20x labelled 40x");
 - ``no header MPP``: the header has none; the estimate is given;
-- ``out of domain``: the slide's stain/colour statistics (optical density mean and spread per
-  channel, median over tiles) lie far from the training tiles' (:class:`Domain`): the estimate is
-  reported but not trusted;
+- ``out of domain``: the slide's stain/colour statistics (optical density mean and direction
+  per channel, median over tiles) lie far from the training tiles' (:class:`Domain`): the
+  estimate is reported but not trusted;
 - ``error``: the file cannot be read (one line naming it; a batch goes on).
 """
 from __future__ import annotations
@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ._shared import ProgressFn
+from .data import load_dataset
 from .data.slides import (
     MEASURE_NAME,
     SlideError,
@@ -42,6 +43,8 @@ from .data.slides import (
     tissue_fields,
 )
 from .errors import UserError
+from .predict import load_run_model, predict_tiles
+from .train.data import split_dataset
 
 VERDICTS = ("consistent", "mismatch", "no header MPP", "out of domain", "error")
 DEFAULT_TILES = 64
@@ -51,9 +54,8 @@ MIN_TISSUE = 0.5
 
 @dataclass(frozen=True)
 class Domain:
-    """Stain/colour statistics of a model's training tiles (optical density mean and std per
-    RGB channel): their mean, inverse (diagonal) covariance and the distance beyond which a
-    slide is out."""
+    """Stain/colour statistics of a model's training tiles (:func:`stain_features`): their
+    mean, inverse (diagonal) covariance and the distance beyond which a slide is out."""
 
     mean: tuple[float, ...]
     inv_cov: tuple[tuple[float, ...], ...]
@@ -67,11 +69,14 @@ class Domain:
 
 
 def stain_features(img: Image.Image) -> np.ndarray:
-    """(6,) optical density mean and std of R, G, B of the tissue-ish pixels of a tile."""
+    """(6,) stain statistics of a tile's tissue pixels: the mean optical density of R, G, B
+    (how much stain) and the mean unit OD direction (which stain: its colour, whatever the
+    amount)."""
     od = -np.log((np.asarray(img.convert("RGB"), np.float64) + 1) / 256).reshape(-1, 3)
     tissue = od.sum(1) > 0.3
     od = od[tissue] if tissue.sum() > 20 else od
-    return np.concatenate([od.mean(0), od.std(0)])
+    unit = od / np.maximum(np.linalg.norm(od, axis=1, keepdims=True), 1e-6)
+    return np.concatenate([od.mean(0), unit.mean(0)])
 
 
 def domain_of(images: Sequence[str], description: str, max_tiles: int = 256,
@@ -92,8 +97,8 @@ def domain_of(images: Sequence[str], description: str, max_tiles: int = 256,
     x = np.asarray(feats)
     mean = x.mean(0)
     # diagonal: a covariance of 6 features from a few dozen tiles would be noise; the floor
-    # (0.05 OD) keeps a very uniform training set from flagging every other slide
-    inv = np.diag(1.0 / np.maximum(x.var(0), 0.05 ** 2))
+    # (0.03) keeps a very uniform training set from flagging every other slide
+    inv = np.diag(1.0 / np.maximum(x.var(0), 0.03 ** 2))
     d = np.sqrt(np.einsum("ij,jk,ik->i", x - mean, inv, x - mean))
     return Domain(tuple(mean), tuple(map(tuple, inv)), float(1.5 * np.quantile(d, 0.99)),
                   len(x), description)
@@ -102,9 +107,6 @@ def domain_of(images: Sequence[str], description: str, max_tiles: int = 256,
 def run_domain(run) -> Domain | None:
     """The :class:`Domain` of a run's training dataset (reloaded from its config; a generated
     dataset comes from its cache), or None when it cannot be loaded here."""
-    from .data import load_dataset
-    from .train.data import split_dataset
-
     cfg = run.config
     try:
         ds = load_dataset(cfg.dataset, n=cfg.n, seed=cfg.split_seed,
@@ -177,8 +179,6 @@ class SlideCheck:
 def _predict_level(run, slide, level_ds: float, n: int, seed: int):
     """Corners, predicted level-0 µm/px and tiles of ``n`` tissue tiles read natively at the
     level of downsample ``level_ds``."""
-    from .predict import predict_tiles
-
     p = run.task.patch_size
     side0 = p * level_ds
     corners = tissue_fields(slide, side0, n, seed, MIN_TISSUE)
@@ -207,7 +207,11 @@ def check_slide(run, path, *, n_tiles: int = DEFAULT_TILES, seed: int = 0,
         if domain is not None:
             dist = domain.distance(np.median([stain_features(t) for t in tiles], axis=0))
         level_mpp = level_ds = None
-        second = [i for i, d in enumerate(slide.level_downsamples) if d >= 1.5]
+        # the cross-check level: downsampled >= 1.5x, yet within the model's training range
+        # (a model that never saw 2 µm/px cannot check a level at 2 µm/px)
+        top = max((m for _, m in run.task.class_means), default=math.inf) + tolerance
+        second = [i for i, d in enumerate(slide.level_downsamples)
+                  if d >= 1.5 and math.log2(med * d) <= top]
         if second:
             level_ds = float(slide.level_downsamples[second[0]])
             _, m2, _ = _predict_level(run, slide, level_ds, max(n_tiles // 2, 1), seed + 1)
@@ -232,8 +236,6 @@ def check_slides(run_dir, paths: Sequence, *, n_tiles: int = DEFAULT_TILES, seed
                  progress: ProgressFn | None = None) -> tuple[list[SlideCheck], Domain | None]:
     """Check every slide of ``paths`` (slide files, folders or list files) with the run in
     ``run_dir``; returns the checks and the training :class:`Domain` (None if unknown)."""
-    from .predict import load_run_model
-
     run = load_run_model(run_dir, device)
     if run.task.target != "mpp" or run.task.measure_name != MEASURE_NAME:
         raise UserError(f"--run {run_dir}: the run predicts {run.task.target}, not µm/px; "

@@ -1,23 +1,32 @@
 """Pure tests of the dashboard's figures and tables (no Streamlit session needed)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 pytest.importorskip("plotly")
 from app import charts  # noqa: E402
 
 
-def _result(arch="resnet18", layers=("add_1", "add_2", "pre_softmax"), shift=0.0):
-    rows = [{"name": n, "n_features": 64, "r2": [0.1 + shift, 0.3 + shift],
-             "r2_mean": 0.2 + shift + i / 10, "r2_std": 0.1, "r2_logmeanexp": 0.19 + shift,
-             "depth": i / (len(layers) - 1)} for i, n in enumerate(layers)]
-    ctrl = [dict(r, r2_mean=-1.5, r2_logmeanexp=-0.9) for r in rows]
-    return {"arch": arch, "weights": "random", "dataset": "demo-scale", "n_images": 24,
-            "layers": rows, "controls": {"shuffled": ctrl, "random_weights": []}}
+def _result(arch="resnet18", layers=("add_1", "add_2", "pre_softmax"), shift=0.0, tests=None):
+    """A ScanResult: R² mean 0.2 + shift + i/10 (std 0.1) per layer, a shuffled control at
+    -1.5, ``tests``: layer -> raw p-values (``p_shuffled``, ``p_random_weights``)."""
+    from rcvcore.rcv import LayerScore
+    from rcvcore.scan import ScanConfig, ScanResult
+
+    def score(name, mean):
+        return LayerScore(name, 64, (mean - 0.1, mean + 0.1))
+
+    return ScanResult(
+        config=ScanConfig(arch=arch, weights="random", dataset="demo-scale"),
+        dataset="demo-scale", measure_name="scale", n_images=24, skipped=(),
+        layers=tuple(score(n, 0.2 + shift + i / 10) for i, n in enumerate(layers)),
+        controls={"shuffled": tuple(score(n, -1.5) for n in layers)},
+        depth={n: i / (len(layers) - 1) for i, n in enumerate(layers)}, tests=tests or {})
 
 
 def _rec(**kw):
-    return {"label": None, "config": {}, "result": _result(**kw)}
+    return _result(**kw)
 
 
 def test_mean_band_controls_and_click_payload():
@@ -38,7 +47,9 @@ def test_mean_band_controls_and_click_payload():
 def test_paper_convention_uses_logmeanexp_and_no_band():
     fig = charts.r2_figure([_rec()], convention=charts.PAPER, show_controls=False)
     main = next(t for t in fig.data if t.name == "resnet18 · random · demo-scale")
-    assert list(main.y) == [pytest.approx(0.19)] * 3
+    # ln(mean(exp R²)) of each layer's two repeats, not their mean
+    assert list(main.y) == [pytest.approx(np.log(np.mean(np.exp([m - 0.1, m + 0.1]))))
+                            for m in (0.2, 0.3, 0.4)]
     assert not any(t.fill == "tonexty" for t in fig.data)
 
 
@@ -63,20 +74,18 @@ def test_table_columns_and_training_figure():
 
 
 def test_significant_layers_get_filled_markers_and_table_columns():
-    res = _result()
-    for row, sig in zip(res["layers"], (True, False, False)):
-        row["significance"] = {"alpha": 0.05, "significant": sig,
-                               "vs_shuffled": {"p": 0.01, "p_adjusted": 0.02 if sig else 0.4},
-                               "vs_random_weights": {"p": 0.01, "p_adjusted": 0.03}}
-        row["significant"] = sig
-    fig = charts.r2_figure([{"label": None, "config": {}, "result": res}])
+    # raw p vs shuffled (0.02/3, 0.4, 0.4): Benjamini-Hochberg over 3 layers gives 0.02, 0.4, 0.4
+    res = _result(tests={layer: {"p_shuffled": p, "p_random_weights": 0.01}
+                         for layer, p in zip(("add_1", "add_2", "pre_softmax"),
+                                             (0.02 / 3, 0.4, 0.4))})
+    fig = charts.r2_figure([res])
     main = next(t for t in fig.data if t.name == "resnet18 · random · demo-scale")
     assert list(main.marker.symbol) == ["circle", "circle-open", "circle-open"]
     assert "significant (p vs shuffled 0.02" in main.customdata[0][2]
     assert any(t.name == "significant vs controls" for t in fig.data)
     table = charts.r2_table(res)
     assert list(table["significant"]) == [True, False, False]
-    assert list(table["p vs shuffled (BH)"]) == [0.02, 0.4, 0.4]
+    assert list(table["p vs shuffled (BH)"]) == pytest.approx([0.02, 0.4, 0.4])
     # an old result without tests: plain markers, no legend entries, no columns
     fig = charts.r2_figure([_rec()])
     assert not any(t.name == "significant vs controls" for t in fig.data)

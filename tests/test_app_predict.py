@@ -131,3 +131,41 @@ def test_predict_page_marks_patches_outside_the_training_domain(app_env):
     shown = [c.value for c in at.caption if c.value.startswith("feature distance ")]
     want = sorted(table["feature_distance"], reverse=True)
     assert shown == [f"feature distance {d:.2f}" for d in want]
+
+
+def test_demo_model_is_selected_when_it_finishes(tmp_path, monkeypatch):
+    """A session that watched the demo model train gets it selected once it is done (not the
+    newest other run, the selectbox's default)."""
+    import dataclasses
+    import os
+    import time as _time
+
+    from _train_fixtures import TINY
+
+    from rcvcore.runs.writer import RunWriter
+
+    root = tmp_path / "runs"
+    monkeypatch.setenv("RCV_RUNS_DIR", str(root))
+    monkeypatch.setenv("RCV_NO_DOWNLOAD", "1")
+    monkeypatch.setenv("RCV_CACHE_DIR", str(tmp_path / "cache"))
+
+    def run(path, state):
+        path.mkdir(parents=True, exist_ok=True)
+        w = RunWriter(path)
+        w.write_config(dataclasses.replace(TINY, target="magnification"), "test")
+        w.write_status(state=state, pid=None, epoch=0, message=state)
+        if state == "done":
+            w.write_result({"test": {"kappa": 0.5}, "n_test": 3})
+
+    demo = root / "demo-model"
+    run(demo, "running")
+    run(root / "g-newer" / "other_seed1", "done")
+    os.utime(root / "g-newer", (_time.time() + 60, _time.time() + 60))   # the newest group
+    at = _open_predict(AppTest.from_file(MAIN, default_timeout=30))
+    assert at.session_state["demo_watch"] is True            # the demo panel watches it
+    assert "other_seed1" in next(s for s in at.selectbox if s.key == "predict_run").value
+    run(demo, "done")
+    at.run()
+    at.run()      # the panel sees "done", asks for a rerun that selects it
+    assert not at.exception, at.exception
+    assert next(s for s in at.selectbox if s.key == "predict_run").value == str(demo)

@@ -347,10 +347,13 @@ def test_the_loading_note_goes_once_the_page_has_drawn(app_env):
 
 def test_legend_names_keep_only_what_tells_the_scans_apart():
     from app.services import legend_labels
+    from rcvcore.scan import ScanConfig, ScanResult
 
     def rec(arch, n, model="ridge"):
-        return {"result": {"arch": arch, "weights": "random", "dataset": "demo-scale",
-                           "n_images": n}, "config": {"model": model}}
+        return ScanResult(config=ScanConfig(arch=arch, weights="random", dataset="demo-scale",
+                                            model=model),
+                          dataset="demo-scale", measure_name="scale", n_images=n, skipped=(),
+                          layers=(), controls={}, depth={})
 
     assert legend_labels([rec("resnet18", 24)]) == ["resnet18"]
     assert legend_labels([rec("resnet18", 24), rec("resnet50", 24)]) == ["resnet18", "resnet50"]
@@ -368,3 +371,71 @@ def test_advice_is_said_with_the_pages_controls():
     assert "--" not in text
     assert "*Images* (Options) 200" in text and "*Scoring: pooled* (Options);" in text
     assert "*Scoring: per class*" in text and "*Dataset options* group_by=patient" in text
+
+
+def test_a_saved_scan_loads_as_its_result_and_keeps_its_chosen_cut(app_env):
+    """A scan saved by the dashboard (``_scans/<id>.json``, with the ``chosen_cut`` the Scan
+    page adds) reads back as the same ScanResult; choosing a cut rewrites only ``chosen_cut``."""
+    from app import services, state
+    from rcvcore.rcv import LayerScore
+    from rcvcore.scan import ScanConfig, ScanResult
+
+    names = ("add_2", "add_4", "pre_softmax")
+    result = ScanResult(
+        config=ScanConfig(arch="resnet18", weights="random", dataset="demo-scale", repeats=2),
+        dataset="demo-scale", measure_name="scale", n_images=24, skipped=(),
+        layers=tuple(LayerScore(n, 64, (m - 0.05, m + 0.05)) for n, m in zip(names, (.3, .6, .5))),
+        controls={}, depth=dict(zip(names, (0.25, 0.5, 1.0))),
+        tests={n: {"p_shuffled": None, "statistic": None, "p_random_weights": 0.001,
+                   "t_random_weights": 9.0} for n in names}, test_info={"test_train_ratio": .5})
+    stored = {"label": "resnet18 · random · demo-scale", "config": {"model": "ridge"},
+              "result": json.loads(json.dumps(result.to_json())), "created": 1.0,
+              "chosen_cut": {"layer": "add_2", "source": "clicked", "at": 5.0}}
+    state.save_scan("a" * 16, stored)
+    state.save_scan("b" * 16, {"label": "old", "config": {}, "result": {"arch": "resnet18"}})
+    saved = services.load_scans()
+    assert list(saved) == ["a" * 16]          # a result that does not load is not a scan
+    scan = saved["a" * 16]
+    assert scan.result == result and scan.chosen_cut == stored["chosen_cut"]
+    assert services.suggest_cut(scan.result) == result.suggest_cut()
+    assert result.suggest_cut()[0] == "add_4"
+    # the Train page offers the cut chosen last, with the scan's suggestion
+    cut, problem = services.train_prefill(None, None, None)
+    assert problem is None and (cut["layer"], cut["source"], cut["suggested"]) == \
+        ("add_2", "saved", "add_4")
+    path = state.scans_dir() / f"{'a' * 16}.json"
+    services.save_chosen_cut("a" * 16, "add_2", "clicked", saved)   # unchanged: not rewritten
+    assert json.loads(path.read_text()) == stored
+    services.save_chosen_cut("a" * 16, "add_4", "suggested", saved)
+    again = json.loads(path.read_text())
+    assert again["result"] == stored["result"] and again["label"] == stored["label"]
+    assert again["chosen_cut"]["layer"] == "add_4" and again["chosen_cut"]["at"] > 5.0
+    assert services.train_prefill("a" * 16, None, None)[0]["layer"] == "add_4"
+
+
+def test_vision_transformer_scan_with_class_token_pooling(app_env):
+    """A timm ViT typed by name gets the token-pooling control; its choice reaches rcvcore."""
+    at = AppTest.from_file(MAIN, default_timeout=30).run()
+    _widget(at, "selectbox", "scan_arch").set_value("other timm model...")
+    at.run()
+    name = "timm:vit_tiny_patch16_224[img_size=32,depth=2]"
+    _widget(at, "text_input", "scan_timm_name").set_value(name)
+    at.run(timeout=60)
+    assert _widget(at, "radio", "scan_token_pool").options == ["mean", "cls"]
+    _widget(at, "radio", "scan_token_pool").set_value("cls")
+    _widget(at, "radio", f"scan_weights_{name}").set_value("random (control)")
+    _widget(at, "number_input", "scan_n").set_value(24)
+    _widget(at, "slider", "scan_repeats").set_value(2)
+    _widget(at, "text_input", "scan_ds_opts_demo-scale").set_value("protocol=across-photos")
+    at.run()
+    _widget(at, "button", "scan_run").click()
+    at.run(timeout=60)
+    deadline = time.time() + 120
+    while not _curves(at) and time.time() < deadline:
+        assert not at.exception, at.exception
+        time.sleep(0.5)
+        at.run(timeout=30)
+    assert _curves(at), [e.value for e in at.error]
+    rec = json.loads(next((app_env / "runs" / "_scans").glob("*.json")).read_text())
+    assert rec["result"]["config"]["token_pool"] == "cls"
+    assert list(at.dataframe[0].value["layer"])[:3] == ["block0", "block1", "head"]

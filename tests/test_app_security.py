@@ -14,6 +14,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app import auth, browser_harness, guard, services, state, uploads
+from rcvcore.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = str(ROOT / "app" / "main.py")
@@ -351,3 +352,34 @@ def test_a_scan_that_cannot_be_saved_says_where_to_free_space(served):
                               str(state.scans_dir() / "x.json")))
     msg = services.job_error(services.ScanJob(job_id="x", config={}, future=fut))
     assert msg.startswith("cannot write in <runs>/_scans: no space left") and "\n" not in msg
+
+
+def test_training_runs_are_cancelled_and_resumed_only_by_who_launched_them(
+        served, tmp_path, monkeypatch):
+    """Issue 25.2 for fine-tuning runs: every signed-in user sees the runs folder (the shared
+    view), but only the user who launched a group may cancel or resume its runs."""
+    group = tmp_path / "runs" / "g1"
+    (group / "none_seed1").mkdir(parents=True)
+    services._set_owner(group, "pw:alice")
+    assert "pw:alice" not in (group / services.OWNER_FILE).read_text()  # no user id on disk
+    user = {"who": "pw:bob"}
+    monkeypatch.setattr(auth, "session_user", lambda: user["who"])
+    assert not services.can_control(group)
+    calls = []
+    monkeypatch.setattr(services, "_scheduler", lambda: calls.append("scheduler"))
+    monkeypatch.setattr(services.runs, "cancel", lambda *a, **k: calls.append("cancel"))
+    for act in (lambda: services.cancel_group(group),
+                lambda: services.cancel_run(group / "none_seed1"),
+                lambda: services.resume_run(group, group / "none_seed1")):
+        with pytest.raises(UserError, match="another user"):
+            act()
+    assert calls == []                          # refused before anything was asked to stop
+    assert not services.can_control(tmp_path / "runs" / "from-the-cli")  # no owner file
+    user["who"] = "pw:alice"
+    assert services.can_control(group)
+    services.cancel_run(group / "none_seed1")
+    assert calls == ["cancel"]
+    monkeypatch.delenv("RCV_DASHBOARD_PASSWORD")   # local mode: one user, every group is theirs
+    monkeypatch.setattr(auth, "served", lambda *a, **k: False)
+    user["who"] = "pw:bob"
+    assert services.can_control(group)

@@ -111,8 +111,21 @@ def test_cli_demo_transfer_scans_cuts_and_compares(tmp_path, monkeypatch):
     assert [r["cut"] for r in comp.rows] == ["none", info["cut"]]
     assert all(s == "done" for r in comp.rows for s in r["states"])
     assert comp.tests and "paper:" in comp.table()
-    # no test data in the choice: the scan left out exactly the test patches of every run
+    # no test data in the choice: the scan left out exactly the groups (source images) of the
+    # test patches of every run, read back from the runs' own folders and data
+    import json
+
+    from rcvcore.data import load_dataset
     from rcvcore.exclusion import read_exclusions
 
-    assert scanned[0].exclude == read_exclusions(str(tmp_path / "runs" / "demo-transfer"))
-    assert len(scanned[0].exclude) > 0
+    group_of = {}
+    for cfg_file in (tmp_path / "runs" / "demo-transfer").glob("*/config.json"):
+        cfg = json.loads(cfg_file.read_text())
+        ds = load_dataset(cfg["dataset"], n=cfg["n"], seed=cfg["split_seed"],
+                          **cfg.get("dataset_options", {}))
+        group_of.update(zip(ds.paths, map(str, ds.groups)))
+    tested = read_exclusions(str(tmp_path / "runs" / "demo-transfer"))
+    assert len(tested) > 0 and scanned[0].exclude == ()
+    assert set(scanned[0].exclude_groups) == {group_of[p] for p in tested}
+    # (demo-histology draws other source images for every seed: none of them is in the scan)
+    assert info["excluded_groups"] == len(scanned[0].exclude_groups)

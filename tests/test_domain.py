@@ -8,9 +8,10 @@ import json
 
 import numpy as np
 import pytest
-from _train_fixtures import CLASSES, RADII, TINY, cli, dataset, disc_image
+from _train_fixtures import CLASSES, RADII, TINY, dataset, disc_image
 from PIL import Image
 
+from rcvcore.cli import main
 from rcvcore.domain import TrainingDomain, fit_domain, read_domain
 from rcvcore.predict import load_run_model, predict_files
 from rcvcore.train import train
@@ -76,7 +77,7 @@ def run_dir(tmp_path_factory):
     return root / "run"
 
 
-def test_tiny_run_flags_unlike_patch_only(run_dir, tmp_path):
+def test_tiny_run_flags_unlike_patch_only(run_dir, tmp_path, capsys):
     dom = read_domain(run_dir)
     assert dom is not None and dom.classes == CLASSES and dom.n_train > 0
     assert dom.measure_min is None and 0 < dom.min_probability < 1
@@ -95,12 +96,41 @@ def test_tiny_run_flags_unlike_patch_only(run_dir, tmp_path):
 
     # the CLI writes the same fields to JSON and CSV
     out_json, out_csv = tmp_path / "p.json", tmp_path / "p.csv"
-    r = cli("predict", "--run", run_dir, tmp_path / "like.png", tmp_path / "unlike.png",
-            "--json", out_json, "--csv", out_csv, "--device", "cpu")
-    assert r.returncode == 0, r.stderr
-    assert "OUTSIDE THE MODEL'S RANGE" in r.stdout.splitlines()[1]
+    assert main(["predict", "--run", str(run_dir), str(tmp_path / "like.png"),
+                 str(tmp_path / "unlike.png"), "--json", str(out_json), "--csv", str(out_csv),
+                 "--device", "cpu"]) == 0            # in-process: no second torch import
+    lines = capsys.readouterr().out.splitlines()
+    assert "OUTSIDE THE MODEL'S RANGE" not in lines[0]
+    assert "OUTSIDE THE MODEL'S RANGE" in lines[1]
     js = json.loads(out_json.read_text())
     assert [j["out_of_range"] for j in js] == [False, True]
     rows = list(csv.DictReader(out_csv.open()))
     assert [r["out_of_range"] for r in rows] == ["False", "True"]
     assert float(rows[1]["feature_distance"]) == pytest.approx(unlike.feature_distance, rel=1e-6)
+
+
+def test_end_class_log_odds_thresholds_and_calibration(rng):
+    f = rng.normal(size=(40, 3))
+    classes = ("8x", "10x", "15x", "20x")
+    labels = np.asarray(classes * 10)
+    p = rng.dirichlet([1, 1, 1, 1], 40)
+    val_p, val_l = rng.dirichlet([2, 1, 1, 3], 12), np.asarray(classes * 3)
+    train_only = fit_domain(f, labels=labels, classes=classes, probabilities=p)
+    ref = {e: np.quantile(np.log(p[labels == e, i]) - np.log(p[labels == e, j]), 0.99)
+           for e, i, j in (("8x", 0, 1), ("20x", 3, 2))}
+    assert [(e, n) for e, n, _ in train_only.edges] == [("8x", "10x"), ("20x", "15x")]
+    for e, _, t in train_only.edges:
+        assert t == pytest.approx(ref[e], rel=1e-12)
+    assert train_only.min_probability == pytest.approx(np.quantile(p.max(1), 0.01))
+    # with a validation split of >= 10 images the probability thresholds come from it
+    dom = fit_domain(f, labels=labels, classes=classes, probabilities=p,
+                     calibration=(val_p, val_l))
+    assert dom.min_probability == pytest.approx(np.quantile(val_p.max(1), 0.01))
+    last = val_l == "20x"
+    assert dom.edges[1][2] == pytest.approx(
+        np.quantile(np.log(val_p[last, 3]) - np.log(val_p[last, 2]), 0.99))
+    assert dom.distance_threshold == train_only.distance_threshold   # features: training only
+    # a patch answered "20x" more surely than any training 20x patch: beyond the last class
+    beyond = {"8x": 1e-9, "10x": 1e-9, "15x": 1e-9, "20x": 1 - 3e-9}
+    flagged, reasons, _ = dom.check(probabilities=beyond)
+    assert flagged and any("may be above 20x" in r for r in reasons)

@@ -217,3 +217,89 @@ def test_a_timm_network_trains_pruned_and_predicts(tmp_path):
     Image.fromarray(disc_image(6.0, 99)).save(tmp_path / "patch.png")
     (pred,) = predict_files(load_run_model(tmp_path / "run"), [tmp_path / "patch.png"])
     assert pred.error is None and np.isfinite(pred.nuclei_area)
+
+
+# --- foundation-model weights (issue 24): hf-hub names, gated / offline hub errors, local files
+
+TINY_VIT = "timm:vit_tiny_patch16_224[img_size=32,depth=1]"
+
+
+def _hub_response(status):
+    """An HTTP response of the client huggingface_hub itself uses (httpx or its fork)."""
+    import importlib
+
+    from huggingface_hub import errors
+
+    client = importlib.import_module(errors.Response.__module__.split(".")[0])
+    return client.Response(status, request=client.Request("GET", "https://huggingface.co/x"))
+
+
+def test_gated_hub_model_is_one_clear_message(monkeypatch):
+    from huggingface_hub import constants
+    from huggingface_hub.errors import GatedRepoError
+
+    def gated(*a, **k):
+        raise GatedRepoError("401 Client Error: gated", response=_hub_response(401))
+
+    monkeypatch.setattr(timmnets, "create", gated)
+    with pytest.raises(WeightsUnavailable) as e:
+        get_arch("timm:hf-hub:MahmoodLab/UNI")
+    assert str(e.value) == (
+        "MahmoodLab/UNI is a gated model: sign in at https://huggingface.co/MahmoodLab/UNI and "
+        "accept its terms, then put a read token in the HF_TOKEN environment variable (or run "
+        f"`hf auth login`, which stores it in {constants.HF_TOKEN_PATH}); or download the "
+        "weights on a machine that can, and pass --weights PATH (safetensors or a torch state "
+        "dict) with the architecture.")
+
+
+def test_gated_weights_download_is_the_same_message(monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import GatedRepoError
+
+    spec = get_arch(TINY_VIT)
+    monkeypatch.setattr(timmnets, "cached_file", lambda s: None)
+    monkeypatch.setattr(timmnets, "downloads_disabled", lambda: False)
+    monkeypatch.setattr(timmnets, "pretrained_cfg", lambda b: {"hf_hub_id": "paige-ai/Virchow"})
+
+    def gated(*a, **k):
+        raise GatedRepoError("403 gated", response=_hub_response(403))
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", gated)
+    with pytest.raises(WeightsUnavailable, match=r"^paige-ai/Virchow is a gated model: sign in "
+                       r"at https://huggingface.co/paige-ai/Virchow and accept its terms"):
+        timmnets.pretrained_file(spec)
+
+
+def test_offline_hub_model_names_the_cache_and_the_way_out():
+    # HF_HUB_OFFLINE=1 (conftest): timm's real hub client fails, without any network access
+    with pytest.raises(WeightsUnavailable, match=r"^bioptimus/H-optimus-0 is not in the Hugging "
+                       r"Face cache .* cannot be downloaded here .*`hf download "
+                       r"bioptimus/H-optimus-0`.*--weights PATH"):
+        get_arch("timm:hf-hub:bioptimus/H-optimus-0")
+    with pytest.raises(UserError, match="timm:hf-hub:ORG/NAME"):
+        get_arch("timm:hf-hub:UNI")
+
+
+def test_local_safetensors_and_torch_checkpoints_load_for_a_transformer(tmp_path):
+    from safetensors.torch import save_file
+
+    spec = get_arch(TINY_VIT)
+    assert spec.name == "timm:vit_tiny_patch16_224[img_size=32,depth=1]" and spec.input_size == 32
+    src = resolve_backbone(spec, "random", seed=5).build()
+    state = {k: v.contiguous() for k, v in src.state_dict().items()}
+    save_file(state, str(tmp_path / "model.safetensors"))
+    torch.save(state, tmp_path / "model.pt")
+    for f in ("model.safetensors", "model.pt"):
+        got = resolve_backbone(TINY_VIT, str(tmp_path / f)).build().state_dict()
+        assert got.keys() == state.keys()
+        assert all(torch.equal(got[k], state[k]) for k in state)
+    # a foundation model's file has no classifier: the message says how to build without one
+    save_file({k: v for k, v in state.items() if not k.startswith("head.")},
+              str(tmp_path / "backbone.safetensors"))
+    with pytest.raises(UserError, match=r"missing keys: head.weight, head.bias; the file has no "
+                       r"classifier .* timm:vit_tiny_patch16_224\[num_classes=0\]"):
+        resolve_backbone(TINY_VIT, str(tmp_path / "backbone.safetensors")).build()
+    headless = get_arch("timm:vit_tiny_patch16_224[img_size=32,depth=1,num_classes=0]")
+    assert headless.layer_names == ["block0", "head"]
+    model = resolve_backbone(headless, str(tmp_path / "backbone.safetensors")).build()
+    assert torch.equal(model.blocks[0].mlp.fc1.weight, state["blocks.0.mlp.fc1.weight"])

@@ -10,7 +10,8 @@ import torch
 
 from rcvcore.errors import UserError
 from rcvcore.extract import FeatureExtractor
-from rcvcore.models import build_model, count_parameters, get_arch
+from rcvcore.models import build_model, count_parameters, get_arch, resolve_backbone
+from rcvcore.models.timmnets import timm_spec
 from rcvcore.prune import cut_summary, prune
 
 
@@ -127,3 +128,52 @@ def test_inception_cut_keeps_input_transform():
                      "Conv2d_3b_1x1", "Conv2d_4a_3x3", "maxpool2", "Mixed_5b"]:
             h2 = getattr(model, name)(h2)
         assert not np.allclose(net.features(x).numpy(), h2.mean(dim=(2, 3)).numpy())
+
+
+# --- vision transformers (issue 24): patch embed + blocks[:k+1] + final norm + token pooling
+
+
+def _vit_hooks(model, x, modules):
+    out = {}
+    hs = [model.get_submodule(m).register_forward_hook(
+        lambda mod, i, o, m=m: out.__setitem__(m, o.detach().clone())) for m in modules]
+    with torch.no_grad():
+        model(x)
+    for h in hs:
+        h.remove()
+    return out
+
+
+def test_vit_pruned_at_block_k_gives_the_full_models_block_k_normalised_and_pooled():
+    spec = timm_spec("vit_tiny_patch16_224", (("img_size", 32), ("depth", 3), ("reg_tokens", 2)))
+    model = resolve_backbone(spec, "random").build()
+    net = prune(model, spec, "block1", n_outputs=1).eval()
+    x = torch.randn(2, 3, 32, 32)
+    raw = _vit_hooks(model, x, ["blocks.1"])["blocks.1"]
+    with torch.no_grad():
+        ref = model.norm(raw)[:, 3:].mean(1)          # the norm, then the patch tokens' mean
+        torch.testing.assert_close(net.features(x), ref)
+        cls = prune(model, spec, "block1", token_pool="cls").eval().features(x)
+        torch.testing.assert_close(cls, model.norm(raw)[:, 0])
+    # blocks after the cut are gone; everything left is trainable
+    assert not any(k.startswith("body.blocks.2") for k in net.state_dict())
+    assert all(p.requires_grad for p in net.parameters())
+    net.train()(x).sum().backward()
+    assert net.body.patch_embed.proj.weight.grad is not None
+    s = cut_summary(spec, cut="block1")
+    assert s.pruned_params < s.full_params and 0.4 < s.flops_ratio < 0.9
+
+
+def test_vit_with_a_pooled_norm_applies_it_after_pooling():
+    spec = timm_spec("vit_tiny_patch16_224", (("img_size", 32), ("depth", 2),
+                                              ("global_pool", "avg")))
+    assert spec.norms == ("", "fc_norm")               # timm: Identity norm, LayerNorm fc_norm
+    model = resolve_backbone(spec, "random").build()
+    x = torch.randn(2, 3, 32, 32)
+    raw = _vit_hooks(model, x, ["blocks.0"])["blocks.0"]
+    with torch.no_grad():
+        torch.testing.assert_close(prune(model, spec, "block0").eval().features(x),
+                                   model.fc_norm(raw[:, 1:].mean(1)))
+        full = prune(model, spec, "none").eval().features(x)
+        torch.testing.assert_close(full, model.forward_head(model.forward_features(x),
+                                                            pre_logits=True))

@@ -282,3 +282,43 @@ def test_r2_per_class_comes_with_its_test_size(rng):
     s = score_layers({"l": X}, X[:, 0] + rng.normal(size=40), labels=labels, repeats=3)["l"]
     assert s.n_test_by_class == {"a": (6, 6, 6), "b": (6, 6, 6)}
     assert s.to_json()["n_test_by_class"] == {"a": [6, 6, 6], "b": [6, 6, 6]}
+
+
+def _refit_criterion(X, Y, alphas, groups):
+    """Leave-one-(group-)out MSE by explicit ridge refits (unpenalised intercept), mean over
+    groups of each group's MSE: (n_alphas, n_columns)."""
+    out = np.zeros((len(alphas), Y.shape[1]))
+    ids = np.unique(groups)
+    for g in ids:
+        out_g, keep = groups == g, groups != g
+        mx, my = X[keep].mean(axis=0), Y[keep].mean(axis=0)
+        Xc = X[keep] - mx
+        for i, a in enumerate(alphas):
+            W = np.linalg.solve(Xc.T @ Xc + a * np.eye(X.shape[1]), Xc.T @ (Y[keep] - my))
+            out[i] += (((X[out_g] - mx) @ W + my - Y[out_g]) ** 2).mean(axis=0)
+    return out / len(ids)
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+@pytest.mark.parametrize("p", [6, 60])          # primal and dual
+@pytest.mark.parametrize("tol", [None, 1e-12])  # 1e-12: the single-precision guard trips
+def test_screened_penalty_search_picks_the_exact_penalties(rng, monkeypatch, grouped, p, tol):
+    """The permutation test's penalty search (single-precision screen, float64 candidates)
+    picks, for every permuted column, the penalty of explicit leave-one-(group-)out refits."""
+    import rcvcore.rcv as rcv
+
+    if tol is not None:
+        monkeypatch.setattr(rcv, "SCREEN_TOL", tol)
+    n = 40
+    groups = np.repeat(np.arange(10), 4) if grouped else np.arange(n)
+    X = rng.normal(size=(n, p)) @ np.diag(np.geomspace(1, 1e-2, p))
+    y = X[:, 0] * 3 + rng.normal(size=n)
+    Y = np.c_[y, permutation_targets(y, groups=groups if grouped else None,
+                                     permutations=30, seed=1).T]
+    Xc, Yc = X - X.mean(axis=0), Y - Y.mean(axis=0)
+    fit = _Fit(Xc, Yc) if n > p else _Fit(None, Yc, gram=Xc @ Xc.T, n_features=p)
+    alphas = np.asarray(RELATIVE_ALPHAS) * fit.scale
+    g = groups if grouped else None
+    ref = np.argmin(_refit_criterion(X, Y, alphas, groups), axis=0)
+    np.testing.assert_array_equal(fit.loo_argmin(alphas, g, fast=True), ref)
+    np.testing.assert_array_equal(fit.loo_argmin(alphas, g), ref)

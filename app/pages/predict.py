@@ -104,7 +104,10 @@ except Exception as e:  # rcvcore's message names the file and the fix
     st.error(f"Cannot load this run: {guard.redact(str(e))}")
     st.stop()
 if run.task.classes:
-    st.caption(f"Device {run.device}. Classes: {', '.join(run.task.classes)}.")
+    st.caption(f"Device {run.device}. This model knows only {', '.join(run.task.classes)}: a "
+               "patch at another magnification still gets one of these, so it is marked "
+               "*outside the model's range* when it looks unlike every training class or lies "
+               "beyond the first or last one.")
 
 items = [(f.name, f.getvalue()) for f in files] if files else \
     [(name, data) for name, data, _ in samples]

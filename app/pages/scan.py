@@ -17,7 +17,7 @@ st.caption("Regression Concept Vectors (Graziani et al., iMIMIC 2020): how well 
 
 SHOW_NEXT = "scan_show_next"
 DEFAULT_ARCH = "efficientnet_lite0"   # ImageNet weights shipped in a package: works offline
-TIMM_CHOICE = "other timm CNN..."
+TIMM_CHOICE = "other timm model..."
 SCORING = {"dataset default": None, "per class": True, "pooled": False}
 archs = services.arch_catalogue()
 datasets = services.dataset_catalogue()
@@ -42,8 +42,9 @@ with st.sidebar:
                         "inception_v3.tf_in1k is the paper's Keras InceptionV3)")
     if arch == TIMM_CHOICE:
         arch = st.text_input("timm model", value="timm:resnet50.a1_in1k", key="scan_timm_name",
-                             help="timm:NAME or timm:NAME.TAG; `python -m rcvcore models "
-                                  "--timm PATTERN` lists them").strip()
+                             help="timm:NAME or timm:NAME.TAG (CNNs, ViT / DeiT / BEiT / EVA "
+                                  "/ DINOv2, Swin), timm:hf-hub:ORG/NAME; `python -m rcvcore "
+                                  "models --timm PATTERN` lists them").strip()
         if not arch.startswith("timm:"):
             arch = "timm:" + arch
         try:
@@ -92,6 +93,13 @@ with st.sidebar:
                                 default=archs[arch]["layers"][-4:], key=f"scan_layers_{arch}")
         layers = ",".join(chosen) if chosen else None
 
+    token_pool = "mean"
+    if archs[arch].get("tokens"):
+        pools = ["mean", "cls"] if archs[arch].get("class_token") else ["mean"]
+        token_pool = st.radio("Token pooling", pools, horizontal=True, key="scan_token_pool",
+                              help="mean of the patch tokens (default; class and register "
+                                   "tokens left out), or the class token (--token-pool)")
+
     with st.expander("Options"):
         n = st.number_input("Images (0 = all)", min_value=0, value=0, step=10, key="scan_n")
         repeats = st.slider("Repeats (random 70/30 splits)", 1, 20, 10, key="scan_repeats")
@@ -130,7 +138,8 @@ if run:
             arch=arch, weights=weights, dataset=dataset, layers=layers, n=int(n) or None,
             repeats=int(repeats), model=model, controls=tuple(controls), device=device,
             batch_size=int(batch_size), seed=int(seed), use_cache=use_cache,
-            dataset_options=ds_options, per_class=SCORING[scoring], grouped=bool(grouped))
+            dataset_options=ds_options, per_class=SCORING[scoring], grouped=bool(grouped),
+            token_pool=token_pool)
     except Exception as e:  # rcvcore validates; show its message
         st.error(str(e))
     else:  # rcvcore returns a scan it has already scored from its cache
@@ -186,7 +195,7 @@ if st.session_state.get("scan_toast"):
     st.toast(st.session_state.pop("scan_toast"))
 
 # -------------------------------------------------------------------------------- results
-saved = services.state.load_scans()
+saved = services.load_scans()
 if not saved:
     st.info("No scan yet. Choose the settings in the sidebar and press **Run scan**. "
             "The embedded `demo-scale` data with random weights works offline.")
@@ -197,8 +206,8 @@ if not saved:
                     config=charts.PLOTLY_CONFIG)
     st.stop()
 
-labels = {sid: f"{rec.get('label')} · n={rec['result'].get('n_images')} · "
-               f"{rec['config'].get('model', '')} · {sid[:6]}" for sid, rec in saved.items()}
+labels = {sid: f"{s.label} · n={s.result.n_images} · {s.config.get('model', '')} · {sid[:6]}"
+          for sid, s in saved.items()}
 # a scan that just finished (or was reused) becomes the one shown; the widget's own state
 # may only be set before the widget is drawn in this run
 shown_next = st.session_state.pop(SHOW_NEXT, None)
@@ -207,8 +216,8 @@ if link[0] in saved and st.session_state.get("scan_link_applied") != link:
     # a shared link (?scan=ID&cut=LAYER) opens that scan with that cut, once per link
     st.session_state["scan_link_applied"] = link
     shown_next = shown_next or link[0]
-    if link[1] in [r["name"] for r in saved[link[0]]["result"].get("layers", [])
-                   if r["name"] not in ("pre_softmax", "softmax")]:
+    if link[1] in [s.layer for s in saved[link[0]].result.layers
+                   if s.layer not in ("pre_softmax", "softmax")]:
         st.session_state[f"scan_cut_{link[0]}"] = link[1]
 if shown_next in saved:
     st.session_state["scan_primary"] = shown_next
@@ -223,14 +232,14 @@ if "scan_overlay" in st.session_state:
 others = top[1].multiselect("Overlay other scans", overlay_options, format_func=labels.get,
                             key="scan_overlay")
 rec = saved[primary]
-result = rec["result"]
+result = rec.result
 
 opts = st.columns(4)
 convention = opts[0].radio("Aggregation", charts.CONVENTIONS, key="scan_convention",
                            help="mean ± std of R² over repeats (and classes), or the paper's "
                                 "ln(mean(exp R²)) as plotted in its figures")
 show_controls = opts[1].toggle("Show controls", value=True, key="scan_show_controls")
-mixed = len({saved[s]["result"].get("arch") for s in [primary, *others]}) > 1
+mixed = len({saved[s].result.config.arch for s in [primary, *others]}) > 1
 if mixed:   # scans of different networks share no layer names: the depth axis is in use
     st.session_state["scan_depth"] = True
 depth_axis = opts[2].toggle("Normalised depth axis", value=False, key="scan_depth",
@@ -240,7 +249,7 @@ depth_axis = opts[2].toggle("Normalised depth axis", value=False, key="scan_dept
                                  "architecture)")
 clip = opts[3].toggle("Clip y at -1", value=True, key="scan_clip")
 
-layer_names = [r["name"] for r in result.get("layers", [])]
+layer_names = [s.layer for s in result.layers]
 cuttable = [n for n in layer_names if n not in ("pre_softmax", "softmax")]
 suggested, rule = services.suggest_cut(result)
 
@@ -261,26 +270,24 @@ if CUT_WIDGET not in st.session_state:
     cut0 = state.get_cut()
     # no suggestion (no layer significantly above its controls): no layer is preselected, so
     # nothing reaches the Train page unless the user picks one
-    kept = (rec.get("chosen_cut") or {}).get("layer")   # chosen before, in any tab
+    kept = (rec.chosen_cut or {}).get("layer")   # chosen before, in any tab
     start = (cut0["layer"] if cut0 and cut0.get("scan_id") == primary
              and cut0.get("layer") in cuttable else kept if kept in cuttable
              else suggested if suggested in cuttable else None)
     if start is not None:
         st.session_state[CUT_WIDGET] = start
 
-legend = services.legend_labels([rec] + [saved[s] for s in others])
-shown = [dict(r, label=label) for r, label in zip([rec] + [saved[s] for s in others], legend,
-                                                 strict=True)]
-fig = charts.r2_figure(shown, convention=convention,
+shown = [result] + [saved[s].result for s in others]
+fig = charts.r2_figure(shown, services.legend_labels(shown), convention=convention,
                        show_controls=show_controls, depth_axis=depth_axis,
                        clip_at=-1.0 if clip else None,
                        selected=st.session_state.get(CUT_WIDGET), suggested=suggested)
 st.plotly_chart(fig, key="scan_curve", on_select=_on_curve_select, selection_mode="points",
                 config=charts.PLOTLY_CONFIG)
-meta = [f"{result.get('n_images')} images"]
-if result.get("skipped"):
-    meta.append(f"{len(result['skipped'])} skipped")
-cache = result.get("cache") or {}
+meta = [f"{result.n_images} images"]
+if result.skipped:
+    meta.append(f"{len(result.skipped)} skipped")
+cache = result.cache
 if cache:
     meta.append(f"activation cache: {cache.get('hits', 0)} hits, {cache.get('misses', 0)} misses")
 st.caption(" · ".join(meta) + ". Click a point of the curve to choose the cut.")
@@ -303,18 +310,18 @@ else:
         if not suggested or rule:
             st.caption(services.page_terms(rule) if suggested else "The Train page is not "
                        "prefilled from this scan unless you choose a layer above.")
-        cut_record = {"arch": result.get("arch"), "weights": rec["config"].get("weights"),
-                      "layer": cut, "dataset": result.get("dataset"), "scan_id": primary,
+        cut_record = {"arch": result.config.arch, "weights": rec.config.get("weights"),
+                      "layer": cut, "dataset": result.dataset, "scan_id": primary,
                       "suggested": suggested, "reason": rule}
         state.set_cut(cut_record)
         # kept with the scan on disk: the Train page offers it in any tab, after a reload
-        state.save_chosen_cut(primary, cut, "none" if not cut else
-                              "suggested" if cut == suggested else "clicked", saved)
+        services.save_chosen_cut(primary, cut, "none" if not cut else
+                                 "suggested" if cut == suggested else "clicked", saved)
         st.query_params.update({"scan": primary, **({"cut": cut} if cut else {})})
         if not cut:
             st.query_params.pop("cut", None)
         if cut:
-            st.page_link("pages/train.py", label=f"Fine-tune {result.get('arch')} cut at {cut} →",
+            st.page_link("pages/train.py", label=f"Fine-tune {result.config.arch} cut at {cut} →",
                          icon=":material/model_training:",
                          query_params={"scan": primary, "cut": cut})
     with c2:
@@ -323,7 +330,7 @@ else:
             s = None
         else:
             try:
-                s = services.cut_summary(result.get("arch"), cut)
+                s = services.cut_summary(result.config.arch, cut)
             except Exception as e:
                 st.warning(f"Cannot size the cut: {e}")
                 s = None
@@ -351,11 +358,11 @@ table = charts.r2_table(result)
 st.dataframe(table, hide_index=True, width="stretch",
              column_config={c: st.column_config.NumberColumn(format="%.3f")
                             for c in table.columns if "R²" in c or c == "depth"})
-stem = f"rcv-{result.get('arch')}-{result.get('weights')}-{primary[:8]}".replace("/", "_")
+stem = f"rcv-{result.config.arch}-{result.config.weights}-{primary[:8]}".replace("/", "_")
 d = st.columns(4)
 d[0].download_button("CSV", lambda: services.result_csv(result), f"{stem}.csv", "text/csv",
                      key="dl_csv", icon=":material/download:", on_click="ignore")
-d[1].download_button("JSON", lambda: json.dumps(result, indent=2), f"{stem}.json",
+d[1].download_button("JSON", lambda: json.dumps(result.to_json(), indent=2), f"{stem}.json",
                      "application/json", key="dl_json", icon=":material/download:",
                      on_click="ignore")
 d[2].download_button("Chart (HTML)", lambda: charts.figure_html(fig), f"{stem}.html",

@@ -255,12 +255,15 @@ def _render_group() -> None:
                                   else "waiting", "progress": "", "message": ""})
     st.dataframe(pd.DataFrame(rows_), hide_index=True, width="stretch")
     waiting = any(r["state"] == "waiting" for r in rows_)
-    if active or waiting:
+    if not services.can_control(group_dir):
+        st.caption("Launched by another user: only they can cancel or resume these runs.")
+    elif active or waiting:
         if st.button("Cancel all runs of this group", key=f"cancel_group_{group_name}",
                      icon=":material/stop_circle:"):
             services.cancel_group(group_dir)
             st.toast("Cancelling: each run checkpoints and stops after its current step.")
-    _run_buttons(group_dir, runs)
+    if services.can_control(group_dir):
+        _run_buttons(group_dir, runs)
     for r in runs:
         why = r.status.get("error") if r.state == "failed" else services.start_failure(r)
         if why:

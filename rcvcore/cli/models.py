@@ -7,8 +7,8 @@ import fnmatch
 def add_parser(sub) -> None:
     p = sub.add_parser("models", help="list the architectures of the registry (and timm's)")
     p.add_argument("--timm", metavar="PATTERN", nargs="?", const="*", default=None,
-                   help="list timm's pretrained CNN names matching PATTERN (e.g. 'resnet50*'); "
-                        "scan any of them as --arch timm:NAME")
+                   help="list timm's pretrained names matching PATTERN (e.g. 'resnet50*', "
+                        "'vit_*'); scan any of them as --arch timm:NAME")
     p.set_defaults(func=_models)
     p = sub.add_parser("layers", help="list the probe layers of an architecture")
     p.add_argument("arch", help="architecture name (see `models`) or timm:NAME")
@@ -34,7 +34,8 @@ def _models(args) -> int:
         state = ("packaged" if a.packaged_weights and ok else "cached" if ok else "not cached")
         print(f"{a.name:<20} {a.input_size:>5}  {len(a.layers):>6}  {a.paper_cut or '-':<9}  "
               f"{state:<16}  {a.description}")
-    print("# any timm CNN also works as --arch timm:NAME; list them with `python -m rcvcore "
+    print("# timm's CNNs, vision transformers (ViT, DeiT, BEiT, EVA, DINOv2) and Swin models "
+          "also work as --arch timm:NAME; list them with `python -m rcvcore "
           "models --timm 'PATTERN'`. The paper's own weights: timm:inception_v3.tf_in1k "
           "(Keras' TF-slim InceptionV3).")
     return 0

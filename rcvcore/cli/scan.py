@@ -64,6 +64,10 @@ def add_parser(sub) -> None:
                         "above both controls; within-std: the last such layer within one std of "
                         "that peak; earliest-plateau: the earliest such layer not "
                         "significantly below the peak (prunes the most)")
+    p.add_argument("--token-pool", default="mean", choices=["mean", "cls"],
+                   help="vision transformers: pool each block's tokens as the mean of the patch "
+                        "tokens (default; class and register tokens left out) or take the class "
+                        "token; CNN and Swin maps are always averaged over space")
     p.add_argument("--opt", action="append", metavar="KEY=VALUE",
                    help="a dataset loader option, repeatable (as for `inspect`), e.g. "
                         "--opt classes=n02058221,n01608432 or --opt group_by=patient")
@@ -114,6 +118,7 @@ def _scan(args) -> int:
         per_class=False if args.no_per_class else (True if args.per_class else None),
         grouped=not args.ungrouped, permutations=args.permutations, alpha=args.alpha,
         cut_rule=args.cut_rule, dataset_options=parse_options(args.opt),
+        token_pool=args.token_pool,
         exclude=tuple(p for spec in args.exclude for p in read_exclusions(spec))).validate()
     progress, close = _progress_bar(args.quiet)
     with warnings.catch_warnings(record=True) as caught:

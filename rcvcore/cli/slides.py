@@ -38,14 +38,7 @@ def _check(args) -> int:
     checks, domain = check_slides(args.run, args.slides, n_tiles=args.tiles, seed=args.seed,
                                   device=args.device, tolerance=args.tolerance,
                                   progress=progress)
-    print(f"training domain: {domain.description if domain else 'unknown'}")
-    print(f"{'slide':<28} {'verdict':<14} {'header':>7} {'estimate':>8} {'95% interval':>15}  "
-          "message")
-    for c in checks:
-        est = f"{c.mpp:8.3g}" if c.mpp else "       -"
-        iv = f"{c.low:.3g}-{c.high:.3g}" if c.low else "-"
-        hdr = f"{c.header_mpp:7.3g}" if c.header_mpp else "      -"
-        print(f"{Path(c.path).name:<28} {c.verdict:<14} {hdr} {est} {iv:>15}  {c.message}")
+    print_checks(checks, domain)
     if args.csv:
         Path(args.csv).write_text(to_csv(checks))
     if args.json:
@@ -53,3 +46,15 @@ def _check(args) -> int:
     if args.html:
         Path(args.html).write_text(to_html(checks, domain))
     return 1 if any(c.verdict == "error" for c in checks) else 0
+
+
+def print_checks(checks, domain) -> None:
+    """The report table on stdout: slide, verdict, header, estimate and its interval, message."""
+    print(f"training domain: {domain.description if domain else 'unknown'}")
+    print(f"{'slide':<30} {'verdict':<14} {'header':>7} {'estimate':>8} {'95% interval':>13}  "
+          "message")
+    for c in checks:
+        est = f"{c.mpp:8.3g}" if c.mpp else "       -"
+        iv = f"{c.low:.3g}-{c.high:.3g}" if c.low else "-"
+        hdr = f"{c.header_mpp:7.3g}" if c.header_mpp else "      -"
+        print(f"{Path(c.path).name:<30} {c.verdict:<14} {hdr} {est} {iv:>13}  {c.message}")

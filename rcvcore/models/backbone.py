@@ -59,7 +59,7 @@ def get_arch(name: str) -> ArchSpec:
     if name in ARCHS:
         return ARCHS[name]
     if name.startswith(timmnets.PREFIX):
-        return timmnets.timm_spec(name[len(timmnets.PREFIX):])
+        return timmnets.timm_spec(*timmnets.parse_name(name[len(timmnets.PREFIX):]))
     raise UserError(f"Unknown architecture {name!r}.{closest(name, list(ARCHS))} "
                     f"Valid choices: {', '.join(ARCHS)}, or any timm CNN as timm:NAME (e.g. "
                     "timm:resnet50.a1_in1k). Run `python -m rcvcore models`.")
@@ -122,7 +122,7 @@ class Backbone:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             if spec.source == "timm":
-                model = timmnets.create(spec.builder, pretrained=False)
+                model = timmnets.create_spec(spec, pretrained=False)
             else:
                 model = tv.build_tv(spec)
         if self.kind == "imagenet":
@@ -163,7 +163,8 @@ def _resolve(spec: ArchSpec, weights: str, seed: int, stamp) -> Backbone:
     p = Path(weights).expanduser()
     if not p.is_file():
         raise UserError(f"--weights {weights!r}: not 'imagenet' or 'random', and no such "
-                        "file. Give a path to a state-dict checkpoint (.pt/.pth).")
+                        "file. Give a path to a state-dict checkpoint (.pt/.pth/.bin/"
+                        ".safetensors).")
     return Backbone(spec, weights, "checkpoint", seed, "sha256:" + file_digest(p)[:32],
                     str(p.resolve()), str(p.resolve()))
 

@@ -74,6 +74,13 @@ class ArchSpec:
         weights_enum, weights_member, build_kwargs: torchvision's weights enum and builder kwargs.
         packaged_weights: name of ImageNet weights that ship inside an installed package
             (``imagenet`` then needs no download), or ``""``.
+        layouts: ``(layer, layout)`` of the probe layers whose output is not a CNN map
+            (:mod:`rcvcore.models.pooling`: ``nhwc``, ``tokens``); others are ``nchw``, and
+            ``pre_softmax`` / ``softmax`` are ``vector``.
+        prefix_tokens: class and register tokens before the patch tokens (``tokens`` layers).
+        class_token: whether the first prefix token is a class token (``--token-pool cls``).
+        norms: module names of the transformer's final norm on the tokens and of its norm on
+            the pooled vector (``""`` when absent): what a model pruned at a block applies.
     """
 
     name: str
@@ -89,6 +96,20 @@ class ArchSpec:
     weights_member: str = "DEFAULT"
     build_kwargs: tuple[tuple[str, object], ...] = ()
     packaged_weights: str = ""
+    layouts: tuple[tuple[str, str], ...] = ()
+    prefix_tokens: int = 0
+    class_token: bool = False
+    norms: tuple[str, str] = ("", "")
+
+    def layout(self, layer: str) -> str:
+        """Layout of ``layer``'s output (:data:`rcvcore.models.pooling.LAYOUTS`)."""
+        if layer in HEAD_LAYERS:
+            return "vector"
+        return dict(self.layouts).get(layer, "nchw")
+
+    @property
+    def has_tokens(self) -> bool:
+        return any(lay == "tokens" for _, lay in self.layouts)
 
     @property
     def layer_names(self) -> list[str]:

@@ -7,6 +7,9 @@ Probe layers of a ``timm:NAME`` model come from its own module tree, shallow to 
   activation (as Keras' ``add_k``, the paper's ResNet50 probes);
 - Inception V3 (``Mixed_5b..Mixed_7c``): the paper's ``mixed0..mixed10``;
 - models with ``blocks`` (EfficientNet, MobileNet): ``block{s}.{b}`` = ``blocks.s.b``;
+- vision transformers (ViT, DeiT, BEiT, EVA, DINOv2: ``patch_embed`` + ``blocks``):
+  ``block0..blockN`` (token outputs), and ``head`` = the final norm's tokens;
+- Swin-family models (``layers`` of stages with ``blocks``): ``stage{s}.{b}`` (NHWC outputs);
 - models with ``stages`` (ConvNeXt, RegNet, ...): ``stage{s}.{b}`` for each block of a stage;
 - otherwise the stage outputs timm lists in ``feature_info``;
 then ``head`` (the last feature map, what the classifier pools) when it is not already the last
@@ -14,8 +17,10 @@ block, ``pre_softmax`` (the classifier's logits) and ``softmax``.
 """
 from __future__ import annotations
 
+import ast
 import functools
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -24,6 +29,7 @@ from torch import nn
 from .._shared import closest
 from ..errors import UserError, WeightsUnavailable
 from ..utils import downloads_disabled as _rcv_downloads_disabled
+from .pooling import model_layout
 from .spec import PRE_SOFTMAX, SOFTMAX, ArchSpec, Preprocess
 from .tv import INCEPTION_MIXED
 
@@ -46,7 +52,66 @@ def is_timm_model(model: nn.Module) -> bool:
     return type(model).__module__.startswith("timm.")
 
 
+HF_HUB = "hf-hub:"
+
+
+def parse_name(name: str) -> tuple[str, tuple[tuple[str, object], ...]]:
+    """``NAME[k=v,...]`` -> ``(NAME, (("k", v), ...))``: timm ``create_model`` keywords such as
+    ``img_size=224``, ``num_classes=0`` or ``init_values=1e-5`` (values as Python literals)."""
+    if not name.endswith("]") or "[" not in name:
+        return name, ()
+    base, _, inner = name[:-1].partition("[")
+    kwargs = []
+    for part in re.split(r",(?=\s*\w+\s*=)", inner):
+        key, eq, raw = part.partition("=")
+        if not eq or not key.strip().isidentifier():
+            raise UserError(f"timm:{name}: cannot read {part!r} as KEY=VALUE; write options as "
+                            "timm:NAME[img_size=224,num_classes=0].")
+        try:
+            value = ast.literal_eval(raw.strip())
+        except (ValueError, SyntaxError):
+            value = raw.strip()
+        kwargs.append((key.strip(), value))
+    return base, tuple(kwargs)
+
+
+def hub_error(builder: str, e: Exception) -> WeightsUnavailable | None:
+    """One clear line for a Hugging Face hub failure on ``builder`` (``hf-hub:ORG/NAME`` or a
+    timm name whose weights live on the hub), or None when ``e`` is not a hub failure."""
+    from huggingface_hub import constants
+    from huggingface_hub import errors as hf
+
+    repo = builder[len(HF_HUB):] if builder.startswith(HF_HUB) else \
+        pretrained_cfg(builder).get("hf_hub_id") or builder
+    local = ("or download the weights on a machine that can, and pass --weights PATH "
+             "(safetensors or a torch state dict) with the architecture")
+    if isinstance(e, hf.GatedRepoError):
+        return WeightsUnavailable(
+            f"{repo} is a gated model: sign in at https://huggingface.co/{repo} and accept its "
+            f"terms, then put a read token in the HF_TOKEN environment variable (or run `hf auth "
+            f"login`, which stores it in {constants.HF_TOKEN_PATH}); {local}.")
+    if isinstance(e, hf.RepositoryNotFoundError):
+        return WeightsUnavailable(
+            f"Hugging Face has no repository {repo}, or it is private and the token in HF_TOKEN "
+            f"may not read it: check the name at https://huggingface.co/{repo}, or set HF_TOKEN; "
+            f"{local}.")
+    offline = (hf.LocalEntryNotFoundError, hf.OfflineModeIsEnabled, ConnectionError,
+               TimeoutError)
+    clients = ("httpx", "httpcore", "requests", "urllib3")   # network errors of HTTP clients
+    if isinstance(e, offline) or type(e).__module__.startswith(clients):
+        return WeightsUnavailable(
+            f"{repo} is not in the Hugging Face cache {hf_cache_dir()} and cannot be downloaded "
+            f"here (offline, HF_HUB_OFFLINE or no network): run `hf download {repo}` on a "
+            f"connected machine and copy its cache folder (set HF_HUB_CACHE to it); {local}.")
+    return None
+
+
 def check_timm_name(name: str) -> None:
+    if name.startswith(HF_HUB):
+        if name.count("/") != 1 or not all(name[len(HF_HUB):].split("/")):
+            raise UserError(f"timm:{name}: a Hugging Face model is named timm:hf-hub:ORG/NAME "
+                            "(e.g. timm:hf-hub:MahmoodLab/UNI).")
+        return
     timm = _timm()
     if not name or not timm.is_model(name):
         choices = timm.list_pretrained() if "." in name else timm.list_models()
@@ -57,7 +122,10 @@ def check_timm_name(name: str) -> None:
 
 
 def pretrained_cfg(builder: str) -> dict:
-    """timm's pretrained config of ``builder`` (``arch`` or ``arch.tag``) as a plain dict."""
+    """timm's pretrained config of ``builder`` (``arch`` or ``arch.tag``) as a plain dict
+    (``hf-hub:ORG/NAME``: its repository)."""
+    if builder.startswith(HF_HUB):
+        return {"hf_hub_id": builder[len(HF_HUB):]}
     cfg = _timm().models.get_pretrained_cfg(builder)
     if cfg is None:
         return {}
@@ -66,6 +134,11 @@ def pretrained_cfg(builder: str) -> dict:
 
 def create(builder: str, **kw) -> nn.Module:
     return _timm().create_model(builder, **kw)
+
+
+def create_spec(spec: ArchSpec, **kw) -> nn.Module:
+    """``spec``'s timm model (with its ``build_kwargs``)."""
+    return create(spec.builder, **dict(spec.build_kwargs), **kw)
 
 
 def graph_nodes(model: nn.Module) -> list[str]:
@@ -79,13 +152,14 @@ def _module_nodes(nodes: list[str], module: str) -> bool:
     return any(n == module or n.startswith(module + ".") for n in nodes)
 
 
-def derive_layers(model: nn.Module, nodes: list[str], classifier: str
+def derive_layers(model: nn.Module, nodes: list[str], classifier: str | None
                   ) -> tuple[tuple[tuple[str, str], ...], str, str | None]:
     """``(layers, full_node, paper_cut)`` of a timm model from its module tree (module doc)."""
     blocks: list[tuple[str, str]] = []
     paper_cut = None
     head_first = next((i for i, n in enumerate(nodes)
-                       if n.startswith(("global_pool", "head", classifier))), len(nodes))
+                       if n.startswith(("global_pool", "head", classifier or "head"))),
+                      len(nodes))
     full_node = nodes[head_first - 1]
     if all(hasattr(model, f"layer{s}") for s in range(1, 5)):            # ResNet family
         k, counts = 1, []
@@ -103,6 +177,14 @@ def derive_layers(model: nn.Module, nodes: list[str], classifier: str
     elif all(hasattr(model, m) for m in ("Mixed_5b", "Mixed_7c")):         # Inception V3
         blocks = [(f"mixed{i}", m) for i, m in enumerate(INCEPTION_MIXED)]
         paper_cut = "mixed8"
+    elif model_layout(model) == "tokens":                                    # ViT family
+        blocks = [(f"block{i}", f"blocks.{i}") for i in range(len(model.blocks))]
+        if isinstance(getattr(model, "norm", None), nn.Module):
+            full_node = "norm"       # the final norm's tokens, before any token pooling
+    elif isinstance(getattr(model, "layers", None), nn.Sequential) and \
+            all(isinstance(getattr(s, "blocks", None), nn.Sequential) for s in model.layers):
+        blocks = [(f"stage{s}.{b}", f"layers.{s}.blocks.{b}")                 # Swin family
+                  for s, stage in enumerate(model.layers) for b in range(len(stage.blocks))]
     elif isinstance(getattr(model, "blocks", None), nn.Sequential) and \
             all(isinstance(s, nn.Sequential) for s in model.blocks):           # EfficientNet
         blocks = [(f"block{s}.{b}", f"blocks.{s}.{b}")
@@ -126,33 +208,73 @@ def derive_layers(model: nn.Module, nodes: list[str], classifier: str
                         "model: it is not a CNN rcvcore can probe. Try another timm:NAME.")
     layers = list(blocks)
     last = blocks[-1][1]
-    if paper_cut is None and full_node != last and not full_node.startswith(last + "."):
+    if paper_cut is None and full_node != last and not full_node.startswith(last + ".") and \
+            _module_nodes(nodes, full_node):
         layers.append(("head", full_node))
-    layers += [(PRE_SOFTMAX, classifier), (SOFTMAX, classifier)]
+    if classifier:
+        layers += [(PRE_SOFTMAX, classifier), (SOFTMAX, classifier)]
     return tuple(layers), full_node, paper_cut
 
 
+def _token_fields(model: nn.Module, layers) -> dict:
+    """The spec's pooling fields (:mod:`rcvcore.models.pooling`) of a timm model."""
+    layout = model_layout(model)
+    if layout == "nchw":
+        return {}
+    fields = {"layouts": tuple((name, layout) for name, _ in layers
+                               if name not in (PRE_SOFTMAX, SOFTMAX))}
+    if layout == "tokens":
+        def norm_name(attr):
+            mod = getattr(model, attr, None)
+            return attr if isinstance(mod, nn.Module) and not isinstance(mod, nn.Identity) else ""
+
+        fields.update(prefix_tokens=int(model.num_prefix_tokens),
+                      class_token=getattr(model, "cls_token", None) is not None,
+                      norms=(norm_name("norm"), norm_name("fc_norm")))
+    return fields
+
+
 @functools.lru_cache(maxsize=32)
-def timm_spec(name: str) -> ArchSpec:
+def timm_spec(name: str, build_kwargs: tuple[tuple[str, object], ...] = ()) -> ArchSpec:
     """The spec of ``timm:NAME`` (``name`` without the prefix), derived from a randomly
-    initialised build (nothing is downloaded)."""
+    initialised build (nothing is downloaded).
+
+    ``build_kwargs`` (timm ``create_model`` keywords such as ``img_size``, ``depth``) make a
+    variant, named ``timm:NAME[k=v,...]``, for small test models; its input size follows
+    ``img_size``."""
     check_timm_name(name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = create(name, pretrained=False).eval()
+        try:   # an hf-hub model reads its config.json from the hub (or its cache)
+            model = create(name, pretrained=False, **dict(build_kwargs)).eval()
+        except Exception as e:
+            err = hub_error(name, e) if name.startswith(HF_HUB) else None
+            if err is None:
+                raise
+            raise err from None
     cfg = dict(getattr(model, "pretrained_cfg", None) or pretrained_cfg(name))
     classifier = cfg.get("classifier") or "fc"
     if isinstance(classifier, (list, tuple)):
         classifier = classifier[0]
     nodes = graph_nodes(model)
-    if classifier not in nodes:
+    if getattr(model, "num_classes", None) == 0:
+        classifier = None    # a feature extractor (foundation models): no logits to probe
+    elif classifier not in nodes:
         raise UserError(f"timm:{name} has no classifier node {classifier!r}; rcvcore needs an "
                         "ImageNet classifier head (pre_softmax). Try another timm:NAME.")
     layers, full_node, paper_cut = derive_layers(model, nodes, classifier)
-    return ArchSpec(PREFIX + name, "timm", name, layers, Preprocess.from_timm_cfg(cfg), full_node,
-                    paper_cut=paper_cut,
+    kw = dict(build_kwargs)
+    if "img_size" in kw:
+        size = int(kw["img_size"])
+        cfg = {**cfg, "input_size": (3, size, size), "crop_pct": 1.0}
+    suffix = "[" + ",".join(f"{k}={v!r}" for k, v in build_kwargs) + "]" if build_kwargs else ""
+    kind = {"tokens": "transformer blocks (mean of patch tokens, or the class token)",
+            "nhwc": "stage blocks (NHWC maps)"}.get(model_layout(model), "blocks")
+    return ArchSpec(PREFIX + name + suffix, "timm", name, layers, Preprocess.from_timm_cfg(cfg),
+                    full_node, paper_cut=paper_cut, build_kwargs=tuple(build_kwargs),
                     description=f"timm {name} at {Preprocess.from_timm_cfg(cfg).crop} px, probed "
-                                "at its blocks (derived from the model).")
+                                f"at its {kind} (derived from the model).",
+                    **_token_fields(model, layers))
 
 
 def lite0_spec() -> ArchSpec:
@@ -253,7 +375,8 @@ def pretrained_file(spec: ArchSpec) -> Path:
     except WeightsUnavailable:
         raise
     except Exception as e:  # network, HTTP and hub errors all mean "not available here"
-        raise _offline(spec, f"download failed: {type(e).__name__}") from None
+        raise hub_error(spec.builder, e) or \
+            _offline(spec, f"download failed: {type(e).__name__}") from None
     raise _offline(spec, "timm lists no pretrained file for it")
 
 
@@ -261,8 +384,8 @@ def load_pretrained(spec: ArchSpec, file: Path) -> nn.Module:
     """``spec`` with timm's pretrained weights read from ``file`` (timm's own loading: its
     checkpoint filters and head handling)."""
     try:
-        return create(spec.builder, pretrained=True,
-                      pretrained_cfg_overlay={"file": str(file)}).eval()
+        return create_spec(spec, pretrained=True,
+                           pretrained_cfg_overlay={"file": str(file)}).eval()
     except Exception as e:
         raise WeightsUnavailable(f"The cached weights {file} of {spec.name} cannot be loaded "
                                  f"({type(e).__name__}). Delete the file and retry, or pass "

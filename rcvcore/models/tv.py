@@ -75,6 +75,7 @@ TORCHVISION_ARCHS: tuple[ArchSpec, ...] = (
         _blocks("features.", "pool", ["4", "9", "16", "23", "30"])
         + (("fc1", "classifier.1"), ("fc2", "classifier.4")) + _head("classifier.6"),
         "features",          # after the last max-pool; VGG's fc layers are dropped
+        layouts=(("fc1", "vector"), ("fc2", "vector")),
         description="VGG16 at 224 px, probed after each max-pool and fully connected layer."),
     _tv("densenet121", "DenseNet121_Weights",
         (("denseblock1", "features.denseblock1"), ("transition1", "features.transition1"),

@@ -29,7 +29,8 @@ def file_digest(path) -> str:
 
 
 def load_state_dict_file(path) -> dict:
-    """Read a checkpoint as a state dict (``weights_only=True``).
+    """Read a checkpoint as a state dict: a ``.safetensors`` file, or a torch file read with
+    ``weights_only=True`` (no code runs while loading either).
 
     Accepts a plain state dict, ``{"state_dict": ...}`` / ``{"model": ...}`` wrappers, and keys
     prefixed by DDP's ``module.``.
@@ -37,10 +38,12 @@ def load_state_dict_file(path) -> dict:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"Checkpoint {str(p)!r} not found. --weights takes 'imagenet', 'random' "
-                        "or the path of a state-dict file (.pt/.pth).")
+                        "or the path of a state-dict file (.pt/.pth/.bin/.safetensors).")
     if p.stat().st_size == 0:
         raise UserError(f"Checkpoint {str(p)!r} is empty (0 bytes). Save it again with "
                         "torch.save(model.state_dict(), path).")
+    if p.suffix == ".safetensors":
+        return _safetensors(p)
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -66,6 +69,22 @@ def load_state_dict_file(path) -> dict:
     return obj
 
 
+def _safetensors(p: Path) -> dict:
+    from safetensors.torch import load_file
+
+    try:
+        obj = load_file(str(p), device="cpu")
+    except Exception as e:
+        raise UserError(f"Checkpoint {str(p)!r} cannot be read as safetensors "
+                        f"({type(e).__name__}: truncated, damaged or another format). Save it "
+                        "with safetensors.torch.save_file(model.state_dict(), path).") from None
+    if not obj:
+        raise UserError(f"Checkpoint {str(p)!r} holds no tensors.")
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
 def load_checked(spec: ArchSpec, model: nn.Module, state: dict, source: str) -> None:
     """Load ``state`` into ``model``; any missing, unexpected or misshapen tensor is an error."""
     if spec.source == "torchvision" and spec.builder == "inception_v3" and \
@@ -85,5 +104,11 @@ def load_checked(spec: ArchSpec, model: nn.Module, state: dict, source: str) -> 
             parts.append(f"missing keys: {show(missing)}")
         if unexpected:
             parts.append(f"unexpected keys: {show(unexpected)}")
+        head = {n.split(".")[0] for name, n in spec.layers if name == "pre_softmax"}
+        if missing and not unexpected and spec.source == "timm" and head and \
+                all(k.split(".")[0] in head for k in missing):
+            parts.append("the file has no classifier (a feature extractor, as foundation "
+                         "models ship): build the architecture without one, e.g. "
+                         f"{spec.name.split('[')[0]}[num_classes=0]")
         raise UserError(f"Checkpoint {source!r} does not fit {spec.name}: " + "; ".join(parts)
                         + f". Save a {spec.name} state dict ({spec.source} layout).")

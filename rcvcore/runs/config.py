@@ -90,6 +90,8 @@ class TrainConfig:
         head_init: ``rcv`` (the head starts at the closed-form ridge fit of the pooled features
             at the cut on the run's training split, as the scan fits its RCV) or ``random``;
             default: the protocol's (``rcv`` recommended, ``random`` paper).
+        token_pool: how a vision transformer's tokens at the cut are pooled: ``mean`` of the
+            patch tokens or ``cls`` (the class token); other networks ignore it.
     """
 
     arch: str = "efficientnet_lite0"   # ImageNet weights that install offline
@@ -119,6 +121,7 @@ class TrainConfig:
     dataset_options: dict = field(default_factory=dict)
     protocol: str = "recommended"
     head_init: str | None = None
+    token_pool: str = "mean"      # a transformer's tokens at the cut: "mean" | "cls"
 
     def __post_init__(self):
         # one spelling of the full network inside rcvcore (prune.NONE); "full" and "" are
@@ -161,10 +164,18 @@ class TrainConfig:
         # the registry and pruning import torch: only here, so that the configuration (and
         # the CLI's --help, which shows its defaults) loads without it
         from ..models import get_arch
+        from ..models.pooling import check_token_pool
         from ..prune import check_pruned
 
         arch = get_arch(self.arch)
         check_pruned(arch, self.cut)   # also checks the layer name
+        check_token_pool(self.token_pool, arch=arch.name,
+                         class_token=arch.class_token or not arch.has_tokens)
+        if arch.layouts and self.image_size not in (None, arch.input_size):
+            # a transformer's position embeddings (and Swin's windows) fix its input size
+            raise UserError(f"--image-size {self.image_size}: {arch.name} is a transformer "
+                            f"built for {arch.input_size} px inputs; leave --image-size out "
+                            f"(or give {arch.input_size}).")
         if self.target not in TARGETS:
             raise UserError(f"--target {self.target!r} is unknown.{closest(self.target, TARGETS)}"
                             f" Valid targets: {', '.join(TARGETS)}.")

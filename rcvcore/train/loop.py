@@ -163,11 +163,9 @@ def evaluate(model: nn.Module, images: ImageSet, task: Task, *, batch_size: int 
 
 
 @torch.no_grad()
-def training_domain(model: nn.Module, images: ImageSet, task: Task, *, batch_size: int = 32,
-                    device="cpu", workers: int = 0) -> TrainingDomain:
-    """The :class:`rcvcore.domain.TrainingDomain` of ``model`` (a :class:`PrunedNet`) on its
-    training images: pooled features at the cut, class labels, measures, max-probabilities."""
-    device = torch.device(device)
+def _features_and_outputs(model: nn.Module, images: ImageSet, batch_size: int, device,
+                          workers: int) -> tuple[np.ndarray, torch.Tensor]:
+    """Pooled features (n, n_features) and raw head outputs of ``images`` (eval mode)."""
     was_training = model.training
     model.eval()
     batches = [list(range(i, min(i + batch_size, len(images))))
@@ -180,14 +178,35 @@ def training_domain(model: nn.Module, images: ImageSet, task: Task, *, batch_siz
             outs.append(model.head(f).float().cpu())
     finally:
         model.train(was_training)
-    features = torch.cat(feats).numpy().astype(float)
+    return torch.cat(feats).numpy().astype(float), torch.cat(outs)
+
+
+def training_domain(model: nn.Module, images: ImageSet, task: Task, *, batch_size: int = 32,
+                    device="cpu", workers: int = 0, val_images: ImageSet | None = None
+                    ) -> TrainingDomain:
+    """The :class:`rcvcore.domain.TrainingDomain` of ``model`` (a :class:`PrunedNet`) on its
+    training images (pooled features at the cut, class labels, measures); a classifier's
+    probability thresholds come from ``val_images`` when given (see :func:`fit_domain`)."""
+    device = torch.device(device)
+    features, outs = _features_and_outputs(model, images, batch_size, device, workers)
     if task.kind == "regression":
-        labels, measures, probs = images.labels, np.asarray(images.targets, float), None
-    else:
-        labels = [task.classes[int(t)] for t in images.targets]
-        measures, probs = None, torch.softmax(torch.cat(outs), dim=1).numpy()
-    return fit_domain(features, labels=labels, classes=task.classes, measures=measures,
-                      probabilities=probs, measure_name=task.measure_name)
+        return fit_domain(features, labels=images.labels, classes=task.classes,
+                          measures=np.asarray(images.targets, float),
+                          measure_name=task.measure_name)
+
+    def probs(out):   # float64: the end classes' log-odds (rcvcore.domain) must not underflow
+        return torch.softmax(out.double(), dim=1).numpy()
+
+    def names(imgs):
+        return [task.classes[int(t)] for t in imgs.targets]
+
+    calib = None
+    if val_images is not None and len(val_images):
+        _, vout = _features_and_outputs(model, val_images, batch_size, device, workers)
+        calib = (probs(vout), names(val_images))
+    return fit_domain(features, labels=names(images), classes=task.classes,
+                      probabilities=probs(outs), calibration=calib,
+                      measure_name=task.measure_name)
 
 
 def _metric_view(res: dict, prefix: str) -> dict:
@@ -311,7 +330,7 @@ def _train(config: TrainConfig, run: Path, writer: RunWriter, d: Dist, device, r
     say = _reporter(progress, d)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % (2 ** 32))
-    data = _load_data(config, d, dataset, say)
+    data = load_run_data(config, d, dataset, say)
     rt = _runtime(config, device, d)
     backbone, model = _build(config, data.task, rt, say)
     loop = _Loop(config, run, writer, d, rt, data.task, model, flag, say, on_record)
@@ -372,7 +391,7 @@ def _reporter(progress: ProgressFn | None, d: Dist) -> ProgressFn:
     return say
 
 
-def _load_data(config: TrainConfig, d: Dist, dataset: Dataset | None, say) -> _Data:
+def load_run_data(config: TrainConfig, d: Dist, dataset: Dataset | None, say) -> _Data:
     """Load (rank 0 first: it generates any cached dataset) and split the dataset."""
     say(0.0, f"loading dataset {config.dataset}")
     if dataset is None:
@@ -485,7 +504,7 @@ def _write_domain(loop: _Loop, data: _Data) -> None:
     try:
         dom = training_domain(loop.model, data.sets["train"], data.task,
                               batch_size=loop.rt.per_rank, device=loop.rt.device,
-                              workers=loop.rt.workers)
+                              workers=loop.rt.workers, val_images=data.sets["val"])
         write_json(loop.run / DOMAIN, dom.to_dict(), indent=None)
     except (ValueError, RuntimeError, OSError) as e:
         loop.writer.write_status(domain_error=f"{type(e).__name__}: {e}")
@@ -722,7 +741,9 @@ def _prepare_head(config, model, sets, splits, dataset, task, backbone, transfor
     with head_store(root) as store:
         for i, part in enumerate(parts):
             say(0.03 + 0.02 * i / len(parts), f"pooled features at {config.cut} ({part})")
-            key = features_key(backbone.fingerprint, node, transform, sets[part].paths)
+            # a transformer's features also depend on its token pooling (CNN keys unchanged)
+            pooled = f"{node}|tokens-{config.token_pool}" if model.layout == "tokens" else node
+            key = features_key(backbone.fingerprint, pooled, transform, sets[part].paths)
             feats[part], hit = cached_features(
                 model, sets[part], key, store, device=device, batch_size=batch_size,
                 channels_last=config.channels_last, amp=amp, workers=workers,

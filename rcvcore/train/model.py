@@ -36,4 +36,4 @@ def build_run_model(config: TrainConfig, task: Task, weights: str | None = None,
     return build_pruned(backbone or config.arch, weights or config.weights, config.cut,
                         task.n_outputs,
                         seed=config.seed, target_mean=task.target_mean,
-                        target_std=task.target_std)
+                        target_std=task.target_std, token_pool=config.token_pool)
