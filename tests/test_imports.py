@@ -25,6 +25,7 @@ FUNCTION_LEVEL_ALLOWED = {
     # shows its defaults, is instant; validation needs the registry and the cut
     ("rcvcore.runs.config", "rcvcore.models"),
     ("rcvcore.runs.config", "rcvcore.prune"),
+    ("rcvcore.runs.config", "rcvcore.models.pooling"),
 }
 #: Modules whose functions may import rcvcore: each command of the CLI imports what it runs
 #: (torch, timm, SciPy) when it runs, so that building the parser (`--help`) imports none of
