@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
+from rcvcore._extract import FeatureExtractor, probe_channels
 from rcvcore.errors import UserError, WeightsUnavailable
-from rcvcore.extract import FeatureExtractor, probe_channels
 from rcvcore.models import ARCHS, get_arch, resolve_backbone, timmnets
 from rcvcore.prune import build_pruned
 
