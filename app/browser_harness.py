@@ -82,9 +82,11 @@ def browser(viewport=(1400, 1000)):
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
-            page = b.new_page(viewport={"width": viewport[0], "height": viewport[1]})
-            page.set_default_timeout(60_000)
-            yield page
+            # a context of its own: ``page.context.new_page()`` opens a second tab (a new
+            # Streamlit session sharing nothing with the first but the server's disk)
+            context = b.new_context(viewport={"width": viewport[0], "height": viewport[1]})
+            context.set_default_timeout(60_000)
+            yield context.new_page()
         finally:
             b.close()
 
@@ -101,8 +103,17 @@ def wait_idle(page, timeout: float = 60_000) -> None:
 
 def select(page, label: str, option: str) -> None:
     box = page.locator('[data-testid="stSelectbox"]').filter(has_text=label).first
-    box.click()
-    page.get_by_role("option", name=option, exact=True).click()
+    choice = page.get_by_role("option", name=option, exact=True)
+    for _ in range(3):   # a rerun that lands just after the click closes the open list
+        wait_idle(page)
+        box.click()
+        try:
+            choice.click(timeout=10_000)
+            break
+        except Exception:  # playwright's TimeoutError: open the list again
+            page.keyboard.press("Escape")
+    else:
+        raise TimeoutError(f"select box {label!r} offered no option {option!r}")
     wait_idle(page)
 
 

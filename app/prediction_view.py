@@ -52,8 +52,19 @@ def probability_figure(probs: dict[str, float], height: int = 150) -> go.Figure:
     return fig
 
 
-def card(name: str, p: dict, true_label: str | None, *, key: str) -> None:
-    """One prediction card (inside a bordered container)."""
+def measure_label(measure_name: str) -> str:
+    """The card's name of a regression run's measure: ``Nuclei area (px)`` for the paper's
+    target, else the dataset's own measure (``log zoom``, ``log2 µm/px``), never px by default."""
+    return MEASURES.get(measure_name, measure_name.replace("_", " "))
+
+
+MEASURES = {"nuclei_area_px": "Nuclei area (px)", "log2_mpp": "log2 µm/px"}
+
+
+def card(name: str, p: dict, true_label: str | None, *, key: str,
+         measure: str = "Nuclei area (px)") -> None:
+    """One prediction card (inside a bordered container); ``measure``: the regression
+    measure's label (:func:`measure_label`)."""
     with st.container(border=True):
         if p["thumbnail"] is not None:
             st.image(p["thumbnail"], caption=name, width=120)
@@ -74,7 +85,7 @@ def card(name: str, p: dict, true_label: str | None, *, key: str) -> None:
                                                                   f"true {true_label}"),
                            delta_color="normal" if ok else "inverse")
         if p["nuclei_area"] is not None:   # only when the model predicts the area
-            cols[1].metric("Nuclei area (px)", f"{p['nuclei_area']:.1f}")
+            cols[1].metric(measure, f"{p['nuclei_area']:.2f}")
         elif p["probabilities"]:
             cols[1].metric("Probability", f"{max(p['probabilities'].values()):.2f}")
         if p.get("feature_distance") is not None:
@@ -91,13 +102,15 @@ def card(name: str, p: dict, true_label: str | None, *, key: str) -> None:
                          horizontal=True, sort=False)
 
 
-def grid(names: list[str], preds: list[dict], truth: dict, order: list[int]) -> None:
+def grid(names: list[str], preds: list[dict], truth: dict, order: list[int], *,
+         measure: str = "Nuclei area (px)") -> None:
     """The cards in rows of :data:`COLUMNS`, in ``order``."""
     for start in range(0, len(order), COLUMNS):
         cols = st.columns(COLUMNS)
         for col, i in zip(cols, order[start:start + COLUMNS]):
             with col:
-                card(names[i], preds[i], truth.get(names[i]), key=f"pred_card_{i}")
+                card(names[i], preds[i], truth.get(names[i]), key=f"pred_card_{i}",
+                     measure=measure)
 
 
 def table(preds: list[dict]) -> pd.DataFrame:

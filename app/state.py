@@ -24,7 +24,7 @@ from typing import TypeVar
 
 import streamlit as st
 
-from rcvcore.files import atomic_write
+from rcvcore._files import atomic_write
 
 CUT_KEY = "rcv_cut"            # {"arch", "weights", "layer", "dataset", "scan_id"}
 T = TypeVar("T")

@@ -188,7 +188,11 @@ def runs_overview(groups: dict[str, list], *, state_of=None, key: str = "all_run
     text = c[0].text_input("Search runs", key=f"{key}_search",
                            placeholder="words in any column, e.g. add_15 done 1001")
     states = sorted({r["state"] for r in rows})
-    chosen = c[1].multiselect("State", states, default=states, key=f"{key}_states")
+    # keyed by the states present: when runs move on (running -> done) the filter starts again
+    # at every state, instead of keeping a choice whose states no run has any more (which
+    # showed "0 of 4 runs" once a watched group had finished)
+    chosen = c[1].multiselect("State", states, default=states,
+                              key=f"{key}_states_{'-'.join(states)}")
     shown = filter_rows(rows, text, states=chosen)
     cols = ["run", "state", "epochs_done", *KEY_CONFIG, *(f"test_{m}" for m in METRICS)]
     df = pd.DataFrame(shown, columns=cols)

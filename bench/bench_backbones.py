@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import torch  # noqa: E402
 from bench_scan import _interleaved  # noqa: E402  (one interleaving helper for the benches)
 
-from rcvcore.extract import FeatureExtractor, trunk  # noqa: E402
+from rcvcore._extract import FeatureExtractor, trunk  # noqa: E402
 from rcvcore.models import get_arch, resolve_backbone  # noqa: E402
 
 

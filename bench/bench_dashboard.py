@@ -53,7 +53,7 @@ COUNT_PROGRESS = """() => {
     if (t && t !== last) { window.__rcvPolls += 1; last = t; }
   }).observe(document.body, {subtree: true, childList: true, characterData: true});
 }"""
-PRE_IMPORT = ("import time, torch, torchvision, rcvcore.models, rcvcore.scan, rcvcore.extract, "
+PRE_IMPORT = ("import time, torch, torchvision, rcvcore.models, rcvcore.scan, rcvcore._extract, "
               "rcvcore.predict, rcvcore.cli as c; t = time.perf_counter(); "
               "rc = c.main({argv!r}); print('RCV_CMD_S', time.perf_counter() - t); "
               "raise SystemExit(rc)")
@@ -79,7 +79,7 @@ def cli_once(argv: list[str], work: Path, *, wall: bool) -> float:
 
 def clear_results(work: Path) -> None:
     """Forget rcvcore's saved scan results (the activations stay)."""
-    from rcvcore.cache import Store
+    from rcvcore._cache import Store
     from rcvcore.scan import RESULT_PREFIX
 
     with Store(work / "cache" / "activations") as store:

@@ -23,9 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from rcvcore._utils import parallel_map  # noqa: E402
 from rcvcore.data import load_dataset  # noqa: E402
 from rcvcore.data.demo_histology import write_tile  # noqa: E402
-from rcvcore.utils import parallel_map  # noqa: E402
 
 
 def _cpu() -> float:

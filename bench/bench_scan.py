@@ -60,7 +60,7 @@ def _interleaved(fa, fb, rounds=5):
 def bench_forward(n_images: int) -> None:
     from torchvision.models.feature_extraction import create_feature_extractor
 
-    from rcvcore.extract import FeatureExtractor
+    from rcvcore._extract import FeatureExtractor
     from rcvcore.models import build_model, get_arch
 
     torch.set_grad_enabled(False)
@@ -232,7 +232,7 @@ def bench_scan(rounds: int = 2, permutations: int = 200, cache_dir: str | None =
     not the result cache), alternating."""
     import dataclasses
 
-    from rcvcore.cache import ActivationCache
+    from rcvcore._cache import ActivationCache
     from rcvcore.data import load_dataset
     from rcvcore.scan import RESULT_PREFIX, ScanConfig, run_scan
 
@@ -275,7 +275,7 @@ _MEM_CHILD = """
 import resource, sys, json, torch
 sys.path.insert(0, {root!r})
 from rcvcore.data import load_dataset
-from rcvcore.extract import FeatureExtractor, extract
+from rcvcore._extract import FeatureExtractor, extract
 from rcvcore.models import build_model, get_arch, preprocess_for
 arch = get_arch("resnet18")
 ds = load_dataset("demo-scale", n={n}, cache_dir={cache!r})

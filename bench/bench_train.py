@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from rcvcore._extract import default_workers  # noqa: E402
 from rcvcore._shared import resolve_device  # noqa: E402
 from rcvcore.demo import DEMO_ARCH, DEMO_CUT  # noqa: E402
-from rcvcore.extract import default_workers  # noqa: E402
 from rcvcore.models import get_arch  # noqa: E402
 from rcvcore.prune import build_pruned, cut_summary  # noqa: E402
 from rcvcore.train import ImageSet, train_transform  # noqa: E402

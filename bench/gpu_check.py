@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import torch  # noqa: E402
 
-from rcvcore.extract import FeatureExtractor  # noqa: E402
+from rcvcore._extract import FeatureExtractor  # noqa: E402
 from rcvcore.models import get_arch, resolve_backbone  # noqa: E402
 
 LINES: list[str] = []

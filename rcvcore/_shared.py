@@ -69,8 +69,8 @@ def resolve_device(device: str = "auto"):
 class Extraction:
     """Pooled activations of a list of images, per layer, and which images could be read.
 
-    The one record of extracted activations: :func:`rcvcore.extract.extract` returns it, the
-    :class:`rcvcore.cache.ActivationCache` stores it (one entry per layer, each with the ok /
+    The one record of extracted activations: :func:`rcvcore._extract.extract` returns it, the
+    :class:`rcvcore._cache.ActivationCache` stores it (one entry per layer, each with the ok /
     failed record) and the scan scores it. Row ``j`` of every ``features[layer]`` is image
     ``ok[j]``.
     """

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ._shared import NONE, ProgressFn
+from ._utils import callable_module
 from .comparison import COMPARISON, Comparison, model_label, paired_tests, summarise  # noqa: F401
 from .data import load_dataset
 from .errors import UserError
@@ -30,7 +31,6 @@ from .runs.groups import group_runs, plan_group, read_comparison, run_dir_of
 from .runs.scheduler import Scheduler
 from .train.data import split_dataset
 from .train.loop import train
-from .utils import callable_module
 
 
 def resolve_seeds(seeds, base_seed: int) -> list[int]:

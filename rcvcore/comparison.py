@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from ._files import write_json
 from ._shared import NONE
 from .evidence import ALPHA, paired_difference, split_of
-from .files import write_json
 from .metrics import METRICS, finite_or_none, metric_names
 
 COMPARISON = "comparison.json"

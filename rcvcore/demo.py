@@ -22,12 +22,12 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._files import read_json
 from ._shared import DEMO_CUT, DEMO_SETTINGS, ProgressFn  # noqa: F401 (re-exported)
 from .compare import compare, comparison_test_groups, resolve_seeds
 from .comparison import Comparison
 from .data import load_dataset
 from .errors import UserError
-from .files import read_json
 from .rcv import distinct_splits
 from .runs.config import TrainConfig
 from .runs.directory import RESULT, clear_run_dir, read_run, runs_root

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import read_json
+from ._files import read_json
 from .runs.directory import DOMAIN
 
 #: the quantile of training distances (and 1 - it of training max-probabilities) kept as threshold

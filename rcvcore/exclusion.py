@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ._files import read_json
 from .errors import UserError
-from .files import read_json
 
 
 def read_exclusions(spec: str) -> tuple[str, ...]:

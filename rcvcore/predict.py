@@ -32,14 +32,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ._files import write_json
 from ._runcheck import check_config, check_task
 from ._shared import ProgressFn, resolve_device
+from ._utils import callable_module
 from .data.base import Dataset
 from .data.images import MAX_PIXELS, ImageReadError, read_rgb, to_rgb, to_uint8
 from .data.slides import nearest_power
 from .domain import DOMAIN, TrainingDomain, read_domain
 from .errors import UserError
-from .files import write_json
 from .metrics import nearest_class
 from .runs.checkpoint import load_checkpoint
 from .runs.config import TrainConfig
@@ -48,7 +49,6 @@ from .train.data import Task
 from .train.distributed import Dist
 from .train.loop import load_run_data, training_domain
 from .train.model import build_run_model, run_transform
-from .utils import callable_module
 
 
 @dataclass(frozen=True)

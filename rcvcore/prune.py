@@ -9,7 +9,7 @@ had it ended at block k. Named deviation: the scan's ``blockK`` is pooled *befor
 norm (the block's raw output, as every other network's probe), so a pruned transformer's features
 at block k are the normalised version of what the scan scored there.
 
-The pruned model is the FX trunk of the network up to the cut (``rcvcore.extract.trunk``): nothing
+The pruned model is the FX trunk of the network up to the cut (``rcvcore._extract.trunk``): nothing
 after the cut is computed or stored, and Inception's input transform stays inside the graph (we
 never slice ``children()``). A new linear head sits on the globally average-pooled map; the whole
 model stays trainable end to end.
@@ -26,9 +26,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from ._extract import trunk
 from ._shared import NONE
 from .errors import UserError
-from .extract import trunk
 from .models import (
     PRE_SOFTMAX,
     SOFTMAX,

@@ -14,6 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from . import plateau as plateaus
+from ._cache import ActivationCache, ActivationKey, Store
+from ._dist import Dist, barrier, broadcast, gather, init_distributed
+from ._extract import FeatureExtractor, extract
 from ._shared import (  # noqa: F401 (CONTROLS, CUT_RULES re-exported)
     CONTROLS,
     CUT_RULES,
@@ -22,14 +25,11 @@ from ._shared import (  # noqa: F401 (CONTROLS, CUT_RULES re-exported)
     closest,
     resolve_device,
 )
-from .cache import ActivationCache, ActivationKey, Store
 from .data import Dataset, load_dataset
 from .data.base import default_cache_dir, fingerprint
 from .data.boxes import visible_box_fraction
-from .dist import Dist, barrier, broadcast, gather, init_distributed
 from .errors import Notice, SkippedFile, UserError
 from .exclusion import keep_rows
-from .extract import FeatureExtractor, extract
 from .models import PRE_SOFTMAX, SOFTMAX, ArchSpec, Backbone, get_arch, resolve_backbone
 from .models.pooling import check_token_pool, pooling_name
 from .prune import is_full
@@ -446,7 +446,7 @@ RESULT_PREFIX = "scan:"
 
 
 def saved_result(store, key: str) -> ScanResult | None:
-    """The scan result saved under ``key`` in ``store`` (a :class:`rcvcore.cache.Store`), or
+    """The scan result saved under ``key`` in ``store`` (a :class:`rcvcore._cache.Store`), or
     None; an entry that does not load is dropped (and recomputed)."""
     value = store.get_json(key)
     if value is None:

@@ -62,3 +62,25 @@ def test_readme_documents_exactly_the_public_api():
     documented = {n for row in table.splitlines()[2:] for n in
                   re.findall(r"`(\w+)`", row.split("|")[2])}
     assert documented == set(rcvcore.__all__)
+
+
+def test_readme_layout_names_every_module_public_or_private():
+    """Issue 21.5: each top-level module of rcvcore is either public (named in README's Layout
+    without an underscore) or private (a leading underscore, listed as private); nothing in
+    between, so the public face is exactly what README shows."""
+    text = README.read_text()
+    block = text[text.index("## Layout"):]
+    block = block[block.index("```") + 3:]
+    block = block[:block.index("app/")]
+    public_part, private_part = block.split("private (leading underscore")
+    named_public = set(re.findall(r"(?<![\w(])([a-z][a-z_]*)(?:/|\b)(?= \(|\s·|\s*$| ·)",
+                                  public_part, flags=re.M))
+    named_private = set(re.findall(r"\b(_[a-z_]+)\b", private_part))
+    pkg = Path(rcvcore.__file__).parent
+    modules = {p.stem if p.is_file() else p.name for p in pkg.iterdir()
+               if (p.suffix == ".py" or (p.is_dir() and (p / "__init__.py").exists()))
+               and not p.name.startswith("__")}
+    public = {m for m in modules if not m.startswith("_")}
+    private = modules - public
+    assert public <= named_public, public - named_public       # every public module documented
+    assert private == named_private, private ^ named_private   # every private one listed

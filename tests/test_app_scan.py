@@ -306,6 +306,14 @@ def test_dataset_options_and_optional_source_reach_rcvcore(app_env):
     assert rec["config"]["dataset"] == f"demo-he:{img}"
     assert rec["config"]["dataset_options"]["tile_size"] == 448
     assert rec["result"]["n_images"] == 16   # 4 tiles x 4 patches at 20x
+    # the cut chosen here reaches the Train page of this tab with the scan's loader options
+    cut_box = next(w for w in at.selectbox if str(w.key).startswith("scan_cut_"))
+    cut_box.set_value("add_2")
+    at.run()
+    tab_cut = at.session_state["rcv_cut"]
+    assert tab_cut["layer"] == "add_2" and tab_cut["source"] == "tab"
+    assert tab_cut["dataset"] == f"demo-he:{img}"
+    assert tab_cut["dataset_options"] == rec["config"]["dataset_options"]
 
 
 def test_scoring_choice_reaches_rcvcore(app_env):

@@ -35,7 +35,7 @@ from _bad_files import (
 from _train_fixtures import REPO, write_folder
 from PIL import Image
 
-from rcvcore.cache import ACTIVATION_PREFIX, Store
+from rcvcore._cache import ACTIVATION_PREFIX, Store
 from rcvcore.cli import main
 from rcvcore.scan import RESULT_PREFIX
 
@@ -615,7 +615,7 @@ def test_corrupt_cache_db_is_moved_aside_and_rebuilt(scale_folder, tmp_path, cap
 
 
 def _open_and_use(directory: str, i: int, start, results) -> None:
-    from rcvcore.cache import open_diskcache
+    from rcvcore._cache import open_diskcache
 
     replace, late = os.replace, [0.03 * i]
 

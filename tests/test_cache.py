@@ -1,10 +1,10 @@
-"""rcvcore.cache: a generic store (arrays, JSON, prefixes) and the cache root's sections."""
+"""rcvcore._cache: a generic store (arrays, JSON, prefixes) and the cache root's sections."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from rcvcore.cache import (
+from rcvcore._cache import (
     SECTIONS,
     ActivationCache,
     ActivationKey,

@@ -13,7 +13,7 @@ import warnings
 import pytest
 from _train_fixtures import dataset
 
-from rcvcore.cache import Store
+from rcvcore._cache import Store
 from rcvcore.cli import main
 from rcvcore.errors import DiskError, Notice, disk_error
 

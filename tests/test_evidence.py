@@ -177,21 +177,29 @@ def test_earliest_plateau_rule_names_its_layer_and_json_csv_carry_the_plateau(rn
     assert res.suggest_cut()[0] == "add_3"
 
 
-def test_scan_chart_shades_the_plateau():
+def test_scan_chart_shades_the_plateau(rng):
     from app.charts import r2_figure, r2_table
+    from rcvcore.scan import ScanConfig, ScanResult
 
-    res = {"arch": "resnet18", "layers": [
-        {"name": n, "r2_mean": m, "r2_std": 0.01, "depth": d}
-        for n, m, d in (("add_1", 0.2, 0.1), ("add_2", 0.7, 0.5), ("add_3", 0.72, 0.9))],
-        "plateau": {"peak": "add_3", "layers": ["add_2", "add_3"]},
-        "peak_frequency": {"add_1": 0.0, "add_2": 0.4, "add_3": 0.6}}
-    fig = r2_figure([{"result": res}])
+    base = rng.normal(0.6, 0.05, 6)
+    names = ("add_1", "add_2", "add_3", "add_4", "pre_softmax")
+    layers = (_score("add_1", base - 0.4), _score("add_2", base - 0.005 + rng.normal(0, .02, 6)),
+              _score("add_3", base), _score("add_4", base - 0.3), _score("pre_softmax", base + 1))
+    res = ScanResult(config=ScanConfig(arch="resnet18"), dataset="x", measure_name="m",
+                     n_images=10, skipped=(), layers=layers, controls={},
+                     depth=dict(zip(names, (0.2, 0.4, 0.6, 0.8, 1.0))),
+                     tests={n: {"p_shuffled": 0.001, "p_random_weights": 0.001} for n in names},
+                     test_info={"permutations": 999, "test_train_ratio": 0.43})
+    assert res.plateau()["layers"] == ["add_2", "add_3"]
+    fig = r2_figure([res])
     shaded = [sh for sh in fig.layout.shapes if sh.type == "rect"]
     assert [(sh.x0, sh.x1) for sh in shaded] == [(0.5, 1.5), (1.5, 2.5)]
     assert any("plateau (2)" in (a.text or "") for a in fig.layout.annotations)
     table = r2_table(res)
-    assert list(table["on plateau"]) == [False, True, True]
-    assert list(table["peak frequency"]) == [0.0, 0.4, 0.6]
+    assert list(table["on plateau"]) == [False, True, True, False, False]
+    freq = res.peak_frequency()
+    assert list(table["peak frequency"])[:4] == [freq.get(n, 0.0) for n in names[:4]]
+    assert np.isnan(list(table["peak frequency"])[4])   # pre_softmax is never a cut candidate
 
 
 # ------------------------------------------------------------------------------------------

@@ -3,9 +3,9 @@ import pytest
 import torch
 from torchvision.models.feature_extraction import create_feature_extractor
 
+from rcvcore._extract import FeatureExtractor, extract
 from rcvcore._shared import resolve_device
 from rcvcore.errors import UserError
-from rcvcore.extract import FeatureExtractor, extract
 from rcvcore.models import build_model, get_arch, preprocess_for
 
 

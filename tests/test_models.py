@@ -4,8 +4,8 @@ import os
 import pytest
 import torch
 
+from rcvcore._extract import probe_channels as channels
 from rcvcore.errors import UserError, WeightsUnavailable
-from rcvcore.extract import probe_channels as channels
 from rcvcore.models import ARCHS, build_model, expected_weights_file, get_arch, preprocess_for
 from rcvcore.models.tv import tv_weights
 

@@ -1,4 +1,4 @@
-"""timm as a source of networks, and the registry's EfficientNet-Lite0 with packaged weights."""
+"""timm as a source of networks, and the registry's EfficientNet-Lite0/1/2 with packaged weights."""
 import subprocess
 import sys
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
+from rcvcore._extract import FeatureExtractor, probe_channels
 from rcvcore.errors import UserError, WeightsUnavailable
-from rcvcore.extract import FeatureExtractor, probe_channels
 from rcvcore.models import ARCHS, get_arch, resolve_backbone, timmnets, weights_available
 from rcvcore.prune import build_pruned
 

@@ -3,8 +3,8 @@ maps pooled as a hand-written reference (forward hooks on the timm model) pools 
 import pytest
 import torch
 
+from rcvcore._extract import FeatureExtractor, probe_channels
 from rcvcore.errors import UserError
-from rcvcore.extract import FeatureExtractor, probe_channels
 from rcvcore.models import resolve_backbone
 from rcvcore.models.pooling import pool
 from rcvcore.models.timmnets import timm_spec

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from rcvcore._extract import FeatureExtractor
 from rcvcore.errors import UserError
-from rcvcore.extract import FeatureExtractor
 from rcvcore.models import build_model, count_parameters, get_arch, resolve_backbone
 from rcvcore.models.timmnets import timm_spec
 from rcvcore.prune import cut_summary, prune

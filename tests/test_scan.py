@@ -245,7 +245,7 @@ def test_result_cache_is_exact_and_never_stale(tmp_path, cache_dir):
     Image.new("RGB", (96, 96), (0, 0, 255)).save(folder / "img_003.png")
     assert run_scan(cfg).cache["result"] == "miss"
     assert run_scan(cfg).cache["result"] == "hit"
-    from rcvcore.cache import Store
+    from rcvcore._cache import Store
     from rcvcore.scan import RESULT_PREFIX
 
     with Store(cache_dir / "activations") as store:

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from rcvcore.cache import ActivationCache, ActivationKey, Extraction
+from rcvcore._cache import ActivationCache, ActivationKey, Extraction
+from rcvcore._extract import FeatureExtractor, extract
 from rcvcore.data import load_dataset
 from rcvcore.data.base import fingerprint
-from rcvcore.extract import FeatureExtractor, extract
 from rcvcore.models import resolve_backbone
 from rcvcore.scan import activations
 

@@ -1,4 +1,4 @@
-"""rcvcore.utils and rcvcore.files: the low-level helpers every module shares."""
+"""rcvcore._utils and rcvcore._files: the low-level helpers every module shares."""
 from __future__ import annotations
 
 import json
@@ -8,9 +8,9 @@ import os
 import numpy as np
 import pytest
 
+from rcvcore._files import atomic_path, atomic_write, json_safe, read_json, write_json
 from rcvcore._shared import closest
-from rcvcore.files import atomic_path, atomic_write, json_safe, read_json, write_json
-from rcvcore.utils import as_list, downloads_disabled, parallel_map
+from rcvcore._utils import as_list, downloads_disabled, parallel_map
 
 
 @pytest.mark.parametrize("value, off", [("1", True), ("yes", True), ("true", True),

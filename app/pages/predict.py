@@ -132,7 +132,8 @@ if run.domain is None:
 sort = st.selectbox("Sort cards by", prediction_view.sort_options(run.task.kind == "regression"),
                     key="predict_sort")
 names = [name for name, _ in items]
-prediction_view.grid(names, preds, truth, prediction_view.ordered(preds, sort))
+prediction_view.grid(names, preds, truth, prediction_view.ordered(preds, sort),
+                     measure=prediction_view.measure_label(run.task.measure_name))
 
 table = prediction_view.table(preds)
 st.subheader("Table")

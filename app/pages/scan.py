@@ -310,10 +310,8 @@ else:
         if not suggested or rule:
             st.caption(services.page_terms(rule) if suggested else "The Train page is not "
                        "prefilled from this scan unless you choose a layer above.")
-        cut_record = {"arch": result.config.arch, "weights": rec.config.get("weights"),
-                      "layer": cut, "dataset": result.dataset, "scan_id": primary,
-                      "suggested": suggested, "reason": rule}
-        state.set_cut(cut_record)
+        # the same record the Train page builds from disk (dataset options and exclusions too)
+        state.set_cut(services.scan_cut(rec, cut, "tab"))
         # kept with the scan on disk: the Train page offers it in any tab, after a reload
         services.save_chosen_cut(primary, cut, "none" if not cut else
                                  "suggested" if cut == suggested else "clicked", saved)

@@ -42,7 +42,7 @@ def _models(args) -> int:
 
 
 def _layers(args) -> int:
-    from ..extract import probe_channels
+    from .._extract import probe_channels
     from ..models import get_arch
 
     arch = get_arch(args.arch)

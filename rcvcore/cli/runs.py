@@ -10,7 +10,7 @@ import csv
 import json
 from pathlib import Path
 
-from ..cache import SECTIONS, STORE_SECTION, Store, cache_usage, clear_cache
+from .._cache import SECTIONS, STORE_SECTION, Store, cache_usage, clear_cache
 from ..data.base import default_cache_dir
 from ..errors import UserError
 from ..metrics import METRICS, metric_names

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._files import atomic_write
 from ..errors import UserError
-from ..files import atomic_write
 
 
 class DatasetError(UserError):
@@ -174,7 +174,7 @@ def file_fingerprint(paths: list[str]) -> str:
 
 
 def atomic_write_text(path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (:func:`rcvcore.files.atomic_write`): a killed write
+    """Write ``text`` to ``path`` atomically (:func:`rcvcore._files.atomic_write`): a killed write
     leaves the old file (or none), never half a file."""
     atomic_write(path, text)
 

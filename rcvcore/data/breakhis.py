@@ -17,8 +17,8 @@ import warnings
 from pathlib import Path
 
 from .._shared import ProgressFn, closest
+from .._utils import as_list
 from ..errors import SkippedFile
-from ..utils import as_list
 from .base import Dataset, DatasetError, Sample, Skipped
 from .checks import check_images
 from .options import reject_unknown

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .._shared import ProgressFn
-from ..utils import parallel_map
+from .._utils import parallel_map
 from .base import atomic_write_text, clean_temp_files, file_stamp
 from .images import FORMATS, ImageReadError, describe_error, read_rgb
 

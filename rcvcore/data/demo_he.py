@@ -46,10 +46,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .._files import temp_name
 from .._shared import ProgressFn
+from .._utils import as_list, downloads_disabled
 from ..errors import Notice
-from ..files import temp_name
-from ..utils import as_list, downloads_disabled
 from .base import (
     Dataset,
     DatasetError,

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .._files import temp_name
 from .._shared import ProgressFn
-from ..files import temp_name
-from ..utils import parallel_map
+from .._utils import parallel_map
 from .base import Dataset, DatasetError, atomic_write_text, clean_temp_files
 from .histology import MAGNIFICATIONS, PATCH_SIZE, SourcePair, grid_positions
 from .images import ImageReadError, png_complete, read_rgb

@@ -29,8 +29,8 @@ import numpy as np
 from PIL import Image
 
 from .._shared import ProgressFn
+from .._utils import parallel_map
 from ..errors import SkippedFile
-from ..utils import parallel_map
 from .base import (
     DatasetError,
     Sample,

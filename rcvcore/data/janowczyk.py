@@ -12,8 +12,8 @@ import warnings
 from pathlib import Path
 
 from .._shared import ProgressFn
+from .._utils import as_list
 from ..errors import SkippedFile
-from ..utils import as_list
 from .base import Dataset, DatasetError, Skipped
 from .histology import (
     LABEL_NAME,

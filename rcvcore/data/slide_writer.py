@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..files import temp_name
+from .._files import temp_name
 
 
 def write_slide(path, rgb: np.ndarray, mpp: float | None, *, tile: int = 256,

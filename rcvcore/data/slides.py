@@ -35,9 +35,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .._files import temp_name
 from .._shared import ProgressFn
-from ..files import temp_name
-from ..utils import as_list
+from .._utils import as_list
 from .base import (
     Dataset,
     DatasetError,

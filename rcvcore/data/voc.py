@@ -18,8 +18,8 @@ import warnings
 from pathlib import Path
 
 from .._shared import ProgressFn, closest
+from .._utils import as_list
 from ..errors import Notice
-from ..utils import as_list
 from .base import Dataset, DatasetError, Sample, Skipped
 from .boxes import AnnotationError, check_box_measure, largest_box_fraction, parse_voc_xml
 from .checks import check_images

@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from .._shared import closest
+from .._utils import downloads_disabled as _rcv_downloads_disabled
 from ..errors import UserError, WeightsUnavailable
-from ..utils import downloads_disabled as _rcv_downloads_disabled
 from .pooling import model_layout
 from .spec import PRE_SOFTMAX, SOFTMAX, ArchSpec, Preprocess
 from .tv import INCEPTION_MIXED
@@ -312,7 +312,7 @@ def lite_spec(variant: int) -> ArchSpec:
 
 
 def downloads_disabled() -> bool:
-    """``RCV_NO_DOWNLOAD`` (:func:`rcvcore.utils.downloads_disabled`, the one reading of it), or
+    """``RCV_NO_DOWNLOAD`` (:func:`rcvcore._utils.downloads_disabled`, the one reading of it), or
     Hugging Face's offline mode."""
     return _rcv_downloads_disabled() or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
 

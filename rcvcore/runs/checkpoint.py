@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
+from .._files import atomic_path
 from ..errors import Notice, UserError
-from ..files import atomic_path
 from .directory import CHECKPOINT, PREVIOUS_CHECKPOINT
 
 #: Version of the checkpoint's layout (``format`` key).

@@ -28,8 +28,8 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._files import read_json
 from ..errors import UserError
-from ..files import read_json
 
 CONFIG, METRICS, CHECKPOINT, STATUS, RESULT, LOG = (
     "config.json", "metrics.jsonl", "checkpoint.pt", "status.json", "result.json", "train.log")

@@ -12,10 +12,10 @@ import dataclasses
 import time
 from pathlib import Path
 
+from .._files import read_json, write_json
 from ..comparison import COMPARISON, Comparison, summarise
 from ..errors import UserError
 from ..evidence import check_replicate
-from ..files import read_json, write_json
 from .config import TrainConfig
 from .directory import ACTIVE, GROUP, RunState, is_run_dir, read_run, runs_root
 

@@ -5,7 +5,7 @@ import json
 import time
 from pathlib import Path
 
-from ..files import atomic_path, json_safe, write_json
+from .._files import atomic_path, json_safe, write_json
 from .config import TrainConfig
 from .directory import CONFIG, METRICS, RESULT, STATUS, read_metrics
 

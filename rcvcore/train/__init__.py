@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 
-from ..utils import callable_module
+from .._utils import callable_module
 
 _EXPORTS = {
     "TrainConfig": "rcvcore.runs.config",   # what train(config, run_dir) takes

@@ -1,5 +1,5 @@
 """Data-parallel helpers for runs under ``torchrun`` (DDP; gloo on CPU, NCCL on CUDA): the
-process group itself is :mod:`rcvcore.dist`'s (shared with the sharded scan); this module adds
+process group itself is :mod:`rcvcore._dist`'s (shared with the sharded scan); this module adds
 the training batches of each process.
 
 Outside ``torchrun`` (``WORLD_SIZE`` unset or 1) every helper is a no-op and the run is a plain
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..dist import Dist, allreduce, barrier, init_distributed
+from .._dist import Dist, allreduce, barrier, init_distributed
 
 __all__ = ["Dist", "allreduce", "barrier", "epoch_batches", "init_distributed"]
 

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from ..cache import Store
+from .._cache import Store
 from ..data.base import file_fingerprint
 from ..errors import UserError
 from ..rcv import RCV

@@ -30,14 +30,14 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import __version__
+from .._extract import default_workers
+from .._files import read_json, write_json
 from .._runlock import claim_run_dir
 from .._shared import ProgressFn
 from ..data.base import Dataset, clean_temp_files, default_cache_dir, limit
 from ..data.registry import load_dataset
 from ..domain import DOMAIN, TrainingDomain, fit_domain
 from ..errors import UserError, disk_error
-from ..extract import default_workers
-from ..files import read_json, write_json
 from ..metrics import METRICS, classification_metrics, nearest_class, regression_metrics
 from ..models import Backbone, get_arch, resolve_backbone
 from ..prune import cut_node, cut_summary

@@ -161,7 +161,7 @@ def extract(extractor: FeatureExtractor, paths: list[str], transform, batch_size
     """Stream ``paths`` through ``extractor``; unreadable files are reported, not fatal.
 
     Returns:
-        An :class:`~rcvcore.cache.Extraction` (the record the activation cache stores): every
+        An :class:`~rcvcore._cache.Extraction` (the record the activation cache stores): every
         layer of ``extractor`` for the readable images, and the unreadable ones with reasons.
     """
     loader = torch.utils.data.DataLoader(

@@ -1,5 +1,5 @@
 """Small helpers near the bottom of the import graph (above :mod:`rcvcore._shared` and
-:mod:`rcvcore.errors`, beside :mod:`rcvcore.files`)."""
+:mod:`rcvcore.errors`, beside :mod:`rcvcore._files`)."""
 from __future__ import annotations
 
 import concurrent.futures as cf

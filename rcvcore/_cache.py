@@ -3,7 +3,7 @@
 :class:`Store` is a diskcache-backed store with an explicit size limit; it knows nothing of what
 it holds. Each user owns its key prefix and its value format: pooled activations are
 :class:`ActivationCache` entries (``act:``, keyed by content fingerprints; the record is
-:class:`Extraction`, which :mod:`rcvcore.extract` returns), scan results are the
+:class:`Extraction`, which :mod:`rcvcore._extract` returns), scan results are the
 scan's JSON under its own prefix (:data:`rcvcore.scan.RESULT_PREFIX`).
 
 One activation entry per (architecture, weights fingerprint, layer, pooling, preprocessing,
