@@ -343,7 +343,7 @@ def test_train_page_is_not_prefilled_without_a_suggestion(app_env):
 
 def test_a_timm_name_that_cannot_be_probed_leaves_the_page_usable(app_env):
     at = AppTest.from_file(MAIN, default_timeout=30).run()
-    _widget(at, "selectbox", "scan_arch").set_value("other timm CNN...")
+    _widget(at, "selectbox", "scan_arch").set_value("other timm model...")
     at.run()
     _widget(at, "text_input", "scan_timm_name").set_value("timm:no_such_network_xyz")
     at.run()
