@@ -28,6 +28,11 @@ def _tiny_scan(at):
     at.run()
     _widget(at, "multiselect", "scan_layers_resnet18").set_value(["add_2", "add_4", "add_6",
                                                                   "add_8"])
+    return _small_scan_run(at)
+
+
+def _small_scan_run(at):
+    """24 images, 2 repeats, the grouped protocol; press Run and wait for the chart."""
     _widget(at, "number_input", "scan_n").set_value(24)
     _widget(at, "slider", "scan_repeats").set_value(2)
     # 24 crops are too few for the default per-photograph classes: the grouped protocol
@@ -438,18 +443,7 @@ def test_vision_transformer_scan_with_class_token_pooling(app_env):
     assert _widget(at, "radio", "scan_token_pool").options == ["mean", "cls"]
     _widget(at, "radio", "scan_token_pool").set_value("cls")
     _widget(at, "radio", f"scan_weights_{name}").set_value("random (control)")
-    _widget(at, "number_input", "scan_n").set_value(24)
-    _widget(at, "slider", "scan_repeats").set_value(2)
-    _widget(at, "text_input", "scan_ds_opts_demo-scale").set_value("protocol=across-photos")
-    at.run()
-    _widget(at, "button", "scan_run").click()
-    at.run(timeout=60)
-    deadline = time.time() + 120
-    while not _curves(at) and time.time() < deadline:
-        assert not at.exception, at.exception
-        time.sleep(0.5)
-        at.run(timeout=30)
-    assert _curves(at), [e.value for e in at.error]
+    _small_scan_run(at)
     rec = json.loads(next((app_env / "runs" / "_scans").glob("*.json")).read_text())
     assert rec["result"]["config"]["token_pool"] == "cls"
     assert list(at.dataframe[0].value["layer"])[:3] == ["block0", "block1", "head"]
