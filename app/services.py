@@ -74,11 +74,12 @@ def imagenet_status(arch: str) -> tuple[bool, str]:
 
     ok, where = weights_available(arch)
     if ok:
-        return True, where
+        return True, guard.redact(where)
     # rcvcore's message says where the file goes and which networks need no download; its
-    # first sentence is this one's, said once
+    # first sentence is this one's, said once (a served client sees no server folder)
     rest = missing_weights_message(arch).split(". ", 1)[-1]
-    return False, f"ImageNet weights for **{arch}** are not on this machine. {rest}"
+    return False, guard.redact(f"ImageNet weights for **{arch}** are not on this machine. "
+                               f"{rest}")
 
 
 @st.cache_data(show_spinner=False)

@@ -383,3 +383,17 @@ def test_training_runs_are_cancelled_and_resumed_only_by_who_launched_them(
     monkeypatch.setattr(auth, "served", lambda *a, **k: False)
     user["who"] = "pw:bob"
     assert services.can_control(group)
+
+
+def test_the_offline_weights_notice_names_no_server_folder(served, monkeypatch, tmp_path):
+    """Where a missing ImageNet file goes (torch's hub cache under the server's home) is said
+    locally, and as ``<home>`` to a served client."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("TORCH_HOME", str(home / ".cache" / "torch"))
+    ok, how = services.imagenet_status("resnet18")
+    assert not ok and "<home>" in how and str(home) not in how
+    monkeypatch.delenv("RCV_DASHBOARD_PASSWORD")
+    monkeypatch.setattr(auth, "served", lambda *a, **k: False)
+    monkeypatch.setattr(guard, "served", lambda *a, **k: False)
+    assert str(home) in services.imagenet_status("resnet18")[1]   # local: the real folder
