@@ -101,3 +101,13 @@ def test_vit_scan_then_a_pruned_one_epoch_run_then_predict_from_the_cli(tmp_path
     assert main(["predict", "--run", str(run), "--json", str(pred), test["path"]]) == 0
     got = json.loads(pred.read_text())
     assert abs(got[0]["nuclei_area"] - test["prediction"]) < 1e-3 * max(1, abs(test["prediction"]))
+
+
+def test_scan_defaults_to_the_dashboards_first_screen():
+    """`python -m rcvcore scan` with no flags scans what the Scan page opens on (issue 23.6:
+    same defaults), instead of stopping at a missing --arch."""
+    from rcvcore.cli import build_parser
+
+    args = build_parser().parse_args(["scan"])
+    assert (args.arch, args.dataset, args.weights) == ("efficientnet_lite0", "demo-scale",
+                                                      "imagenet")

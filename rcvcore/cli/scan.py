@@ -15,11 +15,14 @@ def add_parser(sub) -> None:
                        description="Extract pooled activations (one forward pass, cached), fit "
                        "an RCV per layer on repeated 70/30 splits and report held-out R², next "
                        "to the shuffled-labels and random-weights controls.")
-    p.add_argument("--arch", required=True, help="architecture (see `python -m rcvcore models`)")
+    p.add_argument("--arch", default="efficientnet_lite0",
+                   help="architecture (see `python -m rcvcore models`; default "
+                        "efficientnet_lite0, the dashboard's: its weights need no download)")
     p.add_argument("--weights", default="imagenet",
                    help="imagenet | random | PATH to a state-dict checkpoint (default imagenet)")
-    p.add_argument("--dataset", required=True,
-                   help="demo-scale, folder:PATH, ... (see `python -m rcvcore datasets`)")
+    p.add_argument("--dataset", default="demo-scale",
+                   help="demo-scale, folder:PATH, ... (see `python -m rcvcore datasets`; default "
+                        "demo-scale, the embedded data the dashboard opens on)")
     p.add_argument("--layers", default="paper", help="paper | all | comma-separated layers")
     p.add_argument("--n", "--n-images", dest="n", type=COUNT, default=None,
                    help="use at most N images (the Scan page's 'Images'; under torchrun spell "
