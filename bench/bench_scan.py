@@ -14,8 +14,9 @@ fit:     score_targets for 16 ResNet50-wide layers x 10 repeats x (true + shuffl
          splits, with the largest R² difference; and the same fit with the significance tests
          (200 permutations of the measure on the shared factorisations, the paired test against
          random weights, Benjamini-Hochberg), timed alternately with the plain fit.
-scan:    the product's scan (make demo-scan) with tests, plateau and an exclusion vs without
-         them, cached activations, alternating (issue 22's 1.5x budget).
+scan:    the product's scan (demo-scale = make demo-scan, and demo-he, scored with groups) with
+         tests, plateau and an exclusion vs without them, cached activations, alternating
+         (issue 22's 1.5x budget).
 memory:  peak RSS of extracting 200 vs 2,000 images (separate processes).
 """
 from __future__ import annotations
@@ -223,13 +224,20 @@ def _grouped_ratio(feats, y, permutations: int, rounds: int) -> None:
           f"permutations {min(t_tests):.1f} s / {min(c_tests):.1f} s CPU)", flush=True)
 
 
-def bench_scan(rounds: int = 2, permutations: int = 200, cache_dir: str | None = None) -> None:
-    """The product's scan (``make demo-scan``: efficientnet_lite0, ImageNet weights, demo-scale,
-    both controls) with the tests (``permutations`` shuffled measures on the reported
-    statistic, the paired test against random weights, BH), the plateau and an exclusion (one
-    photograph's crops left out) vs the same scan without them (``--permutations 0``, nothing
-    excluded), activations cached, saved results cleared before every call (the fit is timed,
-    not the result cache), alternating."""
+def bench_scan(rounds: int = 2, permutations: int = 200, cache_dir: str | None = None,
+               datasets=("demo-scale", "demo-he")) -> None:
+    """The product's scan (efficientnet_lite0, ImageNet weights, both controls; ``demo-scale``
+    is ``make demo-scan``, scored per photograph; ``demo-he`` is scored with groups, the
+    leave-one-group-out case) with the tests (``permutations`` shuffled measures on the
+    reported statistic, the paired test against random weights, BH), the plateau and an
+    exclusion (one photograph's crops / one source image's patches left out) vs the same scan
+    without them (``--permutations 0``, nothing excluded), activations cached, saved results
+    cleared before every call (the fit is timed, not the result cache), alternating."""
+    for name in datasets:
+        _bench_scan_one(name, rounds, permutations, cache_dir)
+
+
+def _bench_scan_one(name: str, rounds: int, permutations: int, cache_dir: str | None) -> None:
     import dataclasses
 
     from rcvcore._cache import ActivationCache
@@ -238,13 +246,16 @@ def bench_scan(rounds: int = 2, permutations: int = 200, cache_dir: str | None =
 
     with tempfile.TemporaryDirectory() as tmp:
         d = cache_dir or tmp
-        plain = ScanConfig(arch="efficientnet_lite0", weights="imagenet", dataset="demo-scale",
+        plain = ScanConfig(arch="efficientnet_lite0", weights="imagenet", dataset=name,
                            permutations=0, cache_dir=d)
-        ds = load_dataset("demo-scale", cache_dir=Path(d) / "datasets")
-        group = ds.groups[0] if ds.groups is not None else None
-        held = tuple(p for p, g in zip(ds.paths, ds.groups if group is not None else ds.paths)
-                     if g == (group if group is not None else ds.paths[0]))
-        full = dataclasses.replace(plain, permutations=permutations, exclude=held)
+        # loaded as the scan loads it (its cache folder, its seed), so the paths match
+        ds = load_dataset(name, cache_dir=d, seed=plain.seed)
+        unit = ds.groups if ds.groups is not None else ds.labels   # source image / photograph
+        held = (str(unit[0]),)
+        how = ("exclude_groups" if ds.groups is not None else "exclude")
+        if how == "exclude":
+            held = tuple(p for p, u in zip(ds.paths, unit) if u == unit[0])
+        full = dataclasses.replace(plain, permutations=permutations, **{how: held})
 
         def timed(cfg):
             store = ActivationCache(Path(d) / "activations")
@@ -263,12 +274,14 @@ def bench_scan(rounds: int = 2, permutations: int = 200, cache_dir: str | None =
             t_full.append(t)
         (w_p, c_p), (w_f, c_f) = (np.min(t_plain, axis=0), np.min(t_full, axis=0))
     n_sig = sum(bool(v["significant"]) for v in res.significance().values())
-    print(f"scan demo-scan (efficientnet_lite0, demo-scale, {res.n_images} images scored, "
-          f"{len(res.layers)} layers, {plain.repeats} repeats, both controls, cached "
-          f"activations): tests+plateau+exclusion/plain ratio {w_f / w_p:.2f}x wall, "
-          f"{c_f / c_p:.2f}x CPU (plain {w_p:.1f} s / {c_p:.1f} s CPU, with {permutations} "
-          f"permutations, plateau and {len(held)} images excluded {w_f:.1f} s / {c_f:.1f} s "
-          f"CPU; {n_sig} layers significant)", flush=True)
+    left = int(res.scoring.get("excluded", 0))
+    print(f"scan {name} (efficientnet_lite0, {res.n_images} images scored, "
+          f"{'groups' if ds.groups is not None else 'per class'}, {len(res.layers)} layers, "
+          f"{plain.repeats} repeats, both controls, cached activations): "
+          f"tests+plateau+exclusion/plain ratio {w_f / w_p:.2f}x wall, {c_f / c_p:.2f}x CPU "
+          f"(plain {w_p:.1f} s / {c_p:.1f} s CPU, with {permutations} permutations, plateau "
+          f"and {left} images excluded {w_f:.1f} s / {c_f:.1f} s CPU; {n_sig} layers "
+          f"significant)", flush=True)
 
 
 _MEM_CHILD = """

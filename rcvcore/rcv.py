@@ -57,6 +57,10 @@ def _r2(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
 #: :meth:`_Fit.loo_argmin`'s band: penalties whose single-precision criterion is within this
 #: relative distance of the column's minimum are recomputed in float64
 SCREEN_TOL = 1e-4
+#: the largest residual block of one batch of penalties in :meth:`_Fit.loo_mse` (bytes)
+LOO_BATCH_BYTES = 1 << 20
+#: a criterion (all penalties, float64) this small is computed exactly, not screened
+SMALL_CRITERION_BYTES = 1 << 20
 #: columns whose candidates are always recomputed, to measure the single-precision error
 GUARD_COLUMNS = 8
 
@@ -71,6 +75,7 @@ class _LooSetup:
     buckets: list                           # [(idx (G_s, size), inverses (A, G_s, size, size))]
     n_groups: int
     cast: dict                              # Q in single precision, made once
+    order: np.ndarray | None = None         # rows by bucket, so each bucket is one block
 
 
 class _Fit:
@@ -148,9 +153,11 @@ class _Fit:
         columns) measure the single-precision error; above ``SCREEN_TOL / 4``
         (ill-conditioned group blocks) the whole criterion is recomputed in float64 instead.
         """
-        if not fast:
-            return np.argmin(self.loo_mse(alphas, groups, cols), axis=0)
         setup = self._loo_setup(alphas, groups)
+        k = len(np.arange(self.QtY.shape[1])[cols])
+        if not fast or len(setup.alphas) * self.n * k * 8 <= SMALL_CRITERION_BYTES:
+            # (a criterion that is one batch in float64 costs less than the screen)
+            return np.argmin(self._loo_rows(setup, cols, np.float64), axis=0)
         c32 = self._loo_rows(setup, cols, np.float32)                       # (A, k)
         cand = c32 <= c32.min(axis=0) * (1.0 + SCREEN_TOL)
         # a column with one candidate has its float64 argmin there; recompute the columns
@@ -198,20 +205,54 @@ class _Fit:
             for size in sorted({len(m) for m in members}):
                 idx = np.stack([m for m in members if len(m) == size])   # (G_s, size)
                 buckets.append((idx, self._block_inverses(idx, D)))
-        self._setup = _LooSetup(key, alphas, D, denom, buckets, n_groups, {})
+        order = np.concatenate([idx.ravel() for idx, _ in buckets]) if buckets else None
+        self._setup = _LooSetup(key, alphas, D, denom, buckets, n_groups, {}, order)
         return self._setup
 
     def _loo_rows(self, setup: _LooSetup, cols, dtype) -> np.ndarray:
-        """The criterion of every penalty of ``setup`` for columns ``cols``: (A, k)."""
-        Q = setup.cast.setdefault(np.dtype(dtype).str, self.Q.astype(dtype, copy=False))
+        """The criterion of every penalty of ``setup`` for columns ``cols``: (A, k).
+
+        Penalties go in batches of one (c, n, k) residual of at most :data:`LOO_BATCH_BYTES`:
+        the small fits of per-class scoring (tens of images) cost one product per batch instead
+        of one per penalty (their time was Python's, not the arithmetic's); large ones still
+        go one penalty at a time (hundreds of permuted columns on thousands of images)."""
+        # grouped: rows in bucket order, so that a bucket's residuals are a view, not a copy
+        rows = slice(None) if setup.order is None else setup.order
+        Q = setup.cast.get(np.dtype(dtype).str)
+        if Q is None:
+            Q = setup.cast[np.dtype(dtype).str] = self.Q[rows].astype(dtype, copy=False)
+        D = setup.cast.setdefault("D" + np.dtype(dtype).str, setup.D.astype(dtype, copy=False))
         QtY = self.QtY[:, cols].astype(dtype, copy=False)
-        Yc = None if self.dual else self.Yc[:, cols].astype(dtype, copy=False)
-        out = np.empty((len(setup.alphas), QtY.shape[1]))
-        for a in range(len(setup.alphas)):
-            fitted = Q @ (setup.D[a].astype(dtype)[:, None] * QtY)        # (n, k)
+        Yc = None if self.dual else self.Yc[rows][:, cols].astype(dtype, copy=False)
+        n_alphas, k = len(setup.alphas), QtY.shape[1]
+        step = max(1, int(LOO_BATCH_BYTES // max(1, self.n * k * np.dtype(dtype).itemsize)))
+        out = np.empty((n_alphas, k))
+        for a0 in range(0, n_alphas, step):
+            a = np.arange(a0, min(n_alphas, a0 + step))
+            fitted = np.matmul(Q, D[a][:, :, None] * QtY)                  # (c, n, k)
             resid = fitted if self.dual else Yc - fitted                  # (I-H) y (dual: / α)
-            out[a] = self._score(setup, resid, a)
+            out[a] = self._score_batch(setup, resid, a)
         return out
+
+    def _score_batch(self, setup: _LooSetup, resid: np.ndarray, a: np.ndarray) -> np.ndarray:
+        """:meth:`_score` of a batch: ``resid`` (c, n, k) under penalties ``a`` (c,): (c, k)."""
+        dtype = resid.dtype
+        if setup.denom is not None:
+            resid /= setup.denom[a][:, :, None].astype(dtype)
+            return np.einsum("cij,cij->cj", resid, resid) / self.n
+        c, _, k = resid.shape
+        total = np.zeros((c, k))
+        start = 0                               # the rows are in bucket order (setup.order)
+        for b, (idx, Minv) in enumerate(setup.buckets):
+            g, size = idx.shape
+            block = resid[:, start:start + g * size].reshape(c, g, size, k)
+            M = setup.cast.get(("M", b, dtype.str))
+            if M is None:
+                M = setup.cast[("M", b, dtype.str)] = Minv.astype(dtype, copy=False)
+            e = np.matmul(M[a], block)                                       # (c, G_s, size, k)
+            total += (e ** 2).mean(axis=2).sum(axis=1)
+            start += g * size
+        return total / setup.n_groups
 
     def _loo_pairs(self, setup: _LooSetup, a_idx: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """The float64 criterion of the pairs (penalty ``a_idx[m]``, column ``cols[m]``) in one
@@ -622,6 +663,12 @@ def score_targets(features: Mapping[str, np.ndarray], targets: Mapping[str, np.n
     for s in splits:
         n_test[s.label][s.repeat] = len(s.test)
 
+    # the target columns of each repeat (named, then permuted), shared by every layer
+    Ys = {}
+    for r in range(repeats):
+        named_cols = np.stack([T[name][r] for name in names], axis=1)
+        Ys[r] = named_cols if N is None else np.concatenate([named_cols, N.T], axis=1)
+
     def one_layer(layer: str) -> dict[str, LayerScore]:
         res: dict[str, LayerScore] = {}
         X = np.asarray(features[layer], dtype=np.float64)
@@ -637,9 +684,7 @@ def score_targets(features: Mapping[str, np.ndarray], targets: Mapping[str, np.n
         for s in splits:
             tr, te = s.train, s.test
             mu = X[tr].mean(axis=0)
-            cols = [T[name][s.repeat] for name in names]
-            Y = np.stack(cols, axis=1) if N is None else np.concatenate(
-                [np.stack(cols, axis=1), N.T], axis=1)                       # (n, k)
+            Y = Ys[s.repeat]                                                # (n, k)
             ybar = Y[tr].mean(axis=0)
             if len(tr) <= p:
                 Gtt = G[np.ix_(tr, tr)]
