@@ -261,21 +261,20 @@ class _Fit:
         resid = fitted if self.dual else self.Yc[:, cols] - fitted
         return self._score(setup, resid, a_idx)
 
-    def _score(self, setup: _LooSetup, resid: np.ndarray, a_idx) -> np.ndarray:
+    def _score(self, setup: _LooSetup, resid: np.ndarray, a_idx: np.ndarray) -> np.ndarray:
         """Mean squared leave-one-(group-)out error of each column of ``resid`` = (I - H) y
-        (dual: / α) under penalty ``a_idx`` (one index for all columns, or one per column):
-        (k,)."""
+        (dual: / α), column m under penalty ``a_idx[m]`` (:meth:`_loo_pairs`; a batch of
+        penalties over all columns is :meth:`_score_batch`): (k,)."""
         dtype = resid.dtype
-        one = np.ndim(a_idx) == 0
         if setup.denom is not None:
-            resid /= (setup.denom[a_idx][:, None] if one else setup.denom[a_idx].T).astype(dtype)
+            resid /= setup.denom[a_idx].T.astype(dtype)
             return np.einsum("ij,ij->j", resid, resid) / self.n
         total = np.zeros(resid.shape[1])
-        for a in ([a_idx] if one else np.unique(a_idx)):
-            j = slice(None) if one else np.flatnonzero(a_idx == a)
-            r = resid if one else resid[:, j]
+        for a in np.unique(a_idx):
+            j = np.flatnonzero(a_idx == a)
+            r = resid[:, j]
             for idx, Minv in setup.buckets:
-                e = np.matmul(Minv[a].astype(dtype, copy=False), r[idx])  # (G_s, size, k)
+                e = np.matmul(Minv[a].astype(dtype, copy=False), r[idx])     # (G_s, size, k)
                 total[j] += (e ** 2).mean(axis=1).sum(axis=0)
         return total / setup.n_groups
 
