@@ -552,11 +552,12 @@ def launch_demo_model() -> None:
 
 def demo_model_status() -> dict:
     """Where the demo model stands: ``{"state", "run_dir", "message", "fraction", "test",
-    "n_test", "cut", "error"}`` (state ``missing`` before the first launch)."""
+    "n_test", "cut", "demo_cut", "error"}`` (state ``missing`` before the first launch;
+    ``demo_cut`` is the demo's current cut, ``cut`` the run's)."""
     run = demo.demo_model_dir(state.runs_root(create=False))
     if not run.is_dir():
         return {"state": "missing", "run_dir": str(run), "cut": demo.DEMO_CUT,
-                "epochs": demo.DEMO_SETTINGS["epochs"]}
+                "demo_cut": demo.DEMO_CUT, "epochs": demo.DEMO_SETTINGS["epochs"]}
     rs = runs.read_run(run)
     st, cfg = rs.status, rs.config or {}
     epochs = cfg.get("epochs") or 1
@@ -564,7 +565,7 @@ def demo_model_status() -> dict:
     return {"state": run_state(rs), "run_dir": str(run), "message": st.get("message") or "",
             "fraction": frac, "test": (rs.result or {}).get("test") or {},
             "n_test": (rs.result or {}).get("n_test"), "cut": cfg.get("cut") or demo.DEMO_CUT,
-            "epochs": cfg.get("epochs") or demo.DEMO_SETTINGS["epochs"],
+            "demo_cut": demo.DEMO_CUT, "epochs": cfg.get("epochs") or demo.DEMO_SETTINGS["epochs"],
             "error": st.get("error") or start_failure(rs)}
 
 

@@ -89,6 +89,9 @@ def test_predict_page_trains_the_demo_model_and_tries_held_out_patches(tmp_path,
     at.switch_page("pages/predict.py").run()
     assert not at.exception, at.exception
     assert any("No finished training run" in i.value for i in at.info)
+    # the page says how the demo's cut was chosen
+    assert any("none of the model's test patches" in c.value and "untested-peak" in c.value
+               for c in at.caption)
     button = next(b for b in at.button if b.key == "demo_train")
     assert button.label == "Train the demo model"
     button.click()
@@ -106,6 +109,9 @@ def test_predict_page_trains_the_demo_model_and_tries_held_out_patches(tmp_path,
     assert any(b.key == "demo_try" for b in at.button), log
     # the page says which run and how good it was on its test split
     assert any(str(run) in c.value and "test patches" in c.value for c in at.caption)
+    # this run (the tiny stand-in) was cut elsewhere than the demo's cut: said so
+    assert any("trained cut at `add_2`" in c.value and demo.DEMO_CUT in c.value
+               for c in at.caption)
     next(b for b in at.button if b.key == "demo_try").click()
     at.run(timeout=60)
     assert not at.exception, at.exception

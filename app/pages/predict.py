@@ -24,6 +24,15 @@ def _demo_panel() -> None:
         st.markdown("**Demo model** · efficientnet_lite0 (ImageNet) cut at "
                     f"`{d['cut']}`, classifying the magnification of "
                     "real H&E patches (`demo-he`)")
+        if d["cut"] == d["demo_cut"]:
+            st.caption("The cut was chosen with none of the model's test patches: a demo-he "
+                       "scan without their source images found no significant layer, so it "
+                       "is that scan's highest mean R² (rule untested-peak, not significant; "
+                       "`python -m rcvcore demo cut` shows it).")
+        else:
+            st.caption(f"This run was trained cut at `{d['cut']}`; the demo's cut is now "
+                       f"`{d['demo_cut']}` (chosen with no test data); `python -m rcvcore demo "
+                       "model --restart` trains it there.")
         if d["state"] in ("missing", "failed", "cancelled", "interrupted"):
             if d["state"] == "failed" and d.get("error"):
                 st.error(f"The last demo training failed: {guard.redact(d['error'])}")
