@@ -24,7 +24,7 @@ from ._utils import callable_module
 from .comparison import COMPARISON, Comparison, model_label, paired_tests, summarise  # noqa: F401
 from .data import load_dataset
 from .errors import UserError
-from .evidence import check_replicate, replicate_config, split_of
+from .evidence import actual_cut, check_cut_of, check_replicate, replicate_config, split_of
 from .runs.config import TrainConfig
 from .runs.directory import RESULT, read_run
 from .runs.groups import group_runs, plan_group, read_comparison, run_dir_of
@@ -65,7 +65,8 @@ def _parse_cuts(cuts) -> list[str]:
 
 
 def compare(base: TrainConfig, cuts, seeds, run_dir, *, progress: ProgressFn | None = None,
-            dataset=None, parallel: int | None = None, replicate: str = "split") -> Comparison:
+            dataset=None, parallel: int | None = None, replicate: str = "split",
+            cut_of: dict | None = None) -> Comparison:
     """Train every cut of ``cuts`` for every seed and summarise (``comparison.json``).
 
     Args:
@@ -80,23 +81,29 @@ def compare(base: TrainConfig, cuts, seeds, run_dir, *, progress: ProgressFn | N
         parallel: train as a run group, this many runs at a time in subprocesses (None: one
             after the other in this process).
         replicate: ``"split"`` (each seed its own group split) or ``"seed"`` (one split).
+        cut_of: rows whose layer is chosen per replicate, ``{row: {seed: layer}}`` (e.g. a cut
+            chosen by a scan without that replicate's test split): ``row`` is then a name in
+            ``cuts`` (and the runs' folder prefix), each replicate cut at its own layer.
     """
     cuts = _parse_cuts(cuts)
     seeds = resolve_seeds(seeds, base.seed)
     check_replicate(replicate)
+    cut_of = check_cut_of(cuts, seeds, cut_of)
     if (dataset is not None and replicate == "split" and len(seeds) > 1
             and any(smp.split for smp in dataset.samples)):
         raise UserError("compare(dataset=...) was given a dataset that fixes its split, the same "
                         "for every seed; replicates over splits need the dataset loaded per "
                         "seed: pass no dataset, or replicate='seed'.")
     for c in cuts:
-        dataclasses.replace(base, cut=c).validate()
+        for layer in sorted({actual_cut(c, s, cut_of) for s in seeds}):
+            dataclasses.replace(base, cut=layer).validate()
     root = Path(run_dir)
     if parallel is not None:
         if dataset is not None:
             raise UserError("compare(parallel=...) trains in subprocesses, which load "
                             "base.dataset; do not pass an in-memory dataset.")
-        return _compare_group(base, cuts, seeds, root, int(parallel), progress, replicate)
+        return _compare_group(base, cuts, seeds, root, int(parallel), progress, replicate,
+                              cut_of)
     root.mkdir(parents=True, exist_ok=True)
     total = len(cuts) * len(seeds)
     results: dict[tuple[str, int], dict | None] = {}
@@ -106,7 +113,7 @@ def compare(base: TrainConfig, cuts, seeds, run_dir, *, progress: ProgressFn | N
     for seed in seeds:          # seed-major: an interrupted comparison still has paired runs
         for cut in cuts:
             sub = run_dir_of(root, cut, seed)
-            cfg = replicate_config(base, cut, seed, replicate)
+            cfg = replicate_config(base, actual_cut(cut, seed, cut_of), seed, replicate)
 
             def sub_progress(f, msg, k=k, cut=cut, seed=seed):
                 if progress:
@@ -135,15 +142,20 @@ def compare(base: TrainConfig, cuts, seeds, run_dir, *, progress: ProgressFn | N
                 break
         if state == "cancelled":
             break
-    comp = summarise(base, cuts, seeds, results, states, root, state)
+    comp = summarise(base, cuts, seeds, results, states, root, state, cut_of=cut_of)
     comp.save()
     return comp
 
 
 def _check_same_split(st, cfg: TrainConfig, sub: Path) -> None:
-    """A run found in the comparison's folder must have been trained on ``cfg``'s split."""
+    """A run found in the comparison's folder must have been trained on ``cfg``'s split and
+    cut (a row cut per replicate names its folders by the row, not the layer)."""
     if st.config is None:
         return
+    if st.config.get("cut") is not None and st.config.get("cut") != cfg.cut:
+        raise UserError(f"{sub} was cut at {st.config.get('cut')}, this comparison cuts that "
+                        f"replicate at {cfg.cut} (its scan chose another layer); compare into a "
+                        "new folder, or remove that run.")
     if split_of(st.config) != split_of(cfg.to_dict()):
         was = st.config.get("split_seed"), (st.config.get("dataset_options") or {})
         raise UserError(f"{sub} was trained on another data split than this comparison's "
@@ -183,15 +195,16 @@ def comparison_test_sets(base, seeds, replicate: str = "split"
 
 
 def _compare_group(base: TrainConfig, cuts: list[str], seeds: list[int], root: Path,
-                   parallel: int, progress, replicate: str = "split") -> Comparison:
+                   parallel: int, progress, replicate: str = "split",
+                   cut_of: dict | None = None) -> Comparison:
     """``compare(parallel=N)``: plan the runs as a group and drive it until every run ended."""
     for seed in seeds:
         for cut in cuts:
             sub = run_dir_of(root, cut, seed)
             if sub.is_dir():
-                _check_same_split(read_run(sub), replicate_config(base, cut, seed, replicate),
-                                  sub)
-    plan_group(root, base, cuts, seeds, parallel, replicate=replicate)
+                _check_same_split(read_run(sub), replicate_config(
+                    base, actual_cut(cut, seed, cut_of), seed, replicate), sub)
+    plan_group(root, base, cuts, seeds, parallel, replicate=replicate, cut_of=cut_of)
     # as the sequential compare: a run that ended without finishing is resumed once
     retry = {str(d) for *_, d, st in group_runs(root)
              if st is not None and st.state in ("interrupted", "cancelled", "failed")}
@@ -207,7 +220,7 @@ def _compare_group(base: TrainConfig, cuts: list[str], seeds: list[int], root: P
             st = read_run(run_dir_of(root, cut, seed))
             results[(cut, seed)] = st.result if st.state == "done" else None
             states[(cut, seed)] = st.state
-    comp = summarise(base, cuts, seeds, results, states, root, state)
+    comp = summarise(base, cuts, seeds, results, states, root, state, cut_of=cut_of)
     comp.save()     # also when no run finished: the states say why
     return comp
 

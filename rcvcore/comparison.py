@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from scipy import stats
 
 from ._files import write_json
 from ._shared import NONE
-from .evidence import ALPHA, paired_difference, split_of
+from .evidence import ALPHA, actual_cut, paired_difference, split_of
 from .metrics import METRICS, finite_or_none, metric_names
 
 COMPARISON = "comparison.json"
@@ -123,7 +124,8 @@ class Comparison:
         return "\n".join(
             [fmt(heads), rule] + [fmt(x) for x in lines]
             + [f"mean (std) over {len(self.seeds)} replicates, {std}; {self.protocol} protocol; "
-               f"unit of inference: {self.unit}", "",
+               f"unit of inference: {self.unit}"]
+            + [r["cuts_note"] for r in self.rows if r.get("cuts_note")] + ["",
                PAPER_TABLE2["source"] + ":"] + [fmt(x) for x in paper])
 
 
@@ -178,7 +180,8 @@ class Comparison:
                    "Nadeau-Bengio corrected paired t-test; no verdict with fewer than 3 "
                    "replicates, zero-variance differences or one shared split. kappa: Cohen's "
                    "kappa of the magnification (QWK: quadratic "
-                   "weights), each predicted area mapped to the nearest training class mean.")
+                   "weights), each predicted area mapped to the nearest training class mean."
+                   + "".join(f" {r['cuts_note']}." for r in self.rows if r.get("cuts_note")))
         return {"measured": measured, "tests": tests, "paper": paper,
                 "paper_source": PAPER_TABLE2["source"], "caption": caption,
                 "verdict": self.verdict()}
@@ -255,7 +258,7 @@ def paired_tests(a: list, b: list) -> dict:
 
 
 def summarise(base, cuts, seeds, results: dict, states: dict, root,
-              state: str = "done") -> Comparison:
+              state: str = "done", cut_of: dict | None = None) -> Comparison:
     """Build the :class:`Comparison` from each run's ``result.json`` contents.
 
     Args:
@@ -264,6 +267,8 @@ def summarise(base, cuts, seeds, results: dict, states: dict, root,
         results: ``{(cut, seed): result.json contents or None}``.
         states: ``{(cut, seed): run state}``.
         root: the comparison's folder (where :meth:`Comparison.save` writes).
+        cut_of: rows cut at a layer chosen per replicate (:func:`rcvcore.compare.compare`):
+            such a row carries ``cut_by_seed`` and says so in its label.
     """
     protocol, ddof = base.protocol, base.protocol_spec.std_ddof
     first = next((r for r in results.values() if r), None)
@@ -277,11 +282,20 @@ def summarise(base, cuts, seeds, results: dict, states: dict, root,
 
     rows = []
     for cut in cuts:
-        rows.append({"cut": cut, "label": model_label(base.arch, cut),
-                     "n": sum(1 for s in seeds if results.get((cut, s))),
-                     "seeds": list(seeds),
-                     "states": [states.get((cut, s), "missing") for s in seeds],
-                     "metrics": {m: _stats(values(cut, m), ddof) for m in metrics}})
+        row = {"cut": cut, "label": model_label(base.arch, cut),
+               "n": sum(1 for s in seeds if results.get((cut, s))),
+               "seeds": list(seeds),
+               "states": [states.get((cut, s), "missing") for s in seeds],
+               "metrics": {m: _stats(values(cut, m), ddof) for m in metrics}}
+        if cut in (cut_of or {}):
+            by_seed = [actual_cut(cut, s, cut_of) for s in seeds]
+            counts = Counter(by_seed)
+            row["cut_by_seed"] = by_seed
+            row["label"] = (f"{ARCH_LABELS.get(base.arch, base.arch)} pruned at each "
+                            f"replicate's own cut ({len(counts)} layers)")
+            row["cuts_note"] = (f"{cut}: each replicate cut at its own layer: " + ", ".join(
+                f"{c} x{k}" for c, k in counts.most_common()))
+        rows.append(row)
     done = [r for r in results.values() if r and r.get("n_train")]
     ratio = float(np.mean([r["n_test"] / r["n_train"] for r in done])) if done else 0.0
     splits = [split_of((results.get((cuts[0], s)) or {}).get("config")) for s in seeds]

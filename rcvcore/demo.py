@@ -47,6 +47,13 @@ DEMO_TRANSFER_DIR = "demo-transfer"
 #: the transfer demo's cut when no layer of its (test-free) scan is significant: the highest mean
 #: R² of that scan, untested
 FALLBACK_RULE = "untested-peak"
+#: how the transfer demo chooses its cut: ``union`` (one scan without every replicate's test
+#: split, one cut for all) or ``per-replicate`` (nested: one scan per replicate without only its
+#: own test split, each replicate cut at its own scan's choice; Table 2 then compares the full
+#: network with the whole procedure scan -> cut -> train)
+CUT_CHOICES = ("union", "per-replicate")
+#: the Table 2 row (and run-folder prefix) of the per-replicate cut
+PER_REPLICATE_ROW = "scan-cut"
 
 
 def demo_model_config(**over) -> TrainConfig:
@@ -198,7 +205,8 @@ def demo_model_cut(progress: ProgressFn | None = None) -> dict:
 
 
 def transfer_demo(root=None, *, seeds=10, cut: str | None = None, parallel: int | None = None,
-                  progress: ProgressFn | None = None, **over) -> tuple[Comparison, dict]:
+                  progress: ProgressFn | None = None, cut_choice: str = "union",
+                  **over) -> tuple[Comparison, dict]:
     """Scan -> cut -> compare on ``demo-he`` (see the module docstring), with no test data in
     the choice of the cut.
 
@@ -210,17 +218,27 @@ def transfer_demo(root=None, *, seeds=10, cut: str | None = None, parallel: int 
     so and cuts by the named fallback rule :data:`FALLBACK_RULE` (the highest mean R² of the
     same scan: still no test data, but untested).
 
+    With ``cut_choice="per-replicate"`` (nested) every replicate gets its own scan, without only
+    its own test split's source images, and is cut where that scan says (same rules); Table 2's
+    second row (:data:`PER_REPLICATE_ROW`) is then each replicate at its own cut: the whole
+    procedure against the full network, each scan keeping far more images than the union allows.
+
     Args:
         root: runs root; the comparison goes to ``<root>/demo-transfer``.
         seeds: count or list of seeds (replicates).
         cut: skip the choice and cut here.
+        cut_choice: one of :data:`CUT_CHOICES` (ignored with ``cut``).
         parallel: runs at a time in subprocesses (None: one after the other here).
         over: overrides of the comparison's :class:`TrainConfig` (e.g. ``epochs=1``).
 
     Returns:
         ``(comparison, info)``, ``info`` saying how the cut was chosen: ``{"cut", "how", "rule",
-        "scan": {layer: mean R²}, "excluded", "excluded_groups", "scanned", "plateau"}``.
+        "scan": {layer: mean R²}, "excluded", "excluded_groups", "scanned", "plateau"}``; per
+        replicate, ``{"cut": "scan-cut", "how", "rule": "per-replicate", "per_seed": {seed: that
+        replicate's choice as above}}``.
     """
+    if cut_choice not in CUT_CHOICES:
+        raise UserError(f"--cut-choice {cut_choice!r}: choose {' or '.join(CUT_CHOICES)}.")
     def say(frac, msg):
         if progress:
             progress(frac, msg)
@@ -228,14 +246,36 @@ def transfer_demo(root=None, *, seeds=10, cut: str | None = None, parallel: int 
     base = TrainConfig(**{"arch": DEMO_ARCH, "weights": "imagenet", "dataset": DEMO_DATASET,
                           "target": "nuclei-area", "log_every": 5, **DEMO_SETTINGS, **over})
     seeds = resolve_seeds(seeds, base.seed)
-    if cut is None:
+    cut_of = None
+    if cut is None and cut_choice == "per-replicate":
+        per_seed = {}
+        for i, seed in enumerate(seeds):
+            per_seed[seed] = choose_cut(
+                base, [seed], replicate="split",
+                progress=lambda f, m, i=i: say(0.2 * (i + f) / len(seeds),
+                                               f"[replicate {i + 1}/{len(seeds)}] {m}"))
+        cut = PER_REPLICATE_ROW
+        cut_of = {cut: {s: c["cut"] for s, c in per_seed.items()}}
+        fell_back = sum(1 for c in per_seed.values() if c["rule"] == FALLBACK_RULE)
+        info = {"rule": "per-replicate", "per_seed": per_seed,
+                "how": (f"each of {len(seeds)} replicates cut where its own scan (without only "
+                        f"its test split's source images) says: "
+                        + ", ".join(f"seed {s} {c['cut']}" for s, c in per_seed.items())
+                        + f"; {fell_back} of {len(seeds)} by the fallback rule {FALLBACK_RULE} "
+                        "(no layer significant in that scan)")}
+    elif cut is None:
         info = choose_cut(base, seeds, replicate="split",
                           progress=lambda f, m: say(0.1 * f, m))
         cut = info["cut"]
+        if info["rule"] == FALLBACK_RULE and len(seeds) > 1:
+            info["how"] += (f"; the union of {len(seeds)} replicates' test splits left this "
+                            f"scan {info['scanned']} images: --cut-choice per-replicate scans "
+                            "each replicate without only its own test split")
     else:
         info = {"rule": "given", "how": "given"}
     info["cut"] = cut
+    start = 0.2 if cut_of else 0.1
     comp = compare(base, ["none", cut], seeds, runs_root(root) / DEMO_TRANSFER_DIR,
-                   parallel=parallel, replicate="split",
-                   progress=lambda f, m: say(0.1 + 0.9 * f, m))
+                   parallel=parallel, replicate="split", cut_of=cut_of,
+                   progress=lambda f, m: say(start + (1 - start) * f, m))
     return comp, info

@@ -41,6 +41,33 @@ def check_replicate(replicate: str) -> str:
     return replicate
 
 
+def actual_cut(cut: str, seed: int, cut_of: dict | None = None) -> str:
+    """The layer replicate ``seed`` of the comparison row ``cut`` is cut at: ``cut`` itself, or,
+    for a row whose cut was chosen per replicate (``cut_of = {row: {seed: layer}}``, seeds as
+    ints or strings, as JSON keeps them), that replicate's layer."""
+    per_seed = (cut_of or {}).get(cut)
+    if per_seed is None:
+        return cut
+    return str(per_seed.get(int(seed), per_seed.get(str(int(seed)), cut)))
+
+
+def check_cut_of(cuts, seeds, cut_of: dict | None) -> dict:
+    """``cut_of`` with string seed keys (as group.json keeps it), or a :class:`UserError` when it
+    names a row that is not compared or leaves a replicate without its layer."""
+    out: dict = {}
+    for row, per_seed in (cut_of or {}).items():
+        if row not in cuts:
+            raise UserError(f"cut_of names {row!r}, which is not one of the compared cuts "
+                            f"({', '.join(cuts)}).")
+        keys = {str(int(k)): str(v) for k, v in per_seed.items()}
+        missing = [s for s in seeds if str(int(s)) not in keys]
+        if missing:
+            raise UserError(f"cut_of[{row!r}] has no layer for seed(s) "
+                            f"{', '.join(map(str, missing))}.")
+        out[row] = keys
+    return out
+
+
 def replicate_config(base, cut: str, seed: int, replicate: str = "split"):
     """The configuration of replicate ``seed`` of ``cut``: with ``replicate="split"`` the seed
     is also the split seed (the run's own and, for loaders that fix a split, the dataset's)."""

@@ -181,3 +181,73 @@ def test_cli_demo_transfer_scans_cuts_and_compares(tmp_path, monkeypatch):
     assert set(scanned[0].exclude_groups) == {group_of[p] for p in tested}
     # (demo-histology draws other source images for every seed: none of them is in the scan)
     assert info["excluded_groups"] == len(scanned[0].exclude_groups)
+
+
+def test_demo_transfer_per_replicate_scans_each_without_only_its_own_test_split(tmp_path,
+                                                                               monkeypatch):
+    """``--cut-choice per-replicate`` (nested): one scan per replicate, each without exactly
+    that replicate's test groups, each replicate cut where its own scan says; Table 2's second
+    row is the procedure (its runs' cuts recorded per seed)."""
+    import json
+
+    from rcvcore.data import load_dataset
+
+    monkeypatch.setattr(demo, "DEMO_ARCH", "resnet18")
+    monkeypatch.setattr(demo, "DEMO_DATASET", "demo-histology")
+    real_scan = demo.run_scan
+    scanned = []
+    monkeypatch.setattr(demo, "run_scan", lambda cfg, progress=None: scanned.append(cfg) or
+                        real_scan(dataclasses.replace(cfg, weights="random", n=36,
+                                                      layers="paper", repeats=3,
+                                                      permutations=20), progress))
+    comp, info = demo.transfer_demo(tmp_path / "runs", seeds=[3, 4], weights="random", n=36,
+                                    epochs=1, image_size=64, device="cpu", batch_size=8,
+                                    cut_choice="per-replicate")
+    assert len(scanned) == 2 and info["cut"] == demo.PER_REPLICATE_ROW
+    assert [r["cut"] for r in comp.rows] == ["none", demo.PER_REPLICATE_ROW]
+    row = comp.rows[1]
+    assert row["cut_by_seed"] == [info["per_seed"][s]["cut"] for s in (3, 4)]
+    assert "each replicate's own cut" in row["label"] and comp.tests
+    # which layer each replicate was cut at is said under the table and in the dashboard's
+    assert row["cuts_note"] in comp.table() and row["cuts_note"] in comp.view()["caption"]
+    assert all(s == "done" for r in comp.rows for s in r["states"])
+    folder = tmp_path / "runs" / "demo-transfer"
+    for scan_cfg, seed in zip(scanned, (3, 4)):
+        cfg = json.loads((folder / f"{demo.PER_REPLICATE_ROW}_seed{seed}" / "config.json")
+                         .read_text())
+        assert cfg["cut"] == info["per_seed"][seed]["cut"] and cfg["split_seed"] == seed
+        # that scan left out exactly this replicate's test groups
+        res = json.loads((folder / f"{demo.PER_REPLICATE_ROW}_seed{seed}" / "result.json")
+                         .read_text())
+        ds = load_dataset(cfg["dataset"], n=cfg["n"], seed=cfg["split_seed"],
+                          **cfg.get("dataset_options", {}))
+        group_of = dict(zip(ds.paths, map(str, ds.groups)))
+        tested = {group_of[p["path"]] for p in res["test_predictions"]}
+        assert set(scan_cfg.exclude_groups) == tested
+    # saved and read back with the per-seed cuts
+    again = json.loads((folder / "comparison.json").read_text())
+    assert again["rows"][1]["cut_by_seed"] == row["cut_by_seed"]
+    with pytest.raises(Exception, match="cut-choice"):
+        demo.transfer_demo(tmp_path / "runs2", seeds=2, cut_choice="nested")
+
+
+def test_cut_of_is_checked_and_kept_in_a_group_plan(tmp_path):
+    from rcvcore.errors import UserError
+    from rcvcore.evidence import actual_cut, check_cut_of
+    from rcvcore.runs.groups import plan_group, read_group
+
+    assert actual_cut("add_2", 5) == "add_2"
+    assert actual_cut("scan-cut", 5, {"scan-cut": {"5": "add_3"}}) == "add_3"
+    assert actual_cut("scan-cut", 5, {"scan-cut": {5: "add_3"}}) == "add_3"
+    with pytest.raises(UserError, match="no layer for seed"):
+        check_cut_of(["none", "scan-cut"], [1, 2], {"scan-cut": {1: "add_3"}})
+    with pytest.raises(UserError, match="not one of the compared cuts"):
+        check_cut_of(["none"], [1], {"scan-cut": {1: "add_3"}})
+    plan_group(tmp_path / "g", TINY, ["none", "scan-cut"], [1, 2],
+               cut_of={"scan-cut": {1: "add_3", 2: "add_5"}})
+    plan = read_group(tmp_path / "g")
+    assert [actual_cut("scan-cut", s, plan["cut_of"]) for s in plan["seeds"]] == ["add_3",
+                                                                                 "add_5"]
+    with pytest.raises(UserError):       # a layer the network does not have
+        plan_group(tmp_path / "h", TINY, ["none", "scan-cut"], [1],
+                   cut_of={"scan-cut": {1: "nope"}})

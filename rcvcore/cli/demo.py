@@ -55,6 +55,11 @@ def add_parser(sub) -> None:
                                       "RUNS_DIR/demo-transfer")
     t.add_argument("--seeds", default="10", help="count or list (default 10, as the paper)")
     t.add_argument("--cut", help="cut here instead of the scan's choice")
+    t.add_argument("--cut-choice", choices=["union", "per-replicate"], default="union",
+                   help="union (default): one scan without every replicate's test split, one "
+                        "cut for all; per-replicate: one scan per replicate without only its "
+                        "own test split (nested), each replicate cut at its own scan's choice "
+                        "(Table 2 row 'scan-cut')")
     t.add_argument("--epochs", type=COUNT, help=f"default {DEMO_SETTINGS['epochs']}")
     t.add_argument("--image-size", type=IMAGE_SIZE, help=f"default {DEMO_SETTINGS['image_size']}")
     t.add_argument("--protocol", choices=["recommended", "paper"], help="default recommended")
@@ -140,6 +145,7 @@ def _transfer(args) -> int:
 
     comp, info = transfer_demo(args.runs_dir, seeds=args.seeds, cut=args.cut,
                                parallel=args.parallel, progress=_progress(args),
+                               cut_choice=args.cut_choice,
                                **_over(args, ("epochs", "image_size", "protocol", "head_init",
                                               "device")))
     _print_choice(info)

@@ -15,7 +15,7 @@ from pathlib import Path
 from .._files import read_json, write_json
 from ..comparison import COMPARISON, Comparison, summarise
 from ..errors import UserError
-from ..evidence import check_replicate
+from ..evidence import actual_cut, check_cut_of, check_replicate
 from .config import TrainConfig
 from .directory import ACTIVE, GROUP, RunState, is_run_dir, read_run, runs_root
 
@@ -40,27 +40,31 @@ def update_group(group, **changes) -> dict | None:
 
 
 def plan_group(group, base: TrainConfig, cuts, seeds, max_parallel: int = 1,
-               replicate: str = "split") -> Path:
+               replicate: str = "split", cut_of: dict | None = None) -> Path:
     """Write ``group.json`` for one run per (cut, seed) of ``base`` into the folder ``group``;
     ``replicate`` (:mod:`rcvcore.evidence`): ``split`` gives each seed its own data split.
 
     Runs are ordered seed-major, as in :func:`rcvcore.compare.compare`: an interrupted group
-    still has paired runs. Nothing is started (see :meth:`Scheduler.advance`).
+    still has paired runs. Nothing is started (see :meth:`Scheduler.advance`). ``cut_of``
+    (:func:`rcvcore.compare.compare`): rows cut at a layer chosen per replicate.
     """
     cuts = list(dict.fromkeys(cuts))
     if not cuts or not seeds:
         raise UserError("A run group needs at least one cut and one seed.")
     if int(max_parallel) < 1:
         raise UserError(f"--parallel must be >= 1, got {max_parallel}.")
+    cut_of = check_cut_of(cuts, seeds, cut_of)
     for c in cuts:
-        dataclasses.replace(base, cut=c).validate()
+        for layer in sorted({actual_cut(c, s, cut_of) for s in seeds}):
+            dataclasses.replace(base, cut=layer).validate()
     group = Path(group)
     group.mkdir(parents=True, exist_ok=True)
     plan = read_group(group)
     new = {"base": base.to_dict(), "cuts": cuts, "seeds": [int(s) for s in seeds],
            "max_parallel": int(max_parallel), "cancelled": False,
            "created": (plan or {}).get("created") or time.time(), "state": "running",
-           "error": None, "replicate": check_replicate(replicate)}
+           "error": None, "replicate": check_replicate(replicate),
+           **({"cut_of": cut_of} if cut_of else {})}
     write_json(group / GROUP, new)
     return group
 
@@ -99,7 +103,8 @@ def group_comparison(group) -> Comparison | None:
     if not any(results.values()):
         return None
     return summarise(TrainConfig.from_dict(plan["base"]), plan["cuts"], plan["seeds"], results,
-                     states, group, "cancelled" if plan.get("cancelled") else "done")
+                     states, group, "cancelled" if plan.get("cancelled") else "done",
+                     cut_of=plan.get("cut_of"))
 
 
 def read_comparison(run_dir) -> dict | None:
