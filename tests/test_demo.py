@@ -251,3 +251,18 @@ def test_cut_of_is_checked_and_kept_in_a_group_plan(tmp_path):
     with pytest.raises(UserError):       # a layer the network does not have
         plan_group(tmp_path / "h", TINY, ["none", "scan-cut"], [1],
                    cut_of={"scan-cut": {1: "nope"}})
+
+
+def test_a_comparison_refuses_a_run_folder_cut_at_another_layer(tmp_path):
+    """A row cut per replicate names its folders by the row: a rerun whose scan chose another
+    layer must not reuse the old run as if it were this one."""
+    from types import SimpleNamespace
+
+    from rcvcore.compare import _check_same_split
+    from rcvcore.errors import UserError
+
+    cfg = dataclasses.replace(TINY, cut="add_5")
+    _check_same_split(SimpleNamespace(config=cfg.to_dict()), cfg, tmp_path)     # same: fine
+    with pytest.raises(UserError, match="was cut at add_3.*at add_5"):
+        _check_same_split(SimpleNamespace(config={**cfg.to_dict(), "cut": "add_3"}), cfg,
+                          tmp_path / "scan-cut_seed1")
