@@ -14,7 +14,6 @@ run group and starts them as subprocesses, N at a time, with the dashboard's sch
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from ._utils import callable_module
 from .comparison import COMPARISON, Comparison, model_label, paired_tests, summarise  # noqa: F401
 from .data import load_dataset
 from .errors import UserError
-from .evidence import actual_cut, check_cut_of, check_replicate, replicate_config, split_of
+from .evidence import check_cut_of, check_replicate, replicate_config, split_of
 from .runs.config import TrainConfig
 from .runs.directory import RESULT, read_run
 from .runs.groups import group_runs, plan_group, read_comparison, run_dir_of
@@ -88,15 +87,12 @@ def compare(base: TrainConfig, cuts, seeds, run_dir, *, progress: ProgressFn | N
     cuts = _parse_cuts(cuts)
     seeds = resolve_seeds(seeds, base.seed)
     check_replicate(replicate)
-    cut_of = check_cut_of(cuts, seeds, cut_of)
+    cut_of = check_cut_of(base, cuts, seeds, cut_of)      # and every layer of every run
     if (dataset is not None and replicate == "split" and len(seeds) > 1
             and any(smp.split for smp in dataset.samples)):
         raise UserError("compare(dataset=...) was given a dataset that fixes its split, the same "
                         "for every seed; replicates over splits need the dataset loaded per "
                         "seed: pass no dataset, or replicate='seed'.")
-    for c in cuts:
-        for layer in sorted({actual_cut(c, s, cut_of) for s in seeds}):
-            dataclasses.replace(base, cut=layer).validate()
     root = Path(run_dir)
     if parallel is not None:
         if dataset is not None:
@@ -113,7 +109,7 @@ def compare(base: TrainConfig, cuts, seeds, run_dir, *, progress: ProgressFn | N
     for seed in seeds:          # seed-major: an interrupted comparison still has paired runs
         for cut in cuts:
             sub = run_dir_of(root, cut, seed)
-            cfg = replicate_config(base, actual_cut(cut, seed, cut_of), seed, replicate)
+            cfg = replicate_config(base, cut, seed, replicate, cut_of)
 
             def sub_progress(f, msg, k=k, cut=cut, seed=seed):
                 if progress:
@@ -202,8 +198,8 @@ def _compare_group(base: TrainConfig, cuts: list[str], seeds: list[int], root: P
         for cut in cuts:
             sub = run_dir_of(root, cut, seed)
             if sub.is_dir():
-                _check_same_split(read_run(sub), replicate_config(
-                    base, actual_cut(cut, seed, cut_of), seed, replicate), sub)
+                _check_same_split(read_run(sub),
+                                  replicate_config(base, cut, seed, replicate, cut_of), sub)
     plan_group(root, base, cuts, seeds, parallel, replicate=replicate, cut_of=cut_of)
     # as the sequential compare: a run that ended without finishing is resumed once
     retry = {str(d) for *_, d, st in group_runs(root)

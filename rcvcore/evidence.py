@@ -51,9 +51,10 @@ def actual_cut(cut: str, seed: int, cut_of: dict | None = None) -> str:
     return str(per_seed.get(int(seed), per_seed.get(str(int(seed)), cut)))
 
 
-def check_cut_of(cuts, seeds, cut_of: dict | None) -> dict:
+def check_cut_of(base, cuts, seeds, cut_of: dict | None) -> dict:
     """``cut_of`` with string seed keys (as group.json keeps it), or a :class:`UserError` when it
-    names a row that is not compared or leaves a replicate without its layer."""
+    names a row that is not compared or leaves a replicate without its layer; every layer the
+    comparison's runs are cut at is checked against ``base``'s network."""
     out: dict = {}
     for row, per_seed in (cut_of or {}).items():
         if row not in cuts:
@@ -65,12 +66,18 @@ def check_cut_of(cuts, seeds, cut_of: dict | None) -> dict:
             raise UserError(f"cut_of[{row!r}] has no layer for seed(s) "
                             f"{', '.join(map(str, missing))}.")
         out[row] = keys
+    for c in cuts:
+        for layer in sorted({actual_cut(c, s, out) for s in seeds}):
+            dataclasses.replace(base, cut=layer).validate()
     return out
 
 
-def replicate_config(base, cut: str, seed: int, replicate: str = "split"):
+def replicate_config(base, cut: str, seed: int, replicate: str = "split",
+                     cut_of: dict | None = None):
     """The configuration of replicate ``seed`` of ``cut``: with ``replicate="split"`` the seed
-    is also the split seed (the run's own and, for loaders that fix a split, the dataset's)."""
+    is also the split seed (the run's own and, for loaders that fix a split, the dataset's).
+    A row cut per replicate (``cut_of``, :func:`actual_cut`) gets that replicate's layer."""
+    cut = actual_cut(cut, seed, cut_of)
     if replicate == "seed":
         return dataclasses.replace(base, cut=cut, seed=int(seed))
     opts = dict(base.dataset_options or {})

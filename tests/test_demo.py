@@ -143,18 +143,24 @@ def test_held_out_patches_are_the_test_split_spread_over_classes(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_demo_transfer_scans_cuts_and_compares(tmp_path, monkeypatch):
-    """``demo transfer`` with a tiny network: the scan picks the cut, both networks train on
-    the same splits over 2 seeds, Table 2 with its paired tests and the paper's numbers."""
+def _tiny_demo(monkeypatch) -> list:
+    """The transfer demo on a tiny network and data; its scans are real, on a small
+    configuration, and recorded (the returned list gets each scan's configuration)."""
     monkeypatch.setattr(demo, "DEMO_ARCH", "resnet18")
     monkeypatch.setattr(demo, "DEMO_DATASET", "demo-histology")
     real_scan = demo.run_scan
     scanned = []
-    # the real scan, on a small configuration
     monkeypatch.setattr(demo, "run_scan", lambda cfg, progress=None: scanned.append(cfg) or
                         real_scan(dataclasses.replace(cfg, weights="random", n=36,
                                                       layers="paper", repeats=3,
                                                       permutations=20), progress))
+    return scanned
+
+
+def test_cli_demo_transfer_scans_cuts_and_compares(tmp_path, monkeypatch):
+    """``demo transfer`` with a tiny network: the scan picks the cut, both networks train on
+    the same splits over 2 seeds, Table 2 with its paired tests and the paper's numbers."""
+    scanned = _tiny_demo(monkeypatch)
     comp, info = demo.transfer_demo(tmp_path / "runs", seeds=2, weights="random", n=36,
                                     epochs=1, image_size=64, device="cpu", batch_size=8)
     assert info["cut"] in {"add_1", "add_2", "add_3", "add_4", "add_5", "add_6", "add_7",
@@ -192,14 +198,7 @@ def test_demo_transfer_per_replicate_scans_each_without_only_its_own_test_split(
 
     from rcvcore.data import load_dataset
 
-    monkeypatch.setattr(demo, "DEMO_ARCH", "resnet18")
-    monkeypatch.setattr(demo, "DEMO_DATASET", "demo-histology")
-    real_scan = demo.run_scan
-    scanned = []
-    monkeypatch.setattr(demo, "run_scan", lambda cfg, progress=None: scanned.append(cfg) or
-                        real_scan(dataclasses.replace(cfg, weights="random", n=36,
-                                                      layers="paper", repeats=3,
-                                                      permutations=20), progress))
+    scanned = _tiny_demo(monkeypatch)
     comp, info = demo.transfer_demo(tmp_path / "runs", seeds=[3, 4], weights="random", n=36,
                                     epochs=1, image_size=64, device="cpu", batch_size=8,
                                     cut_choice="per-replicate")
@@ -240,9 +239,9 @@ def test_cut_of_is_checked_and_kept_in_a_group_plan(tmp_path):
     assert actual_cut("scan-cut", 5, {"scan-cut": {"5": "add_3"}}) == "add_3"
     assert actual_cut("scan-cut", 5, {"scan-cut": {5: "add_3"}}) == "add_3"
     with pytest.raises(UserError, match="no layer for seed"):
-        check_cut_of(["none", "scan-cut"], [1, 2], {"scan-cut": {1: "add_3"}})
+        check_cut_of(TINY, ["none", "scan-cut"], [1, 2], {"scan-cut": {1: "add_3"}})
     with pytest.raises(UserError, match="not one of the compared cuts"):
-        check_cut_of(["none"], [1], {"scan-cut": {1: "add_3"}})
+        check_cut_of(TINY, ["none"], [1], {"scan-cut": {1: "add_3"}})
     plan_group(tmp_path / "g", TINY, ["none", "scan-cut"], [1, 2],
                cut_of={"scan-cut": {1: "add_3", 2: "add_5"}})
     plan = read_group(tmp_path / "g")

@@ -8,14 +8,13 @@ as ``python -m rcvcore compare`` writes it) is written from :func:`group_compari
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
 from .._files import read_json, write_json
 from ..comparison import COMPARISON, Comparison, summarise
 from ..errors import UserError
-from ..evidence import actual_cut, check_cut_of, check_replicate
+from ..evidence import check_cut_of, check_replicate
 from .config import TrainConfig
 from .directory import ACTIVE, GROUP, RunState, is_run_dir, read_run, runs_root
 
@@ -53,10 +52,7 @@ def plan_group(group, base: TrainConfig, cuts, seeds, max_parallel: int = 1,
         raise UserError("A run group needs at least one cut and one seed.")
     if int(max_parallel) < 1:
         raise UserError(f"--parallel must be >= 1, got {max_parallel}.")
-    cut_of = check_cut_of(cuts, seeds, cut_of)
-    for c in cuts:
-        for layer in sorted({actual_cut(c, s, cut_of) for s in seeds}):
-            dataclasses.replace(base, cut=layer).validate()
+    cut_of = check_cut_of(base, cuts, seeds, cut_of)      # and every layer of every run
     group = Path(group)
     group.mkdir(parents=True, exist_ok=True)
     plan = read_group(group)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .._shared import NONE
 from ..errors import UserError
-from ..evidence import actual_cut, replicate_config
+from ..evidence import replicate_config
 from .config import TrainConfig
 from .directory import (
     ACTIVE,
@@ -154,8 +154,8 @@ class Scheduler:
                 cut, seed, d, existing = pending.pop(0)
                 resume.discard(str(d))
                 self.exited.pop(str(d), None)
-                cfg = replicate_config(base, actual_cut(cut, seed, plan.get("cut_of")), seed,
-                                       plan.get("replicate", "seed"))
+                cfg = replicate_config(base, cut, seed, plan.get("replicate", "seed"),
+                                       plan.get("cut_of"))
                 self.children[str(d)] = launch(None if existing else cfg, d, resume=existing,
                                                env=self.env)
                 active += 1
