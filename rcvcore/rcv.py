@@ -169,7 +169,7 @@ class _Fit:
                                             np.arange(self.QtY.shape[1])[cols][j_idx])
         with np.errstate(divide="ignore", invalid="ignore"):
             err = np.abs(c32[redo] - c64[redo]) / np.abs(c64[redo])
-        if not np.all(np.isfinite(c64[redo])) or err.max(initial=0.0) > SCREEN_TOL / 4:
+        if not np.all(err <= SCREEN_TOL / 4):     # (nan too: a zero or non-finite criterion)
             return np.argmin(self.loo_mse(alphas, groups, cols), axis=0)
         return np.argmin(c64, axis=0)
 
@@ -249,8 +249,10 @@ class _Fit:
             M = setup.cast.get(("M", b, dtype.str))
             if M is None:
                 M = setup.cast[("M", b, dtype.str)] = Minv.astype(dtype, copy=False)
-            e = np.matmul(M[a], block)                                       # (c, G_s, size, k)
-            total += (e ** 2).mean(axis=2).sum(axis=1)
+            e = np.matmul(M[a], block).reshape(c, g * size, k)        # (c, G_s size, k)
+            # (a group's mean as one contiguous sum over the bucket / size: 2x faster than a
+            # mean over the strided size axis)
+            total += np.einsum("cij,cij->cj", e, e) / size
             start += g * size
         return total / setup.n_groups
 
@@ -275,7 +277,8 @@ class _Fit:
             r = resid[:, j]
             for idx, Minv in setup.buckets:
                 e = np.matmul(Minv[a].astype(dtype, copy=False), r[idx])     # (G_s, size, k)
-                total[j] += (e ** 2).mean(axis=1).sum(axis=0)
+                e = e.reshape(-1, e.shape[-1])
+                total[j] += np.einsum("ij,ij->j", e, e) / idx.shape[1]
         return total / setup.n_groups
 
     def _block_inverses(self, idx: np.ndarray, D: np.ndarray) -> np.ndarray:

@@ -301,14 +301,20 @@ def _refit_criterion(X, Y, alphas, groups):
 
 @pytest.mark.parametrize("grouped", [False, True])
 @pytest.mark.parametrize("p", [6, 60])          # primal and dual
-@pytest.mark.parametrize("tol", [None, 1e-12])  # 1e-12: the single-precision guard trips
-def test_screened_penalty_search_picks_the_exact_penalties(rng, monkeypatch, grouped, p, tol):
-    """The permutation test's penalty search (single-precision screen, float64 candidates)
-    picks, for every permuted column, the penalty of explicit leave-one-(group-)out refits."""
+@pytest.mark.parametrize("trip", [False, True])  # True: the single-precision guard trips
+def test_screened_penalty_search_picks_the_exact_penalties(rng, monkeypatch, grouped, p, trip):
+    """The permutation test's penalty search (single-precision screen, float64 candidates) picks,
+    for every permuted column, the penalty of explicit leave-one-(group-)out refits, also when
+    the screen's error guard trips and the search falls back to float64."""
     import rcvcore.rcv as rcv
 
-    if tol is not None:
-        monkeypatch.setattr(rcv, "SCREEN_TOL", tol)
+    monkeypatch.setattr(rcv, "SMALL_CRITERION_BYTES", 0)     # screen even this small criterion
+    if trip:
+        monkeypatch.setattr(rcv, "SCREEN_TOL", 1e-12)
+    rows = []                                   # the dtype of every full criterion evaluated
+    orig = rcv._Fit._loo_rows
+    monkeypatch.setattr(rcv._Fit, "_loo_rows", lambda self, setup, cols, dtype: rows.append(
+        np.dtype(dtype).name) or orig(self, setup, cols, dtype))
     n = 40
     groups = np.repeat(np.arange(10), 4) if grouped else np.arange(n)
     X = rng.normal(size=(n, p)) @ np.diag(np.geomspace(1, 1e-2, p))
@@ -321,4 +327,8 @@ def test_screened_penalty_search_picks_the_exact_penalties(rng, monkeypatch, gro
     g = groups if grouped else None
     ref = np.argmin(_refit_criterion(X, Y, alphas, groups), axis=0)
     np.testing.assert_array_equal(fit.loo_argmin(alphas, g, fast=True), ref)
+    # the screen ran in full, then float64 in full only where the guard tripped
+    assert rows == (["float32", "float64"] if trip else ["float32"])
+    rows.clear()
     np.testing.assert_array_equal(fit.loo_argmin(alphas, g), ref)
+    assert rows == ["float64"]
