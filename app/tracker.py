@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from rcvcore.metrics import METRICS
+from rcvcore.metrics import MEASURE_UNITS, METRICS
 from rcvcore.runs.directory import read_run
 from rcvcore.runs.tracker import (
     KEY_CONFIG,
@@ -53,9 +53,20 @@ def _rgba(colour: str, alpha: float) -> str:
     return f"rgba({int(r)},{int(g)},{int(b)},{alpha})"
 
 
-def _frame(metrics: list[str], log_y: bool) -> go.Figure:
+def _titles(df: pd.DataFrame, metrics: list[str]) -> list[str]:
+    """Each panel's title: its curves' label (in their runs' measure unit), or, where runs of
+    measures in different units share a panel, the label that says so."""
+    out = []
+    for m in metrics:
+        labels = set(df.loc[df["metric"] == m, "label"]) if "label" in df else set()
+        out.append(labels.pop() if len(labels) == 1 else
+                   metric_label(m, list(MEASURE_UNITS) if labels else None))
+    return out
+
+
+def _frame(metrics: list[str], log_y: bool, titles: list[str] | None = None) -> go.Figure:
     fig = make_subplots(rows=len(metrics), cols=1, shared_xaxes=True, vertical_spacing=0.1,
-                        subplot_titles=[metric_label(m) for m in metrics])
+                        subplot_titles=titles or [metric_label(m) for m in metrics])
     height = 230 * len(metrics) + 90
     fig.update_layout(height=height, margin={"l": 60, "r": 20, "t": 40, "b": 40},
                       showlegend=True, hovermode="closest",
@@ -73,7 +84,7 @@ def runs_figure(records: list[dict], colours: dict[str, str], *, log_y: bool = F
     ``value``) also draw the raw curve, faint."""
     df = pd.DataFrame(records)
     metrics = list(dict.fromkeys(df["metric"])) if len(df) else ["loss"]
-    fig = _frame(metrics, log_y)
+    fig = _frame(metrics, log_y, _titles(df, metrics) if len(df) else None)
     shown: set[str] = set()
     for run, part in (df.groupby("run", sort=True) if len(df) else []):
         colour = colours.get(run, PALETTE[0])
@@ -81,7 +92,7 @@ def runs_figure(records: list[dict], colours: dict[str, str], *, log_y: bool = F
             d = part[part["metric"] == metric].sort_values("step")
             if d.empty:
                 continue
-            label = metric_label(metric)
+            label = d["label"].iloc[0] if "label" in d else metric_label(metric)
             if "raw" in d and not (d["raw"] == d["value"]).all():
                 fig.add_trace(go.Scatter(
                     x=d["step"], y=d["raw"], mode="lines", showlegend=False,
@@ -104,7 +115,7 @@ def band_figure(rows: list[dict], *, log_y: bool = False) -> go.Figure:
     (from the cut's name, as runs get theirs)."""
     df = pd.DataFrame(rows)
     metrics = list(dict.fromkeys(df["metric"])) if len(df) else ["loss"]
-    fig = _frame(metrics, log_y)
+    fig = _frame(metrics, log_y, _titles(df, metrics) if len(df) else None)
     cuts = sorted({str(c) for c in df["cut"]}) if len(df) else []
     cut_colours = assign_colours([f"cut:{c}" for c in cuts], PALETTE)
     shown: set[str] = set()
@@ -121,7 +132,7 @@ def band_figure(rows: list[dict], *, log_y: bool = False) -> go.Figure:
                 x=list(d["step"]) + list(d["step"])[::-1], y=list(hi) + list(lo)[::-1],
                 fill="toself", fillcolor=_rgba(colour, 0.18), line={"width": 0},
                 legendgroup=cut, showlegend=False, hoverinfo="skip"), row=pi, col=1)
-            label = metric_label(metric)
+            label = d["label"].iloc[0] if "label" in d else metric_label(metric)
             fig.add_trace(go.Scatter(
                 x=d["step"], y=d["mean"], name=f"cut {cut}", legendgroup=cut,
                 showlegend=cut not in shown, mode="lines",
@@ -169,10 +180,11 @@ def curves_panel(runs: list, colours: dict[str, str], *, root, key: str) -> None
             st.plotly_chart(fig, key=f"{key}_{'steps' if recs is steps else 'epochs'}")
 
 
-def _column_config() -> dict:
-    """Column titles and number formats from the metric registry."""
+def _column_config(targets=None) -> dict:
+    """Column titles (the MAE's in the unit of the shown runs' measure) and number formats
+    from the metric registry."""
     cfg = {f"test_{m.name}": st.column_config.NumberColumn(
-        f"test {m.label}", format=f"%.{m.decimals}f") for m in METRICS.values()}
+        f"test {m.label_for(targets)}", format=f"%.{m.decimals}f") for m in METRICS.values()}
     cfg["lr"] = st.column_config.NumberColumn("lr", format="%.1e")
     cfg["epochs_done"] = st.column_config.NumberColumn("epochs done")
     return cfg
@@ -197,7 +209,8 @@ def runs_overview(groups: dict[str, list], *, state_of=None, key: str = "all_run
     cols = ["run", "state", "epochs_done", *KEY_CONFIG, *(f"test_{m}" for m in METRICS)]
     df = pd.DataFrame(shown, columns=cols)
     df = df.dropna(axis=1, how="all") if len(df) else df
-    st.dataframe(df, hide_index=True, width="stretch", column_config=_column_config(),
+    st.dataframe(df, hide_index=True, width="stretch",
+                 column_config=_column_config([r.get("target") for r in shown]),
                  key=f"{key}_table")
     st.caption(f"{len(shown)} of {len(rows)} runs · click a column title to sort")
     names = [r["run"] for r in shown] or [r["run"] for r in rows]

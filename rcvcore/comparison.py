@@ -81,6 +81,11 @@ class Comparison:
     protocol: str = "recommended"
     unit: str = "group split (one per replicate)"
 
+    @property
+    def target(self) -> str | None:
+        """The runs' target (its measure's unit names the MAE column)."""
+        return (self.base or {}).get("target")
+
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["table"] = self.table()
@@ -96,7 +101,7 @@ class Comparison:
 
     def table(self) -> str:
         """Text table in the layout of the paper's Table 2: mean (std) over seeds per model."""
-        heads = ["Model"] + [_label(m) for m in self.metrics]
+        heads = ["Model"] + [_label(m, self.target) for m in self.metrics]
         lines = []
         for r in self.rows:
             cells = [r["label"] + ("" if r["n"] == len(self.seeds) else f" [{r['n']} runs]")]
@@ -150,7 +155,7 @@ class Comparison:
                 sign = METRICS[m].sign if m in METRICS else 1.0
                 wins = sum(1 for x, y in pairs if sign * (y - x) > 0)
                 how = s["verdict"] + (f" ({s['why']})" if s.get("why") else "")
-                parts.append(f"{_label(m)} {how}: {_diff_cell(m, s)}, better in "
+                parts.append(f"{_label(m, self.target)} {how}: {_diff_cell(m, s)}, better in "
                              f"{wins}/{len(pairs)} replicates")
             if parts:
                 out.append(f"{row['label']} vs {base['label']} (unit: {self.unit}): "
@@ -164,10 +169,10 @@ class Comparison:
             return None if not s or s.get("mean") is None else _mean_std(m, s["mean"], s["std"])
 
         measured = [{"Model": r["label"], "runs": r["n"],
-                     **{_label(m): cell(m, r["metrics"].get(m))
+                     **{_label(m, self.target): cell(m, r["metrics"].get(m))
                         for m in self.metrics}} for r in self.rows]
         tests = [{"Model": f"{t['cut']} - {t['baseline']}",
-                  **{_label(m): f"{_diff_cell(m, v)}: {v.get('verdict', '-')}"
+                  **{_label(m, self.target): f"{_diff_cell(m, v)}: {v.get('verdict', '-')}"
                      for m, v in t["metrics"].items()}} for t in self.tests]
         paper = [{"Model": f"{r['label']} (paper)",
                   **{_label(m): _mean_std(m, *r[m], std_format=".2f") for m in METRICS
@@ -198,8 +203,9 @@ def _mean_std(metric: str, mean: float, std: float | None, *, missing_std: str |
     return f"{format(mean, f)} ({format(std, std_format or f)})"
 
 
-def _label(metric: str) -> str:
-    return METRICS[metric].label if metric in METRICS else metric
+def _label(metric: str, target: str | None = None) -> str:
+    """The metric's column title in the unit of the measure ``target`` regresses."""
+    return METRICS[metric].label_for(target) if metric in METRICS else metric
 
 
 def _decimals(metric: str) -> int:

@@ -29,6 +29,8 @@ class Metric:
         short: the heading of a narrow column (default ``label``).
         listed: shown in the compact views (``runs`` listing, run labels and cards, the
             validation chart); every metric is in ``result.json``, Table 2 and the full tables.
+        in_measure_units: the value is in the regressed measure's unit, which ``label`` names
+            for the paper's measure (px) and :meth:`label_for` for a run's own target.
     """
 
     name: str
@@ -38,11 +40,32 @@ class Metric:
     decimals: int = 3
     short: str = ""
     listed: bool = False
+    in_measure_units: bool = False
 
     @property
     def heading(self) -> str:
         """The narrow column's heading."""
         return self.short or self.label
+
+    def label_for(self, targets=None, *, short: bool = False) -> str:
+        """The label (``short``: the heading) with the unit of the measure the runs' target
+        regresses: ``MAE (log2 µm/px)`` for ``mpp`` runs, ``MAE (px)`` for ``nuclei-area``
+        ones; ``targets``: one target or several (runs shown together); runs of targets in
+        different units get ``MAE (units of each run's measure)``. No regression target known:
+        the default label, the paper's unit."""
+        base = self.heading if short else self.label
+        if not self.in_measure_units or targets is None:
+            return base
+        targets = [targets] if isinstance(targets, str) else list(targets)
+        # (a classification run has no MAE: its target has no unit and does not count)
+        units = {MEASURE_UNITS[t] for t in targets if t in MEASURE_UNITS}
+        if not units:
+            return base
+        name = base.split(" (")[0].split(" px")[0]
+        if len(units) > 1:
+            return name if short else f"{name} (units of each run's measure)"
+        unit = units.pop()
+        return f"{name} {unit}" if short else f"{name} ({unit})"
 
     @property
     def sign(self) -> float:
@@ -58,6 +81,8 @@ class Metric:
 #: :func:`register_metric` and compute it in :func:`regression_metrics` or
 #: :func:`classification_metrics`; the tables, Table 2 and the pages read it from here.
 METRICS: dict[str, Metric] = {}
+#: the unit of the measure each regression target regresses (rcvcore.runs.config.TARGETS)
+MEASURE_UNITS = {"nuclei-area": "px", "mpp": "log2 µm/px"}
 TASKS = ("regression", "classification")
 
 
@@ -73,7 +98,7 @@ def register_metric(metric: Metric) -> Metric:
 
 
 for _m in (Metric("mae", "MAE (px)", "regression", higher_is_better=False, decimals=2,
-                  short="MAE px", listed=True),
+                  short="MAE px", listed=True, in_measure_units=True),
            Metric("r2", "R2", "regression", higher_is_better=True),
            Metric("kappa", "kappa", "classification", higher_is_better=True, listed=True),
            Metric("kappa_quadratic", "QWK", "classification", higher_is_better=True),

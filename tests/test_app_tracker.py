@@ -117,3 +117,26 @@ def test_tracker_curves_table_and_diff(app_env, rng):
     at.run()
     diff = next(d.value for d in at.dataframe if "differs" in d.value)
     assert set(diff["key"]) == {"cut", "seed"} and diff["differs"].all()
+
+
+def test_panel_titles_name_the_mae_in_the_runs_unit():
+    """The tracker's panels: an mpp run's validation MAE panel says log2 µm/px; an mpp and an
+    area run in one panel say that each run's measure has its unit."""
+    from app.tracker import runs_figure
+    from rcvcore.runs.directory import RunState
+    from rcvcore.runs.tracker import curves
+
+    def run(name, target):
+        return RunState(f"/r/g/{name}", {"cut": "none", "seed": 0, "target": target},
+                        {"state": "done"}, [{"kind": "epoch", "epoch": e, "global_step": 4 * e,
+                                             "val_mae": 0.5 / e} for e in (1, 2)], None)
+
+    def titles(runs):
+        recs = curves(runs, "epoch", fields=("val_mae",))
+        fig = runs_figure(recs, {})
+        return [a.text for a in fig.layout.annotations], {t.customdata[0][0] for t in fig.data}
+
+    assert titles([run("m", "mpp")]) == (["val MAE (log2 µm/px)"], {"val MAE (log2 µm/px)"})
+    t, hover = titles([run("m", "mpp"), run("a", "nuclei-area")])
+    assert t == ["val MAE (units of each run's measure)"]
+    assert hover == {"val MAE (log2 µm/px)", "val MAE (px)"}

@@ -86,3 +86,56 @@ def test_summary_formats_with_each_metrics_decimals():
     text = metric_summary({**t, **k, "accuracy": True})   # a bool is not a number here
     assert text.startswith(f"mae {mean_absolute_error(y, p):.2f}, r2 ")
     assert f"kappa {k['kappa']:.3f}" in text and "accuracy" not in text
+
+
+def test_the_mae_is_named_in_the_unit_of_the_runs_measure(tmp_path):
+    """An ``mpp`` run's MAE is in log2 µm/px, not px: Table 2, the tracker's curves and the
+    runs listing say so; runs of measures in different units shown together say that."""
+    from rcvcore.runs.directory import RunState
+    from rcvcore.runs.tracker import curves, metric_label
+
+    mae = METRICS["mae"]
+    assert mae.label_for(None) == mae.label_for("nuclei-area") == "MAE (px)"
+    assert mae.label_for("mpp") == "MAE (log2 µm/px)"
+    assert mae.label_for(["mpp", "magnification"]) == "MAE (log2 µm/px)"   # no MAE there
+    assert mae.label_for(["mpp", "nuclei-area"]) == "MAE (units of each run's measure)"
+    assert mae.label_for(["mpp", "nuclei-area"], short=True) == "MAE"
+    assert mae.label_for("mpp", short=True) == "MAE log2 µm/px"
+    assert METRICS["kappa"].label_for("mpp") == "kappa"
+    comp = summarise(TrainConfig(arch="resnet18", weights="random", target="mpp"),
+                     ["none", "c"], [0, 1, 2], _results("r2", [0.1, 0.2, 0.3], [0.2, 0.3, 0.4]),
+                     {}, tmp_path)
+    assert "MAE (log2 µm/px)" in comp.table().splitlines()[0]
+    assert "MAE (px)" not in comp.table()
+    assert "MAE (log2 µm/px)" in comp.view()["measured"][0]
+    assert "MAE (px)" in comp.view()["paper"][0]                 # the paper's numbers are px
+    assert metric_label("val_mae", "mpp") == "val MAE (log2 µm/px)"
+    run = RunState("/r/g/mpp_run", {"cut": "none", "seed": 0, "target": "mpp"}, {"state": "done"},
+                   [{"kind": "epoch", "epoch": 1, "global_step": 4, "val_mae": 0.3}], None)
+    assert {r["label"] for r in curves([run], "epoch")} == {"val MAE (log2 µm/px)"}
+
+
+def test_the_runs_listing_heads_the_mae_in_the_listed_runs_unit(tmp_path, capsys):
+    """``python -m rcvcore runs``: mpp runs only -> ``MAE log2 µm/px``; with an area run as
+    well -> ``MAE`` (the target column says which measure each row's value is in)."""
+    import json
+
+    from rcvcore.cli import main
+
+    def write(name, target, mae):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps({"arch": "resnet18", "cut": "none",
+                                                   "seed": 0, "target": target, "epochs": 1}))
+        (d / "status.json").write_text(json.dumps({"state": "done"}))
+        (d / "result.json").write_text(json.dumps({"test": {"mae": mae}}))
+
+    write("a_mpp", "mpp", 0.31)
+    assert main(["runs", str(tmp_path)]) == 0
+    head = capsys.readouterr().out.splitlines()[0]
+    assert "MAE log2 µm/px" in head and "MAE px" not in head
+    write("b_area", "nuclei-area", 54.2)
+    assert main(["runs", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert " MAE " in out[0] + " " and "px" not in out[0]
+    assert "0.31" in out[1] and "54.20" in out[2]

@@ -74,8 +74,8 @@ def _row(rs, root: Path) -> dict:
             "test": {k: test.get(k) for k in METRICS if test.get(k) is not None}}
 
 
-def _width(metric) -> int:
-    return max(len(metric.heading), 8)
+def _width(heading: str) -> int:
+    return max(len(heading), 8)
 
 
 def _runs(args) -> int:
@@ -92,14 +92,18 @@ def _runs(args) -> int:
     else:
         w = max(len(r["name"]) for r in rows)
         listed = [METRICS[n] for n in metric_names(listed=True)]
+        # the MAE's heading in the unit of the listed runs' measure (px, log2 µm/px)
+        heads = {m.name: m.label_for([r["target"] for r in rows], short=True) for m in listed}
         print(f"{'run':<{w}}  {'state':<11} {'arch':<14} {'cut':<9} {'target':<13} {'seed':>5} "
-              f"{'epoch':>7}  " + " ".join(f"{m.heading:>{_width(m)}}" for m in listed))
+              f"{'epoch':>7}  " + " ".join(f"{heads[m.name]:>{_width(heads[m.name])}}"
+                                          for m in listed))
         for r in rows:
             t = r["test"]
             print(f"{r['name']:<{w}}  {r['state']:<11} {str(r['arch']):<14} {str(r['cut']):<9} "
                   f"{str(r['target']):<13} {str(r['seed']):>5} "
                   f"{r['epochs_done']:>3}/{str(r['epochs'] or '?'):<3}  "
-                  + " ".join(f"{m.format(t.get(m.name)):>{_width(m)}}" for m in listed))
+                  + " ".join(f"{m.format(t.get(m.name)):>{_width(heads[m.name])}}"
+                           for m in listed))
             if r["state"] == "failed" and r["error"]:
                 print(f"{'':<{w}}  error: {str(r['error']).splitlines()[0][:200]}")
     groups = _groups(root)

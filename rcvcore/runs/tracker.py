@@ -25,11 +25,13 @@ KEY_CONFIG = ("arch", "weights", "cut", "seed", "target", "dataset", "epochs", "
               "batch_size", "protocol")
 
 
-def metric_label(field: str) -> str:
-    """A curve's name as people read it: ``val_mae`` -> ``val MAE (px)``, ``loss`` -> ``loss``."""
+def metric_label(field: str, targets=None) -> str:
+    """A curve's name as people read it: ``val_mae`` -> ``val MAE (px)`` (``val MAE (log2
+    µm/px)`` with ``targets="mpp"``: see :meth:`rcvcore.metrics.Metric.label_for`), ``loss``
+    -> ``loss``."""
     split, _, name = field.partition("_")
     if split in ("val", "test") and name in METRICS:
-        return f"{split} {METRICS[name].label}"
+        return f"{split} {METRICS[name].label_for(targets)}"
     return field.replace("_", " ")
 
 
@@ -91,7 +93,7 @@ def curves(runs: Iterable[RunState], kind: str = "step", *, root=None,
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                     continue
                 out.append({"run": key, "cut": cfg.get("cut"), "seed": cfg.get("seed"),
-                            "metric": f, "label": metric_label(f),
+                            "metric": f, "label": metric_label(f, cfg.get("target")),
                             "step": rec.get("global_step"), "epoch": rec.get("epoch"),
                             "value": float(v)})
     return out
