@@ -58,9 +58,9 @@ def _titles(df: pd.DataFrame, metrics: list[str]) -> list[str]:
     measures in different units share a panel, the label that says so."""
     out = []
     for m in metrics:
-        labels = set(df.loc[df["metric"] == m, "label"]) if "label" in df else set()
-        out.append(labels.pop() if len(labels) == 1 else
-                   metric_label(m, list(MEASURE_UNITS) if labels else None))
+        labels = set(df.loc[df["metric"] == m, "label"])
+        # (several labels of one metric differ only by unit: every unit at once names the mix)
+        out.append(labels.pop() if len(labels) == 1 else metric_label(m, list(MEASURE_UNITS)))
     return out
 
 
@@ -92,7 +92,7 @@ def runs_figure(records: list[dict], colours: dict[str, str], *, log_y: bool = F
             d = part[part["metric"] == metric].sort_values("step")
             if d.empty:
                 continue
-            label = d["label"].iloc[0] if "label" in d else metric_label(metric)
+            label = d["label"].iloc[0]
             if "raw" in d and not (d["raw"] == d["value"]).all():
                 fig.add_trace(go.Scatter(
                     x=d["step"], y=d["raw"], mode="lines", showlegend=False,
@@ -132,7 +132,7 @@ def band_figure(rows: list[dict], *, log_y: bool = False) -> go.Figure:
                 x=list(d["step"]) + list(d["step"])[::-1], y=list(hi) + list(lo)[::-1],
                 fill="toself", fillcolor=_rgba(colour, 0.18), line={"width": 0},
                 legendgroup=cut, showlegend=False, hoverinfo="skip"), row=pi, col=1)
-            label = d["label"].iloc[0] if "label" in d else metric_label(metric)
+            label = d["label"].iloc[0]
             fig.add_trace(go.Scatter(
                 x=d["step"], y=d["mean"], name=f"cut {cut}", legendgroup=cut,
                 showlegend=cut not in shown, mode="lines",

@@ -61,7 +61,9 @@ class Metric:
         units = {MEASURE_UNITS[t] for t in targets if t in MEASURE_UNITS}
         if not units:
             return base
-        name = base.split(" (")[0].split(" px")[0]
+        # the registered label names the paper's unit ("MAE (px)", short "MAE px")
+        paper = MEASURE_UNITS["nuclei-area"]
+        name = base.removesuffix(f" ({paper})").removesuffix(f" {paper}")
         if len(units) > 1:
             return name if short else f"{name} (units of each run's measure)"
         unit = units.pop()
